@@ -1,0 +1,124 @@
+"""Evaluate a trained checkpoint on a split: metrics.json, predictions CSV and figures."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data.degrade import bicubic_upsample
+from engine.builders import build_dataset, build_loader, build_model, select_device
+from engine.checkpoint import load_checkpoint, load_model_state
+from engine.config import Config, config_from_dict
+from engine.evaluator import EvalResult, evaluate
+from evaluation import report
+from evaluation.metrics import roc_curves
+from models import DeepMTDR
+from models.cam import gradcam
+
+
+class GraderOnImage(nn.Module):
+    """image -> grade logits through segmentation and grading, the function Grad-CAM explains."""
+
+    def __init__(self, model: DeepMTDR) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.grade_image(image).grade_logits
+
+
+def load_trained(checkpoint: str | Path, device: str = "auto") -> tuple[DeepMTDR, Config, dict]:
+    """Model and config rebuilt from a checkpoint (the config inside it decides the architecture)."""
+    state = load_checkpoint(checkpoint)
+    config = config_from_dict(state["config"])
+    config.model.imagenet_weights = None  # the checkpoint already holds the trained weights
+    model = build_model(config)
+    load_model_state(model, state["model"], checkpoint)
+    return model.to(select_device(device)).eval(), config, state
+
+
+def _json_safe(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def write_predictions(result: EvalResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        classes = result.probs.shape[1]
+        writer.writerow(["id", "grade", "predicted", *[f"p{c}" for c in range(classes)]])
+        for sample_id, grade, probs in zip(result.ids, result.grades.tolist(), result.probs.tolist()):
+            writer.writerow([sample_id, grade, max(range(classes), key=probs.__getitem__), *[f"{p:.5f}" for p in probs]])
+
+
+def sample_panels(model: DeepMTDR, dataset, device: torch.device, count: int, out_dir: Path) -> list[Path]:
+    """LR, bicubic, SR, HR, lesion maps vs ground truth and Grad-CAM for the first ``count`` samples."""
+    if count <= 0:
+        return []
+    batch = next(iter(build_loader(dataset, min(count, len(dataset)), False, 0)))
+    lr, hr = batch["lr"].to(device), batch["hr"].to(device)
+    with torch.no_grad():
+        sr = model.isr(lr)
+        lesion_probs = torch.sigmoid(model.segment(sr))
+        grade_probs = torch.softmax(model.grade_image(sr).grade_logits, dim=1)
+    cam = gradcam(GraderOnImage(model), model.grader.layer4, sr)
+    bicubic = bicubic_upsample(lr, model.isr.scale)
+    paths = []
+    for i, sample_id in enumerate(batch["id"]):
+        title = f"{sample_id}: grade {int(batch['grade'][i])}, predicted {int(grade_probs[i].argmax())} (p={float(grade_probs[i].max()):.2f})"
+        paths.append(
+            report.plot_sample_panel(
+                out_dir / f"sample_{sample_id}.png",
+                lr[i].cpu(), bicubic[i].cpu(), sr[i].cpu(), hr[i].cpu(),
+                lesion_probs[i].cpu(), batch["masks"][i], cam=cam[i].cpu(), title=title,
+            )
+        )
+    return paths
+
+
+def run_test(
+    checkpoint: str | Path,
+    split: str = "test",
+    device: str = "auto",
+    samples: int = 4,
+    figures_root: str | Path = "visualization_result",
+    progress=None,
+) -> tuple[dict, Path]:
+    """Evaluate ``checkpoint`` on ``split``; writes ``<run>/metrics.json`` and figures; returns (metrics, run dir)."""
+    model, config, state = load_trained(checkpoint, device)
+    device_ = next(model.parameters()).device
+    dataset = build_dataset(config, split)
+    loader = build_loader(dataset, max(8, config.train.joint.batch_size), False, 0, config.data.num_workers)
+    result = evaluate(model, loader, device_, "lr", progress=progress)
+    metrics = {
+        **result.metrics,
+        "split": split,
+        "checkpoint": str(checkpoint),
+        "stage": state.get("stage"),
+        "epoch": state.get("epoch"),
+        "dataset": config.data.dataset,
+        "hr_size": config.data.hr_size,
+        "scale": config.data.scale,
+    }
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
+    write_predictions(result, run_dir / f"predictions_{split}.csv")
+    figures = Path(figures_root) / config.run.name
+    if "grading" in metrics:
+        report.plot_confusion(metrics["grading"]["confusion"], figures / "confusion_matrix.png")
+        report.plot_roc(roc_curves(result.grades.numpy(), result.probs.numpy()), figures / "roc_curves.png")
+    if result.seg is not None:
+        report.plot_lesion_pr(result.seg.curves(), figures / "lesion_pr_curves.png")
+    sample_panels(model, dataset, device_, samples, figures / "samples")
+    return metrics, run_dir

@@ -1,0 +1,363 @@
+"""Staged training of DeepMT-DR (DESIGN.md section 4).
+
+Stages, in the order ``--stage all`` runs them, each resumable and each keeping its own
+``<stage>_last.pt`` / ``<stage>_best.pt``:
+
+- ``isr``: ISR + segmentation on HR crops: SR pixel + TV + segmentation-aware loss into the ISR
+  net, Dice + focal on the lesion maps of the SR image into both.
+- ``seg``: segmentation on HR crops.
+- ``cls``: grader on HR + lesion maps (segmentation frozen); the CAM fusion learns to match the
+  lesion map (the published MVI loss, which never trained upstream).
+- ``joint``: everything from LR: the ISR net gets pixel + TV + segmentation-aware + task-aware
+  + grading losses, the grader gets the grading loss; segmentation stays frozen, as published.
+
+Every gradient of a step is computed before any optimiser steps (upstream stepped one optimiser
+and then back-propagated through its modified weights).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from data.crop import random_crop
+from engine.builders import build_dataset, build_loader, build_model, grade_counts, seed_everything, select_device
+from engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from engine.config import STAGES, Config, StageConfig, save_config
+from engine.evaluator import STAGE_EVAL_MODE, evaluate, selection_metric
+from engine.logging import CSVLog, TensorBoardLog
+from models.cam import stage_cams, target_weights
+from models.deepmt_dr import any_lesion_map
+from models.losses import (
+    class_weights_from_counts,
+    grading_loss,
+    pixel_loss,
+    seg_aware_loss,
+    segmentation_loss,
+    task_aware_loss,
+    tv_loss,
+)
+
+log = logging.getLogger(__name__)
+
+# Which sub-nets each stage trains; the others are frozen and kept in eval mode.
+TRAINABLE = {"isr": ("isr", "seg"), "seg": ("seg",), "cls": ("grader", "cam_fusion"), "joint": ("isr", "grader")}
+LR_FIELD = {"isr": "lr_isr", "seg": "lr_seg", "grader": "lr_cls", "cam_fusion": "lr_fusion"}
+
+
+def _lr_lambda(settings: StageConfig) -> Callable[[int], float]:
+    if settings.schedule == "step":
+        return lambda epoch: settings.decay_gamma if settings.decay_epoch and epoch >= settings.decay_epoch else 1.0
+    if settings.schedule == "cosine":
+        return lambda epoch: 0.5 * (1 + math.cos(math.pi * min(epoch, settings.epochs) / max(1, settings.epochs)))
+    return lambda epoch: 1.0
+
+
+class Trainer:
+    """Owns the model, data, optimisers and run folder of one training run."""
+
+    def __init__(self, config: Config, progress: Callable | None = None) -> None:
+        self.config = config
+        self.progress = progress
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        seed_everything(config.run.seed, config.run.deterministic)
+        self.device = select_device(config.run.device)
+        self.model = build_model(config).to(self.device)
+        if config.run.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.run_dir = config.run_dir
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.train_set = build_dataset(config, "train")
+        self.val_set = build_dataset(config, "val")
+        self.class_weights = self._class_weights()
+        amp_dtype = torch.bfloat16 if config.run.amp_dtype == "bfloat16" else torch.float16
+        self.amp_enabled = config.run.amp and self.device.type == "cuda"
+        self.amp_dtype = amp_dtype
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_enabled and amp_dtype == torch.float16)
+        self.global_step = 0
+        self.csv: CSVLog | None = None
+        self.tensorboard: TensorBoardLog | None = None
+
+    # ----------------------------------------------------------------- setup helpers
+    def _class_weights(self) -> torch.Tensor | None:
+        setting = self.config.loss.class_weights
+        if setting == "none":
+            return None
+        if setting == "auto":
+            weights = class_weights_from_counts(grade_counts(self.train_set, self.config.data.num_classes))
+        else:
+            weights = torch.tensor(setting, dtype=torch.float32)
+        return weights.to(self.device)
+
+    def autocast(self):
+        if not self.amp_enabled:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _submodules(self, names: tuple[str, ...]) -> dict[str, nn.Module]:
+        return {name: getattr(self.model, name) for name in names if getattr(self.model, name) is not None}
+
+    def _prepare_stage(self, stage: str) -> dict[str, torch.optim.Optimizer]:
+        """Freeze what the stage does not train and build one Adam per trained sub-net."""
+        trainable = self._submodules(TRAINABLE[stage])
+        self.model.eval()
+        self.model.requires_grad_(False)
+        settings: StageConfig = getattr(self.config.train, stage)
+        optimizers = {}
+        for name, module in trainable.items():
+            module.train()
+            module.requires_grad_(True)
+            optimizers[name] = torch.optim.Adam(
+                module.parameters(),
+                lr=getattr(settings, LR_FIELD[name]),
+                betas=(0.9, 0.999),
+                weight_decay=self.config.train.weight_decay,
+            )
+        return optimizers
+
+    # ----------------------------------------------------------------- the steps
+    def _batch(self, batch: dict, stage: str) -> dict:
+        batch = {key: value.to(self.device, non_blocking=True) if torch.is_tensor(value) else value for key, value in batch.items()}
+        if stage in ("isr", "seg"):
+            batch = random_crop(batch, self.config.data.crop_size, self.config.data.scale, self.crop_generator)
+        return batch
+
+    def step_isr(self, batch: dict) -> dict[str, torch.Tensor]:
+        weights, model = self.config.loss, self.model
+        sr = model.isr(batch["lr"])
+        losses = {"pixel": pixel_loss(sr, batch["hr"], weights.pixel), "tv": tv_loss(sr)}
+        total = weights.pixel_weight * losses["pixel"] + weights.tv_weight * losses["tv"]
+        if model.use_lesions:
+            sr_lesions = model.seg(sr)
+            with torch.no_grad():
+                hr_lesions = model.seg(batch["hr"])
+            losses["seg"] = segmentation_loss(sr_lesions, batch["masks"], batch["mask_valid"])
+            losses["seg_aware"] = seg_aware_loss(sr_lesions, hr_lesions)
+            total = total + weights.seg_weight * losses["seg"] + weights.seg_aware_weight * losses["seg_aware"]
+        self.scaler.scale(total).backward()
+        return {"loss": total, **losses}
+
+    def step_seg(self, batch: dict) -> dict[str, torch.Tensor]:
+        loss = segmentation_loss(self.model.seg(batch["hr"]), batch["masks"], batch["mask_valid"])
+        self.scaler.scale(loss).backward()
+        return {"loss": loss, "seg": loss}
+
+    def step_cls(self, batch: dict) -> dict[str, torch.Tensor]:
+        weights, model, hr = self.config.loss, self.model, batch["hr"]
+        with torch.no_grad():
+            lesion_logits = model.segment(hr)
+        result = model.grade_with_lesions(hr, lesion_logits)
+        losses = {"ce": grading_loss(result.grade_logits, batch["grade"], self.class_weights)}
+        total = weights.cls_weight * losses["ce"]
+        if model.use_lesions and weights.task_aware_weight > 0 and weights.cam_fusion_weight > 0:
+            # Train the CAM fusion towards the lesion map; the CAMs are constants here, so this
+            # loss does not reach the grader.
+            cams = stage_cams(result.grade_logits, result.features, target_weights(result.grade_logits, self.config.model.cam_target))
+            attention = model.cam_fusion([cam.detach() for cam in cams], hr.shape[-2:])
+            losses["cam_fusion"] = F.mse_loss(attention, any_lesion_map(torch.sigmoid(lesion_logits)))
+            total = total + weights.cam_fusion_weight * losses["cam_fusion"]
+        self.scaler.scale(total).backward()
+        return {"loss": total, **losses}
+
+    def _hr_attention(self, hr: torch.Tensor, hr_lesions: torch.Tensor) -> torch.Tensor:
+        """The grader's fused CAM on the HR image: the constant target of the task-aware loss."""
+        grader = self.model.grader
+        grader.eval()
+        try:
+            result = self.model.grade_with_lesions(hr, hr_lesions)
+            attention = self.model.attention_map(result, self.config.model.cam_target, retain_graph=False)
+        finally:
+            grader.train()
+        return attention.detach()
+
+    def step_joint(self, batch: dict) -> dict[str, torch.Tensor]:
+        weights, model = self.config.loss, self.model
+        lr, hr = batch["lr"], batch["hr"]
+        sr = model.isr(lr)
+        result = model.grade_image(sr)
+        losses = {
+            "ce": grading_loss(result.grade_logits, batch["grade"], self.class_weights),
+            "pixel": pixel_loss(sr, hr, weights.pixel),
+            "tv": tv_loss(sr),
+        }
+        isr_total = weights.pixel_weight * losses["pixel"] + weights.tv_weight * losses["tv"] + weights.cls_weight * losses["ce"]
+        with torch.no_grad():
+            hr_lesions = model.segment(hr)
+        if model.use_lesions and weights.seg_aware_weight > 0:
+            losses["seg_aware"] = seg_aware_loss(result.lesion_logits, hr_lesions)
+            isr_total = isr_total + weights.seg_aware_weight * losses["seg_aware"]
+        if weights.task_aware_weight > 0:
+            sr_attention = model.attention_map(result, self.config.model.cam_target, retain_graph=True)
+            losses["task_aware"] = task_aware_loss(sr_attention, self._hr_attention(hr, hr_lesions))
+            isr_total = isr_total + weights.task_aware_weight * losses["task_aware"]
+        # Two gradients, both computed before any step: the ISR net follows its whole loss, the
+        # grader only the grading loss (the task-aware loss is feedback to the ISR net).
+        isr_params = [p for p in model.isr.parameters() if p.requires_grad]
+        grader_params = [p for p in model.grader.parameters() if p.requires_grad]
+        isr_grads = torch.autograd.grad(self.scaler.scale(isr_total), isr_params, retain_graph=True)
+        grader_grads = torch.autograd.grad(self.scaler.scale(weights.cls_weight * losses["ce"]), grader_params)
+        for param, grad in zip(isr_params + grader_params, isr_grads + grader_grads):
+            param.grad = grad
+        return {"loss": isr_total, **losses}
+
+    # ----------------------------------------------------------------- loops
+    def train_one_epoch(self, stage: str, epoch: int, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        settings: StageConfig = getattr(self.config.train, stage)
+        seed = self.config.run.seed * 1000 + STAGES.index(stage) * 100 + epoch
+        self.crop_generator = torch.Generator().manual_seed(seed)
+        loader = build_loader(self.train_set, settings.batch_size, True, seed, self.config.data.num_workers)
+        max_steps = self.config.train.max_steps_per_epoch or len(loader)
+        step_fn = getattr(self, f"step_{stage}")
+        sums: dict[str, torch.Tensor] = {}
+        steps = 0
+        batches = self.progress(loader, total=min(max_steps, len(loader)), desc=f"{stage} {epoch + 1}/{settings.epochs}") if self.progress else loader
+        for batch in batches:
+            if steps >= max_steps:
+                break
+            with self.autocast():
+                losses = step_fn(self._batch(batch, stage))
+            if self.config.train.clip_grad > 0:
+                for optimizer in optimizers.values():
+                    self.scaler.unscale_(optimizer)
+                params = [p for opt in optimizers.values() for group in opt.param_groups for p in group["params"]]
+                nn.utils.clip_grad_norm_(params, self.config.train.clip_grad)
+            for optimizer in optimizers.values():
+                self.scaler.step(optimizer)
+                optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0) + value.detach().float()
+            steps += 1
+            self.global_step += 1
+        return {f"train_{key}": float(value) / max(steps, 1) for key, value in sums.items()}
+
+    def validate(self, stage: str) -> dict:
+        loader = build_loader(self.val_set, max(getattr(self.config.train, stage).batch_size, 8), False, 0, self.config.data.num_workers)
+        return evaluate(self.model, loader, self.device, STAGE_EVAL_MODE[stage], self.autocast).metrics
+
+    def _state(self, stage: str, epoch: int, optimizers, schedulers, best: float, best_epoch: int) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+            "schedulers": {name: sched.state_dict() for name, sched in schedulers.items()},
+            "scaler": self.scaler.state_dict(),
+            "stage": stage,
+            "epoch": epoch,
+            "step": self.global_step,
+            "rng": rng_state(),
+            "best_metric": best,
+            "best_epoch": best_epoch,
+        }
+
+    def train_stage(self, stage: str, resume: dict | None = None) -> None:
+        settings: StageConfig = getattr(self.config.train, stage)
+        optimizers = self._prepare_stage(stage)
+        schedulers = {
+            name: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(settings)) for name, opt in optimizers.items()
+        }
+        start_epoch, best, best_epoch = 0, -math.inf, 0
+        if resume is not None:
+            for name, opt in optimizers.items():
+                opt.load_state_dict(resume["optimizers"][name])
+            for name, sched in schedulers.items():
+                sched.load_state_dict(resume["schedulers"][name])
+            self.scaler.load_state_dict(resume["scaler"])
+            set_rng_state(resume["rng"])
+            start_epoch, best, best_epoch = resume["epoch"], resume["best_metric"], resume["best_epoch"]
+            self.global_step = resume["step"]
+        for epoch in range(start_epoch, settings.epochs):
+            started = time.perf_counter()
+            row = {"stage": stage, "epoch": epoch + 1, "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"]}
+            row.update(self.train_one_epoch(stage, epoch, optimizers))
+            for scheduler in schedulers.values():
+                scheduler.step()
+            is_last = epoch + 1 == settings.epochs
+            if (epoch + 1) % self.config.train.eval_every == 0 or is_last:
+                metrics = self.validate(stage)
+                metric = selection_metric(stage, metrics)
+                row.update(_flat_val_metrics(metrics))
+                row["val_selection"] = metric
+                if not math.isnan(metric) and metric > best:
+                    best, best_epoch = metric, epoch + 1
+                    row["is_best"] = 1
+                # Restore train modes that evaluate() switched off.
+                self._prepare_modes(stage)
+            row["seconds"] = round(time.perf_counter() - started, 2)
+            state = self._state(stage, epoch + 1, optimizers, schedulers, best, best_epoch)
+            save_checkpoint(state, self.checkpoint_dir / f"{stage}_last.pt")
+            save_checkpoint(state, self.checkpoint_dir / "last.pt")
+            if row.get("is_best"):
+                save_checkpoint(state, self.checkpoint_dir / f"{stage}_best.pt")
+                save_checkpoint(state, self.checkpoint_dir / "best.pt")
+            self.csv.write(row)
+            self.tensorboard.scalars({k: v for k, v in row.items() if k not in ("stage", "epoch")}, self.global_step, f"{stage}/")
+            log.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        best_path = self.checkpoint_dir / f"{stage}_best.pt"
+        if best_path.is_file():
+            # The next stage starts from this stage's best weights.
+            load_model_state(self.model, load_checkpoint(best_path)["model"], best_path)
+
+    def _prepare_modes(self, stage: str) -> None:
+        self.model.eval()
+        for module in self._submodules(TRAINABLE[stage]).values():
+            module.train()
+
+    def fit(self, resume: bool = False) -> Path:
+        """Run the configured stages (continuing ``last.pt`` when ``resume``); returns the run folder."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        stages = self.config.stages_to_run()
+        resume_state, first = None, 0
+        if resume:
+            resume_state = load_checkpoint(self.checkpoint_dir / "last.pt")
+            if resume_state["stage"] not in stages:
+                raise CheckpointError(
+                    f"{self.checkpoint_dir / 'last.pt'} is from stage {resume_state['stage']!r}, "
+                    f"not one of the requested stages {stages}"
+                )
+            load_model_state(self.model, resume_state["model"], self.checkpoint_dir / "last.pt")
+            first = stages.index(resume_state["stage"])
+        elif (self.checkpoint_dir / "last.pt").exists():
+            raise CheckpointError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --name"
+            )
+        save_config(self.config, self.run_dir / "config.yaml")
+        self.csv = CSVLog(self.run_dir / "log.csv")
+        self.tensorboard = TensorBoardLog(self.run_dir)
+        try:
+            for index, stage in enumerate(stages[first:], start=first):
+                if getattr(self.config.train, stage).epochs == 0:
+                    continue
+                self.train_stage(stage, resume_state if index == first else None)
+        finally:
+            self.tensorboard.close()
+        return self.run_dir
+
+
+def _flat_val_metrics(metrics: dict) -> dict[str, float]:
+    """The few validation numbers worth a CSV column."""
+    row = {}
+    grading = metrics.get("grading")
+    if grading:
+        row.update({f"val_{key}": grading[key] for key in ("accuracy", "qwk", "macro_f1", "macro_auc")})
+    if "sr" in metrics:
+        row["val_psnr"] = metrics["sr"]["sr"]["psnr"]
+        row["val_psnr_bicubic"] = metrics["sr"]["bicubic"]["psnr"]
+    if "segmentation" in metrics:
+        row["val_mean_aupr"] = metrics["segmentation"]["mean"]["aupr"]
+    return row

@@ -1,0 +1,83 @@
+"""DeepMT-DR: ISR -> lesion segmentation on SR -> grading on SR + lesion maps, in one graph."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from models.cam import CAMFusion, CamTarget, stage_cams, target_weights
+from models.grading import GradingNet
+from models.isr import ISRNet
+from models.lesion_seg import LesionSegNet
+
+
+class Outputs(NamedTuple):
+    """``sr [N,3,H,W]`` in [0,1]; ``lesion_logits [N,4,H,W]`` (sigmoid -> probabilities); ``grade_logits [N,C]``."""
+
+    sr: torch.Tensor
+    lesion_logits: torch.Tensor
+    grade_logits: torch.Tensor
+
+
+class GradeResult(NamedTuple):
+    """What grading an image yields: lesion logits, grade logits and the grader's stage outputs."""
+
+    lesion_logits: torch.Tensor
+    grade_logits: torch.Tensor
+    features: list[torch.Tensor]
+
+
+def any_lesion_map(lesion_probs: torch.Tensor) -> torch.Tensor:
+    """``[N,L,H,W]`` probabilities -> ``[N,1,H,W]`` probability that any lesion is present."""
+    return 1 - torch.prod(1 - lesion_probs, dim=1, keepdim=True)
+
+
+class DeepMTDR(nn.Module):
+    """The three sub-nets plus the CAM fusion of the task-aware loss; each sub-net works alone.
+
+    ``use_lesions=False`` (segmentation ablated) feeds the grader the image alone.
+    """
+
+    def __init__(self, isr: ISRNet, seg: LesionSegNet | None, grader: GradingNet) -> None:
+        super().__init__()
+        expected = seg.num_lesions if seg is not None else 0
+        if grader.num_lesions != expected:
+            raise ValueError(f"grader takes {grader.num_lesions} lesion channels but the seg net gives {expected}")
+        self.isr = isr
+        self.seg = seg
+        self.grader = grader
+        self.cam_fusion = CAMFusion(num_stages=len(grader.stages()))
+
+    @property
+    def use_lesions(self) -> bool:
+        return self.seg is not None
+
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
+        """Lesion logits ``[N,4,H,W]`` of an image; ``[N,0,H,W]`` when segmentation is ablated."""
+        if self.seg is None:
+            return image.new_zeros((image.shape[0], 0, *image.shape[-2:]))
+        return self.seg(image)
+
+    def grade_with_lesions(self, image: torch.Tensor, lesion_logits: torch.Tensor) -> GradeResult:
+        """Grade ``image`` given its lesion logits (e.g. computed once under ``no_grad``)."""
+        grader_input = torch.cat([image, torch.sigmoid(lesion_logits)], dim=1)
+        grade_logits, features = self.grader.forward_features(grader_input)
+        return GradeResult(lesion_logits, grade_logits, features)
+
+    def grade_image(self, image: torch.Tensor) -> GradeResult:
+        """Segment and grade an SR or HR image ``[N,3,H,W]`` in [0,1]."""
+        return self.grade_with_lesions(image, self.segment(image))
+
+    def forward(self, lr: torch.Tensor) -> Outputs:
+        """lr ``[N,3,h,w]`` in [0,1] -> :class:`Outputs` at the HR size."""
+        sr = self.isr(lr)
+        result = self.grade_image(sr)
+        return Outputs(sr, result.lesion_logits, result.grade_logits)
+
+    def attention_map(self, result: GradeResult, target: CamTarget = "predicted", retain_graph: bool = True) -> torch.Tensor:
+        """Fused multi-stage Grad-CAM ``[N,1,H,W]`` in [0,1] of a :meth:`grade_image` result."""
+        weights = target_weights(result.grade_logits, target)
+        cams = stage_cams(result.grade_logits, result.features, weights, retain_graph=retain_graph)
+        size = result.lesion_logits.shape[-2:]
+        return self.cam_fusion(cams, size)

@@ -1,0 +1,103 @@
+"""DR grading net: ``cat(image, lesion probabilities)`` ``[N,3+L,H,W]`` -> grade logits ``[N,C]``.
+
+torchvision's ResNet-18 with its 7x7 stem widened to the image plus lesion channels, spatial
+pyramid pooling (levels 4, 2, 1, i.e. 21 bins of 512 features) and a two-layer head. Departures
+from the published KeNet_v1 (README lists them): a ReLU between the two Linear layers, ImageNet
+normalisation of the image channels, one head used for training and test alike, and SPP by
+adaptive max pooling so it also works on feature maps smaller than 4x4.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.models import resnet18
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPP_LEVELS = (4, 2, 1)
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def spatial_pyramid_pool(features: torch.Tensor, levels: tuple[int, ...] = SPP_LEVELS) -> torch.Tensor:
+    """``[N,C,h,w]`` -> ``[N, C * sum(n*n)]``: max over an n x n grid per level, any h, w >= 1."""
+    return torch.cat([F.adaptive_max_pool2d(features, n).flatten(1) for n in levels], dim=1)
+
+
+class GradingNet(nn.Module):
+    """ResNet-18 grader on the image plus ``num_lesions`` lesion probability maps."""
+
+    def __init__(
+        self,
+        num_classes: int = 5,
+        num_lesions: int = 4,
+        hidden: int = 512,
+        dropout: float = 0.5,
+        pretrained_path: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        backbone = resnet18(weights=None)
+        if pretrained_path is not None:
+            backbone.load_state_dict(load_imagenet_state(pretrained_path))
+        self.num_lesions = num_lesions
+        self.stem = nn.Conv2d(3 + num_lesions, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        with torch.no_grad():
+            # Image channels start from the (pretrained or random) RGB stem; lesion channels at zero,
+            # so an ImageNet-initialised grader starts out as the ImageNet network.
+            self.stem.weight.zero_()
+            self.stem.weight[:, :3] = backbone.conv1.weight
+        self.bn1, self.relu, self.maxpool = backbone.bn1, backbone.relu, backbone.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            backbone.layer1,
+            backbone.layer2,
+            backbone.layer3,
+            backbone.layer4,
+        )
+        self.head = nn.Sequential(
+            nn.Linear(512 * sum(n * n for n in SPP_LEVELS), hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def stages(self) -> list[nn.Module]:
+        """The four residual stages whose outputs feed Grad-CAM."""
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x ``[N,3+L,H,W]`` (image in [0,1], lesion maps in [0,1]) -> (logits ``[N,C]``, stage outputs)."""
+        if x.shape[1] != 3 + self.num_lesions:
+            raise ValueError(f"grading net expects {3 + self.num_lesions} input channels, got {x.shape[1]}")
+        image = (x[:, :3] - self.mean) / self.std
+        x = torch.cat([image, x[:, 3:]], dim=1)
+        x = self.maxpool(self.relu(self.bn1(self.stem(x))))
+        features = []
+        for stage in self.stages():
+            x = stage(x)
+            features.append(x)
+        return self.head(spatial_pyramid_pool(x)), features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+
+def load_imagenet_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a torchvision ResNet-18 ImageNet state dict from a local file (nothing is downloaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ImageNet weights not found at {path}: download torchvision's resnet18 weights "
+            "(resnet18-f37072fd.pth) on a machine with internet and pass the local path"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "conv1.weight" not in state:
+        raise ValueError(f"{path} is not a torchvision ResNet-18 state dict (no 'conv1.weight')")
+    return state

@@ -1,0 +1,88 @@
+"""Losses of DeepMT-DR (DESIGN.md section 4). Weights live in the config, not here.
+
+Departures from the published code (README lists them): Dice is the standard soft Dice with
+the factor 2 (upstream's per-pixel form had its optimum at p=0.73), computed per image and
+channel on the device; invalid lesion channels (no ground truth) are ignored; the
+segmentation-aware loss compares probabilities, not logits.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def pixel_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """SR reconstruction loss, ``mse`` (the published code) or ``l1`` (the paper's figure)."""
+    if kind == "mse":
+        return F.mse_loss(sr, hr)
+    if kind == "l1":
+        return F.l1_loss(sr, hr)
+    raise ValueError(f"pixel loss must be 'mse' or 'l1', got {kind!r}")
+
+
+def tv_loss(image: torch.Tensor) -> torch.Tensor:
+    """Total variation (SRGAN form): mean squared vertical plus horizontal differences, x2."""
+    dy = (image[..., 1:, :] - image[..., :-1, :]).pow(2).mean()
+    dx = (image[..., :, 1:] - image[..., :, :-1]).pow(2).mean()
+    return 2 * (dy + dx)
+
+
+def _valid_weights(masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[N,L]`` float weights from ``valid [N,L]`` bool, broadcastable to ``[N,L,1,1]``."""
+    if valid.shape != masks.shape[:2]:
+        raise ValueError(f"mask_valid shape {tuple(valid.shape)} does not match masks {tuple(masks.shape[:2])}")
+    return valid.to(masks.dtype)
+
+
+def dice_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice ``1 - (2|P.G| + s) / (|P| + |G| + s)`` per image and lesion, mean over valid pairs."""
+    probs = torch.sigmoid(logits)
+    intersection = (probs * masks).sum(dim=(2, 3))
+    total = probs.sum(dim=(2, 3)) + masks.sum(dim=(2, 3))
+    loss = 1 - (2 * intersection + smooth) / (total + smooth)
+    weights = _valid_weights(masks, valid)
+    return (loss * weights).sum() / weights.sum().clamp_min(1)
+
+
+def focal_loss(
+    logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """Sigmoid focal loss (Lin et al. 2017), mean over pixels of valid lesion channels."""
+    bce = F.binary_cross_entropy_with_logits(logits, masks, reduction="none")
+    p_true = torch.exp(-bce)
+    alpha_t = alpha * masks + (1 - alpha) * (1 - masks)
+    loss = (alpha_t * (1 - p_true).pow(gamma) * bce).mean(dim=(2, 3))
+    weights = _valid_weights(masks, valid)
+    return (loss * weights).sum() / weights.sum().clamp_min(1)
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Dice + focal on the lesion channels that have ground truth."""
+    return dice_loss(logits, masks, valid) + focal_loss(logits, masks, valid)
+
+
+def seg_aware_loss(sr_lesion_logits: torch.Tensor, hr_lesion_logits: torch.Tensor) -> torch.Tensor:
+    """MSE between lesion probabilities on SR and (constant) on HR: SR should keep what seg sees."""
+    return F.mse_loss(torch.sigmoid(sr_lesion_logits), torch.sigmoid(hr_lesion_logits).detach())
+
+
+def task_aware_loss(sr_attention: torch.Tensor, hr_attention: torch.Tensor) -> torch.Tensor:
+    """MSE between the grader's fused Grad-CAM on SR and (constant) on HR."""
+    return F.mse_loss(sr_attention, hr_attention.detach())
+
+
+def grading_loss(logits: torch.Tensor, grades: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Class-weighted cross entropy; grade -1 (unknown) is ignored. Zero if no sample is graded."""
+    known = grades >= 0
+    # Multiplying by 0 rather than branching on known.any() avoids a host synchronisation.
+    loss = F.cross_entropy(logits, grades.clamp_min(0), weight=class_weights, reduction="none")
+    weights = known.to(logits.dtype) * (class_weights[grades.clamp_min(0)] if class_weights is not None else 1)
+    return (loss * known).sum() / weights.sum().clamp_min(1e-12)
+
+
+def class_weights_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1 over present classes; absent classes get 0."""
+    counts = counts.float()
+    weights = torch.where(counts > 0, counts.sum() / counts.clamp_min(1), torch.zeros_like(counts))
+    present = (counts > 0).sum().clamp_min(1)
+    return weights * present / weights.sum().clamp_min(1e-12)

@@ -1,0 +1,47 @@
+"""Evaluate a trained DeepMT-DR checkpoint on the test split.
+
+    python test.py                       # runs/demo/checkpoints/best.pt
+    python test.py --name paper          # runs/paper/checkpoints/best.pt
+    python test.py --checkpoint path/to/best.pt --split val
+
+Writes <run>/metrics.json and <run>/predictions_<split>.csv, prints a table, and saves figures
+(confusion matrix, ROC curves, lesion PR curves, per-sample panels) in visualization_result/<name>/.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from engine.cli import run_cli
+from engine.testing import run_test
+from evaluation.report import format_metrics_table
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", default="demo", help="run name under --out-dir (default demo)")
+    parser.add_argument("--out-dir", default="runs", help="folder holding the runs (default runs)")
+    parser.add_argument("--checkpoint", help="checkpoint file (default <out-dir>/<name>/checkpoints/best.pt)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--samples", type=int, default=4, help="per-sample figure panels to draw")
+    parser.add_argument("--figures", default="visualization_result", help="figure folder root")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else Path(args.out_dir) / args.name / "checkpoints" / "best.pt"
+    progress = None if args.quiet else (lambda iterable: tqdm(iterable, desc=f"testing {args.split}", leave=False))
+    metrics, run_dir = run_test(checkpoint, args.split, args.device, args.samples, args.figures, progress)
+    print(format_metrics_table(metrics))
+    print(f"metrics: {run_dir / 'metrics.json'}; figures: {Path(args.figures) / run_dir.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

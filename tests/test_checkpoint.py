@@ -1,0 +1,78 @@
+"""Checkpoints: atomic write, identical outputs after a round trip, clear errors for bad files."""
+import pytest
+import torch
+
+from engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from models import create_model
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return create_model("deepmt_dr", scale=4, isr_channels=8, isr_blocks=1, seg_width=0.25, **kw).eval()
+
+
+def test_round_trip_restores_identical_outputs(tmp_path):
+    model = _model()
+    for p in model.parameters():  # make every weight differ from a fresh init
+        p.data.add_(torch.randn_like(p) * 0.01)
+    lr = torch.rand(2, 3, 16, 16)
+    expected = model(lr)
+    path = save_checkpoint({"config": {"any": 1}, "model": model.state_dict()}, tmp_path / "ck" / "best.pt")
+    assert not list(path.parent.glob("*.tmp"))
+    restored = _model()
+    restored.load_state_dict(load_checkpoint(path)["model"])
+    for a, b in zip(restored(lr), expected):
+        assert torch.equal(a, b)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_corrupt_and_foreign_files(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt.pt is not a readable checkpoint"):
+        load_checkpoint(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(1)}, foreign)
+    with pytest.raises(CheckpointError, match="not a DeepMT-DR checkpoint"):
+        load_checkpoint(foreign)
+    old = tmp_path / "old.pt"
+    torch.save({"format_version": 0, "config": {}, "model": {}}, old)
+    with pytest.raises(CheckpointError, match="format_version 0"):
+        load_checkpoint(old)
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "config": {}, "model": Evil()}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(path)
+
+
+def test_mismatched_model_names_the_tensors(tmp_path):
+    state = _model().state_dict()
+    other = create_model("deepmt_dr", scale=4, isr_channels=8, isr_blocks=1, seg_width=0.5)
+    with pytest.raises(CheckpointError, match="shape mismatch: .*seg"):
+        load_model_state(other, state, "ck.pt")
+    no_seg = create_model("deepmt_dr", scale=4, isr_channels=8, isr_blocks=1, use_lesions=False)
+    with pytest.raises(CheckpointError, match="unexpected: seg"):
+        load_model_state(no_seg, state, "ck.pt")
+
+
+def test_rng_state_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = rng_state()
+    path = save_checkpoint({"config": {}, "model": {}, "rng": state}, tmp_path / "r.pt")
+    first = (random.random(), np.random.rand(), torch.rand(1))
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1)) == first
