@@ -1,7 +1,6 @@
 """Inference over a loader and the metrics of DESIGN.md section 6 (one implementation: evaluation.metrics)."""
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -10,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.degrade import bicubic_upsample
-from evaluation.metrics import SegmentationMetrics, grading_metrics, sr_metrics
+from evaluation.metrics import SegmentationMetrics, grading_metrics, lesion_region, psnr_per_image, ssim_per_image
 from models import DeepMTDR
 
 Mode = Literal["lr", "hr"]
@@ -28,25 +27,24 @@ class EvalResult:
     seg: SegmentationMetrics | None = None
 
 
-class _SRMeans:
-    """Accumulates per-batch means of sr_metrics into per-image means over the whole split."""
+class _PerImageSR:
+    """Collects per-image PSNR/SSIM (FOV) and lesion PSNR; the split's numbers are their means."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, float] = {}
+        self.values: dict[str, list[torch.Tensor]] = {key: [] for key in SR_KEYS}
 
-    def add(self, values: dict, n_images: int, n_lesion_images: int) -> None:
-        for key in SR_KEYS:
-            value = values.get(key)
-            weight = n_lesion_images if key == "psnr_lesion" else n_images
-            if value is None or weight == 0 or math.isnan(value):
-                continue
-            self.sums[key] = self.sums.get(key, 0.0) + value * weight
-            self.counts[key] = self.counts.get(key, 0) + weight
+    def add(self, image: torch.Tensor, hr: torch.Tensor, fov: torch.Tensor, masks: torch.Tensor) -> None:
+        self.values["psnr"].append(psnr_per_image(image, hr, fov).cpu())
+        self.values["ssim"].append(ssim_per_image(image, hr, fov).cpu())
+        self.values["psnr_lesion"].append(psnr_per_image(image, hr, lesion_region(masks, fov)).cpu())
 
     def result(self) -> dict:
-        out = {key: self.sums[key] / self.counts[key] if self.counts.get(key) else float("nan") for key in SR_KEYS}
-        out["n"] = int(self.counts.get("psnr", 0))
+        out = {}
+        for key, chunks in self.values.items():
+            values = torch.cat(chunks).double()
+            out[key] = float(values.nanmean()) if (~values.isnan()).any() else float("nan")
+        out["n"] = int(torch.cat(self.values["psnr"]).numel())
+        out["n_lesion"] = int((~torch.cat(self.values["psnr_lesion"]).isnan()).sum())
         return out
 
 
@@ -66,7 +64,7 @@ def evaluate(
     upper bound the cls and seg stages train for).
     """
     model.eval()
-    sr_means = {"sr": _SRMeans(), "bicubic": _SRMeans()}
+    sr_values = {"sr": _PerImageSR(), "bicubic": _PerImageSR()}
     seg = SegmentationMetrics(num_lesions=4, device=device) if model.use_lesions else None
     ids, grades, probs = [], [], []
     batches = progress(loader) if progress else loader
@@ -81,10 +79,8 @@ def evaluate(
                 image = hr
             result = model.grade_image(image)
         if mode == "lr":
-            n_lesion = int(masks.flatten(1).amax(1).gt(0).sum())
-            sr_means["sr"].add(sr_metrics(image, hr, fov, masks), len(hr), n_lesion)
-            bicubic = bicubic_upsample(lr, model.isr.scale)
-            sr_means["bicubic"].add(sr_metrics(bicubic, hr, fov, masks), len(hr), n_lesion)
+            sr_values["sr"].add(image, hr, fov, masks * valid[:, :, None, None])
+            sr_values["bicubic"].add(bicubic_upsample(lr, model.isr.scale), hr, fov, masks * valid[:, :, None, None])
         if seg is not None:
             seg.update(torch.sigmoid(result.lesion_logits.float()), masks, valid)
         ids += list(batch["id"])
@@ -95,7 +91,7 @@ def evaluate(
     if bool((grades_all >= 0).any()):
         metrics["grading"] = grading_metrics(grades_all.numpy(), probs_all.numpy())
     if mode == "lr":
-        metrics["sr"] = {name: means.result() for name, means in sr_means.items()}
+        metrics["sr"] = {name: values.result() for name, values in sr_values.items()}
     if seg is not None:
         metrics["segmentation"] = seg.compute()
     return EvalResult(metrics, ids, grades_all, probs_all, seg)

@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -82,9 +83,6 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.run_dir = config.run_dir
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        self.train_set = build_dataset(config, "train")
-        self.val_set = build_dataset(config, "val")
-        self.class_weights = self._class_weights()
         amp_dtype = torch.bfloat16 if config.run.amp_dtype == "bfloat16" else torch.float16
         self.amp_enabled = config.run.amp and self.device.type == "cuda"
         self.amp_dtype = amp_dtype
@@ -94,7 +92,17 @@ class Trainer:
         self.tensorboard: TensorBoardLog | None = None
 
     # ----------------------------------------------------------------- setup helpers
-    def _class_weights(self) -> torch.Tensor | None:
+    @cached_property
+    def train_set(self):
+        return build_dataset(self.config, "train")
+
+    @cached_property
+    def val_set(self):
+        return build_dataset(self.config, "val")
+
+    @cached_property
+    def class_weights(self) -> torch.Tensor | None:
+        """CE class weights: inverse training frequency ("auto"), none, or the configured list."""
         setting = self.config.loss.class_weights
         if setting == "none":
             return None
@@ -337,6 +345,9 @@ class Trainer:
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --name"
             )
         save_config(self.config, self.run_dir / "config.yaml")
+        for dataset in (self.train_set, self.val_set):
+            if hasattr(dataset, "materialize"):  # render an in-memory dataset once, before timing epochs
+                dataset.materialize(progress=self.progress is not None)
         self.csv = CSVLog(self.run_dir / "log.csv")
         self.tensorboard = TensorBoardLog(self.run_dir)
         try:

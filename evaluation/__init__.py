@@ -1,0 +1,1 @@
+"""Metrics (one implementation of every metric) and report figures/tables."""

@@ -1,0 +1,96 @@
+"""train.py and test.py end to end on tiny images, resume, and bad input at the command line."""
+import json
+
+import pytest
+import torch
+
+import test as test_cli
+import train as train_cli
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.cli import run_cli
+
+
+def _train(argv):
+    return run_cli(train_cli.main, ["--quiet", *argv])
+
+
+def test_train_all_stages_then_test(tmp_path, tiny_overrides, capsys):
+    assert _train(["--name", "e2e", "train.max_steps_per_epoch=2", *tiny_overrides]) == 0
+    run = tmp_path / "runs" / "e2e"
+    for stage in ("isr", "seg", "cls", "joint"):
+        assert (run / "checkpoints" / f"{stage}_last.pt").is_file()
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    log = (run / "log.csv").read_text().splitlines()
+    assert len(log) == 5 and log[0].startswith("stage,epoch")
+    assert list((run / "tensorboard").iterdir())
+    figures = tmp_path / "figures"
+    argv = ["--quiet", "--name", "e2e", "--out-dir", str(tmp_path / "runs"), "--figures", str(figures), "--samples", "2"]
+    assert run_cli(test_cli.main, argv) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["grading"]["n"] == 4
+    assert set(metrics["sr"]) == {"sr", "bicubic"} and set(metrics["segmentation"]) >= {"MA", "HE", "EX", "SE"}
+    assert "QWK" in capsys.readouterr().out
+    for name in ("confusion_matrix.png", "roc_curves.png", "lesion_pr_curves.png"):
+        assert (figures / "e2e" / name).stat().st_size > 0
+    assert len(list((figures / "e2e" / "samples").glob("*.png"))) == 2
+    assert len((run / "predictions_test.csv").read_text().splitlines()) == 5
+
+
+def test_resume_continues_where_it_stopped(tmp_path, tiny_overrides):
+    common = ["--stage", "cls", *tiny_overrides, "train.max_steps_per_epoch=2"]
+    assert _train(["--name", "straight", *common, "train.cls.epochs=2"]) == 0
+    assert _train(["--name", "split", *common, "train.cls.epochs=1"]) == 0
+    assert _train(["--name", "split", "--resume", *common, "train.cls.epochs=2"]) == 0
+    straight = load_checkpoint(tmp_path / "runs" / "straight" / "checkpoints" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "runs" / "split" / "checkpoints" / "last.pt")
+    assert straight["epoch"] == resumed["epoch"] == 2 and straight["step"] == resumed["step"]
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    log = (tmp_path / "runs" / "split" / "log.csv").read_text().splitlines()
+    assert len(log) == 3  # header + epoch 1 + epoch 2, nothing repeated
+
+
+def test_existing_run_is_not_overwritten(tmp_path, tiny_overrides, capsys):
+    argv = ["--name", "keep", "--stage", "seg", "train.max_steps_per_epoch=1", *tiny_overrides]
+    assert _train(argv) == 0
+    last = tmp_path / "runs" / "keep" / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    assert _train(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert last.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.bogus=1", "unknown config key 'data.bogus'"),
+        ("data.scale=3", "data.scale must be one of"),
+        ("data.hr_size=-16", "data.hr_size must be positive"),
+        ("train.cls.batch_size=0", "batch_size must be positive"),
+    ],
+)
+def test_train_bad_config_is_one_line_exit_2(tmp_path, tiny_overrides, capsys, override, message):
+    assert _train(["--name", "bad", *tiny_overrides, override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_test_cli_missing_and_foreign_checkpoints(tmp_path, capsys):
+    assert run_cli(test_cli.main, ["--quiet", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    assert run_cli(test_cli.main, ["--quiet", "--checkpoint", str(foreign)]) == 2
+    assert "not a DeepMT-DR checkpoint" in capsys.readouterr().err
+
+
+def test_test_cli_checkpoint_not_matching_its_config(tmp_path, tiny_overrides, capsys):
+    assert _train(["--name", "m", "--stage", "seg", "train.max_steps_per_epoch=1", *tiny_overrides]) == 0
+    path = tmp_path / "runs" / "m" / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    state["config"]["model"]["seg_width"] = 0.5  # the weights no longer fit the declared architecture
+    tampered = save_checkpoint(state, tmp_path / "tampered.pt")
+    assert run_cli(test_cli.main, ["--quiet", "--checkpoint", str(tampered)]) == 2
+    err = capsys.readouterr().err
+    assert "tampered.pt does not match the requested model" in err and "shape mismatch" in err
