@@ -3,6 +3,7 @@
     python test.py                       # runs/demo/checkpoints/best.pt
     python test.py --name paper          # runs/paper/checkpoints/best.pt
     python test.py --checkpoint path/to/best.pt --split val
+    python test.py --input hr            # grade the HR images: the upper bound SR aims at
 
 Writes <run>/metrics.json and <run>/predictions_<split>.csv, prints a table, and saves figures
 (confusion matrix, ROC curves, lesion PR curves, per-sample panels) in visualization_result/<name>/.
@@ -26,6 +27,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", default="runs", help="folder holding the runs (default runs)")
     parser.add_argument("--checkpoint", help="checkpoint file (default <out-dir>/<name>/checkpoints/best.pt)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--input", default="lr", choices=("lr", "hr"),
+                        help="lr: the system, LR -> SR -> grade (default); hr: grade the HR images (upper bound)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--samples", type=int, default=4, help="per-sample figure panels to draw")
     parser.add_argument("--figures", default="visualization_result", help="figure folder root")
@@ -37,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     checkpoint = Path(args.checkpoint) if args.checkpoint else Path(args.out_dir) / args.name / "checkpoints" / "best.pt"
     progress = None if args.quiet else (lambda iterable: tqdm(iterable, desc=f"testing {args.split}", leave=False))
-    metrics, run_dir = run_test(checkpoint, args.split, args.device, args.samples, args.figures, progress)
+    metrics, run_dir = run_test(checkpoint, args.split, args.device, args.samples, args.figures, progress, args.input)
     print(format_metrics_table(metrics))
-    print(f"metrics: {run_dir / 'metrics.json'}; figures: {Path(args.figures) / run_dir.name}")
+    print(f"results in {run_dir} and figures in {Path(args.figures) / run_dir.name}")
     return 0
 
 

@@ -13,7 +13,7 @@ from data.degrade import bicubic_upsample
 from engine.builders import build_dataset, build_loader, build_model, select_device
 from engine.checkpoint import load_checkpoint, load_model_state
 from engine.config import Config, config_from_dict
-from engine.evaluator import EvalResult, evaluate
+from engine.evaluator import EvalResult, Mode, evaluate
 from evaluation import report
 from evaluation.metrics import roc_curves
 from models import DeepMTDR
@@ -93,16 +93,24 @@ def run_test(
     samples: int = 4,
     figures_root: str | Path = "visualization_result",
     progress=None,
+    mode: Mode = "lr",
 ) -> tuple[dict, Path]:
-    """Evaluate ``checkpoint`` on ``split``; writes ``<run>/metrics.json`` and figures; returns (metrics, run dir)."""
+    """Evaluate ``checkpoint`` on ``split``; writes metrics JSON, predictions CSV and figures.
+
+    ``mode="lr"`` is the system (LR -> SR -> lesions -> grade) and writes ``<run>/metrics.json``
+    for the test split; ``mode="hr"`` grades the HR images (the upper bound SR aims at). Other
+    splits or modes get suffixed names (``metrics_val_hr.json``) so nothing is overwritten.
+    Returns (metrics, run dir).
+    """
     model, config, state = load_trained(checkpoint, device)
     device_ = next(model.parameters()).device
     dataset = build_dataset(config, split)
     loader = build_loader(dataset, max(8, config.train.joint.batch_size), False, 0, config.data.num_workers)
-    result = evaluate(model, loader, device_, "lr", progress=progress)
+    result = evaluate(model, loader, device_, mode, progress=progress)
     metrics = {
         **result.metrics,
         "split": split,
+        "input": mode,
         "checkpoint": str(checkpoint),
         "stage": state.get("stage"),
         "epoch": state.get("epoch"),
@@ -112,9 +120,10 @@ def run_test(
     }
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
-    write_predictions(result, run_dir / f"predictions_{split}.csv")
-    figures = Path(figures_root) / config.run.name
+    suffix = "" if (split, mode) == ("test", "lr") else f"_{split}_{mode}"
+    (run_dir / f"metrics{suffix}.json").write_text(json.dumps(_json_safe(metrics), indent=2))
+    write_predictions(result, run_dir / f"predictions_{split}{'_hr' if mode == 'hr' else ''}.csv")
+    figures = Path(figures_root) / config.run.name / suffix.lstrip("_")
     if "grading" in metrics:
         report.plot_confusion(metrics["grading"]["confusion"], figures / "confusion_matrix.png")
         report.plot_roc(roc_curves(result.grades.numpy(), result.probs.numpy()), figures / "roc_curves.png")

@@ -1,8 +1,8 @@
 """Losses of DeepMT-DR (DESIGN.md section 4). Weights live in the config, not here.
 
 Departures from the published code (README lists them): Dice is the standard soft Dice with
-the factor 2 (upstream's per-pixel form had its optimum at p=0.73), computed per image and
-channel on the device; invalid lesion channels (no ground truth) are ignored; the
+the factor 2 (upstream's per-pixel form had its optimum at p=0.73), computed per lesion over the
+batch on the device; invalid lesion channels (no ground truth) are ignored; the
 segmentation-aware loss compares probabilities, not logits.
 """
 from __future__ import annotations
@@ -35,13 +35,19 @@ def _valid_weights(masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def dice_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Soft Dice ``1 - (2|P.G| + s) / (|P| + |G| + s)`` per image and lesion, mean over valid pairs."""
-    probs = torch.sigmoid(logits)
-    intersection = (probs * masks).sum(dim=(2, 3))
-    total = probs.sum(dim=(2, 3)) + masks.sum(dim=(2, 3))
+    """Soft Dice ``1 - (2|P.G| + s) / (|P| + |G| + s)`` per lesion over the batch's valid images, mean over lesions.
+
+    Pooling the batch (rather than scoring each image) keeps images without a lesion from pulling
+    that lesion's map to zero everywhere, which made rare lesions collapse to a constant output.
+    """
+    weights = _valid_weights(masks, valid)[:, :, None, None]
+    probs = torch.sigmoid(logits) * weights
+    masks = masks * weights
+    intersection = (probs * masks).sum(dim=(0, 2, 3))
+    total = probs.sum(dim=(0, 2, 3)) + masks.sum(dim=(0, 2, 3))
     loss = 1 - (2 * intersection + smooth) / (total + smooth)
-    weights = _valid_weights(masks, valid)
-    return (loss * weights).sum() / weights.sum().clamp_min(1)
+    present = valid.any(dim=0).to(loss.dtype)
+    return (loss * present).sum() / present.sum().clamp_min(1)
 
 
 def focal_loss(

@@ -70,3 +70,13 @@ def test_pixel_tv_and_seg_aware():
     hr_logits = torch.randn(1, 4, 8, 8, requires_grad=True)
     seg_aware_loss(sr_logits, hr_logits).backward()
     assert sr_logits.grad.abs().sum() > 0 and hr_logits.grad is None
+
+
+def test_dice_pools_the_batch_so_empty_images_do_not_dominate():
+    masks = torch.zeros(4, 1, 8, 8)
+    masks[0, 0, 2:5, 2:5] = 1  # one image of four has the lesion
+    valid = torch.ones(4, 1, dtype=torch.bool)
+    perfect = (masks * 2 - 1) * 20
+    assert dice_loss(perfect, masks, valid) < 1e-3
+    # Predicting nothing anywhere is as bad as it gets for the batch, not 3/4 right.
+    assert dice_loss(torch.full_like(masks, -20.0), masks, valid) > 0.85

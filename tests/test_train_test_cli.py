@@ -94,3 +94,11 @@ def test_test_cli_checkpoint_not_matching_its_config(tmp_path, tiny_overrides, c
     assert run_cli(test_cli.main, ["--quiet", "--checkpoint", str(tampered)]) == 2
     err = capsys.readouterr().err
     assert "tampered.pt does not match the requested model" in err and "shape mismatch" in err
+
+
+def test_amp_and_channels_last_switches_run_on_cpu(tmp_path, tiny_overrides):
+    """AMP is a no-op on the CPU and channels_last a layout change: the joint step must still train."""
+    argv = ["--name", "fast", "--stage", "joint", "train.max_steps_per_epoch=1", "run.amp=true", "run.channels_last=true", *tiny_overrides]
+    assert _train(argv) == 0
+    state = load_checkpoint(tmp_path / "runs" / "fast" / "checkpoints" / "joint_last.pt")
+    assert state["stage"] == "joint" and state["step"] == 1

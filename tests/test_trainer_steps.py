@@ -1,0 +1,76 @@
+"""The stage steps: which sub-nets get gradients, and that the joint step's grader follows CE alone."""
+import pytest
+import torch
+
+from engine.config import load_config
+from engine.trainer import Trainer
+from models.losses import grading_loss
+from tests.conftest import TINY
+
+
+def _trainer(tmp_path):
+    config = load_config(None, [*TINY, f"run.out_dir={tmp_path}", "model.grader_dropout=0"])
+    trainer = Trainer(config)
+    trainer.class_weights = None  # random batches below: no dataset needed
+    trainer.crop_generator = torch.Generator().manual_seed(0)
+    return trainer
+
+
+def _batch(n=2, size=64, scale=4):
+    torch.manual_seed(1)
+    masks = (torch.rand(n, 4, size, size) > 0.95).float()
+    return {
+        "hr": torch.rand(n, 3, size, size),
+        "lr": torch.rand(n, 3, size // scale, size // scale),
+        "masks": masks,
+        "mask_valid": torch.ones(n, 4, dtype=torch.bool),
+        "fov": torch.ones(n, 1, size, size),
+        "grade": torch.tensor([0, 3][:n]),
+    }
+
+
+def _has_grad(module):
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    "stage, trained, frozen",
+    [
+        ("isr", ("isr", "seg"), ("grader", "cam_fusion")),
+        ("seg", ("seg",), ("isr", "grader", "cam_fusion")),
+        ("cls", ("grader", "cam_fusion"), ("isr", "seg")),
+        ("joint", ("isr", "grader"), ("seg", "cam_fusion")),
+    ],
+)
+def test_each_stage_trains_its_subnets_only(tmp_path, stage, trained, frozen):
+    trainer = _trainer(tmp_path)
+    trainer._prepare_stage(stage)
+    losses = getattr(trainer, f"step_{stage}")(trainer._batch(_batch(), stage))
+    assert all(torch.isfinite(value) for value in losses.values())
+    for name in trained:
+        assert _has_grad(getattr(trainer.model, name)), name
+    for name in frozen:
+        assert not _has_grad(getattr(trainer.model, name)), name
+        assert not getattr(trainer.model, name).training, name
+
+
+def test_joint_step_grader_follows_grading_loss_only_and_isr_gets_task_aware(tmp_path):
+    trainer = _trainer(tmp_path)
+    trainer._prepare_stage("joint")
+    batch = _batch()
+    losses = trainer.step_joint(batch)
+    assert losses["task_aware"] > 0 and losses["seg_aware"] >= 0
+    grader_grads = [p.grad.clone() for p in trainer.model.grader.parameters()]
+    isr_grads = [p.grad.clone() for p in trainer.model.isr.parameters()]
+    trainer.model.zero_grad(set_to_none=True)
+    # The grader's gradient is exactly that of the grading loss on the SR path.
+    model = trainer.model
+    ce = grading_loss(model.grade_image(model.isr(batch["lr"])).grade_logits, batch["grade"])
+    expected = torch.autograd.grad(ce, list(model.grader.parameters()))
+    for got, want in zip(grader_grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    # The ISR net's gradient changes when the task-aware loss is switched off: it reaches the ISR net.
+    trainer.config.loss.task_aware_weight = 0.0
+    trainer.step_joint(batch)
+    without = [p.grad for p in trainer.model.isr.parameters()]
+    assert any(not torch.allclose(a, b) for a, b in zip(isr_grads, without))
