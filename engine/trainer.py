@@ -122,13 +122,11 @@ class Trainer:
 
     def _prepare_stage(self, stage: str) -> dict[str, torch.optim.Optimizer]:
         """Freeze what the stage does not train and build one Adam per trained sub-net."""
-        trainable = self._submodules(TRAINABLE[stage])
-        self.model.eval()
+        self._set_modes(stage)
         self.model.requires_grad_(False)
         settings: StageConfig = getattr(self.config.train, stage)
         optimizers = {}
-        for name, module in trainable.items():
-            module.train()
+        for name, module in self._submodules(TRAINABLE[stage]).items():
             module.requires_grad_(True)
             optimizers[name] = torch.optim.Adam(
                 module.parameters(),
@@ -304,8 +302,7 @@ class Trainer:
                 if not math.isnan(metric) and metric > best:
                     best, best_epoch = metric, epoch + 1
                     row["is_best"] = 1
-                # Restore train modes that evaluate() switched off.
-                self._prepare_modes(stage)
+                self._set_modes(stage)  # evaluate() left everything in eval mode
             row["seconds"] = round(time.perf_counter() - started, 2)
             state = self._state(stage, epoch + 1, optimizers, schedulers, best, best_epoch)
             save_checkpoint(state, self.checkpoint_dir / f"{stage}_last.pt")
@@ -321,7 +318,8 @@ class Trainer:
             # The next stage starts from this stage's best weights.
             load_model_state(self.model, load_checkpoint(best_path)["model"], best_path)
 
-    def _prepare_modes(self, stage: str) -> None:
+    def _set_modes(self, stage: str) -> None:
+        """Train mode for the sub-nets the stage trains, eval mode (frozen BN statistics) for the rest."""
         self.model.eval()
         for module in self._submodules(TRAINABLE[stage]).values():
             module.train()
@@ -352,7 +350,8 @@ class Trainer:
         self.tensorboard = TensorBoardLog(self.run_dir)
         try:
             for index, stage in enumerate(stages[first:], start=first):
-                if getattr(self.config.train, stage).epochs == 0:
+                if getattr(self.config.train, stage).epochs == 0 or not self._submodules(TRAINABLE[stage]):
+                    log.info("skipping stage %s: no epochs or nothing to train", stage)
                     continue
                 self.train_stage(stage, resume_state if index == first else None)
         finally:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from data import synthetic
 from data.records import LESIONS, SAMPLE_KEYS, DataError
 from data.synthetic import (
     BACKGROUND_DIR,
@@ -21,6 +20,7 @@ from data.synthetic import (
     icdr_grade,
     load_backgrounds,
     main,
+    pool,
     render_background,
     render_sample,
 )
@@ -141,7 +141,7 @@ def test_same_sample_in_a_fresh_process():
 
 
 def test_materialize_in_a_process_pool_matches_rendering_here(monkeypatch):
-    monkeypatch.setattr(synthetic, "POOL_MIN_JOBS", 2)
+    monkeypatch.setattr(pool, "POOL_MIN_JOBS", 2)
     pooled = SyntheticFundus("train", 6, 64, 4, seed=3)
     pooled.materialize()
     plain = SyntheticFundus("train", 6, 64, 4, seed=3, cache=False)

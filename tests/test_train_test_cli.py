@@ -102,3 +102,11 @@ def test_amp_and_channels_last_switches_run_on_cpu(tmp_path, tiny_overrides):
     assert _train(argv) == 0
     state = load_checkpoint(tmp_path / "runs" / "fast" / "checkpoints" / "joint_last.pt")
     assert state["stage"] == "joint" and state["step"] == 1
+
+
+def test_segmentation_ablated_run_skips_the_seg_stage(tmp_path, tiny_overrides):
+    argv = ["--name", "noseg", "train.max_steps_per_epoch=1", "model.use_lesions=false", *tiny_overrides]
+    assert _train(argv) == 0
+    checkpoints = tmp_path / "runs" / "noseg" / "checkpoints"
+    assert not (checkpoints / "seg_last.pt").exists()
+    assert load_checkpoint(checkpoints / "last.pt")["stage"] == "joint"
