@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,22 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         Path(temp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def link_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Make ``target`` the same checkpoint as ``source`` (a hard link, else a copy), atomically.
+
+    ``last.pt``/``best.pt`` repeat a stage's checkpoint; linking avoids serialising it again.
+    """
+    source, target = Path(source), Path(target)
+    temp = target.with_name(f".{target.name}.link.tmp")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError:  # file systems without hard links
+        shutil.copyfile(source, temp)
+    os.replace(temp, target)
+    return target
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

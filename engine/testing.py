@@ -81,6 +81,7 @@ def sample_panels(model: DeepMTDR, dataset, device: torch.device, count: int, ou
                 out_dir / f"sample_{sample_id}.png",
                 lr[i].cpu(), bicubic[i].cpu(), sr[i].cpu(), hr[i].cpu(),
                 lesion_probs[i].cpu(), batch["masks"][i], cam=cam[i].cpu(), title=title,
+                lesion_valid=batch["mask_valid"][i].tolist(),
             )
         )
     return paths

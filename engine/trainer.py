@@ -32,6 +32,7 @@ from data.crop import random_crop
 from engine.builders import build_dataset, build_loader, build_model, grade_counts, seed_everything, select_device
 from engine.checkpoint import (
     CheckpointError,
+    link_checkpoint,
     load_checkpoint,
     load_model_state,
     rng_state,
@@ -305,11 +306,11 @@ class Trainer:
                 self._set_modes(stage)  # evaluate() left everything in eval mode
             row["seconds"] = round(time.perf_counter() - started, 2)
             state = self._state(stage, epoch + 1, optimizers, schedulers, best, best_epoch)
-            save_checkpoint(state, self.checkpoint_dir / f"{stage}_last.pt")
-            save_checkpoint(state, self.checkpoint_dir / "last.pt")
+            stage_last = save_checkpoint(state, self.checkpoint_dir / f"{stage}_last.pt")
+            link_checkpoint(stage_last, self.checkpoint_dir / "last.pt")
             if row.get("is_best"):
-                save_checkpoint(state, self.checkpoint_dir / f"{stage}_best.pt")
-                save_checkpoint(state, self.checkpoint_dir / "best.pt")
+                link_checkpoint(stage_last, self.checkpoint_dir / f"{stage}_best.pt")
+                link_checkpoint(stage_last, self.checkpoint_dir / "best.pt")
             self.csv.write(row)
             self.tensorboard.scalars({k: v for k, v in row.items() if k not in ("stage", "epoch")}, self.global_step, f"{stage}/")
             log.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))

@@ -76,3 +76,15 @@ def test_rng_state_round_trip(tmp_path):
     first = (random.random(), np.random.rand(), torch.rand(1))
     set_rng_state(load_checkpoint(path)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1)) == first
+
+
+def test_link_checkpoint_is_a_snapshot(tmp_path):
+    from engine.checkpoint import link_checkpoint
+
+    first = save_checkpoint({"config": {}, "model": {"w": torch.zeros(2)}}, tmp_path / "stage_last.pt")
+    link_checkpoint(first, tmp_path / "best.pt")
+    save_checkpoint({"config": {}, "model": {"w": torch.ones(2)}}, tmp_path / "stage_last.pt")  # next epoch
+    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.zeros(2))
+    assert torch.equal(load_checkpoint(tmp_path / "stage_last.pt")["model"]["w"], torch.ones(2))
+    link_checkpoint(tmp_path / "stage_last.pt", tmp_path / "best.pt")  # replacing an existing file
+    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.ones(2))
