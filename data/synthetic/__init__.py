@@ -6,15 +6,8 @@ Backgrounds are real normal fundi: ``skimage.data.retina()`` (CC0) and a few gra
 shipped in ``data/backgrounds/`` (CC BY 4.0, see its README). Each sample draws a background, augments it
 (mirroring, rotation, scale, shift, brightness/contrast/gamma/colour), draws a target grade from
 ``class_mix`` and renders lesions consistent with it, each in a local patch with its own opacity map:
-
-- MA: dark red dots, radius 0.25-0.55 % of the FOV diameter (under 125 um), soft-edged;
-- HE: dot/blot haemorrhages (irregular, textured) and flame haemorrhages (elongated radially from the
-  disc, striated), multiplied into the background so vessels show through;
-- EX: sharp-edged yellow spots in clumps or circinate rings around the macula;
-- SE: pale, fluffy cotton-wool spots along the arcades near the disc;
-- proliferative signs: neovascular tufts (thin tortuous loops on the disc or an arcade; counted as
-  ``NV``, in no lesion mask, drawn in ``new_vessels``) and a boat-shaped preretinal haemorrhage
-  (counted as ``PRH``, marked in the HE mask because it is a haemorrhage, but not in the HE count).
+microaneurysms, dot/blot and flame haemorrhages, hard exudates, cotton-wool spots, and for grade 4
+neovascular tufts or a preretinal haemorrhage (how each looks and is drawn: :mod:`data.synthetic.lesions`).
 
 The lesion masks are exactly the pixels a lesion's opacity touched, clipped to the FOV, so pixels outside
 the masks (and ``new_vessels``) equal the lesion-free background. The label is computed from what was

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -108,14 +109,28 @@ def _place_haemorrhages(
         tally.add("HE", point, draw(rng, canvas, point, anatomy))
 
 
+def _place_scattered(
+    rng: np.random.Generator,
+    canvas: Canvas,
+    anatomy: Anatomy,
+    tally: Tally,
+    count: int,
+    lesion: str,
+    region: str,
+    draw: Callable[[np.random.Generator, Canvas, np.ndarray, Anatomy], bool],
+) -> None:
+    """``count`` independent lesions of one kind at random points of ``region``."""
+    for _ in range(count):
+        point = _sample_point(rng, canvas, anatomy, region)
+        if point is not None:
+            tally.add(lesion, point, draw(rng, canvas, point, anatomy))
+
+
 def _place_microaneurysms(
     rng: np.random.Generator, canvas: Canvas, anatomy: Anatomy, tally: Tally, count: int
 ) -> None:
     """Microaneurysms scattered over the posterior pole."""
-    for _ in range(count):
-        point = _sample_point(rng, canvas, anatomy, "pole")
-        if point is not None:
-            tally.add("MA", point, draw_microaneurysm(rng, canvas, point, anatomy))
+    _place_scattered(rng, canvas, anatomy, tally, count, "MA", "pole", draw_microaneurysm)
 
 
 def _place_exudate_cluster(
@@ -147,10 +162,7 @@ def _place_cotton_wool_spots(
     rng: np.random.Generator, canvas: Canvas, anatomy: Anatomy, tally: Tally, count: int
 ) -> None:
     """Cotton-wool spots along the vascular arcades near the disc."""
-    for _ in range(count):
-        point = _sample_point(rng, canvas, anatomy, "arcade")
-        if point is not None:
-            tally.add("SE", point, draw_cotton_wool_spot(rng, canvas, point, anatomy))
+    _place_scattered(rng, canvas, anatomy, tally, count, "SE", "arcade", draw_cotton_wool_spot)
 
 
 def _render_moderate(
