@@ -313,7 +313,8 @@ def plot_sample_panel(
 
     Args:
         lr: ``[3,h,w]``; bicubic, sr, hr: ``[3,H,W]``; all in [0,1] (torch or numpy).
-        lesion_probs, lesion_masks: ``[4,H,W]`` probabilities in [0,1] and GT in {0,1}.
+        lesion_probs, lesion_masks: ``[4,H,W]`` probabilities in [0,1] and GT in {0,1}; with
+            ``[0,H,W]`` probabilities (segmentation ablated) only the image row is drawn.
         cam: ``[1,H,W]`` or ``[H,W]`` in [0,1], drawn over SR (jet, alpha 0.5), or None.
         title: figure title (e.g. image id, true and predicted grade).
         lesion_valid: ``[4]`` bools, False where the GT mask does not exist (drawn as such).
@@ -321,13 +322,14 @@ def plot_sample_panel(
     probabilities, masks = _to_numpy(lesion_probs), _to_numpy(lesion_masks)
     valid = [True] * len(masks) if lesion_valid is None else [bool(v) for v in lesion_valid]
     cols = 5 if cam is not None else 4
-    rows = 1 + len(masks)
+    rows = 1 + len(probabilities)
     figure = _new_figure(PANEL_INCHES * cols, PANEL_INCHES * rows + 0.4)
     axes = figure.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     _image_row(axes[0], lr, bicubic, sr, hr, cam)
-    names = LESIONS if len(masks) == len(LESIONS) else [f"L{i}" for i in range(len(masks))]
+    count = len(probabilities)
+    names = LESIONS if count == len(LESIONS) else [f"L{i}" for i in range(count)]
     for index, name in enumerate(names):
         _lesion_row(axes[index + 1], name, probabilities[index], masks[index], valid[index])
     figure.suptitle(title)

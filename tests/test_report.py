@@ -129,3 +129,15 @@ def test_plot_sample_panel(tmp_path, with_cam, as_numpy):
         lesion_valid=[True, True, True, False],
     )
     _assert_png(path)
+
+
+def test_sample_panel_without_lesion_maps(tmp_path):
+    """A segmentation-ablated model has no lesion maps: the panel shows the image row only."""
+    from PIL import Image as PILImage
+
+    from evaluation.report import plot_sample_panel
+
+    hr = torch.rand(3, 32, 32)
+    path = plot_sample_panel(tmp_path / "p.png", torch.rand(3, 8, 8), hr, hr, hr, torch.zeros(0, 32, 32), torch.zeros(4, 32, 32))
+    with PILImage.open(path) as image:
+        assert image.size[0] > image.size[1]  # one row of panels

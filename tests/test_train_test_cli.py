@@ -110,3 +110,7 @@ def test_segmentation_ablated_run_skips_the_seg_stage(tmp_path, tiny_overrides):
     checkpoints = tmp_path / "runs" / "noseg" / "checkpoints"
     assert not (checkpoints / "seg_last.pt").exists()
     assert load_checkpoint(checkpoints / "last.pt")["stage"] == "joint"
+    argv = ["--quiet", "--name", "noseg", "--out-dir", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig"), "--samples", "1"]
+    assert run_cli(test_cli.main, argv) == 0
+    metrics = json.loads((tmp_path / "runs" / "noseg" / "metrics.json").read_text())
+    assert "segmentation" not in metrics and metrics["grading"]["n"] == 4
