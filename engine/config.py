@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
+from models.isr import SUPPORTED_SCALES
+
 STAGES = ("isr", "seg", "cls", "joint")
-SUPPORTED_SCALES = (2, 4, 8)
 SEG_DIVISOR = 16  # the U-Net pools four times
 
 
