@@ -4,6 +4,11 @@
     python train.py --config configs/paper.yaml --name paper
     python train.py --stage cls data.hr_size=256 train.cls.epochs=5
     python train.py --resume                          # continue runs/<name>/checkpoints/last.pt
+    python train.py --dataset idrid --data-root ../shared/data/idrid --config configs/idrid_small.yaml
+
+With --dataset and no --config, configs/<dataset>.yaml is used when it exists, else
+configs/paper.yaml. The dataset's preprocessing cache is built on the first run
+(python -m data.prepare does the same by hand).
 
 Any config field can be overridden as dotted ``key=value`` (see engine/config.py).
 """
@@ -11,19 +16,33 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
+from data.datasets import DATASETS
+from engine.builders import ensure_cache
 from engine.cli import run_cli
 from engine.config import STAGES, load_config
 from engine.trainer import Trainer
 
 DEFAULT_CONFIG = "configs/demo.yaml"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def default_config(dataset: str | None) -> str:
+    """demo.yaml for the embedded dataset; configs/<dataset>.yaml (else paper.yaml) for a public one."""
+    if not dataset:
+        return DEFAULT_CONFIG
+    preset = CONFIG_DIR / f"{dataset}.yaml"
+    return str(preset if preset.is_file() else CONFIG_DIR / "paper.yaml")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML preset (default {DEFAULT_CONFIG})")
+    parser.add_argument("--config", help=f"YAML preset (default {DEFAULT_CONFIG}, or configs/<dataset>.yaml with --dataset)")
+    parser.add_argument("--dataset", choices=DATASETS, help="train on a public dataset instead of the embedded one")
+    parser.add_argument("--data-root", help="the public dataset's folder, as unpacked")
     parser.add_argument("--stage", choices=(*STAGES, "all"), help="stage to train (default: train.stage of the config)")
     parser.add_argument("--name", help="run name: outputs go to <run.out_dir>/<name>/")
     parser.add_argument("--device", help="cuda, cpu, mps, cuda:1 ... (default: auto)")
@@ -36,11 +55,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     overrides = list(args.overrides)
-    for flag, key in ((args.stage, "train.stage"), (args.name, "run.name"), (args.device, "run.device")):
+    flags = (
+        (args.dataset, "data.dataset"),
+        (args.data_root, "data.root"),
+        (args.stage, "train.stage"),
+        (args.name, "run.name"),
+        (args.device, "run.device"),
+    )
+    for flag, key in flags:
         if flag:
             overrides.append(f"{key}={flag}")
-    config = load_config(args.config, overrides)
+    config = load_config(args.config or default_config(args.dataset), overrides)
     progress = None if args.quiet else (lambda iterable, **kw: tqdm(iterable, leave=False, dynamic_ncols=True, **kw))
+    if config.data.dataset != "synthetic":
+        print(f"dataset cache: {ensure_cache(config, progress=not args.quiet)}")
     trainer = Trainer(config, progress=progress)
     print(f"training {config.model.name} on {config.data.dataset} ({config.data.hr_size}px HR, x{config.data.scale}) "
           f"on {trainer.device}; stages: {', '.join(config.stages_to_run())}; run folder {config.run_dir}")

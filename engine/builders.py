@@ -1,17 +1,23 @@
 """Build the model, datasets, loaders and device a config asks for."""
 from __future__ import annotations
 
+import logging
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from data.cache import MANIFEST, CachedFundus, read_manifest
+from data.prepare import prepare
+from data.records import DataError
+from data.splits import SplitSettings, assign_roles, keep_in_train, split_name
 from data.synthetic import SyntheticFundus
 from engine.config import Config, ConfigError
 from models import DeepMTDR, create_model
 
-DATASETS = ("synthetic",)
+log = logging.getLogger(__name__)
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -57,6 +63,29 @@ def build_model(config: Config) -> DeepMTDR:
     )
 
 
+def cache_path(config: Config) -> Path:
+    """Where the preprocessing cache of a public dataset lives: ``<cache_dir>/<dataset>-<hr_size>``."""
+    data = config.data
+    return Path(data.cache_dir) / f"{split_name(data.dataset, data.root)}-{data.hr_size}"
+
+
+def ensure_cache(config: Config, progress: bool = False) -> Path:
+    """Build the cache of ``config.data`` unless a finished one is there; returns its folder."""
+    data = config.data
+    path = cache_path(config)
+    if not (path / MANIFEST).is_file():
+        log.info("no cache at %s: preparing %s from %s", path, data.dataset, data.root)
+        prepare(data.dataset, data.root, path, data.hr_size, data.prepare_workers, data.skip_bad, data.jpeg_quality, progress)
+    return path
+
+
+def split_roles(config: Config, entries) -> dict[str, str]:
+    """``{id: train|val|test}`` for the cache entries, from the (committed) split file."""
+    data = config.data
+    settings = SplitSettings(data.val_fraction, data.test_fraction, data.seed, keep_in_train(data.dataset))
+    return assign_roles(entries, split_name(data.dataset, data.root), data.split_file, settings)
+
+
 def build_dataset(config: Config, split: str) -> Dataset:
     """The dataset of ``config.data`` for ``split`` (train, val or test)."""
     data = config.data
@@ -75,7 +104,30 @@ def build_dataset(config: Config, split: str) -> Dataset:
             noise_var=data.noise_var,
             cache=True,
         )
-    raise ConfigError(f"unknown data.dataset {data.dataset!r} (available: {', '.join(DATASETS)})")
+    path = ensure_cache(config)
+    entries = read_manifest(path)
+    roles = split_roles(config, entries)
+    chosen = [entry for entry in entries if roles[entry.id] == split]
+    if not chosen:
+        raise DataError(f"{data.dataset}: the {split} split is empty (cache {path}); the dataset has no images for it")
+    return CachedFundus(path, chosen, data.scale, data.blur_kernel, data.blur_sigma, data.noise_var, data.seed)
+
+
+def stage_subset(dataset: Dataset, stage: str) -> Dataset:
+    """The images a stage learns from: lesion masks for ``seg``, a known grade for ``cls``, all otherwise.
+
+    A public dataset mixes images with masks and grade-only images; the losses mask the missing
+    labels, but a stage need not read images that carry none of its labels.
+    """
+    if stage == "seg":
+        keep = getattr(dataset, "has_masks", None)
+    elif stage == "cls":
+        keep = [grade >= 0 for grade in dataset.grades]
+    else:
+        keep = None
+    if keep is None or all(keep):
+        return dataset
+    return Subset(dataset, [index for index, flag in enumerate(keep) if flag])
 
 
 def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from data.datasets import DATASETS as PUBLIC_DATASETS
 from models.isr import SUPPORTED_SCALES
 
 STAGES = ("isr", "seg", "cls", "joint")
@@ -27,8 +28,19 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
+    # "synthetic" (embedded) or a public dataset of data/datasets (idrid, ddr, eyepacs, ...).
     dataset: str = "synthetic"
-    root: str | None = None
+    root: str | None = None  # the public dataset as unpacked
+    # Preprocessing cache of a public dataset: <cache_dir>/<dataset>-<hr_size>, built when missing.
+    cache_dir: str = "data_cache"
+    jpeg_quality: int = 95
+    prepare_workers: int = 0  # 0 = one per CPU core
+    skip_bad: bool = False  # leave unreadable images out of the cache instead of stopping
+    # Splits the dataset leaves open are carved per patient and written to split_file
+    # (default splits/<dataset>.csv; commit it).
+    split_file: str | None = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
     hr_size: int = 1024
     scale: int = 4
     num_classes: int = 5
@@ -239,6 +251,20 @@ def validate(config: Config) -> None:
         data.crop_size % SEG_DIVISOR == 0,
         f"data.crop_size {data.crop_size} must be 0 or divisible by {SEG_DIVISOR}",
     )
+    known = ("synthetic", *PUBLIC_DATASETS)
+    _require(data.dataset in known, f"data.dataset must be one of {', '.join(known)}, got {data.dataset!r}")
+    _require(
+        data.dataset == "synthetic" or bool(data.root),
+        f"data.root is required for dataset {data.dataset!r} (train.py --data-root PATH)",
+    )
+    _require(0 <= data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
+    _require(0 <= data.test_fraction < 1, f"data.test_fraction must be in [0, 1), got {data.test_fraction}")
+    _require(
+        data.val_fraction + data.test_fraction < 1,
+        f"data.val_fraction + data.test_fraction must be < 1, got {data.val_fraction + data.test_fraction}",
+    )
+    _require(1 <= data.jpeg_quality <= 100, f"data.jpeg_quality must be in 1..100, got {data.jpeg_quality}")
+    _require(data.prepare_workers >= 0, f"data.prepare_workers must be >= 0, got {data.prepare_workers}")
     for name in ("n_train", "n_val", "n_test"):
         _require(getattr(data, name) > 0, f"data.{name} must be positive, got {getattr(data, name)}")
     _require(data.num_classes >= 2, f"data.num_classes must be >= 2, got {data.num_classes}")

@@ -1,15 +1,22 @@
 """Inference over a loader and the metrics of DESIGN.md section 6 (one implementation: evaluation.metrics)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader
 
 from data.degrade import bicubic_upsample
-from evaluation.metrics import SegmentationMetrics, grading_metrics, lesion_region, psnr_per_image, ssim_per_image
+from evaluation.metrics import (
+    SegmentationMetrics,
+    grading_metrics,
+    lesion_region,
+    psnr_per_image,
+    ssim_per_image,
+)
 from models import DeepMTDR
 
 Mode = Literal["lr", "hr"]

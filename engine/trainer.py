@@ -19,17 +19,25 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from data.crop import random_crop
-from engine.builders import build_dataset, build_loader, build_model, grade_counts, seed_everything, select_device
+from engine.builders import (
+    build_dataset,
+    build_loader,
+    build_model,
+    grade_counts,
+    seed_everything,
+    select_device,
+    stage_subset,
+)
 from engine.checkpoint import (
     CheckpointError,
     link_checkpoint,
@@ -227,7 +235,7 @@ class Trainer:
         settings: StageConfig = getattr(self.config.train, stage)
         seed = self.config.run.seed * 1000 + STAGES.index(stage) * 100 + epoch
         self.crop_generator = torch.Generator().manual_seed(seed)
-        loader = build_loader(self.train_set, settings.batch_size, True, seed, self.config.data.num_workers)
+        loader = build_loader(stage_subset(self.train_set, stage), settings.batch_size, True, seed, self.config.data.num_workers)
         max_steps = self.config.train.max_steps_per_epoch or len(loader)
         step_fn = getattr(self, f"step_{stage}")
         sums: dict[str, torch.Tensor] = {}
@@ -254,7 +262,8 @@ class Trainer:
         return {f"train_{key}": float(value) / max(steps, 1) for key, value in sums.items()}
 
     def validate(self, stage: str) -> dict:
-        loader = build_loader(self.val_set, max(getattr(self.config.train, stage).batch_size, 8), False, 0, self.config.data.num_workers)
+        dataset = stage_subset(self.val_set, stage)
+        loader = build_loader(dataset, max(getattr(self.config.train, stage).batch_size, 8), False, 0, self.config.data.num_workers)
         return evaluate(self.model, loader, self.device, STAGE_EVAL_MODE[stage], self.autocast).metrics
 
     def _state(self, stage: str, epoch: int, optimizers, schedulers, best: float, best_epoch: int) -> dict:
@@ -353,6 +362,9 @@ class Trainer:
             for index, stage in enumerate(stages[first:], start=first):
                 if getattr(self.config.train, stage).epochs == 0 or not self._submodules(TRAINABLE[stage]):
                     log.info("skipping stage %s: no epochs or nothing to train", stage)
+                    continue
+                if len(stage_subset(self.train_set, stage)) == 0 or len(stage_subset(self.val_set, stage)) == 0:
+                    log.warning("skipping stage %s: no training or validation image carries its labels", stage)
                     continue
                 self.train_stage(stage, resume_state if index == first else None)
         finally:

@@ -111,3 +111,55 @@ def test_ben_graham_centres_the_field_and_blanks_outside(retina):
 def test_ben_graham_rejects_bad_sigma(retina):
     with pytest.raises(DataError, match="sigma"):
         ben_graham(retina, sigma=0)
+
+
+def _circle(height: int, width: int, centre: tuple[int, int], radius: int) -> np.ndarray:
+    disc = np.zeros((height, width), np.uint8)
+    cv2.circle(disc, centre, radius, 1, -1)
+    return disc.astype(bool)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_fov_mask_on_grey_background():
+    image = _disc_photo(120, 160, (80, 60), 50)
+    outside = ~_circle(120, 160, (80, 60), 50)
+    image[outside] = 128
+    assert _iou(fov_mask(image), _circle(120, 160, (80, 60), 50)) > 0.95
+
+
+def test_fov_mask_on_near_black_background_with_dark_periphery():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 25, size=(120, 160, 3)).astype(np.uint8)  # DDR: not exactly black
+    disc = _circle(120, 160, (80, 60), 50)
+    image[disc] = (70, 35, 15)  # a dim fundus
+    assert _iou(fov_mask(image), disc) > 0.95
+
+
+def test_fov_mask_ignores_white_frame_and_burned_in_text():
+    image = _disc_photo(120, 160, (80, 60), 45)
+    image[:8], image[-8:], image[:, :8], image[:, -8:] = 255, 255, 255, 255  # white frame
+    image[10:16, 10:30] = (220, 20, 20)  # red text in the top-left corner
+    mask = fov_mask(image)
+    assert _iou(mask, _circle(120, 160, (80, 60), 45)) > 0.95
+    assert not mask[:8].any() and not mask[12, 20]
+
+
+def test_fov_mask_with_notch_and_mirrored_image():
+    image = _disc_photo(120, 160, (80, 60), 50)
+    cv2.rectangle(image, (128, 56), (134, 64), (150, 150, 150), -1)  # EyePACS-style notch on the rim
+    disc = _circle(120, 160, (80, 60), 50)
+    mask = fov_mask(image)
+    assert _iou(mask, disc) > 0.93
+    np.testing.assert_array_equal(fov_mask(image[:, ::-1].copy()), mask[:, ::-1])
+
+
+def test_tightly_cropped_circle_is_cropped_to_a_padded_square():
+    image = _disc_photo(100, 160, (80, 50), 70)  # the circle runs off the top and bottom (APTOS)
+    cropped, _, fov = crop_to_fov_square(image)
+    assert cropped.shape[0] == cropped.shape[1]
+    assert abs(cropped.shape[0] - 141) <= 3
+    assert not cropped[0].any() and not cropped[-1].any()  # black padding above and below
+    assert fov[cropped.shape[0] // 2].mean() > 0.95

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,19 +11,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from data.cli import OneLineParser, run
 from data.records import LESIONS, DataError
 from data.synthetic.dataset import SyntheticFundus
 from data.synthetic.grading import COUNT_KEYS
 from data.synthetic.render import render_sample
-
-
-class _ArgumentError(Exception):
-    """A bad command-line argument, reported as one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one clear line instead of usage + message
-        raise _ArgumentError(message)
 
 
 def _parse_class_mix(text: str) -> tuple[float, ...]:
@@ -37,7 +28,7 @@ def _parse_class_mix(text: str) -> tuple[float, ...]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="python -m data.synthetic",
         description="Write the embedded synthetic fundus dataset to disk.",
     )
@@ -103,23 +94,23 @@ def write_dataset(
     return labels
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit code (2 for bad arguments or refused overwrite)."""
-    try:
-        args = _build_parser().parse_args(argv)
-        labels = write_dataset(
-            args.out,
-            args.n,
-            args.size,
-            args.scale,
-            args.seed,
-            args.split,
-            args.class_mix,
-            args.backgrounds,
-            args.overwrite,
-        )
-    except (_ArgumentError, DataError) as error:
-        print(f"python -m data.synthetic: error: {error}", file=sys.stderr)
-        return 2
+def _main(argv: Sequence[str] | None) -> int:
+    args = _build_parser().parse_args(argv)
+    labels = write_dataset(
+        args.out,
+        args.n,
+        args.size,
+        args.scale,
+        args.seed,
+        args.split,
+        args.class_mix,
+        args.backgrounds,
+        args.overwrite,
+    )
     print(f"wrote {args.n} samples to {labels}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit code (2 for bad arguments or refused overwrite)."""
+    return run("python -m data.synthetic", _main, argv)

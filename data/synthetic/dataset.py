@@ -10,9 +10,10 @@ import torch
 from tqdm import tqdm
 
 from data.degrade import degrade
+from data.maskbits import unpack_planes
 from data.records import LESIONS, DataError, make_sample
 from data.synthetic.backgrounds import BACKGROUND_CHOICES
-from data.synthetic.pool import FOV_BIT, render_all, render_packed
+from data.synthetic.pool import render_all, render_packed
 from data.synthetic.render import (
     check_size,
     check_split,
@@ -106,9 +107,7 @@ class SyntheticFundus(torch.utils.data.Dataset):
         index = i % self.n
         image, bits, grade = self._packed(index)
         hr = image.float() / 255.0
-        planes = [(bits >> channel) & 1 for channel in range(FOV_BIT + 1)]
-        masks = torch.stack(planes[:FOV_BIT]).float()
-        fov = planes[FOV_BIT].unsqueeze(0).float()
+        masks, fov = unpack_planes(bits)
         generator = noise_generator(self.seed, self.split, index) if self.noise_var > 0 else None
         lr = degrade(hr, self.scale, self.blur_kernel, self.blur_sigma, self.noise_var, generator)
         valid = torch.ones(len(LESIONS), dtype=torch.bool)

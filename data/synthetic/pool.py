@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import multiprocessing
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
-import cv2
 import numpy as np
 
-from data.records import LESIONS
+from data.maskbits import pack_planes
 from data.synthetic.render import SyntheticFundusImage, render_sample
+from data.workers import process_map
 
-FOV_BIT = len(LESIONS)
 POOL_MIN_JOBS = 64
 
 
 def _pack(rendered: SyntheticFundusImage) -> tuple[np.ndarray, np.ndarray, int]:
     """Compact form: image uint8 [3,S,S], bit planes uint8 [S,S] (bits 0-3 masks, bit 4 FOV), grade."""
-    bits = np.zeros(rendered.fov.shape, dtype=np.uint8)
-    for channel, mask in enumerate(rendered.masks):
-        bits |= mask.astype(np.uint8) << channel
-    bits |= rendered.fov.astype(np.uint8) << FOV_BIT
+    bits = pack_planes(rendered.masks, rendered.fov)
     return np.ascontiguousarray(rendered.image.transpose(2, 0, 1)), bits, rendered.grade
 
 
@@ -34,23 +28,7 @@ def render_packed(
     return (index, *_pack(render_sample(seed, split, index, size, class_mix, backgrounds)))
 
 
-def _init_worker() -> None:
-    """One OpenCV thread per worker process: the pool already uses the cores (workers never use torch)."""
-    cv2.setNumThreads(1)
-
-
-def _can_spawn() -> bool:
-    """Whether spawned workers can re-import ``__main__`` (not so for a script piped on stdin)."""
-    main_file = getattr(sys.modules["__main__"], "__file__", None)
-    return main_file is None or Path(main_file).is_file()
-
-
 def render_all(jobs: list[tuple]) -> Iterator[tuple[int, np.ndarray, np.ndarray, int]]:
     """Yield packed renders of ``jobs``: here for a few, else over a pool of (at most) 2 processes."""
-    processes = min(2, multiprocessing.cpu_count())
-    if len(jobs) < POOL_MIN_JOBS or processes < 2 or not _can_spawn():
-        yield from map(render_packed, jobs)
-        return
-    # spawn, not fork: forking after torch/OpenCV started thread pools can deadlock the workers
-    with multiprocessing.get_context("spawn").Pool(processes, initializer=_init_worker) as pool:
-        yield from pool.imap_unordered(render_packed, jobs, chunksize=16)
+    processes = min(2, multiprocessing.cpu_count()) if len(jobs) >= POOL_MIN_JOBS else 1
+    yield from process_map(render_packed, jobs, processes, chunksize=16)
