@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.config import STAGES, load_config  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+from engine.config import STAGES, load_config
+from engine.trainer import Trainer
 
 
 def random_batch(batch: int, hr: int, scale: int) -> dict:

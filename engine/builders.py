@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from data.cache import MANIFEST, CachedFundus, read_manifest
+from data.cache import MANIFEST, CachedFundus, read_manifest, read_settings
 from data.prepare import prepare
 from data.records import DataError
 from data.splits import SplitSettings, assign_roles, keep_in_train, split_name
@@ -105,6 +105,9 @@ def build_dataset(config: Config, split: str) -> Dataset:
             cache=True,
         )
     path = ensure_cache(config)
+    classes = (read_settings(path) or {}).get("num_classes", data.num_classes)
+    if classes != data.num_classes:
+        raise ConfigError(f"dataset {data.dataset} has {classes} classes: set data.num_classes={classes}")
     entries = read_manifest(path)
     roles = split_roles(config, entries)
     chosen = [entry for entry in entries if roles[entry.id] == split]

@@ -162,3 +162,18 @@ def test_masks_are_cropped_with_the_image(tmp_path):
     # The 48x64 source's disc (radius 21.6 around (24, 32)) fills the 64 px square: scale ~1.48,
     # so the box rows 20..23 / cols 28..35 map to about rows 27..34 / cols 27..39.
     assert abs(rows.mean() - 30.5) < 3 and abs(cols.mean() - 32.5) < 3
+
+
+def test_corrupt_cache_file_names_it(tmp_path):
+    labels = _csv_dataset(tmp_path / "data")
+    prepare("csv", labels, tmp_path / "cache", size=SIZE, workers=1)
+    entries = read_manifest(tmp_path / "cache")
+    (tmp_path / "cache" / entries[0].image).write_bytes(b"not a jpeg")
+    assert verify_cache(tmp_path / "cache", entries) == [str(tmp_path / "cache" / entries[0].image)]
+    with pytest.raises(DataError, match=entries[0].image.split("/")[1]):
+        CachedFundus(tmp_path / "cache", entries, scale=4)[0]
+
+
+def test_missing_cache_says_how_to_build_it(tmp_path):
+    with pytest.raises(DataError, match="python -m data.prepare"):
+        read_manifest(tmp_path / "nothing")
