@@ -16,7 +16,6 @@ from pathlib import Path
 from data.datasets.base import (
     DatasetIndex,
     ImageFolder,
-    Record,
     check_root,
     parse_grade,
     read_table,
@@ -49,16 +48,7 @@ def index(root: Path) -> DatasetIndex:
             where = f"{labels} row {row.line}"
             image = folder.require(row.get("id_code"), where)
             grade = parse_grade(row.get("diagnosis"), where=where, num_classes=NUM_CLASSES)
-            result.add(
-                Record(
-                    id=f"{NAME}/grading/train/{image.stem}",
-                    image=image,
-                    grade=grade,
-                    part="grading",
-                    split="train",
-                    patient=image.stem,
-                )
-            )
+            result.add_image("grading", "train", image, grade=grade)
     if resolve(base, "test.csv") is not None:
         log.info("%s: test.csv has no labels; ignored", NAME)
     result.check_not_empty(f"images listed in {LABELS} found in {IMAGES}/")

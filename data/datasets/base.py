@@ -75,6 +75,33 @@ class DatasetIndex:
     def add(self, record: Record) -> None:
         self.records.append(record)
 
+    def add_image(
+        self,
+        part: str,
+        split: str,
+        image: Path,
+        grade: int = UNKNOWN_GRADE,
+        patient: str | None = None,
+        masks: tuple[Path | None, ...] = (None,) * len(LESIONS),
+        mask_threshold: int = 0,
+        name: str | None = None,
+    ) -> Record:
+        """Add one image's record, id ``<dataset>/<part>/<split>/<name>`` (name: the file stem by
+        default), patient the stem unless given."""
+        name = name or image.stem
+        record = Record(
+            id=f"{self.name}/{part}/{split}/{name}",
+            image=image,
+            grade=grade,
+            part=part,
+            split=split,
+            patient=patient or image.stem,
+            masks=masks,
+            mask_threshold=mask_threshold,
+        )
+        self.records.append(record)
+        return record
+
     def exclude_ungradable(self, part: str, split: str) -> None:
         self.ungradable[f"{part}/{split}"] += 1
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from data.datasets.base import (
     DatasetIndex,
     ImageFolder,
-    Record,
     check_root,
     parse_grade,
     read_table,
@@ -68,16 +67,7 @@ def _add_grading(result: DatasetIndex, grading: Path, split: str) -> None:
             result.exclude_ungradable("grading", split)
             continue
         image = folder.require(row.get("image"), where)
-        result.add(
-            Record(
-                id=f"{NAME}/grading/{split}/{image.stem}",
-                image=image,
-                grade=grade,
-                part="grading",
-                split=split,
-                patient=image.stem,  # DDR publishes no patient ids
-            )
-        )
+        result.add_image("grading", split, image, grade=grade)  # DDR publishes no patient ids
 
 
 def _add_segmentation(result: DatasetIndex, segmentation: Path, split: str) -> None:
@@ -96,17 +86,7 @@ def _add_segmentation(result: DatasetIndex, segmentation: Path, split: str) -> N
         if not any(paths):
             log.warning("%s: %s has no lesion mask in %s; skipped", NAME, image, labels)
             continue
-        result.add(
-            Record(
-                id=f"{NAME}/segmentation/{split}/{image.stem}",
-                image=image,
-                grade=UNKNOWN_GRADE,
-                part="segmentation",
-                split=split,
-                patient=image.stem,
-                masks=paths,
-            )
-        )
+        result.add_image("segmentation", split, image, grade=UNKNOWN_GRADE, masks=paths)
 
 
 def _label_folder(segmentation: Path, split: str) -> Path | None:

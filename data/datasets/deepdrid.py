@@ -28,7 +28,6 @@ from pathlib import Path
 from data.datasets.base import (
     DatasetIndex,
     ImageFolder,
-    Record,
     Row,
     check_root,
     child,
@@ -212,16 +211,7 @@ def _add(
     image = images.get(image_id) or images.get(_windows_name(row.get("image_path")))
     if image is None:
         raise DataError(f"{where}: image '{image_id}' not found in {images.directory}")
-    result.add(
-        Record(
-            id=f"{result.name}/grading/{split}/{image.stem}",
-            image=image,
-            grade=grade,
-            part="grading",
-            split=split,
-            patient=patient,
-        )
-    )
+    result.add_image("grading", split, image, grade=grade, patient=patient)
 
 
 def _windows_name(path: str) -> str:

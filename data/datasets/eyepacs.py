@@ -20,7 +20,6 @@ from pathlib import Path
 from data.datasets.base import (
     DatasetIndex,
     ImageFolder,
-    Record,
     Row,
     check_root,
     parse_grade,
@@ -91,16 +90,7 @@ def _add_row(result: DatasetIndex, row: Row, labels: Path, folder: ImageFolder, 
     where = f"{labels} row {row.line}"
     image = folder.require(row.get("image"), where)
     grade = parse_grade(row.get("level"), where=where, num_classes=NUM_CLASSES)
-    result.add(
-        Record(
-            id=f"{NAME}/grading/{split}/{image.stem}",
-            image=image,
-            grade=grade,
-            part="grading",
-            split=split,
-            patient=patient_of(image.stem),
-        )
-    )
+    result.add_image("grading", split, image, grade=grade, patient=patient_of(image.stem))
 
 
 def patient_of(stem: str) -> str:

@@ -22,7 +22,6 @@ from pathlib import Path
 from data.datasets.base import (
     DatasetIndex,
     ImageFolder,
-    Record,
     Row,
     check_root,
     child,
@@ -113,15 +112,13 @@ def _add_row(result: DatasetIndex, row: Row, labels: Path, images: ImageFolder, 
     grade = parse_grade(row.get("grade"), where=where, num_classes=NUM_CLASSES)
     image = images.require(row.get("image"), where)
     stem = image.stem
-    result.add(
-        Record(
-            id=f"{NAME}/segmentation/all/{stem}",
-            image=image,
-            grade=grade,
-            part="segmentation",
-            split="all",
-            patient=stem,
-            masks=tuple(folder.get(stem) for folder in masks),
-            mask_threshold=MASK_THRESHOLD,
-        )
+    result.add_image(
+        "segmentation",
+        "all",
+        image,
+        grade=grade,
+        patient=stem,
+        masks=tuple(folder.get(stem) for folder in masks),
+        mask_threshold=MASK_THRESHOLD,
+        name=stem,
     )

@@ -20,7 +20,6 @@ from pathlib import Path
 from data.datasets.base import (
     DatasetIndex,
     ImageFolder,
-    Record,
     check_root,
     parse_grade,
     read_table,
@@ -79,16 +78,7 @@ def _add_grading(result: DatasetIndex, part: Path, split: str) -> None:
         where = f"{csv_path} row {row.line}"
         image = folder.require(row.get(NAME_COLUMN), where)
         grade = parse_grade(row.get(GRADE_COLUMN), where=where, num_classes=NUM_CLASSES)
-        result.add(
-            Record(
-                id=f"{NAME}/grading/{split}/{image.stem}",
-                image=image,
-                grade=grade,
-                part="grading",
-                split=split,
-                patient=image.stem,
-            )
-        )
+        result.add_image("grading", split, image, grade=grade)
 
 
 def _add_segmentation(result: DatasetIndex, part: Path, split: str) -> None:
@@ -107,17 +97,7 @@ def _add_segmentation(result: DatasetIndex, part: Path, split: str) -> None:
         if not any(paths):
             log.warning("%s: %s has no lesion mask in %s; skipped", NAME, image, truths)
             continue
-        result.add(
-            Record(
-                id=f"{NAME}/segmentation/{split}/{image.stem}",
-                image=image,
-                grade=UNKNOWN_GRADE,
-                part="segmentation",
-                split=split,
-                patient=image.stem,
-                masks=paths,
-            )
-        )
+        result.add_image("segmentation", split, image, grade=UNKNOWN_GRADE, masks=paths)
 
 
 def _check_masks_have_images(masks: ImageFolder, images: ImageFolder) -> None:

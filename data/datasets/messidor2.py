@@ -22,7 +22,6 @@ from pathlib import Path
 from data.datasets.base import (
     DatasetIndex,
     ImageFolder,
-    Record,
     Row,
     check_root,
     find_marker,
@@ -107,17 +106,7 @@ def _add_row(
     name = row.get(image_column)
     grade = parse_grade(row.get(grade_column), where=where, num_classes=NUM_CLASSES)
     image = images.require(name, where)
-    stem = image.stem
-    result.add(
-        Record(
-            id=f"{NAME}/grading/all/{stem}",
-            image=image,
-            grade=grade,
-            part="grading",
-            split="all",
-            patient=patients.get(stem.casefold(), stem),
-        )
-    )
+    result.add_image("grading", "all", image, grade=grade, patient=patients.get(image.stem.casefold()))
 
 
 def _is_ungradable(row: Row, where: str) -> bool:

@@ -34,7 +34,6 @@ from data.datasets.base import (
     IMAGE_EXTENSIONS,
     DatasetIndex,
     ImageFolder,
-    Record,
     check_root,
     parse_grade,
 )
@@ -120,15 +119,13 @@ def _add_sequence(result: DatasetIndex, split: str, folder: Path, label_file: Pa
         raise DataError(f"{label_file}: {len(grades)} labels for {len(images)} images in {folder}")
     sequence = folder.name
     for image, grade in labelled:
-        result.add(
-            Record(
-                id=f"{NAME}/grading/{split}/{sequence}_{image.stem}",
-                image=image,
-                grade=grade,
-                part="grading",
-                split=split,
-                patient=sequence,
-            )
+        result.add_image(
+            "grading",
+            split,
+            image,
+            grade=grade,
+            patient=sequence,
+            name=f"{sequence}_{image.stem}",
         )
 
 
