@@ -112,7 +112,10 @@ def build_dataset(config: Config, split: str) -> Dataset:
     roles = split_roles(config, entries)
     chosen = [entry for entry in entries if roles[entry.id] == split]
     if not chosen:
-        raise DataError(f"{data.dataset}: the {split} split is empty (cache {path}); the dataset has no images for it")
+        raise DataError(
+            f"{data.dataset}: the {split} split is empty (cache {path}): this copy of the dataset has no "
+            f"{split} images (test.py --split val evaluates the validation split)"
+        )
     return CachedFundus(path, chosen, data.scale, data.blur_kernel, data.blur_sigma, data.noise_var, data.seed)
 
 
