@@ -1,9 +1,12 @@
-"""Evaluate a trained DeepMT-DR checkpoint on the test split.
+"""Evaluate a trained DeepMT-DR (or compared-method) checkpoint on the test split.
 
     python test.py                       # runs/demo/checkpoints/best.pt
     python test.py --name paper          # runs/paper/checkpoints/best.pt
     python test.py --checkpoint path/to/best.pt --split val
     python test.py --input hr            # grade the HR images: the upper bound SR aims at
+
+Every method is evaluated with the same metrics; without --input, the run's test.input decides
+(HR for the hr_cls method, LR -> ISR -> grade otherwise).
 
 Writes <run>/metrics.json and <run>/predictions_<split>.csv, prints a table, and saves figures
 (confusion matrix, ROC curves, lesion PR curves, per-sample panels) in visualization_result/<name>/.
@@ -27,8 +30,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", default="runs", help="folder holding the runs (default runs)")
     parser.add_argument("--checkpoint", help="checkpoint file (default <out-dir>/<name>/checkpoints/best.pt)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--input", default="lr", choices=("lr", "hr"),
-                        help="lr: the system, LR -> SR -> grade (default); hr: grade the HR images (upper bound)")
+    parser.add_argument("--input", choices=("lr", "hr"),
+                        help="lr: the system, LR -> SR -> grade; hr: grade the HR images (upper bound); "
+                        "default: the run's test.input")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--samples", type=int, default=4, help="per-sample figure panels to draw")
     parser.add_argument("--figures", default="visualization_result", help="figure folder root")

@@ -1,6 +1,8 @@
-"""Train DeepMT-DR. With no arguments: the embedded synthetic fundus dataset, sized for a CPU.
+"""Train DeepMT-DR or a compared method. With no arguments: DeepMT-DR on the embedded synthetic
+fundus dataset, sized for a CPU.
 
     python train.py                                   # configs/demo.yaml, all stages
+    python train.py --method lr_cls --name lr_cls     # a compared method (engine/methods.py)
     python train.py --config configs/paper.yaml --name paper
     python train.py --stage cls data.hr_size=256 train.cls.epochs=5
     python train.py --resume                          # continue runs/<name>/checkpoints/last.pt
@@ -10,37 +12,29 @@ With --dataset and no --config, configs/<dataset>.yaml is used when it exists, e
 configs/paper.yaml. The dataset's preprocessing cache is built on the first run
 (python -m data.prepare does the same by hand).
 
-Any config field can be overridden as dotted ``key=value`` (see engine/config.py).
+--method NAME applies a named recipe (Compared Methods/README.md) over the preset; the
+key=value overrides still come last. Any config field can be overridden as dotted ``key=value``
+(see engine/config.py).
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
 from data.datasets import DATASETS
 from engine.builders import ensure_cache
 from engine.cli import run_cli
-from engine.config import STAGES, load_config
+from engine.config import DEFAULT_PRESET, STAGES, default_preset, load_config
+from engine.methods import METHODS
 from engine.trainer import Trainer
-
-DEFAULT_CONFIG = "configs/demo.yaml"
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def default_config(dataset: str | None) -> str:
-    """demo.yaml for the embedded dataset; configs/<dataset>.yaml (else paper.yaml) for a public one."""
-    if not dataset:
-        return DEFAULT_CONFIG
-    preset = CONFIG_DIR / f"{dataset}.yaml"
-    return str(preset if preset.is_file() else CONFIG_DIR / "paper.yaml")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help=f"YAML preset (default {DEFAULT_CONFIG}, or configs/<dataset>.yaml with --dataset)")
+    parser.add_argument("--config", help=f"YAML preset (default {DEFAULT_PRESET}, or configs/<dataset>.yaml with --dataset)")
+    parser.add_argument("--method", choices=METHODS, help="a compared method's recipe (default: DeepMT-DR, or the preset's method)")
     parser.add_argument("--dataset", choices=DATASETS, help="train on a public dataset instead of the embedded one")
     parser.add_argument("--data-root", help="the public dataset's folder, as unpacked")
     parser.add_argument("--stage", choices=(*STAGES, "all"), help="stage to train (default: train.stage of the config)")
@@ -65,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     for flag, key in flags:
         if flag:
             overrides.append(f"{key}={flag}")
-    config = load_config(args.config or default_config(args.dataset), overrides)
+    config = load_config(args.config or default_preset(args.dataset), overrides, method=args.method)
     progress = None if args.quiet else (lambda iterable, **kw: tqdm(iterable, leave=False, dynamic_ncols=True, **kw))
     if config.data.dataset != "synthetic":
         print(f"dataset cache: {ensure_cache(config, progress=not args.quiet)}")
     trainer = Trainer(config, progress=progress)
-    print(f"training {config.model.name} on {config.data.dataset} ({config.data.hr_size}px HR, x{config.data.scale}) "
+    print(f"training {config.method} on {config.data.dataset} ({config.data.hr_size}px HR, x{config.data.scale}) "
           f"on {trainer.device}; stages: {', '.join(config.stages_to_run())}; run folder {config.run_dir}")
     run_dir = trainer.fit(resume=args.resume)
     print(f"done: checkpoints in {run_dir / 'checkpoints'}, log {run_dir / 'log.csv'}")

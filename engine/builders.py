@@ -47,19 +47,23 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def build_model(config: Config) -> DeepMTDR:
+    """The composite of ``config.model``: which ISR (net or bicubic), segmentation and grading nets."""
     model = config.model
     return create_model(
         model.name,
         scale=config.data.scale,
         num_classes=config.data.num_classes,
+        isr=model.isr,
         isr_channels=model.isr_channels,
         isr_blocks=model.isr_blocks,
         isr_bicubic_skip=model.isr_bicubic_skip,
         seg_width=model.seg_width,
         use_lesions=model.use_lesions,
+        grader=model.grader,
         grader_hidden=model.grader_hidden,
         grader_dropout=model.grader_dropout,
         imagenet_weights=model.imagenet_weights,
+        cam_stages=model.cam_stages,
     )
 
 

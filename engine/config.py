@@ -1,8 +1,9 @@
 """One typed configuration (dataclasses) whose defaults are the paper's hyperparameters.
 
-A run's config = dataclass defaults <- YAML preset (``configs/*.yaml``) <- ``key=value``
-command-line overrides with dotted keys (``data.hr_size=128``, ``train.cls.epochs=3``).
-Unknown keys, wrong types and impossible values raise :class:`ConfigError` naming the key.
+A run's config = dataclass defaults <- YAML preset (``configs/*.yaml``) <- method recipe
+(``--method NAME``, ``engine/methods.py``) <- ``key=value`` command-line overrides with dotted
+keys (``data.hr_size=128``, ``train.cls.epochs=3``). Unknown keys, wrong types and impossible
+values raise :class:`ConfigError` naming the key.
 """
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ from typing import Any
 import yaml
 
 from data.datasets import DATASETS as PUBLIC_DATASETS
+from engine.methods import METHODS, Method
+from models.deepmt_dr import CAM_STAGES
 from models.isr import SUPPORTED_SCALES
+from models.registry import GRADERS, ISR_KINDS
 
 STAGES = ("isr", "seg", "cls", "joint")
 SEG_DIVISOR = 16  # the U-Net pools four times
+INPUTS = ("lr", "hr")
+DEFAULT_PRESET = "configs/demo.yaml"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class ConfigError(ValueError):
@@ -63,16 +70,22 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "deepmt_dr"
+    # "net" (the ISR net) or "bicubic" (no ISR: a fixed bicubic upsampler; baselines, ablation).
+    isr: str = "net"
     isr_channels: int = 32
     isr_blocks: int = 5
     isr_bicubic_skip: bool = True
     seg_width: float = 4.0
     use_lesions: bool = True
+    # Grading net (models/registry.py GRADERS): resnet18_spp (DeepMT-DR's), chen_net, resnet50.
+    grader: str = "resnet18_spp"
     grader_hidden: int = 512
     grader_dropout: float = 0.5
     imagenet_weights: str | None = None
     # Grad-CAM target of the task-aware loss: "predicted" grade or the published "any_dr".
     cam_target: str = "predicted"
+    # Task-aware attention: "all" four grader stages' CAMs fused (published) or the "last" alone.
+    cam_stages: str = "all"
 
 
 @dataclass
@@ -110,7 +123,11 @@ def _stage(**kwargs) -> Any:
 
 @dataclass
 class TrainConfig:
+    # "all", one stage, or a comma list in stage order ("isr,cls"); each starts from the previous one's best.
     stage: str = "all"
+    # What the seg and cls stages learn from: "hr" (published: HR crops / images) or "lr" (the frozen
+    # ISR's output of the LR image; the bicubic upsample when model.isr=bicubic).
+    input: str = "hr"
     isr: StageConfig = _stage(epochs=300, batch_size=2, schedule="step", decay_epoch=150, decay_gamma=0.2)
     seg: StageConfig = _stage(epochs=150, batch_size=2)
     cls: StageConfig = _stage(epochs=300, batch_size=2, schedule="step", decay_epoch=10, decay_gamma=0.2)
@@ -119,6 +136,12 @@ class TrainConfig:
     clip_grad: float = 0.0
     max_steps_per_epoch: int = 0  # 0 = the whole training set each epoch
     eval_every: int = 1
+
+
+@dataclass
+class EvaluationConfig:
+    # What test.py grades unless told: "lr" (LR -> ISR -> grade, the system) or "hr" (the HR image).
+    input: str = "lr"
 
 
 @dataclass
@@ -136,10 +159,13 @@ class RunConfig:
 
 @dataclass
 class Config:
+    # The method recipe (engine/methods.py) applied over the preset; the fields below are resolved.
+    method: str = "deepmt_dr"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    test: EvaluationConfig = field(default_factory=EvaluationConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
@@ -150,7 +176,21 @@ class Config:
         return Path(self.run.out_dir) / self.run.name
 
     def stages_to_run(self) -> list[str]:
-        return list(STAGES) if self.train.stage == "all" else [self.train.stage]
+        return parse_stages(self.train.stage)
+
+
+def parse_stages(text: str) -> list[str]:
+    """``"all"`` -> every stage; ``"isr,cls"`` -> ``["isr", "cls"]`` (must be known, unique, in stage order)."""
+    if text == "all":
+        return list(STAGES)
+    stages = [part.strip() for part in text.split(",")]
+    allowed = ", ".join((*STAGES, "all"))
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown:
+        raise ConfigError(f"train.stage must be one of {allowed} or a comma list of stages, got {text!r}")
+    if len(set(stages)) != len(stages) or stages != sorted(stages, key=STAGES.index):
+        raise ConfigError(f"train.stage list must name each stage once, in the order {', '.join(STAGES)}; got {text!r}")
+    return stages
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -202,15 +242,56 @@ def parse_override(text: str) -> dict:
     key, raw = text.split("=", 1)
     if not key:
         raise ConfigError(f"override '{text}' has an empty key")
-    value = yaml.safe_load(raw) if raw else ""
+    return _nested(key, yaml.safe_load(raw) if raw else "")
+
+
+def _nested(key: str, value: Any) -> dict:
+    """``("a.b", 3)`` -> ``{"a": {"b": 3}}``."""
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- YAML file <- overrides, then :func:`validate`."""
+def default_preset(dataset: str | None = None) -> str:
+    """demo.yaml for the embedded dataset; configs/<dataset>.yaml (else paper.yaml) for a public one."""
+    if not dataset or dataset == "synthetic":
+        return DEFAULT_PRESET
+    preset = CONFIG_DIR / f"{dataset}.yaml"
+    return str(preset if preset.is_file() else CONFIG_DIR / "paper.yaml")
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
+    return METHODS[name]
+
+
+def apply_method(config: Config, name: str) -> None:
+    """Apply method ``name``'s overrides onto ``config`` in place and record the name.
+
+    A method whose grader trains in one stage (``pool_grader_epochs``) gets ``train.cls.epochs +
+    train.joint.epochs`` epochs, as many as DeepMT-DR's grader sees in its cls and joint stages.
+    """
+    method = get_method(name)
+    if method.pool_grader_epochs:
+        config.train.cls.epochs += config.train.joint.epochs
+    for key, value in method.overrides.items():
+        _merge(config, _nested(key, value))
+    config.method = name
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    method: str | None = None,
+) -> Config:
+    """Defaults <- YAML file <- method recipe <- overrides, then :func:`validate`.
+
+    The method is ``method``, else a ``method=NAME`` override, else the YAML's ``method`` key;
+    none of them: the defaults (DeepMT-DR) as they are.
+    """
     config = Config()
+    loaded: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -220,8 +301,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
         _merge(config, loaded)
-    for override in overrides:
-        _merge(config, parse_override(override))
+    parsed = [parse_override(override) for override in overrides]
+    named = [update["method"] for update in parsed if "method" in update]
+    name = method or (named[-1] if named else None) or (loaded.get("method") if isinstance(loaded, dict) else None)
+    if name:
+        apply_method(config, name)
+    for update in parsed:
+        _merge(config, update)
     validate(config)
     return config
 
@@ -273,6 +359,11 @@ def validate(config: Config) -> None:
     _require(model.isr_blocks >= 0, f"model.isr_blocks must be >= 0, got {model.isr_blocks}")
     _require(model.seg_width > 0, f"model.seg_width must be positive, got {model.seg_width}")
     _require(model.cam_target in ("predicted", "any_dr"), f"model.cam_target must be predicted or any_dr, got {model.cam_target!r}")
+    _require(model.isr in ISR_KINDS, f"model.isr must be one of {', '.join(ISR_KINDS)}, got {model.isr!r}")
+    _require(model.grader in GRADERS, f"model.grader must be one of {', '.join(GRADERS)}, got {model.grader!r}")
+    _require(model.cam_stages in CAM_STAGES, f"model.cam_stages must be one of {', '.join(CAM_STAGES)}, got {model.cam_stages!r}")
+    _require(model.grader_hidden > 0, f"model.grader_hidden must be positive, got {model.grader_hidden}")
+    _require(config.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {config.method!r}")
     _require(loss.pixel in ("mse", "l1"), f"loss.pixel must be mse or l1, got {loss.pixel!r}")
     weights = loss.class_weights
     _require(
@@ -280,7 +371,9 @@ def validate(config: Config) -> None:
         or (isinstance(weights, list) and len(weights) == data.num_classes and all(isinstance(w, (int, float)) and w >= 0 for w in weights)),
         f"loss.class_weights must be 'auto', 'none' or {data.num_classes} non-negative numbers, got {weights!r}",
     )
-    _require(train.stage in (*STAGES, "all"), f"train.stage must be one of {', '.join((*STAGES, 'all'))}, got {train.stage!r}")
+    parse_stages(train.stage)
+    _require(train.input in INPUTS, f"train.input must be one of {', '.join(INPUTS)}, got {train.input!r}")
+    _require(config.test.input in INPUTS, f"test.input must be one of {', '.join(INPUTS)}, got {config.test.input!r}")
     for stage in STAGES:
         settings: StageConfig = getattr(train, stage)
         _require(settings.epochs >= 0, f"train.{stage}.epochs must be >= 0, got {settings.epochs}")

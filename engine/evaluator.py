@@ -114,3 +114,10 @@ def selection_metric(stage: str, metrics: dict) -> float:
 
 
 STAGE_EVAL_MODE: dict[str, Mode] = {"isr": "lr", "seg": "hr", "cls": "hr", "joint": "lr"}
+
+
+def stage_eval_mode(stage: str, train_input: Mode = "hr") -> Mode:
+    """How a stage is validated: as it trains (the seg and cls stages on LR when ``train.input=lr``)."""
+    if stage in ("seg", "cls"):
+        return train_input
+    return STAGE_EVAL_MODE[stage]

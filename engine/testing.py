@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from data.degrade import bicubic_upsample
 from engine.builders import build_dataset, build_loader, build_model, select_device
@@ -61,17 +62,21 @@ def write_predictions(result: EvalResult, path: Path) -> None:
             writer.writerow([sample_id, grade, max(range(classes), key=probs.__getitem__), *[f"{p:.5f}" for p in probs]])
 
 
-def sample_panels(model: DeepMTDR, dataset, device: torch.device, count: int, out_dir: Path) -> list[Path]:
-    """LR, bicubic, SR, HR, lesion maps vs ground truth and Grad-CAM for the first ``count`` samples."""
+def sample_panels(model: DeepMTDR, dataset, device: torch.device, count: int, out_dir: Path, mode: Mode = "lr") -> list[Path]:
+    """LR, bicubic, SR, HR, lesion maps vs ground truth and Grad-CAM for the first ``count`` samples.
+
+    Lesion maps, grade and Grad-CAM (last grader stage) are of the image graded in ``mode``: SR or HR.
+    """
     if count <= 0:
         return []
     batch = next(iter(build_loader(dataset, min(count, len(dataset)), False, 0)))
     lr, hr = batch["lr"].to(device), batch["hr"].to(device)
     with torch.no_grad():
         sr = model.isr(lr)
-        lesion_probs = torch.sigmoid(model.segment(sr))
-        grade_probs = torch.softmax(model.grade_image(sr).grade_logits, dim=1)
-    cam = gradcam(GraderOnImage(model), model.grader.layer4, sr)
+        graded = sr if mode == "lr" else hr
+        lesion_probs = torch.sigmoid(model.segment(graded))
+        grade_probs = torch.softmax(model.grade_image(graded).grade_logits, dim=1)
+    cam = gradcam(GraderOnImage(model), model.grader.stages()[-1], graded)
     bicubic = bicubic_upsample(lr, model.isr.scale)
     paths = []
     for i, sample_id in enumerate(batch["id"]):
@@ -94,18 +99,22 @@ def run_test(
     samples: int = 4,
     figures_root: str | Path = "visualization_result",
     progress=None,
-    mode: Mode = "lr",
+    mode: Mode | None = None,
+    dataset: Dataset | None = None,
 ) -> tuple[dict, Path]:
     """Evaluate ``checkpoint`` on ``split``; writes metrics JSON, predictions CSV and figures.
 
-    ``mode="lr"`` is the system (LR -> SR -> lesions -> grade) and writes ``<run>/metrics.json``
-    for the test split; ``mode="hr"`` grades the HR images (the upper bound SR aims at). Other
-    splits or modes get suffixed names (``metrics_val_hr.json``) so nothing is overwritten.
-    Returns (metrics, run dir).
+    ``mode="lr"`` is the system (LR -> SR -> lesions -> grade); ``mode="hr"`` grades the HR
+    images (the upper bound SR aims at); None takes the run's ``test.input`` (``hr`` for the
+    ``hr_cls`` method, else ``lr``). The test split in that mode writes ``<run>/metrics.json``;
+    other splits or modes get suffixed names (``metrics_val_hr.json``) so nothing is overwritten.
+    ``dataset`` (already built for this config and split) saves rendering it again. Returns
+    (metrics, run dir).
     """
     model, config, state = load_trained(checkpoint, device)
+    mode = mode or config.test.input
     device_ = next(model.parameters()).device
-    dataset = build_dataset(config, split)
+    dataset = dataset if dataset is not None else build_dataset(config, split)
     loader = build_loader(dataset, max(8, config.train.joint.batch_size), False, 0, config.data.num_workers)
     result = evaluate(model, loader, device_, mode, progress=progress)
     metrics = {
@@ -113,6 +122,7 @@ def run_test(
         "split": split,
         "input": mode,
         "checkpoint": str(checkpoint),
+        "method": config.method,
         "stage": state.get("stage"),
         "epoch": state.get("epoch"),
         "dataset": config.data.dataset,
@@ -121,7 +131,7 @@ def run_test(
     }
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "" if (split, mode) == ("test", "lr") else f"_{split}_{mode}"
+    suffix = "" if (split, mode) == ("test", config.test.input) else f"_{split}_{mode}"
     (run_dir / f"metrics{suffix}.json").write_text(json.dumps(_json_safe(metrics), indent=2))
     write_predictions(result, run_dir / f"predictions_{split}{'_hr' if mode == 'hr' else ''}.csv")
     figures = Path(figures_root) / config.run.name / suffix.lstrip("_")
@@ -130,5 +140,5 @@ def run_test(
         report.plot_roc(roc_curves(result.grades.numpy(), result.probs.numpy()), figures / "roc_curves.png")
     if result.seg is not None:
         report.plot_lesion_pr(result.seg.curves(), figures / "lesion_pr_curves.png")
-    sample_panels(model, dataset, device_, samples, figures / "samples")
+    sample_panels(model, dataset, device_, samples, figures / "samples", mode)
     return metrics, run_dir

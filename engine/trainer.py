@@ -11,6 +11,10 @@ Stages, in the order ``--stage all`` runs them, each resumable and each keeping 
 - ``joint``: everything from LR: the ISR net gets pixel + TV + segmentation-aware + task-aware
   + grading losses, the grader gets the grading loss; segmentation stays frozen, as published.
 
+``train.input=lr`` makes the seg and cls stages learn from the frozen ISR's output of the LR image
+instead of HR (the two-stage baselines of engine/methods.py); with ``model.isr=bicubic`` the ISR
+is a parameter-free bicubic upsampler, so the isr stage is skipped and joint trains the grader only.
+
 Every gradient of a step is computed before any optimiser steps (upstream stepped one optimiser
 and then back-propagated through its modified weights).
 """
@@ -48,7 +52,7 @@ from engine.checkpoint import (
     set_rng_state,
 )
 from engine.config import STAGES, Config, StageConfig, save_config
-from engine.evaluator import STAGE_EVAL_MODE, evaluate, selection_metric
+from engine.evaluator import evaluate, selection_metric, stage_eval_mode
 from engine.logging import CSVLog, TensorBoardLog
 from models.cam import stage_cams, target_weights
 from models.deepmt_dr import any_lesion_map
@@ -127,7 +131,26 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _submodules(self, names: tuple[str, ...]) -> dict[str, nn.Module]:
-        return {name: getattr(self.model, name) for name in names if getattr(self.model, name) is not None}
+        """The named sub-nets that exist and have parameters (an ablated or bicubic one has none)."""
+        modules = {name: getattr(self.model, name) for name in names}
+        return {name: module for name, module in modules.items() if module is not None and any(True for _ in module.parameters())}
+
+    def untrainable(self, stage: str) -> str | None:
+        """Why the model gives ``stage`` nothing to train (no epochs, no such sub-net), or None."""
+        if getattr(self.config.train, stage).epochs == 0:
+            return "no epochs"
+        if stage == "isr" and not self._submodules(("isr",)):
+            return "no ISR net to train (model.isr=bicubic)"
+        if not self._submodules(TRAINABLE[stage]):
+            return "nothing to train"
+        return None
+
+    def _skip_reason(self, stage: str) -> str | None:
+        """Why ``stage`` is skipped: nothing to train, or no image with its labels; None to run it."""
+        reason = self.untrainable(stage)
+        if reason is None and (len(stage_subset(self.train_set, stage)) == 0 or len(stage_subset(self.val_set, stage)) == 0):
+            reason = "no training or validation image carries its labels"
+        return reason
 
     def _prepare_stage(self, stage: str) -> dict[str, torch.optim.Optimizer]:
         """Freeze what the stage does not train and build one Adam per trained sub-net."""
@@ -167,23 +190,31 @@ class Trainer:
         self.scaler.scale(total).backward()
         return {"loss": total, **losses}
 
+    def _stage_image(self, batch: dict) -> torch.Tensor:
+        """What the seg and cls stages learn from: HR, or the frozen ISR's output of LR (``train.input``)."""
+        if self.config.train.input == "hr":
+            return batch["hr"]
+        with torch.no_grad():
+            return self.model.isr(batch["lr"])
+
     def step_seg(self, batch: dict) -> dict[str, torch.Tensor]:
-        loss = segmentation_loss(self.model.seg(batch["hr"]), batch["masks"], batch["mask_valid"])
+        loss = segmentation_loss(self.model.seg(self._stage_image(batch)), batch["masks"], batch["mask_valid"])
         self.scaler.scale(loss).backward()
         return {"loss": loss, "seg": loss}
 
     def step_cls(self, batch: dict) -> dict[str, torch.Tensor]:
-        weights, model, hr = self.config.loss, self.model, batch["hr"]
+        weights, model, image = self.config.loss, self.model, self._stage_image(batch)
         with torch.no_grad():
-            lesion_logits = model.segment(hr)
-        result = model.grade_with_lesions(hr, lesion_logits)
+            lesion_logits = model.segment(image)
+        result = model.grade_with_lesions(image, lesion_logits)
         losses = {"ce": grading_loss(result.grade_logits, batch["grade"], self.class_weights)}
         total = weights.cls_weight * losses["ce"]
-        if model.use_lesions and weights.task_aware_weight > 0 and weights.cam_fusion_weight > 0:
+        fusion_used = model.cam_stages == "all" and weights.task_aware_weight > 0
+        if model.use_lesions and fusion_used and weights.cam_fusion_weight > 0:
             # Train the CAM fusion towards the lesion map; the CAMs are constants here, so this
             # loss does not reach the grader.
             cams = stage_cams(result.grade_logits, result.features, target_weights(result.grade_logits, self.config.model.cam_target))
-            attention = model.cam_fusion([cam.detach() for cam in cams], hr.shape[-2:])
+            attention = model.cam_fusion([cam.detach() for cam in cams], image.shape[-2:])
             losses["cam_fusion"] = F.mse_loss(attention, any_lesion_map(torch.sigmoid(lesion_logits)))
             total = total + weights.cam_fusion_weight * losses["cam_fusion"]
         self.scaler.scale(total).backward()
@@ -205,11 +236,13 @@ class Trainer:
         lr, hr = batch["lr"], batch["hr"]
         sr = model.isr(lr)
         result = model.grade_image(sr)
-        losses = {
-            "ce": grading_loss(result.grade_logits, batch["grade"], self.class_weights),
-            "pixel": pixel_loss(sr, hr, weights.pixel),
-            "tv": tv_loss(sr),
-        }
+        ce = grading_loss(result.grade_logits, batch["grade"], self.class_weights)
+        isr_params = [p for p in model.isr.parameters() if p.requires_grad]
+        if not isr_params:  # bicubic in place of the ISR net: the grader's CE is the whole step
+            self.scaler.scale(weights.cls_weight * ce).backward()
+            return {"loss": weights.cls_weight * ce, "ce": ce}
+        grader_params = [p for p in model.grader.parameters() if p.requires_grad]
+        losses = {"ce": ce, "pixel": pixel_loss(sr, hr, weights.pixel), "tv": tv_loss(sr)}
         isr_total = weights.pixel_weight * losses["pixel"] + weights.tv_weight * losses["tv"] + weights.cls_weight * losses["ce"]
         with torch.no_grad():
             hr_lesions = model.segment(hr)
@@ -222,8 +255,6 @@ class Trainer:
             isr_total = isr_total + weights.task_aware_weight * losses["task_aware"]
         # Two gradients, both computed before any step: the ISR net follows its whole loss, the
         # grader only the grading loss (the task-aware loss is feedback to the ISR net).
-        isr_params = [p for p in model.isr.parameters() if p.requires_grad]
-        grader_params = [p for p in model.grader.parameters() if p.requires_grad]
         isr_grads = torch.autograd.grad(self.scaler.scale(isr_total), isr_params, retain_graph=True)
         grader_grads = torch.autograd.grad(self.scaler.scale(weights.cls_weight * losses["ce"]), grader_params)
         for param, grad in zip(isr_params + grader_params, isr_grads + grader_grads):
@@ -264,7 +295,8 @@ class Trainer:
     def validate(self, stage: str) -> dict:
         dataset = stage_subset(self.val_set, stage)
         loader = build_loader(dataset, max(getattr(self.config.train, stage).batch_size, 8), False, 0, self.config.data.num_workers)
-        return evaluate(self.model, loader, self.device, STAGE_EVAL_MODE[stage], self.autocast).metrics
+        mode = stage_eval_mode(stage, self.config.train.input)
+        return evaluate(self.model, loader, self.device, mode, self.autocast).metrics
 
     def _state(self, stage: str, epoch: int, optimizers, schedulers, best: float, best_epoch: int) -> dict:
         return {
@@ -360,11 +392,9 @@ class Trainer:
         self.tensorboard = TensorBoardLog(self.run_dir)
         try:
             for index, stage in enumerate(stages[first:], start=first):
-                if getattr(self.config.train, stage).epochs == 0 or not self._submodules(TRAINABLE[stage]):
-                    log.info("skipping stage %s: no epochs or nothing to train", stage)
-                    continue
-                if len(stage_subset(self.train_set, stage)) == 0 or len(stage_subset(self.val_set, stage)) == 0:
-                    log.warning("skipping stage %s: no training or validation image carries its labels", stage)
+                reason = self._skip_reason(stage)
+                if reason is not None:
+                    log.info("skipping stage %s: %s", stage, reason)
                     continue
                 self.train_stage(stage, resume_state if index == first else None)
         finally:

@@ -5,11 +5,13 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from models.cam import CAMFusion, CamTarget, stage_cams, target_weights
-from models.grading import GradingNet
-from models.isr import ISRNet
+from models.cam import CAMFusion, CamTarget, minmax_normalise, stage_cams, target_weights
 from models.lesion_seg import LesionSegNet
+
+# Grad-CAM of the task-aware loss: the four grader stages fused (published) or the last stage alone.
+CAM_STAGES = ("all", "last")
 
 
 class Outputs(NamedTuple):
@@ -36,17 +38,25 @@ def any_lesion_map(lesion_probs: torch.Tensor) -> torch.Tensor:
 class DeepMTDR(nn.Module):
     """The three sub-nets plus the CAM fusion of the task-aware loss; each sub-net works alone.
 
-    ``use_lesions=False`` (segmentation ablated) feeds the grader the image alone.
+    ``isr``: lr ``[N,3,h,w]`` -> ``[N,3,H,W]`` in [0,1] with a ``scale`` attribute (the ISR net,
+    or a parameter-free bicubic upsampler when ISR is ablated). ``seg=None`` (segmentation
+    ablated) feeds the grader the image alone. ``grader``: any net with ``num_lesions``,
+    ``stages()`` and ``forward_features(x) -> (logits, stage outputs)`` (models/registry.py
+    GRADERS). ``cam_stages="last"`` makes the task-aware attention the last stage's Grad-CAM
+    instead of the fused multi-scale map.
     """
 
-    def __init__(self, isr: ISRNet, seg: LesionSegNet | None, grader: GradingNet) -> None:
+    def __init__(self, isr: nn.Module, seg: LesionSegNet | None, grader: nn.Module, cam_stages: str = "all") -> None:
         super().__init__()
         expected = seg.num_lesions if seg is not None else 0
         if grader.num_lesions != expected:
             raise ValueError(f"grader takes {grader.num_lesions} lesion channels but the seg net gives {expected}")
+        if cam_stages not in CAM_STAGES:
+            raise ValueError(f"cam_stages must be one of {CAM_STAGES}, got {cam_stages!r}")
         self.isr = isr
         self.seg = seg
         self.grader = grader
+        self.cam_stages = cam_stages
         self.cam_fusion = CAMFusion(num_stages=len(grader.stages()))
 
     @property
@@ -76,8 +86,12 @@ class DeepMTDR(nn.Module):
         return Outputs(sr, result.lesion_logits, result.grade_logits)
 
     def attention_map(self, result: GradeResult, target: CamTarget = "predicted", retain_graph: bool = True) -> torch.Tensor:
-        """Fused multi-stage Grad-CAM ``[N,1,H,W]`` in [0,1] of a :meth:`grade_image` result."""
+        """Fused multi-stage Grad-CAM ``[N,1,H,W]`` in [0,1] of a :meth:`grade_image` result
+        (with ``cam_stages="last"``: the last stage's Grad-CAM, resized and min-max normalised)."""
         weights = target_weights(result.grade_logits, target)
-        cams = stage_cams(result.grade_logits, result.features, weights, retain_graph=retain_graph)
         size = result.lesion_logits.shape[-2:]
+        if self.cam_stages == "last":
+            (cam,) = stage_cams(result.grade_logits, result.features[-1:], weights, retain_graph=retain_graph)
+            return minmax_normalise(F.interpolate(cam, size=size, mode="bilinear", align_corners=False))
+        cams = stage_cams(result.grade_logits, result.features, weights, retain_graph=retain_graph)
         return self.cam_fusion(cams, size)

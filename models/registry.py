@@ -5,10 +5,18 @@ from typing import Callable
 
 from torch import nn
 
-from models.deepmt_dr import DeepMTDR
+from chen_net import ChenNet
+from models.baselines import BicubicUpsampler, ResNetGrader
+from models.deepmt_dr import CAM_STAGES, DeepMTDR
 from models.grading import GradingNet
 from models.isr import ISRNet
 from models.lesion_seg import LesionSegNet
+
+# Grading nets the composite can use (``model.grader``); each takes
+# (num_classes, num_lesions, hidden, dropout, pretrained_path) and has stages() + forward_features().
+GRADERS = ("resnet18_spp", "chen_net", "resnet50")
+# What stands in the ISR net's place (``model.isr``): the ISR net, or a fixed bicubic upsampler.
+ISR_KINDS = ("net", "bicubic")
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -36,26 +44,60 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+@register_model("resnet18_spp")
+def resnet18_spp(num_classes: int = 5, num_lesions: int = 4, hidden: int = 512, dropout: float = 0.5, pretrained_path=None) -> nn.Module:
+    """DeepMT-DR's grader (the published KeNet_v1): ResNet-18 + spatial pyramid pooling."""
+    return GradingNet(num_classes=num_classes, num_lesions=num_lesions, hidden=hidden, dropout=dropout, pretrained_path=pretrained_path)
+
+
+@register_model("chen_net")
+def chen_net(num_classes: int = 5, num_lesions: int = 0, hidden: int = 256, dropout: float = 0.5, pretrained_path=None) -> nn.Module:
+    """Chen et al. (EMBC 2015) 4 conv + 2 FC CNN, top-level ``chen_net.py``."""
+    return ChenNet(num_classes=num_classes, num_lesions=num_lesions, hidden=hidden, dropout=dropout, pretrained_path=pretrained_path)
+
+
+@register_model("resnet50")
+def resnet50(num_classes: int = 5, num_lesions: int = 0, hidden: int = 512, dropout: float = 0.5, pretrained_path=None) -> nn.Module:
+    """torchvision ResNet-50 with global average pooling and a two-layer head."""
+    return ResNetGrader(num_classes, num_lesions, hidden, dropout, pretrained_path, arch="resnet50")
+
+
 @register_model("deepmt_dr")
 def deepmt_dr(
     scale: int = 4,
     num_classes: int = 5,
+    isr: str = "net",
     isr_channels: int = 32,
     isr_blocks: int = 5,
     isr_bicubic_skip: bool = True,
     seg_width: float = 4.0,
     use_lesions: bool = True,
+    grader: str = "resnet18_spp",
     grader_hidden: int = 512,
     grader_dropout: float = 0.5,
     imagenet_weights: str | None = None,
+    cam_stages: str = "all",
 ) -> nn.Module:
-    """DeepMT-DR; the defaults are the paper's (x4, 32-channel ISR, U-Net ratio 4, ResNet-18)."""
+    """DeepMT-DR; the defaults are the paper's (x4, 32-channel ISR, U-Net ratio 4, ResNet-18).
+
+    ``isr="bicubic"`` replaces the ISR net by a fixed bicubic upsampler, ``use_lesions=False``
+    drops the segmentation net, ``grader`` picks one of :data:`GRADERS`: the compared methods
+    and ablations are these switches.
+    """
+    if isr not in ISR_KINDS:
+        raise ValueError(f"isr must be one of {ISR_KINDS}, got {isr!r}")
+    if grader not in GRADERS:
+        raise ValueError(f"grader must be one of {GRADERS}, got {grader!r}")
+    if cam_stages not in CAM_STAGES:
+        raise ValueError(f"cam_stages must be one of {CAM_STAGES}, got {cam_stages!r}")
     seg = LesionSegNet(width=seg_width) if use_lesions else None
-    grader = GradingNet(
+    grading_net = create_model(
+        grader,
         num_classes=num_classes,
         num_lesions=seg.num_lesions if seg is not None else 0,
         hidden=grader_hidden,
         dropout=grader_dropout,
         pretrained_path=imagenet_weights,
     )
-    return DeepMTDR(ISRNet(scale, isr_channels, isr_blocks, isr_bicubic_skip), seg, grader)
+    isr_net = ISRNet(scale, isr_channels, isr_blocks, isr_bicubic_skip) if isr == "net" else BicubicUpsampler(scale)
+    return DeepMTDR(isr_net, seg, grading_net, cam_stages=cam_stages)

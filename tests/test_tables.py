@@ -1,0 +1,142 @@
+"""Result tables: the writer's documented columns from a fixture CSV, the bar chart, and the runner
+that skips finished rows, collects tested ones, resumes half-finished ones and refuses mixed settings."""
+import csv
+import importlib.util
+import statistics
+from pathlib import Path
+
+import pytest
+
+import engine.table_runner as runner
+from engine.cli import run_cli
+from engine.table_runner import load_table, parse_seeds, select_rows
+from engine.tables import RESULT_COLUMNS, plot_bars, read_results, table_columns, write_markdown, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FIXTURE = """row,method,seed,accuracy,qwk,macro_f1,macro_auc,psnr,ssim,psnr_bicubic,ssim_bicubic,lesion_aupr,scale,epoch_seconds,wall_seconds
+deepmt_dr,deepmt_dr,0,0.50,0.80,0.40,0.86,33.4,0.878,31.8,0.864,0.25,4,600,700
+deepmt_dr,deepmt_dr,1,0.52,0.84,0.42,0.88,33.6,0.880,31.8,0.864,0.27,4,620,710
+deepmt_dr,deepmt_dr,2,0.48,0.76,0.38,0.84,33.2,0.876,31.8,0.864,0.23,4,580,690
+lr_cls,lr_cls,0,0.45,0.70,0.35,0.80,,,31.8,0.864,,4,240,300
+lr_cls,lr_cls,1,0.47,0.75,0.37,0.82,,,31.8,0.864,,4,240,300
+lr_cls,lr_cls,2,0.43,0.74,0.33,0.78,,,31.8,0.864,,4,240,300
+"""
+
+
+def _table(tmp_path, reference="lr_cls"):
+    fixture = tmp_path / "results.csv"
+    fixture.write_text(FIXTURE)
+    descriptions = {"deepmt_dr": "the method", "lr_cls": "the naive baseline", "hr_cls": "not run"}
+    path = write_markdown(read_results(fixture), tmp_path / "table.md", "Compared", descriptions, reference, ["Command: `x`"])
+    return path.read_text().splitlines()
+
+
+def _cells(lines, row):
+    line = next(line for line in lines if line.startswith(f"| {row} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_table_writer_produces_the_documented_columns(tmp_path):
+    lines = _table(tmp_path)
+    header = [cell.strip() for cell in lines[4].strip("|").split("|")]
+    assert header == table_columns("lr_cls") == [
+        "row", "seeds", "accuracy", "QWK", "macro F1", "macro AUC", "PSNR (dB)", "SSIM", "lesion AUPR", "ΔQWK vs lr_cls", "train min",
+    ]  # fmt: skip
+    deepmt = dict(zip(header, _cells(lines, "deepmt_dr")))
+    assert deepmt["seeds"] == "3"
+    assert deepmt["QWK"] == f"0.800 ± {statistics.stdev([0.80, 0.84, 0.76]):.3f}"
+    assert deepmt["PSNR (dB)"] == "33.40 ± 0.20" and deepmt["lesion AUPR"] == "0.250 ± 0.020"
+    differences = [0.80 - 0.70, 0.84 - 0.75, 0.76 - 0.74]
+    assert deepmt["ΔQWK vs lr_cls"] == f"+{statistics.fmean(differences):.3f} ± {statistics.stdev(differences):.3f}"
+    assert deepmt["train min"] == "10.0"
+    baseline = dict(zip(header, _cells(lines, "lr_cls")))
+    assert baseline["PSNR (dB)"] == baseline["SSIM"] == baseline["lesion AUPR"] == baseline["ΔQWK vs lr_cls"] == "-"
+    assert not any(line.startswith("| hr_cls | 0") for line in lines)  # rows without results are left out
+    text = "\n".join(lines)
+    assert "x4: 31.80 dB / 0.864" in text and "Command: `x`" in text and "| lr_cls | the naive baseline |" in text
+    assert "Wall time of all runs (training, rendering, testing): 50 min" in text
+
+
+def test_table_without_reference_has_no_difference_column(tmp_path):
+    header = [cell.strip() for cell in _table(tmp_path, reference=None)[4].strip("|").split("|")]
+    assert not any(cell.startswith("ΔQWK") for cell in header)
+
+
+def test_bar_chart_and_results_round_trip(tmp_path):
+    fixture = tmp_path / "fixture.csv"
+    fixture.write_text(FIXTURE)
+    results = read_results(fixture)
+    assert plot_bars(results, tmp_path / "chart.png", "Compared").stat().st_size > 1000
+    write_results([{**results[0], "qwk": float("nan")}, {"row": "x", "seed": 0, "psnr": None}], tmp_path / "out.csv")
+    with (tmp_path / "out.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == list(RESULT_COLUMNS) and rows[0]["qwk"] == "" and rows[1]["psnr"] == ""
+
+
+def test_rows_files_seeds_and_selection():
+    for folder in ("Compared Methods", "Ablation study"):
+        spec = load_table(ROOT / folder / "rows.yaml")
+        assert spec.reference in {row.name for row in spec.rows}
+    methods = load_table(ROOT / "Compared Methods" / "rows.yaml")
+    assert [row.name for row in select_rows(methods, "lr_cls,deepmt_dr")] == ["deepmt_dr", "lr_cls"]
+    with pytest.raises(runner.ConfigError, match="unknown row"):
+        select_rows(methods, "bogus")
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("5,7") == [5, 7]
+    with pytest.raises(runner.ConfigError, match="--seeds"):
+        parse_seeds("0,0")
+
+
+def _script(folder):
+    spec = importlib.util.spec_from_file_location(f"run_{folder.split()[0].lower()}", ROOT / folder / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_runner_skips_finished_rows_collects_tested_ones_and_resumes(tmp_path, monkeypatch, capsys):
+    script = _script("Compared Methods")
+    out = tmp_path / "table"
+    argv = ["--quiet", "--quick", "--jobs", "1", "--seeds", "1", "--rows", "lr_cls", "--out", str(out), "train.max_steps_per_epoch=1", "run.threads=1"]
+    assert run_cli(script.main, argv) == 0
+    results = (out / "results.csv").read_text()
+    assert [row["row"] for row in read_results(out / "results.csv")] == ["lr_cls"]
+    assert (out / "table.md").is_file() and (out / "table.png").stat().st_size > 0
+    assert (out / "runs" / "lr_cls_seed0" / "metrics.json").is_file()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished row was trained again")
+
+    monkeypatch.setattr(runner, "train_and_test", no_training)
+    assert run_cli(script.main, argv) == 0  # finished: in results.csv
+    assert (out / "results.csv").read_text() == results
+    (out / "results.csv").unlink()
+    assert run_cli(script.main, argv) == 0  # tested: collected from metrics.json
+    assert [row["qwk"] for row in read_results(out / "results.csv")] == [row["qwk"] for row in csv.DictReader(results.splitlines())]
+
+    monkeypatch.undo()
+    resumed = []
+    fit = runner.Trainer.fit
+    monkeypatch.setattr(runner.Trainer, "fit", lambda self, resume=False: resumed.append(resume) or fit(self, resume))
+    (out / "results.csv").unlink()
+    (out / "runs" / "lr_cls_seed0" / "metrics.json").unlink()
+    assert run_cli(script.main, argv) == 0  # half-finished (checkpoint, no metrics): resumed, not restarted
+    assert resumed == [True] and (out / "runs" / "lr_cls_seed0" / "metrics.json").is_file()
+
+    assert run_cli(script.main, [*argv, "data.n_train=12"]) == 2  # other settings: refused, nothing mixed
+    assert "trained with other settings (data.n_train: 16 -> 12)" in capsys.readouterr().err
+
+
+def test_ablation_script_lists_its_rows(capsys):
+    assert run_cli(_script("Ablation study").main, ["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "no_task_aware" in out and "loss.task_aware_weight=0" in out
+
+
+def test_runner_jobs_train_rows_in_parallel_processes(tmp_path):
+    out = tmp_path / "table"
+    argv = ["--quiet", "--quick", "--jobs", "2", "--seeds", "1", "--rows", "lr_cls,chen", "--out", str(out), "train.max_steps_per_epoch=1"]
+    assert run_cli(_script("Compared Methods").main, argv) == 0
+    results = read_results(out / "results.csv")
+    assert sorted(row["row"] for row in results) == ["chen", "lr_cls"] and all(row["wall_seconds"] for row in results)
+    assert "| chen | 1 |" in (out / "table.md").read_text()
