@@ -8,6 +8,7 @@ values raise :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -193,6 +194,9 @@ def parse_stages(text: str) -> list[str]:
     return stages
 
 
+_YAML_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a field annotation, converting ints to floats where expected."""
     hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
@@ -210,6 +214,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
         if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if origin is float and isinstance(value, str) and _YAML_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
         if origin is str and isinstance(value, str):
             return value
         if origin is list and isinstance(value, list):

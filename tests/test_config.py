@@ -58,3 +58,14 @@ def test_missing_and_invalid_yaml(tmp_path):
 
 def test_parse_override_nests():
     assert parse_override("a.b.c=3") == {"a": {"b": {"c": 3}}}
+
+
+def test_float_keys_accept_yaml_exponents_without_a_dot(tmp_path):
+    """YAML 1.1 reads ``1e-3`` as a string; a float key must still take it, and reject junk."""
+    config = load_config(None, ["train.cls.lr_cls=1e-3"])
+    assert config.train.cls.lr_cls == pytest.approx(1e-3)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("train:\n  isr:\n    lr_isr: 2E-4\n")
+    assert load_config(preset).train.isr.lr_isr == pytest.approx(2e-4)
+    with pytest.raises(ConfigError, match="lr_cls' expects"):
+        load_config(None, ["train.cls.lr_cls=1e-3x"])
