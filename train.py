@@ -7,6 +7,11 @@ fundus dataset, sized for a CPU.
     python train.py --stage cls data.hr_size=256 train.cls.epochs=5
     python train.py --resume                          # continue runs/<name>/checkpoints/last.pt
     python train.py --dataset idrid --data-root ../shared/data/idrid --config configs/idrid_small.yaml
+    torchrun --nproc_per_node 8 train.py --config configs/ddr.yaml --dataset ddr --data-root DDR
+
+Under torchrun every process trains its share of each global batch (train.<stage>.batch_size
+is the global batch) and rank 0 writes the run folder; build a large dataset's cache first
+with python -m data.prepare, since the other processes wait for it.
 
 With --dataset and no --config, configs/<dataset>.yaml is used when it exists, else
 configs/paper.yaml. The dataset's preprocessing cache is built on the first run
@@ -19,11 +24,13 @@ key=value overrides still come last. Any config field can be overridden as dotte
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from tqdm import tqdm
 
 from data.datasets import DATASETS
+from engine import distributed
 from engine.builders import ensure_cache
 from engine.cli import run_cli
 from engine.config import DEFAULT_PRESET, STAGES, default_preset, load_config
@@ -61,13 +68,21 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"{key}={flag}")
     config = load_config(args.config or default_preset(args.dataset), overrides, method=args.method)
     progress = None if args.quiet else (lambda iterable, **kw: tqdm(iterable, leave=False, dynamic_ncols=True, **kw))
-    if config.data.dataset != "synthetic":
+    launched_by_torchrun = "WORLD_SIZE" in os.environ
+    if config.data.dataset != "synthetic" and not launched_by_torchrun:  # under torchrun rank 0 builds it in fit()
         print(f"dataset cache: {ensure_cache(config, progress=not args.quiet)}")
-    trainer = Trainer(config, progress=progress)
-    print(f"training {config.method} on {config.data.dataset} ({config.data.hr_size}px HR, x{config.data.scale}) "
-          f"on {trainer.device}; stages: {', '.join(config.stages_to_run())}; run folder {config.run_dir}")
-    run_dir = trainer.fit(resume=args.resume)
-    print(f"done: checkpoints in {run_dir / 'checkpoints'}, log {run_dir / 'log.csv'}")
+    try:
+        trainer = Trainer(config, progress=progress if int(os.environ.get("RANK", "0")) == 0 else None)
+        world = trainer.world
+        if world.is_main:
+            processes = f" x {world.size} processes" if world.distributed else ""
+            print(f"training {config.method} on {config.data.dataset} ({config.data.hr_size}px HR, x{config.data.scale}) "
+                  f"on {trainer.device}{processes}; stages: {', '.join(config.stages_to_run())}; run folder {config.run_dir}")
+        run_dir = trainer.fit(resume=args.resume)
+        if world.is_main:
+            print(f"done: checkpoints in {run_dir / 'checkpoints'}, log {run_dir / 'log.csv'}")
+    finally:
+        distributed.cleanup()
     return 0
 
 

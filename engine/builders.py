@@ -15,6 +15,7 @@ from data.records import DataError
 from data.splits import SplitSettings, assign_roles, keep_in_train, split_name
 from data.synthetic import SyntheticFundus
 from engine.config import Config, ConfigError
+from engine.distributed import EpochShuffleSampler, ShardSampler, World
 from models import DeepMTDR, create_model
 
 log = logging.getLogger(__name__)
@@ -140,17 +141,37 @@ def stage_subset(dataset: Dataset, stage: str) -> Dataset:
     return Subset(dataset, [index for index, flag in enumerate(keep) if flag])
 
 
-def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
-    """A loader whose order depends only on ``seed`` (pass seed + epoch), so resume replays it."""
-    generator = torch.Generator().manual_seed(seed)
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    world: World = World(),
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+    prefetch_factor: int = 2,
+) -> DataLoader:
+    """A loader whose order depends only on ``seed`` and the epoch, so resume replays it.
+
+    Shuffled (training): :class:`EpochShuffleSampler`, one loader per stage whose sampler gets
+    ``set_epoch`` (so persistent workers live across epochs), each process taking its share of
+    every epoch's permutation. Not shuffled (evaluation): :class:`ShardSampler`, each sample
+    seen by exactly one process. ``batch_size`` is per process.
+    """
+    sampler = EpochShuffleSampler(len(dataset), seed, world) if shuffle else ShardSampler(len(dataset), world)
+    workers = num_workers > 0
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        sampler=sampler,
+        # Workers' base seeds come from this generator, not the global RNG (which seeds dropout).
+        generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
         drop_last=False,
-        persistent_workers=False,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers and workers,
+        prefetch_factor=prefetch_factor if workers else None,
     )
 
 

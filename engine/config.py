@@ -26,6 +26,7 @@ from models.registry import GRADERS, ISR_KINDS
 STAGES = ("isr", "seg", "cls", "joint")
 SEG_DIVISOR = 16  # the U-Net pools four times
 INPUTS = ("lr", "hr")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
 DEFAULT_PRESET = "configs/demo.yaml"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -65,6 +66,11 @@ class DataConfig:
     # HR crop for the isr and seg stages (the published stage1_1 used 1024/4); 0 = whole image.
     crop_size: int = 256
     num_workers: int = 0
+    # Loader fast paths: page-locked batches for the GPU copy (CUDA only), workers kept alive
+    # across epochs (num_workers > 0), batches loaded ahead per worker.
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
     seed: int = 0
 
 
@@ -87,6 +93,9 @@ class ModelConfig:
     cam_target: str = "predicted"
     # Task-aware attention: "all" four grader stages' CAMs fused (published) or the "last" alone.
     cam_stages: str = "all"
+    # Recompute the segmentation net's blocks in the backward pass instead of storing their
+    # activations (less memory at 1024 px for about a third more segmentation compute).
+    seg_checkpoint: bool = False
 
 
 @dataclass
@@ -152,9 +161,21 @@ class RunConfig:
     device: str = "auto"
     seed: int = 103
     deterministic: bool = False
-    amp: bool = False
+    # Speed switches (docs/BENCHMARKS.md). The defaults are the plain fp32 path everywhere.
+    amp: bool = False  # autocast in amp_dtype (float16 adds a GradScaler)
     amp_dtype: str = "bfloat16"
     channels_last: bool = False
+    # torch.compile of the ISR and segmentation nets (the grader stays eager: Grad-CAM
+    # differentiates its stage outputs, which compiled modules do not allow).
+    compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: str = "default"
+    cudnn_benchmark: bool = True  # CUDA only; off when deterministic
+    # Adam implementation: "auto" (fused on CUDA, torch's default elsewhere), "fused",
+    # "foreach" or "for_loop".
+    optimizer_impl: str = "auto"
+    # Distributed runs (torchrun): BatchNorm statistics over all processes (CUDA only).
+    sync_batchnorm: bool = False
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
 
@@ -393,6 +414,11 @@ def validate(config: Config) -> None:
     _require(train.max_steps_per_epoch >= 0, f"train.max_steps_per_epoch must be >= 0, got {train.max_steps_per_epoch}")
     _require(train.eval_every >= 1, f"train.eval_every must be >= 1, got {train.eval_every}")
     _require(config.run.amp_dtype in ("bfloat16", "float16"), f"run.amp_dtype must be bfloat16 or float16, got {config.run.amp_dtype!r}")
+    _require(
+        config.run.optimizer_impl in OPTIMIZER_IMPLS,
+        f"run.optimizer_impl must be one of {', '.join(OPTIMIZER_IMPLS)}, got {config.run.optimizer_impl!r}",
+    )
+    _require(data.prefetch_factor >= 1, f"data.prefetch_factor must be >= 1, got {data.prefetch_factor}")
     _require(bool(config.run.name) and "/" not in config.run.name, f"run.name must be a plain folder name, got {config.run.name!r}")
 
 

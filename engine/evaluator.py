@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.degrade import bicubic_upsample
+from engine import distributed
 from evaluation.metrics import (
     SegmentationMetrics,
     grading_metrics,
@@ -44,6 +45,12 @@ class _PerImageSR:
         self.values["psnr"].append(psnr_per_image(image, hr, fov).cpu())
         self.values["ssim"].append(ssim_per_image(image, hr, fov).cpu())
         self.values["psnr_lesion"].append(psnr_per_image(image, hr, lesion_region(masks, fov)).cpu())
+
+    def gather(self) -> None:
+        """Pool every process's per-image values (order does not matter for their means)."""
+        for key, chunks in self.values.items():
+            local = torch.cat(chunks) if chunks else torch.zeros(0)
+            self.values[key] = distributed.gather_objects(local)
 
     def result(self) -> dict:
         out = {}
@@ -93,7 +100,17 @@ def evaluate(
         ids += list(batch["id"])
         grades.append(batch["grade"])
         probs.append(torch.softmax(result.grade_logits.float(), dim=1).cpu())
-    grades_all, probs_all = torch.cat(grades), torch.cat(probs)
+    grades_all = torch.cat(grades) if grades else torch.zeros(0, dtype=torch.long)
+    probs_all = torch.cat(probs) if probs else torch.zeros(0)
+    if distributed.current().distributed:
+        # Each process saw its ShardSampler share; pool them back in dataset order.
+        ids = distributed.interleave(distributed.gather_objects(ids))
+        grades_all = _interleave_rows(distributed.gather_objects(grades_all))
+        probs_all = _interleave_rows(distributed.gather_objects(probs_all))
+        for values in sr_values.values():
+            values.gather()
+        if seg is not None:
+            seg.all_reduce(device)
     metrics: dict = {"mode": mode}
     if bool((grades_all >= 0).any()):
         metrics["grading"] = grading_metrics(grades_all.numpy(), probs_all.numpy())
@@ -102,6 +119,13 @@ def evaluate(
     if seg is not None:
         metrics["segmentation"] = seg.compute()
     return EvalResult(metrics, ids, grades_all, probs_all, seg)
+
+
+def _interleave_rows(per_rank: list[torch.Tensor]) -> torch.Tensor:
+    """Rows of each rank's tensor back into dataset order (the inverse of ShardSampler's round robin)."""
+    starts = torch.tensor([0] + [len(rows) for rows in per_rank]).cumsum(0).tolist()
+    positions = distributed.interleave([list(range(starts[r], starts[r + 1])) for r in range(len(per_rank))])
+    return torch.cat([rows for rows in per_rank if len(rows)])[torch.tensor(positions, dtype=torch.long)]
 
 
 def selection_metric(stage: str, metrics: dict) -> float:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from torch.nn import functional as F
 
 from data.crop import random_crop
@@ -42,6 +43,7 @@ from engine.builders import (
     select_device,
     stage_subset,
 )
+from engine import distributed
 from engine.checkpoint import (
     CheckpointError,
     link_checkpoint,
@@ -90,21 +92,44 @@ class Trainer:
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         seed_everything(config.run.seed, config.run.deterministic)
-        self.device = select_device(config.run.device)
+        self.world, self.device = distributed.setup(select_device(config.run.device))
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = config.run.cudnn_benchmark and not config.run.deterministic
         self.model = build_model(config).to(self.device)
-        if config.run.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self._apply_fast_paths()
         self.run_dir = config.run_dir
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        amp_dtype = torch.bfloat16 if config.run.amp_dtype == "bfloat16" else torch.float16
-        self.amp_enabled = config.run.amp and self.device.type == "cuda"
-        self.amp_dtype = amp_dtype
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_enabled and amp_dtype == torch.float16)
+        self.amp_enabled = config.run.amp
+        self.amp_dtype = torch.bfloat16 if config.run.amp_dtype == "bfloat16" else torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_enabled and self.amp_dtype == torch.float16)
         self.global_step = 0
         self.csv: CSVLog | None = None
         self.tensorboard: TensorBoardLog | None = None
 
     # ----------------------------------------------------------------- setup helpers
+    def _apply_fast_paths(self) -> None:
+        """The model-side speed switches of ``config.run`` (each off by default, docs/BENCHMARKS.md)."""
+        run, model = self.config.run, self.model
+        if run.sync_batchnorm and self.world.distributed:
+            if self.device.type == "cuda":
+                self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                log.warning("run.sync_batchnorm needs CUDA; BatchNorm statistics stay per process")
+        if model.seg is not None:
+            model.seg.checkpoint = self.config.model.seg_checkpoint
+        if run.channels_last:
+            model.to(memory_format=torch.channels_last)
+        distributed.broadcast_module(model)  # every process starts from rank 0's weights
+        if run.compile:
+            # The grader stays eager: Grad-CAM takes gradients w.r.t. its stage outputs, which a
+            # compiled module does not allow (autograd.grad reports them unused).
+            options = {"backend": run.compile_backend}
+            if run.compile_backend == "inductor":
+                options["mode"] = run.compile_mode
+            for sub_net in (model.isr, model.seg):
+                if sub_net is not None:
+                    sub_net.compile(**options)
+
     @cached_property
     def train_set(self):
         return build_dataset(self.config, "train")
@@ -129,6 +154,14 @@ class Trainer:
         if not self.amp_enabled:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _adam(self, params, lr: float) -> torch.optim.Adam:
+        """Adam in the configured implementation (``run.optimizer_impl``; auto: fused on CUDA)."""
+        impl = self.config.run.optimizer_impl
+        if impl == "auto":
+            impl = "fused" if self.device.type == "cuda" else "default"
+        options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}.get(impl, {})
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=self.config.train.weight_decay, **options)
 
     def _submodules(self, names: tuple[str, ...]) -> dict[str, nn.Module]:
         """The named sub-nets that exist and have parameters (an ablated or bicubic one has none)."""
@@ -160,17 +193,19 @@ class Trainer:
         optimizers = {}
         for name, module in self._submodules(TRAINABLE[stage]).items():
             module.requires_grad_(True)
-            optimizers[name] = torch.optim.Adam(
-                module.parameters(),
-                lr=getattr(settings, LR_FIELD[name]),
-                betas=(0.9, 0.999),
-                weight_decay=self.config.train.weight_decay,
-            )
+            optimizers[name] = self._adam(module.parameters(), getattr(settings, LR_FIELD[name]))
         return optimizers
 
     # ----------------------------------------------------------------- the steps
     def _batch(self, batch: dict, stage: str) -> dict:
-        batch = {key: value.to(self.device, non_blocking=True) if torch.is_tensor(value) else value for key, value in batch.items()}
+        """Move a batch to the device (images channels-last when the model is), crop for isr/seg."""
+        images_format = torch.channels_last if self.config.run.channels_last else torch.preserve_format
+        batch = {
+            key: value.to(self.device, non_blocking=True, memory_format=images_format if key in ("hr", "lr") else torch.preserve_format)
+            if torch.is_tensor(value)
+            else value
+            for key, value in batch.items()
+        }
         if stage in ("isr", "seg"):
             batch = random_crop(batch, self.config.data.crop_size, self.config.data.scale, self.crop_generator)
         return batch
@@ -262,12 +297,35 @@ class Trainer:
         return {"loss": isr_total, **losses}
 
     # ----------------------------------------------------------------- loops
-    def train_one_epoch(self, stage: str, epoch: int, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    def _stage_seed(self, stage: str) -> int:
+        return self.config.run.seed * 1000 + STAGES.index(stage) * 100
+
+    def train_loader(self, stage: str) -> DataLoader:
+        """The stage's training loader, built once (workers persist); its sampler is set per epoch."""
+        data = self.config.data
+        batch = distributed.local_batch_size(getattr(self.config.train, stage).batch_size, self.world, f"train.{stage}.batch_size")
+        return build_loader(
+            stage_subset(self.train_set, stage),
+            batch,
+            True,
+            self._stage_seed(stage),
+            data.num_workers,
+            self.world,
+            pin_memory=data.pin_memory and self.device.type == "cuda",
+            persistent_workers=data.persistent_workers,
+            prefetch_factor=data.prefetch_factor,
+        )
+
+    def train_one_epoch(
+        self, stage: str, epoch: int, optimizers: dict[str, torch.optim.Optimizer], loader: DataLoader | None = None
+    ) -> dict[str, float]:
         settings: StageConfig = getattr(self.config.train, stage)
-        seed = self.config.run.seed * 1000 + STAGES.index(stage) * 100 + epoch
+        seed = self._stage_seed(stage) + epoch
         self.crop_generator = torch.Generator().manual_seed(seed)
-        loader = build_loader(stage_subset(self.train_set, stage), settings.batch_size, True, seed, self.config.data.num_workers)
+        loader = loader if loader is not None else self.train_loader(stage)
+        loader.sampler.set_epoch(epoch)
         max_steps = self.config.train.max_steps_per_epoch or len(loader)
+        params = [p for opt in optimizers.values() for group in opt.param_groups for p in group["params"]]
         step_fn = getattr(self, f"step_{stage}")
         sums: dict[str, torch.Tensor] = {}
         steps = 0
@@ -277,10 +335,10 @@ class Trainer:
                 break
             with self.autocast():
                 losses = step_fn(self._batch(batch, stage))
+            distributed.average_gradients(params)
             if self.config.train.clip_grad > 0:
                 for optimizer in optimizers.values():
                     self.scaler.unscale_(optimizer)
-                params = [p for opt in optimizers.values() for group in opt.param_groups for p in group["params"]]
                 nn.utils.clip_grad_norm_(params, self.config.train.clip_grad)
             for optimizer in optimizers.values():
                 self.scaler.step(optimizer)
@@ -290,13 +348,20 @@ class Trainer:
                 sums[key] = sums.get(key, 0) + value.detach().float()
             steps += 1
             self.global_step += 1
-        return {f"train_{key}": float(value) / max(steps, 1) for key, value in sums.items()}
+        # Mean over the processes' steps (one all-reduce per epoch, not per step).
+        totals = distributed.all_reduce_sum(torch.stack([sums[key] for key in sums] + [torch.tensor(float(steps), device=self.device)]))
+        steps_all = float(totals[-1])
+        return {f"train_{key}": float(value) / max(steps_all, 1) for key, value in zip(sums, totals[:-1])}
+
+    def val_loader(self, stage: str) -> DataLoader:
+        """The stage's validation images, each evaluated by exactly one process."""
+        batch = max(getattr(self.config.train, stage).batch_size // self.world.size, 8)
+        pin = self.config.data.pin_memory and self.device.type == "cuda"
+        return build_loader(stage_subset(self.val_set, stage), batch, False, 0, self.config.data.num_workers, self.world, pin_memory=pin)
 
     def validate(self, stage: str) -> dict:
-        dataset = stage_subset(self.val_set, stage)
-        loader = build_loader(dataset, max(getattr(self.config.train, stage).batch_size, 8), False, 0, self.config.data.num_workers)
         mode = stage_eval_mode(stage, self.config.train.input)
-        return evaluate(self.model, loader, self.device, mode, self.autocast).metrics
+        return evaluate(self.model, self.val_loader(stage), self.device, mode, self.autocast).metrics
 
     def _state(self, stage: str, epoch: int, optimizers, schedulers, best: float, best_epoch: int) -> dict:
         return {
@@ -329,10 +394,11 @@ class Trainer:
             set_rng_state(resume["rng"])
             start_epoch, best, best_epoch = resume["epoch"], resume["best_metric"], resume["best_epoch"]
             self.global_step = resume["step"]
+        loader = self.train_loader(stage)
         for epoch in range(start_epoch, settings.epochs):
             started = time.perf_counter()
             row = {"stage": stage, "epoch": epoch + 1, "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"]}
-            row.update(self.train_one_epoch(stage, epoch, optimizers))
+            row.update(self.train_one_epoch(stage, epoch, optimizers, loader))
             for scheduler in schedulers.values():
                 scheduler.step()
             is_last = epoch + 1 == settings.epochs
@@ -346,19 +412,24 @@ class Trainer:
                     row["is_best"] = 1
                 self._set_modes(stage)  # evaluate() left everything in eval mode
             row["seconds"] = round(time.perf_counter() - started, 2)
-            state = self._state(stage, epoch + 1, optimizers, schedulers, best, best_epoch)
-            stage_last = save_checkpoint(state, self.checkpoint_dir / f"{stage}_last.pt")
-            link_checkpoint(stage_last, self.checkpoint_dir / "last.pt")
-            if row.get("is_best"):
-                link_checkpoint(stage_last, self.checkpoint_dir / f"{stage}_best.pt")
-                link_checkpoint(stage_last, self.checkpoint_dir / "best.pt")
-            self.csv.write(row)
-            self.tensorboard.scalars({k: v for k, v in row.items() if k not in ("stage", "epoch")}, self.global_step, f"{stage}/")
-            log.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            if self.world.is_main:  # one writer; every process holds the same weights
+                self._write_epoch(stage, row, self._state(stage, epoch + 1, optimizers, schedulers, best, best_epoch))
+        distributed.barrier()  # rank 0's best checkpoint is on disk before anyone reads it
         best_path = self.checkpoint_dir / f"{stage}_best.pt"
         if best_path.is_file():
             # The next stage starts from this stage's best weights.
             load_model_state(self.model, load_checkpoint(best_path)["model"], best_path)
+
+    def _write_epoch(self, stage: str, row: dict, state: dict) -> None:
+        """Checkpoint (last, and best when it is), CSV row, TensorBoard scalars, log line."""
+        stage_last = save_checkpoint(state, self.checkpoint_dir / f"{stage}_last.pt")
+        link_checkpoint(stage_last, self.checkpoint_dir / "last.pt")
+        if row.get("is_best"):
+            link_checkpoint(stage_last, self.checkpoint_dir / f"{stage}_best.pt")
+            link_checkpoint(stage_last, self.checkpoint_dir / "best.pt")
+        self.csv.write(row)
+        self.tensorboard.scalars({k: v for k, v in row.items() if k not in ("stage", "epoch")}, self.global_step, f"{stage}/")
+        log.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
 
     def _set_modes(self, stage: str) -> None:
         """Train mode for the sub-nets the stage trains, eval mode (frozen BN statistics) for the rest."""
@@ -367,8 +438,11 @@ class Trainer:
             module.train()
 
     def fit(self, resume: bool = False) -> Path:
-        """Run the configured stages (continuing ``last.pt`` when ``resume``); returns the run folder."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """Run the configured stages (continuing ``last.pt`` when ``resume``); returns the run folder.
+
+        Under torchrun every process trains; rank 0 alone builds a missing dataset cache and
+        writes the run folder.
+        """
         stages = self.config.stages_to_run()
         resume_state, first = None, 0
         if resume:
@@ -384,12 +458,16 @@ class Trainer:
             raise CheckpointError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --name"
             )
-        save_config(self.config, self.run_dir / "config.yaml")
-        for dataset in (self.train_set, self.val_set):
-            if hasattr(dataset, "materialize"):  # render an in-memory dataset once, before timing epochs
-                dataset.materialize(progress=self.progress is not None)
-        self.csv = CSVLog(self.run_dir / "log.csv")
-        self.tensorboard = TensorBoardLog(self.run_dir)
+        distributed.barrier()  # every process has checked the folder before rank 0 writes to it
+        if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.run_dir / "config.yaml")
+            self._load_datasets()  # a missing cache is built here, by rank 0 alone
+        distributed.barrier()
+        self._load_datasets()
+        if self.world.is_main:
+            self.csv = CSVLog(self.run_dir / "log.csv")
+            self.tensorboard = TensorBoardLog(self.run_dir)
         try:
             for index, stage in enumerate(stages[first:], start=first):
                 reason = self._skip_reason(stage)
@@ -398,8 +476,14 @@ class Trainer:
                     continue
                 self.train_stage(stage, resume_state if index == first else None)
         finally:
-            self.tensorboard.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         return self.run_dir
+
+    def _load_datasets(self) -> None:
+        for dataset in (self.train_set, self.val_set):
+            if hasattr(dataset, "materialize"):  # render an in-memory dataset once, before timing epochs
+                dataset.materialize(progress=self.progress is not None and self.world.is_main)
 
 
 def _flat_val_metrics(metrics: dict) -> dict[str, float]:

@@ -493,6 +493,20 @@ class SegmentationMetrics:
         self._update_dice(probs, truth, valid)
         self._n_images += valid.sum(0)
 
+    def all_reduce(self, device: torch.device | str | None = None) -> None:
+        """Sum the accumulators over the processes of a distributed evaluation (in place).
+
+        A process that saw no batch contributes zeros; the state must live on a device the
+        process group's backend supports (the evaluation device).
+        """
+        import torch.distributed as dist
+
+        if self._hist is None:
+            self._init_state(torch.device(device) if device is not None else self.device or torch.device("cpu"))
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for state in (self._hist, self._dice_sum, self._dice_count, self._n_images):
+                dist.all_reduce(state)
+
     def _host_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Accumulators on the host (once per evaluation); zeros if nothing was added."""
         if self._hist is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 NUM_LEVELS = 5
 # Weights of the deep-supervision heads, coarse (1/16) to fine (full resolution).
@@ -79,6 +80,16 @@ class LesionSegNet(nn.Module):
         self.decoders = nn.ModuleList([ConvBlock(2 * widths[i], widths[i]) for i in range(NUM_LEVELS - 1)])
         self.heads = nn.ModuleList([nn.Conv2d(widths[i], num_lesions, 1) for i in range(NUM_LEVELS)])
         self.register_buffer("head_weights", torch.tensor(HEAD_WEIGHTS[::-1]), persistent=False)
+        # Activation checkpointing (model.seg_checkpoint): recompute each block in the backward
+        # pass. Used only while the net is frozen (eval mode: the joint step, where gradients
+        # flow through it into the ISR net at full HR size); in training mode the recomputation
+        # would update BatchNorm's running statistics twice.
+        self.checkpoint = False
+
+    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint and not self.training and torch.is_grad_enabled() and x.requires_grad:
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image ``[N,C,H,W]`` (H, W divisible by 16) -> lesion logits ``[N,4,H,W]``."""
@@ -88,12 +99,12 @@ class LesionSegNet(nn.Module):
         skips = []
         x = image
         for level, encoder in enumerate(self.encoders):
-            x = encoder(x if level == 0 else F.max_pool2d(x, 2))
+            x = self._block(encoder, x if level == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         # Decode from the bottleneck; features[level] is the decoder output at that level.
         features = {NUM_LEVELS - 1: x}
         for level in reversed(range(NUM_LEVELS - 1)):
-            x = self.decoders[level](torch.cat([skips[level], self.ups[level](x)], dim=1))
+            x = self._block(self.decoders[level], torch.cat([skips[level], self._block(self.ups[level], x)], dim=1))
             features[level] = x
         logits = self.heads[0](features[0]) * self.head_weights[0]
         for level in range(1, NUM_LEVELS):

@@ -1,0 +1,136 @@
+"""Each speed switch (config.run, model.seg_checkpoint) leaves one step equal to the plain path,
+and the steps never move a tensor to the host (the CPU stand-in for CUDA's sync debug mode)."""
+import contextlib
+
+import pytest
+import torch
+
+from engine.config import STAGES, load_config
+from engine.trainer import Trainer
+from models import lesion_seg
+from tests.conftest import TINY
+from tests.test_trainer_steps import _batch
+
+
+def _trainer(tmp_path, *overrides):
+    config = load_config(None, [*TINY, f"run.out_dir={tmp_path}", "model.grader_dropout=0", "run.threads=1", *overrides])
+    trainer = Trainer(config)
+    trainer.class_weights = None  # random batches: no dataset needed
+    trainer.crop_generator = torch.Generator().manual_seed(0)
+    return trainer
+
+
+def _step(trainer, stage):
+    """One step's losses and the trained sub-nets' gradients."""
+    trainer._prepare_stage(stage)
+    trainer.crop_generator = torch.Generator().manual_seed(0)
+    with trainer.autocast():
+        losses = getattr(trainer, f"step_{stage}")(trainer._batch(_batch(), stage))
+    grads = {name: p.grad.detach().float().clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+    return {key: value.detach().float() for key, value in losses.items()}, grads
+
+
+@pytest.mark.parametrize(
+    "overrides, tolerance",
+    [
+        (["run.channels_last=true"], 1e-4),
+        (["model.seg_checkpoint=true"], 1e-5),
+        (["run.compile=true", "run.compile_backend=aot_eager"], 1e-4),
+        (["run.amp=true", "run.amp_dtype=bfloat16"], 0.1),  # bf16 keeps 8 bits of mantissa
+    ],
+    ids=["channels_last", "seg_checkpoint", "compile", "bf16"],
+)
+def test_fast_path_step_matches_the_plain_path(tmp_path, overrides, tolerance):
+    plain = _trainer(tmp_path)
+    fast = _trainer(tmp_path, *overrides)
+    for stage in ("joint", "isr") if overrides[0] != "model.seg_checkpoint=true" else ("joint",):
+        plain_losses, plain_grads = _step(plain, stage)
+        fast_losses, fast_grads = _step(fast, stage)
+        assert plain_losses.keys() == fast_losses.keys()
+        for key in ("loss", "ce", "pixel", "seg"):
+            if key in plain_losses:
+                torch.testing.assert_close(fast_losses[key], plain_losses[key], rtol=tolerance, atol=tolerance * 1e-2, msg=f"{stage} {key}")
+        assert plain_grads.keys() == fast_grads.keys()
+        if tolerance < 1e-2:  # gradients agree as well on the fp32 paths
+            for name in plain_grads:
+                torch.testing.assert_close(fast_grads[name], plain_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_seg_checkpoint_recomputes_only_while_frozen(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, "model.seg_checkpoint=true")
+    seg = trainer.model.seg
+    calls = []
+
+    def counting(block, x, **kwargs):
+        calls.append(block)
+        return torch.utils.checkpoint.checkpoint(block, x, **kwargs)
+
+    monkeypatch.setattr(lesion_seg, "checkpoint", counting)
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    seg.train()(x)
+    assert not calls  # training mode: BatchNorm statistics must update once
+    seg.eval()(x).sum().backward()
+    assert len(calls) == 2 * len(seg.encoders) - 1 + len(seg.ups)  # every block of the frozen net
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach", "for_loop"])
+def test_optimizer_implementations_take_the_same_step(tmp_path, impl):
+    results = []
+    for setting in ("auto", impl):
+        trainer = _trainer(tmp_path, f"run.optimizer_impl={setting}")
+        optimizers = trainer._prepare_stage("isr")
+        _step(trainer, "isr")
+        for optimizer in optimizers.values():
+            optimizer.step()
+        results.append({name: p.detach().clone() for name, p in trainer.model.isr.named_parameters()})
+    for name in results[0]:
+        torch.testing.assert_close(results[1][name], results[0][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+HOST_TRANSFERS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextlib.contextmanager
+def _no_host_transfers():
+    """Make every tensor -> Python/host conversion raise (what torch.cuda.set_sync_debug_mode catches)."""
+    saved = {name: getattr(torch.Tensor, name) for name in HOST_TRANSFERS}
+
+    def refuse(name):
+        def method(self, *args, **kwargs):
+            raise AssertionError(f"host synchronisation inside the step: Tensor.{name}()")
+
+        return method
+
+    try:
+        for name in HOST_TRANSFERS:
+            setattr(torch.Tensor, name, refuse(name))
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_steps_do_not_synchronise_with_the_host(tmp_path, stage):
+    trainer = _trainer(tmp_path)
+    trainer._prepare_stage(stage)
+    batch = _batch()
+    with _no_host_transfers():
+        losses = getattr(trainer, f"step_{stage}")(trainer._batch(batch, stage))
+    assert torch.isfinite(losses["loss"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU test above checks the same steps)")
+@pytest.mark.parametrize("stage", STAGES)
+def test_steps_do_not_synchronise_on_cuda(tmp_path, stage):
+    trainer = _trainer(tmp_path, "run.device=cuda", "run.amp=true")
+    trainer._prepare_stage(stage)
+    batch = trainer._batch(_batch(), stage)  # the host-to-device copy happens before the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with trainer.autocast():
+            getattr(trainer, f"step_{stage}")(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
