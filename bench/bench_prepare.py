@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=24, help="images")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--keep", type=Path, help="keep the cache here (e.g. for bench/bench_loader.py)")
+    parser.add_argument("--keep", type=Path, help="keep the cache here (e.g. for bench/loader.py)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         labels = write_dataset(Path(scratch) / "source", args.n)

@@ -1,7 +1,7 @@
 """Training-loader throughput from the preprocessing cache: decoded HR + masks + LR per second.
 
 Run from the repository root (build a cache first, e.g. with bench/bench_prepare.py --keep DIR):
-    python bench/bench_loader.py --cache DIR [--workers 0 1 2] [--batch 8] [--scale 4] [--target 18.5]
+    python bench/loader.py --cache DIR [--workers 0 1 2] [--batch 8] [--scale 4] [--target 18.5]
 
 Each worker count gets a fresh DataLoader over the whole cache (repeated to at least --images
 items). ``--target`` is the joint step's images/s the loader must keep up with (18.5: the bf16

@@ -1,0 +1,148 @@
+"""Training-step throughput of DeepMT-DR: one JSON line per variant (images/s, peak memory, FLOPs).
+
+    python bench/train_step.py --naive                       # CPU: LR 32 -> HR 128, x4, seg width 1, batch 8
+    python bench/train_step.py --stage cls                   # another stage (isr and seg train on crops)
+    python bench/train_step.py --hr 1024 --seg-width 4 --batch 24 --amp --channels-last --naive   # a GPU, paper size
+
+Random batches (no data loading; bench/loader.py measures that), Adam steps included, the same
+``Trainer`` step functions ``train.py`` runs, so what is timed is what trains. ``--naive`` also
+times bench/naive_step.py, the published step (one image at a time, per-channel Grad-CAM loops,
+host round trips), on the same model and batch, and the project line gets ``speedup_vs_naive``.
+FLOPs are counted by ``torch.utils.flop_counter`` over one step (convolutions and matmuls,
+forward and backward); achieved TFLOP/s = FLOPs per image x images/s. Peak memory is the GPU's
+allocator peak, or on a CPU the process's peak resident set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import count_flops, peak_memory_gb, reset_peak_memory, stamp, time_per_call
+from bench.naive_step import naive_joint_step
+from engine.config import STAGES, load_config
+from engine.trainer import Trainer
+
+
+def random_batch(batch: int, hr: int, scale: int, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "hr": torch.rand(batch, 3, hr, hr, generator=generator),
+        "lr": torch.rand(batch, 3, hr // scale, hr // scale, generator=generator),
+        "masks": (torch.rand(batch, 4, hr, hr, generator=generator) > 0.99).float(),
+        "mask_valid": torch.ones(batch, 4, dtype=torch.bool),
+        "fov": torch.ones(batch, 1, hr, hr),
+        "grade": torch.randint(0, 5, (batch,), generator=generator),
+    }
+
+
+def build_trainer(args) -> Trainer:
+    overrides = [
+        f"data.hr_size={args.hr}",
+        f"data.scale={args.scale}",
+        f"data.crop_size={args.crop}",
+        f"model.seg_width={args.seg_width}",
+        f"run.device={args.device}",
+        f"run.amp={str(args.amp).lower()}",
+        f"run.amp_dtype={args.amp_dtype}",
+        f"run.channels_last={str(args.channels_last).lower()}",
+        f"run.compile={str(args.compile).lower()}",
+        f"model.seg_checkpoint={str(args.seg_checkpoint).lower()}",
+        "model.grader_dropout=0",
+        *args.overrides,
+    ]
+    trainer = Trainer(load_config(None, overrides))
+    trainer.class_weights = None  # random batches: no dataset
+    trainer.crop_generator = torch.Generator().manual_seed(0)
+    return trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=STAGES, default="joint")
+    parser.add_argument("--hr", type=int, default=128, help="HR size (paper: 1024)")
+    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--seg-width", type=float, default=1.0, help="segmentation width multiplier (paper: 4)")
+    parser.add_argument("--crop", type=int, default=0, help="HR crop of the isr and seg stages (0: whole image)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", action="store_true", help="autocast (bf16 unless --amp-dtype float16)")
+    parser.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the ISR and segmentation nets")
+    parser.add_argument("--seg-checkpoint", action="store_true", help="activation checkpointing in the frozen segmentation net")
+    parser.add_argument("--naive", action="store_true", help="also time the published per-image step (joint only)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="further config overrides")
+    args = parser.parse_args()
+    if args.naive and args.stage != "joint":
+        parser.error("--naive times the joint step; drop --stage or --naive")
+
+    trainer = build_trainer(args)
+    device, config = trainer.device, trainer.config
+    optimizers = trainer._prepare_stage(args.stage)
+    step = getattr(trainer, f"step_{args.stage}")
+    batch = random_batch(args.batch, args.hr, args.scale)
+    if device.type == "cuda":
+        batch = {key: value.pin_memory() for key, value in batch.items()}
+
+    def project_step() -> None:
+        with trainer.autocast():
+            step(trainer._batch(batch, args.stage))
+        for optimizer in optimizers.values():
+            trainer.scaler.step(optimizer)
+            optimizer.zero_grad(set_to_none=True)
+        trainer.scaler.update()
+
+    def naive_step() -> None:
+        on_device = {key: value.to(device) for key, value in batch.items()}
+        naive_joint_step(trainer.model, on_device, config.loss, config.model.cam_target)
+        for optimizer in optimizers.values():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    variants = {"project": project_step}
+    if args.naive:
+        variants["naive"] = naive_step
+    common = {
+        "bench": "train_step",
+        "stage": args.stage,
+        "hr": args.hr,
+        "lr": args.hr // args.scale,
+        "scale": args.scale,
+        "seg_width": args.seg_width,
+        "batch": args.batch,
+        **stamp(device),
+    }
+    lines = {}
+    for name, fn in variants.items():
+        reset_peak_memory(device)
+        seconds = time_per_call(fn, device, args.steps, args.warmup)
+        flops = count_flops(fn) / args.batch
+        images_per_s = args.batch / seconds
+        fast = name == "project"
+        lines[name] = {
+            **common,
+            "variant": name,
+            "dtype": config.run.amp_dtype if (fast and config.run.amp) else "float32",
+            "channels_last": fast and config.run.channels_last,
+            "compile": fast and config.run.compile,
+            "images_per_s": round(images_per_s, 3),
+            "ms_per_image": round(1000 / images_per_s, 2),
+            "peak_memory_gb": round(peak_memory_gb(device), 2),
+            "gflop_per_image": round(flops / 1e9, 2),
+            "achieved_tflop_s": round(flops * images_per_s / 1e12, 4),
+        }
+    if args.naive:
+        lines["project"]["speedup_vs_naive"] = round(lines["project"]["images_per_s"] / lines["naive"]["images_per_s"], 2)
+    for line in lines.values():
+        print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
