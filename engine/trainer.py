@@ -256,13 +256,24 @@ class Trainer:
         return {"loss": total, **losses}
 
     def _hr_attention(self, hr: torch.Tensor, hr_lesions: torch.Tensor) -> torch.Tensor:
-        """The grader's fused CAM on the HR image: the constant target of the task-aware loss."""
+        """The grader's fused CAM on the HR image: the constant target of the task-aware loss.
+
+        No graph beyond what Grad-CAM needs: the grader's weights are frozen for this pass and
+        the graph starts at its first stage's output (nothing is kept for weight gradients).
+        """
         grader = self.model.grader
+        trainable = [p for p in grader.parameters() if p.requires_grad]
+        start_graph = grader.stages()[0].register_forward_hook(_start_graph_here)
         grader.eval()
         try:
+            for param in trainable:
+                param.requires_grad_(False)
             result = self.model.grade_with_lesions(hr, hr_lesions)
             attention = self.model.attention_map(result, self.config.model.cam_target, retain_graph=False)
         finally:
+            for param in trainable:
+                param.requires_grad_(True)
+            start_graph.remove()
             grader.train()
         return attention.detach()
 
@@ -484,6 +495,12 @@ class Trainer:
         for dataset in (self.train_set, self.val_set):
             if hasattr(dataset, "materialize"):  # render an in-memory dataset once, before timing epochs
                 dataset.materialize(progress=self.progress is not None and self.world.is_main)
+
+
+def _start_graph_here(_module: nn.Module, _inputs, output: torch.Tensor) -> None:
+    """Forward hook: make a stage output a leaf that requires grad, so autograd records from here on."""
+    if not output.requires_grad:
+        output.requires_grad_(True)
 
 
 def _flat_val_metrics(metrics: dict) -> dict[str, float]:

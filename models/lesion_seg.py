@@ -51,12 +51,29 @@ class ConvBlock(nn.Sequential):
         )
 
 
+class Upsample2x(nn.Module):
+    """Nearest x2 upsample; a batch whose output passes ``max_elements`` goes through in slices.
+
+    CUDA's nearest-upsample backward indexes with 32-bit integers and refuses larger tensors
+    (seen at HR 1024, batch 16, channels-last: ``[16,128,1024,1024]``).
+    """
+
+    max_elements = 2**31 - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_sample = 4 * x[0].numel()
+        if x.shape[0] * per_sample <= self.max_elements:
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+        slices = x.split(max(1, self.max_elements // per_sample))
+        return torch.cat([F.interpolate(part, scale_factor=2, mode="nearest") for part in slices])
+
+
 class UpBlock(nn.Sequential):
     """Nearest x2 upsample -> multi-scale conv -> BN -> ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
-            nn.Upsample(scale_factor=2, mode="nearest"),
+            Upsample2x(),
             MultiScaleConv(in_channels, out_channels),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),

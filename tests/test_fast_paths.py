@@ -134,3 +134,17 @@ def test_steps_do_not_synchronise_on_cuda(tmp_path, stage):
             getattr(trainer, f"step_{stage}")(batch)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_upsample_slices_batches_past_the_32_bit_limit(monkeypatch):
+    """At HR 1024 and batch 16 the decoder's upsample output passes 2^31 elements; slicing the
+    batch must not change the result (checked here with a tiny limit)."""
+    up = lesion_seg.Upsample2x()
+    x = torch.rand(5, 3, 4, 4, requires_grad=True).contiguous(memory_format=torch.channels_last)
+    whole = up(x)
+    monkeypatch.setattr(lesion_seg.Upsample2x, "max_elements", 2 * 4 * x[0].numel())  # two images per slice
+    sliced = up(x)
+    assert torch.equal(sliced, whole)
+    (grad_whole,) = torch.autograd.grad(whole.square().sum(), x)
+    (grad_sliced,) = torch.autograd.grad(sliced.square().sum(), x)
+    assert torch.equal(grad_whole, grad_sliced)
