@@ -497,10 +497,12 @@ class Trainer:
                 dataset.materialize(progress=self.progress is not None and self.world.is_main)
 
 
-def _start_graph_here(_module: nn.Module, _inputs, output: torch.Tensor) -> None:
-    """Forward hook: make a stage output a leaf that requires grad, so autograd records from here on."""
-    if not output.requires_grad:
-        output.requires_grad_(True)
+def _start_graph_here(_module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook: autograd records from this stage output on (returned as a view of a leaf that
+    requires grad, so it is not itself a leaf, which module hooks such as FlopCounterMode's reject)."""
+    if output.requires_grad:
+        return output
+    return output.detach().requires_grad_(True).view_as(output)
 
 
 def _flat_val_metrics(metrics: dict) -> dict[str, float]:
