@@ -21,12 +21,13 @@ def _trainer(tmp_path, *overrides):
 
 
 def _step(trainer, stage):
-    """One step's losses and the trained sub-nets' gradients."""
+    """One step's losses and the trained sub-nets' gradients (unscaled when a GradScaler scaled them)."""
     trainer._prepare_stage(stage)
     trainer.crop_generator = torch.Generator().manual_seed(0)
     with trainer.autocast():
         losses = getattr(trainer, f"step_{stage}")(trainer._batch(_batch(), stage))
-    grads = {name: p.grad.detach().float().clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+    scale = float(trainer.scaler.get_scale()) if trainer.scaler.is_enabled() else 1.0
+    grads = {name: p.grad.detach().float() / scale for name, p in trainer.model.named_parameters() if p.grad is not None}
     return {key: value.detach().float() for key, value in losses.items()}, grads
 
 
@@ -37,8 +38,9 @@ def _step(trainer, stage):
         (["model.seg_checkpoint=true"], 1e-5),
         (["run.compile=true", "run.compile_backend=aot_eager"], 1e-4),
         (["run.amp=true", "run.amp_dtype=bfloat16"], 0.1),  # bf16 keeps 8 bits of mantissa
+        (["run.amp=true", "run.amp_dtype=float16"], 0.02),
     ],
-    ids=["channels_last", "seg_checkpoint", "compile", "bf16"],
+    ids=["channels_last", "seg_checkpoint", "compile", "bf16", "fp16"],
 )
 def test_fast_path_step_matches_the_plain_path(tmp_path, overrides, tolerance):
     plain = _trainer(tmp_path)
@@ -148,3 +150,23 @@ def test_upsample_slices_batches_past_the_32_bit_limit(monkeypatch):
     (grad_whole,) = torch.autograd.grad(whole.square().sum(), x)
     (grad_sliced,) = torch.autograd.grad(sliced.square().sum(), x)
     assert torch.equal(grad_whole, grad_sliced)
+
+
+def test_fp16_training_loop_uses_the_grad_scaler(tmp_path):
+    """float16 autocast scales the loss and unscales before clipping; the step stays finite."""
+    trainer = _trainer(tmp_path, "run.amp=true", "run.amp_dtype=float16", "train.clip_grad=1.0", "train.max_steps_per_epoch=1")
+    assert trainer.scaler.is_enabled()
+    before = {name: p.detach().clone() for name, p in trainer.model.isr.named_parameters()}
+    trainer.class_weights = None
+    optimizers = trainer._prepare_stage("isr")
+    trainer.train_one_epoch("isr", 0, optimizers, loader=_OneBatch(_batch()))
+    changed = [name for name, p in trainer.model.isr.named_parameters() if not torch.equal(p, before[name])]
+    assert changed and all(torch.isfinite(p).all() for p in trainer.model.isr.parameters())
+
+
+class _OneBatch(list):
+    """A one-batch 'loader' with the sampler hook train_one_epoch calls."""
+
+    def __init__(self, batch):
+        super().__init__([batch])
+        self.sampler = type("Sampler", (), {"set_epoch": lambda self, epoch: None})()
