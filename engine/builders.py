@@ -15,7 +15,7 @@ from data.records import DataError
 from data.splits import SplitSettings, assign_roles, keep_in_train, split_name
 from data.synthetic import SyntheticFundus
 from engine.config import Config, ConfigError
-from engine.distributed import EpochShuffleSampler, ShardSampler, World
+from engine.distributed import SINGLE_PROCESS, EpochShuffleSampler, ShardSampler, World
 from models import DeepMTDR, create_model
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def build_loader(
     shuffle: bool,
     seed: int,
     num_workers: int = 0,
-    world: World = World(),
+    world: World = SINGLE_PROCESS,
     pin_memory: bool = False,
     persistent_workers: bool = False,
     prefetch_factor: int = 2,

@@ -54,6 +54,9 @@ class World:
         return self.size > 1
 
 
+SINGLE_PROCESS = World()
+
+
 def current() -> World:
     """The running process group's world, or a single process."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -110,7 +113,7 @@ class EpochShuffleSampler(Sampler[int]):
     runs keep the order of earlier releases.
     """
 
-    def __init__(self, length: int, seed: int, world: World = World()) -> None:
+    def __init__(self, length: int, seed: int, world: World = SINGLE_PROCESS) -> None:
         self.length, self.seed, self.world = length, seed, world
         self.epoch = 0
 
@@ -132,7 +135,7 @@ class EpochShuffleSampler(Sampler[int]):
 class ShardSampler(Sampler[int]):
     """Evaluation: rank ``r`` takes samples ``r, r + size, ...``; each sample once, no padding."""
 
-    def __init__(self, length: int, world: World = World()) -> None:
+    def __init__(self, length: int, world: World = SINGLE_PROCESS) -> None:
         self.length, self.world = length, world
 
     def indices(self) -> range:

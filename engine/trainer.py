@@ -30,10 +30,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 
 from data.crop import random_crop
+from engine import distributed
 from engine.builders import (
     build_dataset,
     build_loader,
@@ -43,7 +44,6 @@ from engine.builders import (
     select_device,
     stage_subset,
 )
-from engine import distributed
 from engine.checkpoint import (
     CheckpointError,
     link_checkpoint,

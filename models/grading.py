@@ -1,6 +1,6 @@
-"""DR grading net: ``cat(image, lesion probabilities)`` ``[N,3+L,H,W]`` -> grade logits ``[N,C]``.
+"""DR grading nets: ``cat(image, lesion probabilities)`` ``[N,3+L,H,W]`` -> grade logits ``[N,C]``.
 
-torchvision's ResNet-18 with its 7x7 stem widened to the image plus lesion channels, spatial
+DeepMT-DR's grader (:class:`GradingNet`) is torchvision's ResNet-18 with its 7x7 stem widened to the image plus lesion channels, spatial
 pyramid pooling (levels 4, 2, 1, i.e. 21 bins of 512 features) and a two-layer head. Departures
 from the published KeNet_v1 (README lists them): a ReLU between the two Linear layers, ImageNet
 normalisation of the image channels, one head used for training and test alike, and SPP by
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.models import resnet18
+from torchvision import models as tv_models
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,39 +26,45 @@ def spatial_pyramid_pool(features: torch.Tensor, levels: tuple[int, ...] = SPP_L
     return torch.cat([F.adaptive_max_pool2d(features, n).flatten(1) for n in levels], dim=1)
 
 
-class GradingNet(nn.Module):
-    """ResNet-18 grader on the image plus ``num_lesions`` lesion probability maps."""
+class ResNetGrader(nn.Module):
+    """A torchvision ResNet on ``cat(image, lesion maps)`` ``[N,3+L,H,W]`` in [0,1] -> grade logits.
+
+    The stem is widened for the lesion channels, which start at zero (so an ImageNet-initialised
+    grader starts out as the ImageNet network), the image channels are ImageNet-normalised, and
+    the head is ``pool`` (``"spp"``: spatial pyramid pooling, ``"gap"``: global average) ->
+    Linear(``hidden``) -> ReLU -> dropout -> Linear(classes). ImageNet weights come from a
+    local file (``pretrained_path``) or not at all.
+    """
 
     def __init__(
         self,
         num_classes: int = 5,
-        num_lesions: int = 4,
+        num_lesions: int = 0,
         hidden: int = 512,
         dropout: float = 0.5,
         pretrained_path: str | Path | None = None,
+        arch: str = "resnet50",
+        pool: str = "gap",
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        backbone = resnet18(weights=None)
+        if pool not in ("spp", "gap"):
+            raise ValueError(f"grader pooling must be spp or gap, got {pool!r}")
+        backbone = getattr(tv_models, arch)(weights=None)
         if pretrained_path is not None:
-            backbone.load_state_dict(load_imagenet_state(pretrained_path))
-        self.num_lesions = num_lesions
-        self.stem = nn.Conv2d(3 + num_lesions, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            backbone.load_state_dict(load_torchvision_state(pretrained_path, arch))
+        self.arch, self.pool, self.num_lesions = arch, pool, num_lesions
+        old = backbone.conv1
+        self.stem = nn.Conv2d(3 + num_lesions, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
         with torch.no_grad():
-            # Image channels start from the (pretrained or random) RGB stem; lesion channels at zero,
-            # so an ImageNet-initialised grader starts out as the ImageNet network.
             self.stem.weight.zero_()
-            self.stem.weight[:, :3] = backbone.conv1.weight
+            self.stem.weight[:, :3] = old.weight
         self.bn1, self.relu, self.maxpool = backbone.bn1, backbone.relu, backbone.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = (
-            backbone.layer1,
-            backbone.layer2,
-            backbone.layer3,
-            backbone.layer4,
-        )
+        self.layer1, self.layer2, self.layer3, self.layer4 = backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4
+        features = backbone.fc.in_features * (sum(n * n for n in SPP_LEVELS) if pool == "spp" else 1)
         self.head = nn.Sequential(
-            nn.Linear(512 * sum(n * n for n in SPP_LEVELS), hidden),
+            nn.Linear(features, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
@@ -73,31 +79,45 @@ class GradingNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x ``[N,3+L,H,W]`` (image in [0,1], lesion maps in [0,1]) -> (logits ``[N,C]``, stage outputs)."""
         if x.shape[1] != 3 + self.num_lesions:
-            raise ValueError(f"grading net expects {3 + self.num_lesions} input channels, got {x.shape[1]}")
-        image = (x[:, :3] - self.mean) / self.std
-        x = torch.cat([image, x[:, 3:]], dim=1)
+            raise ValueError(f"{self.arch} grader expects {3 + self.num_lesions} input channels, got {x.shape[1]}")
+        x = torch.cat([(x[:, :3] - self.mean) / self.std, x[:, 3:]], dim=1)
         x = self.maxpool(self.relu(self.bn1(self.stem(x))))
         features = []
         for stage in self.stages():
             x = stage(x)
             features.append(x)
-        return self.head(spatial_pyramid_pool(x)), features
+        pooled = spatial_pyramid_pool(x) if self.pool == "spp" else x.mean(dim=(2, 3))
+        return self.head(pooled), features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[0]
 
 
-def load_imagenet_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a torchvision ResNet-18 ImageNet state dict from a local file (nothing is downloaded)."""
+class GradingNet(ResNetGrader):
+    """DeepMT-DR's grader: ResNet-18 with spatial pyramid pooling, on the image plus ``num_lesions`` maps."""
+
+    def __init__(
+        self,
+        num_classes: int = 5,
+        num_lesions: int = 4,
+        hidden: int = 512,
+        dropout: float = 0.5,
+        pretrained_path: str | Path | None = None,
+    ) -> None:
+        super().__init__(num_classes, num_lesions, hidden, dropout, pretrained_path, arch="resnet18", pool="spp")
+
+
+def load_torchvision_state(path: str | Path, arch: str) -> dict[str, torch.Tensor]:
+    """A torchvision ``arch`` ImageNet state dict from a local file (nothing is downloaded)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"ImageNet weights not found at {path}: download torchvision's resnet18 weights "
-            "(resnet18-f37072fd.pth) on a machine with internet and pass the local path"
+            f"ImageNet weights not found at {path}: download torchvision's {arch} weights (e.g. "
+            "resnet18-f37072fd.pth) on a machine with internet and pass the local path (model.imagenet_weights=PATH)"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or "conv1.weight" not in state:
-        raise ValueError(f"{path} is not a torchvision ResNet-18 state dict (no 'conv1.weight')")
+        raise ValueError(f"{path} is not a torchvision {arch} state dict (no 'conv1.weight')")
     return state

@@ -6,9 +6,9 @@ from typing import Callable
 from torch import nn
 
 from chen_net import ChenNet
-from models.baselines import BicubicUpsampler, ResNetGrader
+from models.baselines import BicubicUpsampler
 from models.deepmt_dr import CAM_STAGES, DeepMTDR
-from models.grading import GradingNet
+from models.grading import GradingNet, ResNetGrader
 from models.isr import ISRNet
 from models.lesion_seg import LesionSegNet
 

@@ -7,7 +7,13 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
 from engine.config import load_config
-from engine.distributed import EpochShuffleSampler, ShardSampler, World, interleave, local_batch_size
+from engine.distributed import (
+    EpochShuffleSampler,
+    ShardSampler,
+    World,
+    interleave,
+    local_batch_size,
+)
 from engine.evaluator import evaluate
 from engine.trainer import Trainer
 from tests import ddp_worker

@@ -15,7 +15,8 @@ from engine.evaluator import evaluate
 from engine.methods import METHODS
 from engine.trainer import TRAINABLE, Trainer
 from models import create_model
-from models.baselines import BicubicUpsampler, ResNetGrader
+from models.baselines import BicubicUpsampler
+from models.grading import ResNetGrader
 from tests.conftest import TINY
 
 
