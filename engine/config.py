@@ -142,6 +142,9 @@ class TrainConfig:
     seg: StageConfig = _stage(epochs=150, batch_size=2)
     cls: StageConfig = _stage(epochs=300, batch_size=2, schedule="step", decay_epoch=10, decay_gamma=0.2)
     joint: StageConfig = _stage(epochs=300, batch_size=1, lr_isr=1e-5, lr_cls=5e-5)
+    # Start from another run's weights (a checkpoint .pt, e.g. pre-training on the embedded
+    # dataset) instead of random / ImageNet initialisation; ignored when resuming.
+    init_from: str | None = None
     weight_decay: float = 0.0
     clip_grad: float = 0.0
     max_steps_per_epoch: int = 0  # 0 = the whole training set each epoch

@@ -469,6 +469,10 @@ class Trainer:
             raise CheckpointError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --name"
             )
+        elif self.config.train.init_from:
+            source = Path(self.config.train.init_from)
+            load_model_state(self.model, load_checkpoint(source)["model"], source)
+            log.info("initialised every sub-net from %s", source)
         distributed.barrier()  # every process has checked the folder before rank 0 writes to it
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -88,3 +88,21 @@ def test_link_checkpoint_is_a_snapshot(tmp_path):
     assert torch.equal(load_checkpoint(tmp_path / "stage_last.pt")["model"]["w"], torch.ones(2))
     link_checkpoint(tmp_path / "stage_last.pt", tmp_path / "best.pt")  # replacing an existing file
     assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.ones(2))
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, tiny_overrides):
+    from engine.checkpoint import CheckpointError
+    from engine.config import load_config
+    from engine.trainer import Trainer
+
+    first = Trainer(load_config(None, [*tiny_overrides, "train.stage=isr", "run.name=pre"]))
+    first.fit()
+    source = tmp_path / "runs" / "pre" / "checkpoints" / "best.pt"
+    second = Trainer(load_config(None, [*tiny_overrides, "train.stage=seg", "run.name=fine", f"train.init_from={source}"]))
+    second.fit()
+    started = second.model.isr.state_dict()  # the seg stage does not touch the ISR net
+    for name, value in first.model.isr.state_dict().items():
+        assert torch.equal(started[name], value), name
+    wrong = Trainer(load_config(None, [*tiny_overrides, "run.name=bad", "model.isr_channels=4", f"train.init_from={source}"]))
+    with pytest.raises(CheckpointError, match="pre/checkpoints/best.pt does not match"):
+        wrong.fit()
