@@ -3,8 +3,9 @@
 Run from the repository root (build a cache first, e.g. with bench/bench_prepare.py --keep DIR):
     python bench/loader.py --cache DIR [--workers 0 1 2] [--batch 8] [--scale 4] [--target 18.5]
 
-Each worker count gets a fresh DataLoader over the whole cache (repeated to at least --images
-items). ``--target`` is the joint step's images/s the loader must keep up with (18.5: the bf16
+Each worker count gets a fresh loader, built as train.py builds it (engine.builders.build_loader:
+epoch sampler, persistent workers, pinned memory when CUDA is there), over the whole cache
+(repeated to at least --images items). ``--target`` is the joint step's images/s the loader must keep up with (18.5: the bf16
 joint step on one H200 at HR 1024 quoted in the performance issue); the last line says how many
 workers that takes at the measured per-worker rate. Prints JSON lines.
 """
@@ -24,10 +25,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import cpu_name
 from data.cache import CachedFundus, read_manifest, read_settings
+from engine.builders import build_loader
 
 
-def throughput(dataset: torch.utils.data.Dataset, workers: int, batch: int) -> float:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
+def throughput(dataset: torch.utils.data.Dataset, workers: int, batch: int, pin_memory: bool) -> float:
+    """Images/s of the training loader ``train.py`` builds (engine.builders.build_loader)."""
+    loader = build_loader(dataset, batch, True, 0, workers, pin_memory=pin_memory, persistent_workers=True)
     iterator = iter(loader)
     next(iterator)  # start-up (worker spawn, first decode) is not throughput
     count, start = 0, time.perf_counter()
@@ -52,7 +55,7 @@ def main() -> None:
     size = read_settings(args.cache)["size"]
     per_worker = None
     for workers in args.workers:
-        rate = throughput(dataset, workers, args.batch)
+        rate = throughput(dataset, workers, args.batch, torch.cuda.is_available())
         if workers == 1:
             per_worker = rate
         print(json.dumps({"bench": "loader", "machine": cpu_name(), "hr": size, "scale": args.scale, "batch": args.batch, "workers": workers, "images_per_s": round(rate, 2)}))
