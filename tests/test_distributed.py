@@ -106,3 +106,23 @@ def test_distributed_fit_writes_once_and_resumes(tmp_path):
     assert [row.split(",")[:2] for row in rows[1:]] == [["isr", "1"], ["cls", "1"], ["cls", "2"]]
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["stage"] == "cls"
+
+
+def test_torchrun_train_py_two_processes(tmp_path):
+    """The launch line of the README: torchrun runs train.py in 2 processes; rank 0 writes one run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        str(root / "train.py"), "--quiet", "--name", "ddp", "--stage", "isr",
+        *TINY, "run.threads=1", f"run.out_dir={tmp_path}",
+    ]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("done: checkpoints in") == 1  # printed by rank 0 only
+    assert "x 2 processes" in result.stdout
+    rows = (tmp_path / "ddp" / "log.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("isr,1,")
