@@ -220,6 +220,7 @@ def plot_bars(results: Sequence[dict[str, str]], path: str | Path, title: str, o
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
     colours = [f"C{index % 10}" for index in range(len(names))]
+    lowest = 0.0
     for index, name in enumerate(names):
         means, errors = [], []
         for key in BAR_METRICS:
@@ -227,10 +228,14 @@ def plot_bars(results: Sequence[dict[str, str]], path: str | Path, title: str, o
             mean, std = mean_std(values) if values else (math.nan, None)
             means.append(mean)
             errors.append(std or 0.0)
+            if not math.isnan(mean):
+                lowest = min(lowest, mean - (std or 0.0))
         positions = [metric + (index - (len(names) - 1) / 2) * width for metric in range(len(BAR_METRICS))]
         ax.bar(positions, means, width, yerr=errors, capsize=2, label=name, color=colours[index])
     ax.set_xticks(range(len(BAR_METRICS)), [header for key, header, _ in METRICS if key in BAR_METRICS])
-    ax.set(ylim=(0, 1), ylabel="test split (mean ± std over seeds)", title=title)
+    # QWK below chance is negative: show it rather than clip it at 0.
+    ax.set(ylim=(lowest - 0.05 if lowest < 0 else 0, 1), ylabel="test split (mean ± std over seeds)", title=title)
+    ax.axhline(0, color="black", linewidth=0.6)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", ncols=2 if len(names) > 5 else 1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     path = Path(path)
