@@ -17,22 +17,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import count_flops, peak_memory_gb, reset_peak_memory, stamp, time_per_call
+from bench.common import add_size_args, count_flops, reset_peak_memory, stamp, throughput_fields, time_per_call
 from engine.builders import build_model, select_device
 from engine.config import load_config
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hr", type=int, default=128, help="HR size (paper: 1024)")
-    parser.add_argument("--scale", type=int, default=4)
-    parser.add_argument("--seg-width", type=float, default=1.0, help="segmentation width multiplier (paper: 4)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="auto")
+    add_size_args(parser)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
-    parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the whole model (no Grad-CAM at inference)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
@@ -56,7 +49,6 @@ def main() -> None:
     reset_peak_memory(device)
     seconds = time_per_call(infer, device, args.steps, args.warmup)
     flops = count_flops(infer) / args.batch
-    images_per_s = args.batch / seconds
     print(json.dumps({
         "bench": "infer",
         "hr": args.hr,
@@ -68,11 +60,7 @@ def main() -> None:
         "dtype": "bfloat16" if args.amp else "float32",
         "channels_last": args.channels_last,
         "compile": args.compile,
-        "images_per_s": round(images_per_s, 3),
-        "ms_per_image": round(1000 / images_per_s, 2),
-        "peak_memory_gb": round(peak_memory_gb(device), 2),
-        "gflop_per_image": round(flops / 1e9, 2),
-        "achieved_tflop_s": round(flops * images_per_s / 1e12, 4),
+        **throughput_fields(args.batch, seconds, flops, device),
     }))
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import count_flops, peak_memory_gb, reset_peak_memory, stamp, time_per_call
+from bench.common import add_size_args, count_flops, reset_peak_memory, stamp, throughput_fields, time_per_call
 from bench.naive_step import naive_joint_step
 from engine.config import STAGES, load_config
 from engine.trainer import Trainer
@@ -64,17 +64,10 @@ def build_trainer(args) -> Trainer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=STAGES, default="joint")
-    parser.add_argument("--hr", type=int, default=128, help="HR size (paper: 1024)")
-    parser.add_argument("--scale", type=int, default=4)
-    parser.add_argument("--seg-width", type=float, default=1.0, help="segmentation width multiplier (paper: 4)")
+    add_size_args(parser)
     parser.add_argument("--crop", type=int, default=0, help="HR crop of the isr and seg stages (0: whole image)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action="store_true", help="autocast (bf16 unless --amp-dtype float16)")
     parser.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
-    parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the ISR and segmentation nets")
     parser.add_argument("--seg-checkpoint", action="store_true", help="activation checkpointing in the frozen segmentation net")
     parser.add_argument("--naive", action="store_true", help="also time the published per-image step (joint only)")
@@ -124,7 +117,6 @@ def main() -> None:
         reset_peak_memory(device)
         seconds = time_per_call(fn, device, args.steps, args.warmup)
         flops = count_flops(fn) / args.batch
-        images_per_s = args.batch / seconds
         fast = name == "project"
         lines[name] = {
             **common,
@@ -132,11 +124,7 @@ def main() -> None:
             "dtype": config.run.amp_dtype if (fast and config.run.amp) else "float32",
             "channels_last": fast and config.run.channels_last,
             "compile": fast and config.run.compile,
-            "images_per_s": round(images_per_s, 3),
-            "ms_per_image": round(1000 / images_per_s, 2),
-            "peak_memory_gb": round(peak_memory_gb(device), 2),
-            "gflop_per_image": round(flops / 1e9, 2),
-            "achieved_tflop_s": round(flops * images_per_s / 1e12, 4),
+            **throughput_fields(args.batch, seconds, flops, device),
         }
     if args.naive:
         lines["project"]["speedup_vs_naive"] = round(lines["project"]["images_per_s"] / lines["naive"]["images_per_s"], 2)
