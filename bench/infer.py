@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import add_size_args, count_flops, reset_peak_memory, stamp, throughput_fields, time_per_call
+from bench.common import (
+    add_size_args,
+    count_flops,
+    reset_peak_memory,
+    stamp,
+    throughput_fields,
+    time_per_call,
+)
 from engine.builders import build_model, select_device
 from engine.config import load_config
 

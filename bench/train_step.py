@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import add_size_args, count_flops, reset_peak_memory, stamp, throughput_fields, time_per_call
+from bench.common import (
+    add_size_args,
+    count_flops,
+    reset_peak_memory,
+    stamp,
+    throughput_fields,
+    time_per_call,
+)
 from bench.naive_step import naive_joint_step
 from engine.config import STAGES, load_config
 from engine.trainer import Trainer
