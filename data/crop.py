@@ -1,4 +1,4 @@
-"""Batched random crops of collated samples: one crop per sample, no Python loop over the batch."""
+"""Batched random crops and flips of collated samples: one draw per sample, no Python loop over the batch."""
 from __future__ import annotations
 
 import torch
@@ -40,3 +40,27 @@ def random_crop(batch: dict, hr_crop: int, scale: int, generator: torch.Generato
         cropped[key] = _gather_crops(batch[key], top * scale, left * scale, hr_crop)
     cropped["lr"] = _gather_crops(batch["lr"], top, left, lr_crop)
     return cropped
+
+
+# Keys flipped with the sample: every image-shaped tensor.
+FLIP_KEYS = ("hr", "lr", "masks", "fov")
+
+
+def random_flip(batch: dict, generator: torch.Generator | None = None) -> dict:
+    """Flip each sample left-right and top-bottom, each with probability 1/2 (training augmentation).
+
+    One draw per sample on the CPU generator (reproducible whatever the device), applied to the
+    image, its LR version, lesion masks and FOV alike with ``torch.where``: no host sync, no loop.
+    """
+    n = batch["hr"].shape[0]
+    device = batch["hr"].device
+    flips = (torch.rand((2, n), generator=generator) < 0.5).to(device, non_blocking=True)
+    flipped = dict(batch)
+    for key in FLIP_KEYS:
+        if key not in batch:
+            continue
+        image = batch[key]
+        for flip, dim in zip(flips, (-1, -2)):
+            image = torch.where(flip.view(-1, 1, 1, 1), image.flip(dim), image)
+        flipped[key] = image
+    return flipped

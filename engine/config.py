@@ -65,6 +65,9 @@ class DataConfig:
     noise_var: float = 0.0
     # HR crop for the isr and seg stages (the published stage1_1 used 1024/4); 0 = whole image.
     crop_size: int = 256
+    # Random left-right and top-bottom flips of every training batch (off: the published setup;
+    # on in the IDRiD presets, where 332 graded images are few).
+    flip: bool = False
     num_workers: int = 0
     # Loader fast paths: page-locked batches for the GPU copy (CUDA only), workers kept alive
     # across epochs (num_workers > 0), batches loaded ahead per worker.

@@ -45,7 +45,7 @@ from data.datasets import DATASETS
 from engine.builders import build_dataset
 from engine.config import CONFIG_DIR, Config, ConfigError, config_from_dict, default_preset, get_method, load_config
 from engine.tables import plot_bars, read_results, result_row, write_markdown, write_results
-from engine.testing import run_test
+from engine.testing import metrics_file, run_test
 from engine.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -199,8 +199,8 @@ class _Datasets:
         return self.cache[key]
 
 
-def train_and_test(config: Config, datasets: _Datasets, figures_root: Path, progress: Callable | None = None) -> dict:
-    """Train ``config``'s run (resuming a checkpoint if there is one) and test it; returns its metrics."""
+def train_and_test(config: Config, datasets: _Datasets, figures_root: Path, progress: Callable | None = None, split: str = "test") -> dict:
+    """Train ``config``'s run (resuming a checkpoint if there is one) and test it on ``split``; returns its metrics."""
     run_dir = config.run_dir
     last = run_dir / "checkpoints" / "last.pt"
     resume = last.is_file()
@@ -212,7 +212,7 @@ def train_and_test(config: Config, datasets: _Datasets, figures_root: Path, prog
     trainer.fit(resume=resume)
     best = run_dir / "checkpoints" / "best.pt"
     checkpoint = best if best.is_file() else last
-    metrics, _ = run_test(checkpoint, "test", config.run.device, 0, figures_root, dataset=datasets.get(config, "test"))
+    metrics, _ = run_test(checkpoint, split, config.run.device, 0, figures_root, dataset=datasets.get(config, split))
     return metrics
 
 
@@ -227,10 +227,10 @@ def machine_note(jobs: int = 1) -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}; {jobs} run(s) at once, {threads} CPU thread(s) each"
 
 
-def _train_and_test_in_worker(config_values: dict, figures_root: str) -> float:
+def _train_and_test_in_worker(config_values: dict, figures_root: str, split: str) -> float:
     """A pool worker's job: train and test one run; returns its wall seconds (metrics are on disk)."""
     started = time.perf_counter()
-    train_and_test(config_from_dict(config_values), _WORKER_DATASETS, Path(figures_root))
+    train_and_test(config_from_dict(config_values), _WORKER_DATASETS, Path(figures_root), split=split)
     return time.perf_counter() - started
 
 
@@ -247,12 +247,13 @@ def run_table(
     progress: Callable | None = None,
     command: str = "",
     jobs: int = 1,
+    split: str = "test",
 ) -> Path:
     """Train and test every (row, seed) not yet finished, then write results.csv, table.md and table.png.
 
     ``jobs > 1`` trains that many runs at once in spawned processes, each with
     ``cpu_count // jobs`` torch threads (unless run.threads is set); only this process writes
-    the results.
+    the results. ``split="val"`` tests on the validation split (a dataset copy without a test set).
     """
     out_dir = Path(out_dir)
     results_path = out_dir / "results.csv"
@@ -261,11 +262,15 @@ def run_table(
     configs = [(row, seed, row_config(row, seed, preset, overrides, out_dir)) for row in rows for seed in seeds]
     for _, _, config in configs:  # fail before hours of training, not after
         check_same_settings(config)
-    notes = [f"Command: `{command}`" if command else "", f"Machine: {machine_note(jobs)}"]
+    notes = [f"Command: `{command}`" if command else "", f"Machine: {machine_note(jobs)}",
+             f"Evaluated on the {split} split." if split != "test" else ""]
+
+    def metrics_of(config: Config) -> Path:
+        return metrics_file(config.run_dir, split, config.test.input, config.test.input)
     labels = {run_name(row.name, seed): f"[{index}/{len(configs)}] {row.name} seed {seed}" for index, (row, seed, _) in enumerate(configs, 1)}
 
     def record(row: Row, seed: int, config: Config, wall: float | None) -> None:
-        metrics = json.loads((config.run_dir / "metrics.json").read_text())
+        metrics = json.loads(metrics_of(config).read_text())
         result = result_row(row.name, row.method, seed, metrics, config, _epoch_seconds(config.run_dir), wall, config.run_dir)
         results.append(result)
         write_results(results, results_path)
@@ -278,7 +283,7 @@ def run_table(
         label = labels[config.run.name]
         if (row.name, seed) in done:
             log.info("%s: in %s, skipped", label, results_path)
-        elif (config.run_dir / "metrics.json").is_file():
+        elif metrics_of(config).is_file():
             log.info("%s: tested already, collected", label)
             record(row, seed, config, None)
         else:
@@ -288,7 +293,7 @@ def run_table(
         for row, seed, config in todo:
             log.info("%s: training %s", labels[config.run.name], config.run_dir)
             started = time.perf_counter()
-            train_and_test(config, datasets, out_dir / "figures", progress)
+            train_and_test(config, datasets, out_dir / "figures", progress, split)
             record(row, seed, config, time.perf_counter() - started)
     elif todo:
         threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -299,7 +304,7 @@ def run_table(
                 if not config.run.threads:
                     config.run.threads = threads
                 log.info("%s: training %s", labels[config.run.name], config.run_dir)
-                futures[pool.submit(_train_and_test_in_worker, config.to_dict(), str(out_dir / "figures"))] = (row, seed, config)
+                futures[pool.submit(_train_and_test_in_worker, config.to_dict(), str(out_dir / "figures"), split)] = (row, seed, config)
             for future in as_completed(futures):
                 record(*futures[future], future.result())
     write_outputs(spec, read_results(results_path), out_dir, notes)
@@ -339,6 +344,8 @@ def get_args_parser(description: str, default_out: str) -> argparse.ArgumentPars
     parser.add_argument("--jobs", type=int,
                         help="runs trained at once, each with cores/jobs torch threads (default: 1 with a GPU, "
                         "else 2 on a CPU with 2 or more cores)")
+    parser.add_argument("--split", default="test", choices=("test", "val"),
+                        help="split every run is tested on (default test; val for a dataset copy without its test set)")
     parser.add_argument("--list", action="store_true", help="print the rows and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every row")
@@ -373,7 +380,7 @@ def table_main(argv: list[str] | None, rows_file: str | Path, description: str, 
     jobs = args.jobs if args.jobs is not None else default_jobs(args.device)
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
-    out_dir = run_table(spec, rows, seeds, args.out, preset, overrides, None if jobs > 1 else progress, command, jobs)
+    out_dir = run_table(spec, rows, seeds, args.out, preset, overrides, None if jobs > 1 else progress, command, jobs, args.split)
     print(f"{spec.title}: {len(rows)} rows x {len(seeds)} seeds in {(time.perf_counter() - started) / 60:.1f} min; "
           f"{out_dir / 'table.md'}, {out_dir / 'table.png'}, {out_dir / 'results.csv'}")
     return 0

@@ -92,6 +92,12 @@ def sample_panels(model: DeepMTDR, dataset, device: torch.device, count: int, ou
     return paths
 
 
+def metrics_file(run_dir: Path, split: str, mode: Mode, test_input: Mode) -> Path:
+    """``metrics.json`` for the test split in the run's own mode, else ``metrics_<split>_<mode>.json``."""
+    suffix = "" if (split, mode) == ("test", test_input) else f"_{split}_{mode}"
+    return Path(run_dir) / f"metrics{suffix}.json"
+
+
 def run_test(
     checkpoint: str | Path,
     split: str = "test",
@@ -131,8 +137,9 @@ def run_test(
     }
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "" if (split, mode) == ("test", config.test.input) else f"_{split}_{mode}"
-    (run_dir / f"metrics{suffix}.json").write_text(json.dumps(_json_safe(metrics), indent=2))
+    metrics_path = metrics_file(run_dir, split, mode, config.test.input)
+    suffix = metrics_path.stem.removeprefix("metrics")
+    metrics_path.write_text(json.dumps(_json_safe(metrics), indent=2))
     write_predictions(result, run_dir / f"predictions_{split}{'_hr' if mode == 'hr' else ''}.csv")
     figures = Path(figures_root) / config.run.name / suffix.lstrip("_")
     if "grading" in metrics:

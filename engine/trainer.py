@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from data.crop import random_crop
+from data.crop import random_crop, random_flip
 from engine import distributed
 from engine.builders import (
     build_dataset,
@@ -103,6 +103,7 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if config.run.amp_dtype == "bfloat16" else torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_enabled and self.amp_dtype == torch.float16)
         self.global_step = 0
+        self.crop_generator: torch.Generator | None = None  # reseeded per epoch (train_one_epoch)
         self.csv: CSVLog | None = None
         self.tensorboard: TensorBoardLog | None = None
 
@@ -198,7 +199,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- the steps
     def _batch(self, batch: dict, stage: str) -> dict:
-        """Move a batch to the device (images channels-last when the model is), crop for isr/seg."""
+        """Move a training batch to the device (images channels-last when the model is), flip if
+        ``data.flip``, crop for isr/seg."""
         images_format = torch.channels_last if self.config.run.channels_last else torch.preserve_format
         batch = {
             key: value.to(self.device, non_blocking=True, memory_format=images_format if key in ("hr", "lr") else torch.preserve_format)
@@ -206,6 +208,8 @@ class Trainer:
             else value
             for key, value in batch.items()
         }
+        if self.config.data.flip:
+            batch = random_flip(batch, self.crop_generator)
         if stage in ("isr", "seg"):
             batch = random_crop(batch, self.config.data.crop_size, self.config.data.scale, self.crop_generator)
         return batch

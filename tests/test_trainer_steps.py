@@ -74,3 +74,27 @@ def test_joint_step_grader_follows_grading_loss_only_and_isr_gets_task_aware(tmp
     trainer.step_joint(batch)
     without = [p.grad for p in trainer.model.isr.parameters()]
     assert any(not torch.allclose(a, b) for a, b in zip(isr_grads, without))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_training_batches_are_flipped_only_when_configured(tmp_path, flip):
+    config = load_config(None, [*TINY, f"run.out_dir={tmp_path}", f"data.flip={flip}"])
+    trainer = Trainer(config)
+    trainer.crop_generator = torch.Generator().manual_seed(0)
+    batch = _batch(n=2)
+    batch["hr"][1] = batch["hr"][0]
+    batch["masks"][1] = batch["masks"][0]
+    out = trainer._batch({key: value.clone() for key, value in batch.items()}, "cls")
+    if not flip:
+        assert torch.equal(out["hr"], batch["hr"]) and torch.equal(out["masks"], batch["masks"])
+        return
+    # Rows of the draw: left-right, top-bottom; columns: samples.
+    draws = torch.rand((2, 2), generator=torch.Generator().manual_seed(0)) < 0.5
+    for i in range(2):
+        expected_hr, expected_masks = batch["hr"][i], batch["masks"][i]
+        if draws[0, i]:
+            expected_hr, expected_masks = expected_hr.flip(-1), expected_masks.flip(-1)
+        if draws[1, i]:
+            expected_hr, expected_masks = expected_hr.flip(-2), expected_masks.flip(-2)
+        assert torch.equal(out["hr"][i], expected_hr) and torch.equal(out["masks"][i], expected_masks)
+    assert bool(draws.any()), "seed 0 should flip something"
