@@ -50,7 +50,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 def build_model(config: Config) -> DeepMTDR:
     """The composite of ``config.model``: which ISR (net or bicubic), segmentation and grading nets."""
     model = config.model
-    return create_model(
+    net = create_model(
         model.name,
         scale=config.data.scale,
         num_classes=config.data.num_classes,
@@ -66,6 +66,9 @@ def build_model(config: Config) -> DeepMTDR:
         imagenet_weights=model.imagenet_weights,
         cam_stages=model.cam_stages,
     )
+    if model.seg_prior is not None and net.seg is not None:
+        net.seg.init_prior(model.seg_prior)
+    return net
 
 
 def cache_path(config: Config) -> Path:

@@ -86,6 +86,9 @@ class ModelConfig:
     isr_blocks: int = 5
     isr_bicubic_skip: bool = True
     seg_width: float = 4.0
+    # Start the lesion maps at this probability (RetinaNet's prior bias on the heads) instead of
+    # 0.5; None: the default initialisation. Rare real lesions (~1% of pixels) need it.
+    seg_prior: float | None = None
     use_lesions: bool = True
     # Grading net (models/registry.py GRADERS): resnet18_spp (DeepMT-DR's), chen_net, resnet50.
     grader: str = "resnet18_spp"
@@ -128,6 +131,8 @@ class StageConfig:
     schedule: str = "constant"
     decay_epoch: int = 0
     decay_gamma: float = 1.0
+    # HR crop of the isr and seg stages; None takes data.crop_size, 0 the whole image.
+    crop_size: int | None = None
 
 
 def _stage(**kwargs) -> Any:
@@ -370,6 +375,12 @@ def validate(config: Config) -> None:
         data.crop_size % SEG_DIVISOR == 0,
         f"data.crop_size {data.crop_size} must be 0 or divisible by {SEG_DIVISOR}",
     )
+    for stage in ("isr", "seg"):
+        crop = getattr(train, stage).crop_size
+        _require(
+            crop is None or (crop >= 0 and crop % SEG_DIVISOR == 0),
+            f"train.{stage}.crop_size {crop} must be 0 or a positive multiple of {SEG_DIVISOR}",
+        )
     known = ("synthetic", *PUBLIC_DATASETS)
     _require(data.dataset in known, f"data.dataset must be one of {', '.join(known)}, got {data.dataset!r}")
     _require(
@@ -391,6 +402,7 @@ def validate(config: Config) -> None:
     _require(model.isr_channels > 0, f"model.isr_channels must be positive, got {model.isr_channels}")
     _require(model.isr_blocks >= 0, f"model.isr_blocks must be >= 0, got {model.isr_blocks}")
     _require(model.seg_width > 0, f"model.seg_width must be positive, got {model.seg_width}")
+    _require(model.seg_prior is None or 0 < model.seg_prior < 1, f"model.seg_prior must be in (0, 1), got {model.seg_prior}")
     _require(model.cam_target in ("predicted", "any_dr"), f"model.cam_target must be predicted or any_dr, got {model.cam_target!r}")
     _require(model.isr in ISR_KINDS, f"model.isr must be one of {', '.join(ISR_KINDS)}, got {model.isr!r}")
     _require(model.grader in GRADERS, f"model.grader must be one of {', '.join(GRADERS)}, got {model.grader!r}")

@@ -43,7 +43,15 @@ import yaml
 
 from data.datasets import DATASETS
 from engine.builders import build_dataset
-from engine.config import CONFIG_DIR, Config, ConfigError, config_from_dict, default_preset, get_method, load_config
+from engine.config import (
+    CONFIG_DIR,
+    Config,
+    ConfigError,
+    config_from_dict,
+    default_preset,
+    get_method,
+    load_config,
+)
 from engine.tables import plot_bars, read_results, result_row, write_markdown, write_results
 from engine.testing import metrics_file, run_test
 from engine.trainer import Trainer

@@ -211,7 +211,9 @@ class Trainer:
         if self.config.data.flip:
             batch = random_flip(batch, self.crop_generator)
         if stage in ("isr", "seg"):
-            batch = random_crop(batch, self.config.data.crop_size, self.config.data.scale, self.crop_generator)
+            crop = getattr(self.config.train, stage).crop_size
+            crop = self.config.data.crop_size if crop is None else crop
+            batch = random_crop(batch, crop, self.config.data.scale, self.crop_generator)
         return batch
 
     def step_isr(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -11,6 +11,8 @@ not used).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -102,6 +104,17 @@ class LesionSegNet(nn.Module):
         # flow through it into the ISR net at full HR size); in training mode the recomputation
         # would update BatchNorm's running statistics twice.
         self.checkpoint = False
+
+    @torch.no_grad()
+    def init_prior(self, probability: float) -> None:
+        """Bias the heads so that every lesion map starts at ``probability`` (RetinaNet's prior).
+
+        The summed logits then start near ``logit(probability)``: the first steps learn where
+        lesions are instead of pushing a map of 0.5 down to the ~1% of pixels that are lesions.
+        """
+        logit = math.log(probability / (1 - probability))
+        for head in self.heads:
+            head.bias.fill_(logit / float(self.head_weights.sum()))
 
     def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.checkpoint and not self.training and torch.is_grad_enabled() and x.requires_grad:

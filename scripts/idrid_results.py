@@ -14,8 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.cli import run_cli  # noqa: E402
-from engine.table_runner import table_main  # noqa: E402
+from engine.cli import run_cli
+from engine.table_runner import table_main
 
 DEFAULTS = [
     "--dataset", "idrid",

@@ -119,3 +119,15 @@ def test_registry():
     assert "deepmt_dr" in list_models()
     with pytest.raises(KeyError, match="unknown model"):
         create_model("nope")
+
+
+def test_seg_prior_starts_every_lesion_map_at_that_probability():
+    from engine.builders import build_model
+    from engine.config import load_config
+
+    model = build_model(load_config(None, ["model.seg_width=0.25", "model.seg_prior=0.01"]))
+    default = build_model(load_config(None, ["model.seg_width=0.25"]))
+    image = torch.rand(2, 3, 64, 64)
+    probs = torch.sigmoid(model.seg.eval()(image))
+    assert float(probs.mean()) == pytest.approx(0.01, rel=0.5)
+    assert float(torch.sigmoid(default.seg.eval()(image)).mean()) > 0.1

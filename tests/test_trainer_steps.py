@@ -98,3 +98,11 @@ def test_training_batches_are_flipped_only_when_configured(tmp_path, flip):
             expected_hr, expected_masks = expected_hr.flip(-2), expected_masks.flip(-2)
         assert torch.equal(out["hr"][i], expected_hr) and torch.equal(out["masks"][i], expected_masks)
     assert bool(draws.any()), "seed 0 should flip something"
+
+
+def test_a_stage_crop_size_overrides_the_data_crop(tmp_path):
+    config = load_config(None, [*TINY, f"run.out_dir={tmp_path}", "data.crop_size=32", "train.seg.crop_size=48"])
+    trainer = Trainer(config)
+    trainer.crop_generator = torch.Generator().manual_seed(0)
+    assert trainer._batch(_batch(size=64), "seg")["hr"].shape[-1] == 48
+    assert trainer._batch(_batch(size=64), "isr")["hr"].shape[-1] == 32
