@@ -92,10 +92,17 @@ def sample_panels(model: DeepMTDR, dataset, device: torch.device, count: int, ou
     return paths
 
 
-def metrics_file(run_dir: Path, split: str, mode: Mode, test_input: Mode) -> Path:
-    """``metrics.json`` for the test split in the run's own mode, else ``metrics_<split>_<mode>.json``."""
+def metrics_file(run_dir: Path, split: str, mode: Mode, test_input: Mode, checkpoint: str | Path = "best.pt") -> Path:
+    """``metrics.json`` for the test split in the run's own mode, else ``metrics_<split>_<mode>.json``;
+    a stage checkpoint (``isr_best.pt``) adds its name: ``metrics_val_lr_isr_best.json``."""
     suffix = "" if (split, mode) == ("test", test_input) else f"_{split}_{mode}"
-    return Path(run_dir) / f"metrics{suffix}.json"
+    return Path(run_dir) / f"metrics{suffix}{checkpoint_tag(checkpoint)}.json"
+
+
+def checkpoint_tag(checkpoint: str | Path) -> str:
+    """``""`` for a run's final checkpoint (best.pt, last.pt), ``_<name>`` for a stage's (isr_best.pt)."""
+    stem = Path(checkpoint).stem
+    return "" if stem in ("best", "last") else f"_{stem}"
 
 
 def run_test(
@@ -137,10 +144,10 @@ def run_test(
     }
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = metrics_file(run_dir, split, mode, config.test.input)
+    metrics_path = metrics_file(run_dir, split, mode, config.test.input, checkpoint)
     suffix = metrics_path.stem.removeprefix("metrics")
     metrics_path.write_text(json.dumps(_json_safe(metrics), indent=2))
-    write_predictions(result, run_dir / f"predictions_{split}{'_hr' if mode == 'hr' else ''}.csv")
+    write_predictions(result, run_dir / f"predictions_{split}{'_hr' if mode == 'hr' else ''}{checkpoint_tag(checkpoint)}.csv")
     figures = Path(figures_root) / config.run.name / suffix.lstrip("_")
     if "grading" in metrics:
         report.plot_confusion(metrics["grading"]["confusion"], figures / "confusion_matrix.png")

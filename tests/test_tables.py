@@ -10,7 +10,14 @@ import pytest
 import engine.table_runner as runner
 from engine.cli import run_cli
 from engine.table_runner import load_table, parse_seeds, select_rows
-from engine.tables import RESULT_COLUMNS, plot_bars, read_results, table_columns, write_markdown, write_results
+from engine.tables import (
+    RESULT_COLUMNS,
+    plot_bars,
+    read_results,
+    table_columns,
+    write_markdown,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,3 +147,26 @@ def test_runner_jobs_train_rows_in_parallel_processes(tmp_path):
     results = read_results(out / "results.csv")
     assert sorted(row["row"] for row in results) == ["chen", "lr_cls"] and all(row["wall_seconds"] for row in results)
     assert "| chen | 1 |" in (out / "table.md").read_text()
+
+
+def test_runner_tests_on_the_validation_split_when_asked(tmp_path):
+    out = tmp_path / "table"
+    argv = ["--quiet", "--quick", "--jobs", "1", "--seeds", "1", "--rows", "lr_cls", "--split", "val", "--out", str(out),
+            "train.max_steps_per_epoch=1", "run.threads=1"]
+    assert run_cli(_script("Compared Methods").main, argv) == 0
+    run_dir = out / "runs" / "lr_cls_seed0"
+    assert (run_dir / "metrics_val_lr.json").is_file() and not (run_dir / "metrics.json").exists()
+    [result] = read_results(out / "results.csv")
+    assert int(result["n_test"]) == 8  # the 8 validation images of --quick
+    assert "Evaluated on the val split." in (out / "table.md").read_text()
+    assert run_cli(_script("Compared Methods").main, argv) == 0  # tested already: collected, not retrained
+    assert len(read_results(out / "results.csv")) == 1
+
+
+def test_idrid_results_script_lists_its_rows(capsys):
+    spec = importlib.util.spec_from_file_location("idrid_results", Path(__file__).resolve().parents[1] / "scripts/idrid_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert run_cli(module.main, ["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "deepmt_dr_synth_init" in out and "train.init_from=runs/demo/checkpoints/best.pt" in out and "hr_cls" in out

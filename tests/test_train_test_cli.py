@@ -34,6 +34,12 @@ def test_train_all_stages_then_test(tmp_path, tiny_overrides, capsys):
         assert (figures / "e2e" / name).stat().st_size > 0
     assert len(list((figures / "e2e" / "samples").glob("*.png"))) == 2
     assert len((run / "predictions_test.csv").read_text().splitlines()) == 5
+    # A stage's checkpoint (ISR alone, before the joint stage) gets its own files.
+    final = (run / "metrics.json").read_text()
+    stage_argv = [*argv[:5], "--checkpoint", str(run / "checkpoints" / "isr_best.pt"), "--split", "val", "--samples", "0"]
+    assert run_cli(test_cli.main, stage_argv) == 0
+    assert json.loads((run / "metrics_val_lr_isr_best.json").read_text())["stage"] == "isr"
+    assert (run / "predictions_val_isr_best.csv").is_file() and (run / "metrics.json").read_text() == final
 
 
 def test_resume_continues_where_it_stopped(tmp_path, tiny_overrides):
