@@ -115,7 +115,7 @@ def _no_host_transfers():
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_steps_do_not_synchronise_with_the_host(tmp_path, stage):
-    trainer = _trainer(tmp_path)
+    trainer = _trainer(tmp_path, "data.flip=true")  # the batch's flips and crops are inside the check too
     trainer._prepare_stage(stage)
     batch = _batch()
     with _no_host_transfers():
