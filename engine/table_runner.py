@@ -270,8 +270,7 @@ def run_table(
     configs = [(row, seed, row_config(row, seed, preset, overrides, out_dir)) for row in rows for seed in seeds]
     for _, _, config in configs:  # fail before hours of training, not after
         check_same_settings(config)
-    notes = [f"Command: `{command}`" if command else "", f"Machine: {machine_note(jobs)}",
-             f"Evaluated on the {split} split." if split != "test" else ""]
+    notes = [f"Command: `{command}`" if command else "", f"Machine: {machine_note(jobs)}"]
 
     def metrics_of(config: Config) -> Path:
         return metrics_file(config.run_dir, split, config.test.input, config.test.input)
@@ -282,7 +281,7 @@ def run_table(
         result = result_row(row.name, row.method, seed, metrics, config, _epoch_seconds(config.run_dir), wall, config.run_dir)
         results.append(result)
         write_results(results, results_path)
-        write_outputs(spec, read_results(results_path), out_dir, notes)
+        write_outputs(spec, read_results(results_path), out_dir, notes, split)
         log.info("%s: QWK %s, accuracy %s%s", labels[config.run.name], _short(result.get("qwk")),
                  _short(result.get("accuracy")), f" ({wall / 60:.1f} min)" if wall else "")
 
@@ -315,7 +314,7 @@ def run_table(
                 futures[pool.submit(_train_and_test_in_worker, config.to_dict(), str(out_dir / "figures"), split)] = (row, seed, config)
             for future in as_completed(futures):
                 record(*futures[future], future.result())
-    write_outputs(spec, read_results(results_path), out_dir, notes)
+    write_outputs(spec, read_results(results_path), out_dir, notes, split)
     return out_dir
 
 
@@ -323,13 +322,13 @@ def _short(value) -> str:
     return "n/a" if value is None else f"{float(value):.3f}"
 
 
-def write_outputs(spec: TableSpec, results: Sequence[dict], out_dir: Path, notes: Sequence[str] = ()) -> None:
+def write_outputs(spec: TableSpec, results: Sequence[dict], out_dir: Path, notes: Sequence[str] = (), split: str = "test") -> None:
     """table.md and table.png from the results so far."""
     if not results:
         return
     descriptions = {row.name: row.summary for row in spec.rows}
-    write_markdown(results, out_dir / "table.md", spec.title, descriptions, spec.reference, [note for note in notes if note])
-    plot_bars(results, out_dir / "table.png", spec.title, list(descriptions))
+    write_markdown(results, out_dir / "table.md", spec.title, descriptions, spec.reference, [note for note in notes if note], split)
+    plot_bars(results, out_dir / "table.png", spec.title, list(descriptions), split)
 
 
 # ------------------------------------------------------------------------------------------- CLI

@@ -181,13 +181,16 @@ def write_markdown(
     descriptions: dict[str, str],
     reference: str | None = None,
     header_notes: Sequence[str] = (),
+    split: str = "test",
 ) -> Path:
-    """``table.md``: title, notes (command, machine), the table, the bicubic reference and a legend."""
+    """``table.md``: title, notes (command, machine), the table, the bicubic reference and a legend.
+
+    ``split``: what the runs were tested on (``val`` for a dataset copy without its test set)."""
     summary = summarise(results, list(descriptions))
     lines = [f"# {title}", "", *header_notes, "", *markdown_table(summary, reference), ""]
     seeds = sorted({seed for entry in summary.values() for seed in entry["seeds"]})
     lines.append(f"Mean ± sample standard deviation over seeds (run.seed {', '.join(map(str, seeds))}); "
-                 "every row sees the same training, validation and test images. Test split, graded from the LR "
+                 f"every row sees the same training, validation and test images. {split.capitalize()} split, graded from the LR "
                  "image (from the HR image for rows tested on HR, e.g. hr_cls). PSNR/SSIM inside the field of view, for methods with a "
                  "learned ISR net; lesion AUPR: mean over the four lesions, on the image the grader sees. "
                  "`train min`: training epochs incl. validation, mean per run.")
@@ -199,7 +202,7 @@ def write_markdown(
             bicubic.setdefault(entry["scale"], (statistics.fmean(entry["psnr_bicubic"]), statistics.fmean(entry["ssim_bicubic"])))
     if bicubic:
         parts = [f"x{scale}: {psnr:.2f} dB / {ssim:.3f}" for scale, (psnr, ssim) in sorted(bicubic.items(), key=lambda item: int(item[0] or 0))]
-        lines.append(f"Bicubic upsampling of the same LR test images, PSNR / SSIM: {'; '.join(parts)}.")
+        lines.append(f"Bicubic upsampling of the same LR {split} images, PSNR / SSIM: {'; '.join(parts)}.")
     total = sum(seconds for entry in summary.values() for seconds in entry.get("wall_seconds", []))
     if total:
         lines.append(f"Wall time of all runs (training, rendering, testing): {total / 60:.0f} min.")
@@ -211,7 +214,9 @@ def write_markdown(
     return path
 
 
-def plot_bars(results: Sequence[dict[str, str]], path: str | Path, title: str, order: Sequence[str] | None = None) -> Path:
+def plot_bars(
+    results: Sequence[dict[str, str]], path: str | Path, title: str, order: Sequence[str] | None = None, split: str = "test"
+) -> Path:
     """Grouped bars: accuracy, QWK, macro F1 and macro AUC per row, mean with std error bars."""
     summary = summarise(results, order)
     names = list(summary)
@@ -234,7 +239,7 @@ def plot_bars(results: Sequence[dict[str, str]], path: str | Path, title: str, o
         ax.bar(positions, means, width, yerr=errors, capsize=2, label=name, color=colours[index])
     ax.set_xticks(range(len(BAR_METRICS)), [header for key, header, _ in METRICS if key in BAR_METRICS])
     # QWK below chance is negative: show it rather than clip it at 0.
-    ax.set(ylim=(lowest - 0.05 if lowest < 0 else 0, 1), ylabel="test split (mean ± std over seeds)", title=title)
+    ax.set(ylim=(lowest - 0.05 if lowest < 0 else 0, 1), ylabel=f"{split} split (mean ± std over seeds)", title=title)
     ax.axhline(0, color="black", linewidth=0.6)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", ncols=2 if len(names) > 5 else 1, loc="upper left", bbox_to_anchor=(1.0, 1.0))

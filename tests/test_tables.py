@@ -158,7 +158,8 @@ def test_runner_tests_on_the_validation_split_when_asked(tmp_path):
     assert (run_dir / "metrics_val_lr.json").is_file() and not (run_dir / "metrics.json").exists()
     [result] = read_results(out / "results.csv")
     assert int(result["n_test"]) == 8  # the 8 validation images of --quick
-    assert "Evaluated on the val split." in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "Val split, graded from the LR" in table and "LR val images" in table and "Test split" not in table
     assert run_cli(_script("Compared Methods").main, argv) == 0  # tested already: collected, not retrained
     assert len(read_results(out / "results.csv")) == 1
 
