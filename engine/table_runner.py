@@ -9,7 +9,8 @@ of ``engine/methods.py`` plus ``key=value`` overrides, i.e. exactly
     runs/<row>_seed<k>/                       ordinary run folders (config.yaml, log.csv, checkpoints/, metrics.json)
     figures/<row>_seed<k>/                    confusion matrix, ROC and lesion PR curves of the test split
 
-Resuming: a (row, seed) already in ``results.csv`` or whose run folder holds ``metrics.json`` is
+Resuming: a (row, seed) already in ``results.csv`` or whose run folder holds its metrics file
+(``metrics.json``; ``metrics_val_lr.json`` with ``--split val``) is
 not trained again; one with ``checkpoints/last.pt`` continues from it (as ``train.py --resume``);
 a run folder with neither is started afresh. A run folder trained with other settings stops the
 runner (ConfigError naming the differing keys) instead of being mixed into the table.
@@ -274,6 +275,7 @@ def run_table(
 
     def metrics_of(config: Config) -> Path:
         return metrics_file(config.run_dir, split, config.test.input, config.test.input)
+
     labels = {run_name(row.name, seed): f"[{index}/{len(configs)}] {row.name} seed {seed}" for index, (row, seed, _) in enumerate(configs, 1)}
 
     def record(row: Row, seed: int, config: Config, wall: float | None) -> None:

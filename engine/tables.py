@@ -36,8 +36,10 @@ METRICS = (
     ("qwk", "QWK", 3),
     ("macro_f1", "macro F1", 3),
     ("macro_auc", "macro AUC", 3),
+    ("referable_auc", "referable AUC", 3),
     ("psnr", "PSNR (dB)", 2),
     ("ssim", "SSIM", 3),
+    ("psnr_lesion", "PSNR lesions (dB)", 2),
     ("lesion_aupr", "lesion AUPR", 3),
 )
 BAR_METRICS = ("accuracy", "qwk", "macro_f1", "macro_auc")
@@ -192,7 +194,8 @@ def write_markdown(
     lines.append(f"Mean ± sample standard deviation over seeds (run.seed {', '.join(map(str, seeds))}); "
                  f"every row sees the same training, validation and test images. {split.capitalize()} split, graded from the LR "
                  "image (from the HR image for rows tested on HR, e.g. hr_cls). PSNR/SSIM inside the field of view, for methods with a "
-                 "learned ISR net; lesion AUPR: mean over the four lesions, on the image the grader sees. "
+                 "learned ISR net; PSNR lesions: inside the lesion masks dilated by 4 px at 1024 (images with masks); "
+                 "referable AUC: grade >= 2 against the rest; lesion AUPR: mean over the four lesions, on the image the grader sees. "
                  "`train min`: training epochs incl. validation, mean per run.")
     if reference:
         lines.append(f"ΔQWK: QWK minus {reference}'s QWK of the same seed, mean ± standard deviation over seeds.")

@@ -21,13 +21,13 @@ from engine.tables import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FIXTURE = """row,method,seed,accuracy,qwk,macro_f1,macro_auc,psnr,ssim,psnr_bicubic,ssim_bicubic,lesion_aupr,scale,epoch_seconds,wall_seconds
-deepmt_dr,deepmt_dr,0,0.50,0.80,0.40,0.86,33.4,0.878,31.8,0.864,0.25,4,600,700
-deepmt_dr,deepmt_dr,1,0.52,0.84,0.42,0.88,33.6,0.880,31.8,0.864,0.27,4,620,710
-deepmt_dr,deepmt_dr,2,0.48,0.76,0.38,0.84,33.2,0.876,31.8,0.864,0.23,4,580,690
-lr_cls,lr_cls,0,0.45,0.70,0.35,0.80,,,31.8,0.864,,4,240,300
-lr_cls,lr_cls,1,0.47,0.75,0.37,0.82,,,31.8,0.864,,4,240,300
-lr_cls,lr_cls,2,0.43,0.74,0.33,0.78,,,31.8,0.864,,4,240,300
+FIXTURE = """row,method,seed,accuracy,qwk,macro_f1,macro_auc,psnr,ssim,psnr_bicubic,ssim_bicubic,lesion_aupr,scale,epoch_seconds,wall_seconds,referable_auc,psnr_lesion
+deepmt_dr,deepmt_dr,0,0.50,0.80,0.40,0.86,33.4,0.878,31.8,0.864,0.25,4,600,700,0.90,26.0
+deepmt_dr,deepmt_dr,1,0.52,0.84,0.42,0.88,33.6,0.880,31.8,0.864,0.27,4,620,710,0.92,26.2
+deepmt_dr,deepmt_dr,2,0.48,0.76,0.38,0.84,33.2,0.876,31.8,0.864,0.23,4,580,690,0.88,25.8
+lr_cls,lr_cls,0,0.45,0.70,0.35,0.80,,,31.8,0.864,,4,240,300,0.80,
+lr_cls,lr_cls,1,0.47,0.75,0.37,0.82,,,31.8,0.864,,4,240,300,0.80,
+lr_cls,lr_cls,2,0.43,0.74,0.33,0.78,,,31.8,0.864,,4,240,300,0.80,
 """
 
 
@@ -48,12 +48,14 @@ def test_table_writer_produces_the_documented_columns(tmp_path):
     lines = _table(tmp_path)
     header = [cell.strip() for cell in lines[4].strip("|").split("|")]
     assert header == table_columns("lr_cls") == [
-        "row", "seeds", "accuracy", "QWK", "macro F1", "macro AUC", "PSNR (dB)", "SSIM", "lesion AUPR", "ΔQWK vs lr_cls", "train min",
+        "row", "seeds", "accuracy", "QWK", "macro F1", "macro AUC", "referable AUC", "PSNR (dB)", "SSIM", "PSNR lesions (dB)",
+        "lesion AUPR", "ΔQWK vs lr_cls", "train min",
     ]  # fmt: skip
     deepmt = dict(zip(header, _cells(lines, "deepmt_dr")))
     assert deepmt["seeds"] == "3"
     assert deepmt["QWK"] == f"0.800 ± {statistics.stdev([0.80, 0.84, 0.76]):.3f}"
     assert deepmt["PSNR (dB)"] == "33.40 ± 0.20" and deepmt["lesion AUPR"] == "0.250 ± 0.020"
+    assert deepmt["PSNR lesions (dB)"] == "26.00 ± 0.20" and deepmt["referable AUC"] == "0.900 ± 0.020"
     differences = [0.80 - 0.70, 0.84 - 0.75, 0.76 - 0.74]
     assert deepmt["ΔQWK vs lr_cls"] == f"+{statistics.fmean(differences):.3f} ± {statistics.stdev(differences):.3f}"
     assert deepmt["train min"] == "10.0"
