@@ -361,9 +361,16 @@ def get_args_parser(description: str, default_out: str) -> argparse.ArgumentPars
     return parser
 
 
-def table_main(argv: list[str] | None, rows_file: str | Path, description: str, default_out: str, script: str) -> int:
-    """The body of a table's ``run.py`` (``script``: its path, for the command line in table.md)."""
-    args = get_args_parser(description, default_out).parse_args(argv)
+def table_main(
+    argv: list[str] | None, rows_file: str | Path, description: str, default_out: str, script: str, defaults: Sequence[str] = ()
+) -> int:
+    """The body of a table's ``run.py`` (``script``: its path, for the command line in table.md).
+
+    ``defaults``: options the script implies, parsed before ``argv`` (which may repeat them to
+    override) and left out of the recorded command line.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    args = get_args_parser(description, default_out).parse_args([*defaults, *argv])
     spec = load_table(rows_file)
     rows = select_rows(spec, args.rows)
     if args.list:
@@ -384,7 +391,7 @@ def table_main(argv: list[str] | None, rows_file: str | Path, description: str, 
             return tqdm(iterable, leave=False, dynamic_ncols=True, **kw)
 
     seeds = parse_seeds(args.seeds)
-    command = shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", script, *argv])
     started = time.perf_counter()
     jobs = args.jobs if args.jobs is not None else default_jobs(args.device)
     if jobs < 1:

@@ -27,8 +27,7 @@ DEFAULTS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    return table_main([*DEFAULTS, *argv], Path(__file__).with_name("idrid_rows.yaml"), __doc__, "runs/idrid_small", "scripts/idrid_results.py")
+    return table_main(argv, Path(__file__).with_name("idrid_rows.yaml"), __doc__, "runs/idrid_small", "scripts/idrid_results.py", DEFAULTS)
 
 
 if __name__ == "__main__":
