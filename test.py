@@ -4,12 +4,16 @@
     python test.py --name paper          # runs/paper/checkpoints/best.pt
     python test.py --checkpoint path/to/best.pt --split val
     python test.py --input hr            # grade the HR images: the upper bound SR aims at
+    python test.py --checkpoint deepmt_dr_idrid_small --dataset idrid --data-root ~/IDRiD --split val   # released weights, your copy
 
 Every method is evaluated with the same metrics; without --input, the run's test.input decides
 (HR for the hr_cls method, LR -> ISR -> grade otherwise).
 
 Writes <run>/metrics.json and <run>/predictions_<split>.csv, prints a table, and saves figures
-(confusion matrix, ROC curves, lesion PR curves, per-sample panels) in visualization_result/<name>/.
+(confusion matrix, ROC curves, lesion PR curves, per-sample panels) and report.html (all of them in
+one file) in visualization_result/<name>/. --checkpoint also takes a release name
+(pretrained_model/RELEASES.json, hash-checked); --dataset/--data-root evaluate it on your own copy
+of a dataset instead of the folder recorded in the checkpoint.
 """
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data.datasets import DATASETS
 from engine.cli import run_cli
+from engine.release import resolve_checkpoint
 from engine.testing import run_test
 from evaluation.report import format_metrics_table
 
@@ -28,7 +34,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="demo", help="run name under --out-dir (default demo)")
     parser.add_argument("--out-dir", default="runs", help="folder holding the runs (default runs)")
-    parser.add_argument("--checkpoint", help="checkpoint file (default <out-dir>/<name>/checkpoints/best.pt)")
+    parser.add_argument("--checkpoint", help="checkpoint file, run folder or release name (default <out-dir>/<name>/checkpoints/best.pt)")
+    parser.add_argument("--dataset", choices=("synthetic", *DATASETS), help="evaluate on this dataset (default: the checkpoint's)")
+    parser.add_argument("--data-root", help="your copy of the dataset (default: the folder recorded in the checkpoint)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--input", choices=("lr", "hr"),
                         help="lr: the system, LR -> SR -> grade; hr: grade the HR images (upper bound); "
@@ -42,11 +50,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else Path(args.out_dir) / args.name / "checkpoints" / "best.pt"
+    checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint else Path(args.out_dir) / args.name / "checkpoints" / "best.pt"
     progress = None if args.quiet else (lambda iterable: tqdm(iterable, desc=f"testing {args.split}", leave=False))
-    metrics, run_dir = run_test(checkpoint, args.split, args.device, args.samples, args.figures, progress, args.input)
+    metrics, run_dir = run_test(checkpoint, args.split, args.device, args.samples, args.figures, progress, args.input,
+                                dataset_name=args.dataset, data_root=args.data_root)
     print(format_metrics_table(metrics))
-    print(f"results in {run_dir} and figures in {Path(args.figures) / run_dir.name}")
+    print(f"results in {run_dir}, figures and report in {Path(metrics['report']).parent}")
+    print(f"report: {metrics['report']}")
     return 0
 
 

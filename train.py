@@ -5,7 +5,7 @@ fundus dataset, sized for a CPU.
     python train.py --method lr_cls --name lr_cls     # a compared method (engine/methods.py)
     python train.py --config configs/paper.yaml --name paper
     python train.py --stage cls data.hr_size=256 train.cls.epochs=5
-    python train.py --resume                          # continue runs/<name>/checkpoints/last.pt
+    python train.py --resume                          # continue the run's newest checkpoint, or start it
     python train.py --dataset idrid --data-root ../shared/data/idrid --config configs/idrid_small.yaml
     torchrun --nproc_per_node 8 train.py --config configs/ddr.yaml --dataset ddr --data-root DDR
 
@@ -20,6 +20,15 @@ configs/paper.yaml. The dataset's preprocessing cache is built on the first run
 --method NAME applies a named recipe (Compared Methods/README.md) over the preset; the
 key=value overrides still come last. Any config field can be overridden as dotted ``key=value``
 (see engine/config.py).
+
+Reliability (docs/RELIABILITY.md): a recovery checkpoint is written inside each epoch every
+train.checkpoint_every_minutes (default 10) / train.checkpoint_every_steps; --resume continues
+the newest checkpoint or, when there is none, starts the run, so a requeued job can always pass
+it. SIGTERM or SIGINT saves a recovery checkpoint at the next step boundary and exits 75.
+
+Exit codes: 0 done; 2 bad input, a bad checkpoint, the run folder in use by another process, or
+a run that cannot go on (out of memory, only non-finite steps); 75 stopped by SIGTERM/SIGINT
+after saving (rerun the same command with --resume).
 """
 from __future__ import annotations
 
@@ -35,6 +44,7 @@ from engine.builders import ensure_cache
 from engine.cli import run_cli
 from engine.config import DEFAULT_PRESET, STAGES, default_preset, load_config
 from engine.methods import METHODS
+from engine.reliability import PREEMPTED_EXIT_CODE, Preempted
 from engine.trainer import Trainer
 
 
@@ -47,7 +57,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage", choices=(*STAGES, "all"), help="stage to train (default: train.stage of the config)")
     parser.add_argument("--name", help="run name: outputs go to <run.out_dir>/<name>/")
     parser.add_argument("--device", help="cuda, cpu, mps, cuda:1 ... (default: auto)")
-    parser.add_argument("--resume", action="store_true", help="continue the run's checkpoints/last.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run's newest checkpoint (recovery.pt inside an epoch, else last.pt); "
+                        "start the run when it has none")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="resume without checking the checkpoint's SHA-256 (faster on very large files)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.hr_size=128")
     return parser
@@ -78,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             processes = f" x {world.size} processes" if world.distributed else ""
             print(f"training {config.method} on {config.data.dataset} ({config.data.hr_size}px HR, x{config.data.scale}) "
                   f"on {trainer.device}{processes}; stages: {', '.join(config.stages_to_run())}; run folder {config.run_dir}")
-        run_dir = trainer.fit(resume=args.resume)
+        try:
+            run_dir = trainer.fit(resume=args.resume, verify=not args.no_verify)
+        except Preempted as stop:
+            if world.is_main:
+                print(f"preempted: {stop}", file=sys.stderr)
+            return PREEMPTED_EXIT_CODE
         if world.is_main:
             print(f"done: checkpoints in {run_dir / 'checkpoints'}, log {run_dir / 'log.csv'}")
     finally:

@@ -27,6 +27,7 @@ from bench.common import (
 )
 from engine.builders import build_model, select_device
 from engine.config import load_config
+from engine.runtime import configure_threads
 
 
 def main() -> None:
@@ -39,6 +40,7 @@ def main() -> None:
 
     config = load_config(None, [f"data.hr_size={args.hr}", f"data.scale={args.scale}", f"model.seg_width={args.seg_width}", *args.overrides])
     device = select_device(args.device)
+    configure_threads(config.run.threads)  # every CPU this process may use
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model = build_model(config).to(device).eval()

@@ -1,15 +1,6 @@
-"""The machine a benchmark ran on, for its JSON line."""
+"""The machine a benchmark ran on, for its JSON line (the CPU model as engine.runtime reads it)."""
 from __future__ import annotations
 
-import platform
-from pathlib import Path
+from engine.runtime import cpu_model as cpu_name
 
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+__all__ = ["cpu_name"]

@@ -2,12 +2,15 @@
 
     python bench/train_step.py --naive                       # CPU: LR 32 -> HR 128, x4, seg width 1, batch 8
     python bench/train_step.py --stage cls                   # another stage (isr and seg train on crops)
+    python bench/train_step.py --stage cls --cache           # also with the frozen seg net's maps cached
     python bench/train_step.py --hr 1024 --seg-width 4 --batch 24 --amp --channels-last --naive   # a GPU, paper size
 
 Random batches (no data loading; bench/loader.py measures that), Adam steps included, the same
 ``Trainer`` step functions ``train.py`` runs, so what is timed is what trains. ``--naive`` also
 times bench/naive_step.py, the published step (one image at a time, per-channel Grad-CAM loops,
 host round trips), on the same model and batch, and the project line gets ``speedup_vs_naive``.
+``--cache`` (cls, joint) also times the step with the frozen segmentation net's lesion maps
+looked up instead of computed (``train.cache_frozen``): line ``project_cached``, ``speedup_vs_uncached``.
 FLOPs are counted by ``torch.utils.flop_counter`` over one step (convolutions and matmuls,
 forward and backward); achieved TFLOP/s = FLOPs per image x images/s. Peak memory is the GPU's
 allocator peak, or on a CPU the process's peak resident set.
@@ -32,6 +35,7 @@ from bench.common import (
 )
 from bench.naive_step import naive_joint_step
 from engine.config import STAGES, load_config
+from engine.frozen_cache import FrozenOutputs
 from engine.trainer import Trainer
 
 
@@ -78,10 +82,14 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the ISR and segmentation nets")
     parser.add_argument("--seg-checkpoint", action="store_true", help="activation checkpointing in the frozen segmentation net")
     parser.add_argument("--naive", action="store_true", help="also time the published per-image step (joint only)")
+    parser.add_argument("--cache", action="store_true",
+                        help="also time the step with the frozen nets' outputs cached (cls, joint: train.cache_frozen)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="further config overrides")
     args = parser.parse_args()
     if args.naive and args.stage != "joint":
         parser.error("--naive times the joint step; drop --stage or --naive")
+    if args.cache and args.stage not in ("cls", "joint"):
+        parser.error("--cache applies to the cls and joint stages, whose segmentation net is frozen")
 
     trainer = build_trainer(args)
     device, config = trainer.device, trainer.config
@@ -106,9 +114,24 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+    def cached_step() -> None:
+        trainer.frozen_train = frozen  # what train.py looks up for each batch in these stages
+        try:
+            project_step()
+        finally:
+            trainer.frozen_train = None
+
     variants = {"project": project_step}
     if args.naive:
         variants["naive"] = naive_step
+    if args.cache:
+        batch["index"] = torch.arange(args.batch)
+        def lesion_logits(on_device: dict) -> dict:
+            with trainer.autocast():
+                return {"lesion_logits": trainer.model.segment(trainer._batch(on_device, args.stage)["hr"])}
+
+        frozen = FrozenOutputs.compute([batch], lesion_logits, device)
+        variants["project_cached"] = cached_step
     common = {
         "bench": "train_step",
         "stage": args.stage,
@@ -124,15 +147,17 @@ def main() -> None:
         reset_peak_memory(device)
         seconds = time_per_call(fn, device, args.steps, args.warmup)
         flops = count_flops(fn) / args.batch
-        fast = name == "project"
+        fast = name.startswith("project")
         lines[name] = {
             **common,
             "variant": name,
-            "dtype": config.run.amp_dtype if (fast and config.run.amp) else "float32",
-            "channels_last": fast and config.run.channels_last,
+            "dtype": config.run.amp_dtype if (fast and trainer.amp_enabled) else "float32",
+            "channels_last": fast and trainer.channels_last,
             "compile": fast and config.run.compile,
             **throughput_fields(args.batch, seconds, flops, device),
         }
+    if args.cache:
+        lines["project_cached"]["speedup_vs_uncached"] = round(lines["project_cached"]["images_per_s"] / lines["project"]["images_per_s"], 2)
     if args.naive:
         lines["project"]["speedup_vs_naive"] = round(lines["project"]["images_per_s"] / lines["naive"]["images_per_s"], 2)
     for line in lines.values():

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from data.lock import LockError
 from data.records import DataError
 
 
@@ -19,10 +20,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def run(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; a bad argument or a DataError prints ``<prog>: error: ...`` and returns 2."""
+    """Call ``main(argv)``; a bad argument, a DataError or a held lock prints ``<prog>: error: ...`` and returns 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return main(argv)
-    except (ArgumentError, DataError) as error:
+    except (ArgumentError, DataError, LockError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

@@ -42,8 +42,8 @@ def random_crop(batch: dict, hr_crop: int, scale: int, generator: torch.Generato
     return cropped
 
 
-# Keys flipped with the sample: every image-shaped tensor.
-FLIP_KEYS = ("hr", "lr", "masks", "fov")
+# Keys flipped with the sample: every image-shaped tensor (the last two: cached outputs of frozen nets).
+FLIP_KEYS = ("hr", "lr", "masks", "fov", "lesion_logits", "stage_image")
 
 
 def random_flip(batch: dict, generator: torch.Generator | None = None) -> dict:

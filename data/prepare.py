@@ -43,12 +43,14 @@ from data.cli import OneLineParser, run
 from data.datasets import DATASETS, load_index
 from data.datasets.base import Record, read_image, read_mask
 from data.fundus import crop_to_fov_square
+from data.lock import FolderLock
 from data.maskbits import pack_planes
 from data.records import LESIONS, DataError
 from data.workers import process_map
 
 log = logging.getLogger(__name__)
 DEFAULT_JPEG_QUALITY = 95
+LOCK_FILE = "prepare.lock"  # held while a process builds the cache (data/lock.py)
 
 
 def resize_square(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
@@ -60,6 +62,15 @@ def resize_square(image: np.ndarray, size: int, nearest: bool = False) -> np.nda
     else:
         interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_CUBIC
     return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def hr_square(square: np.ndarray, fov: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A FOV square (``crop_to_fov_square``'s image and FOV) at the HR size, zero outside the FOV:
+    ``(SxSx3 uint8, SxS bool)``. What the cache stores and ``predict.py`` grades."""
+    hr = resize_square(square, size)
+    fov = resize_square(fov.astype(np.uint8), size, nearest=True) > 0
+    hr[~fov] = 0
+    return hr, fov
 
 
 def _read_masks(record: Record, shape: tuple[int, int]) -> np.ndarray:
@@ -88,9 +99,7 @@ def preprocess(record: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
         square, square_masks, fov = crop_to_fov_square(image, masks)
     except DataError as error:
         raise DataError(f"{record.image}: {error}") from None
-    hr = resize_square(square, size)
-    fov = resize_square(fov.astype(np.uint8), size, nearest=True) > 0
-    hr[~fov] = 0
+    hr, fov = hr_square(square, fov, size)
     if square_masks is None:
         lesion_planes = np.zeros((len(LESIONS), size, size), dtype=bool)
     else:
@@ -227,10 +236,16 @@ def prepare(
         raise DataError(f"--size must be a positive multiple of 16, got {size}")
     if not 1 <= jpeg_quality <= 100:
         raise DataError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
-    start = time.perf_counter()
-    root = Path(root).expanduser()
-    index = load_index(dataset, root)
     cache_dir = Path(out).expanduser()
+    with FolderLock(cache_dir / LOCK_FILE, f"cache {cache_dir}"):  # one builder per cache
+        return _build(dataset, Path(root).expanduser(), cache_dir, size, workers, skip_bad, jpeg_quality, progress)
+
+
+def _build(
+    dataset: str, root: Path, cache_dir: Path, size: int, workers: int, skip_bad: bool, jpeg_quality: int, progress: bool
+) -> PrepareReport:
+    start = time.perf_counter()
+    index = load_index(dataset, root)
     wanted = {"format": CACHE_FORMAT, "dataset": dataset, "size": size, "jpeg_quality": jpeg_quality}
     _check_settings(cache_dir, wanted)
     for folder in ("images", "masks"):

@@ -1,13 +1,28 @@
-"""Checkpoints: written atomically (temp file + rename), read with ``weights_only=True``.
+"""Checkpoints: SHA-256-verified, written atomically (temp file + rename), read with ``weights_only=True``.
+
+File format, version 2: one ASCII header line, then the bytes ``torch.save(state)`` wrote::
+
+    DEEPMTDR-CHECKPOINT 2 sha256=<64 lowercase hex digits of the payload> bytes=<payload length, 15 digits>\\n<payload>
+
+The digest covers every tensor and all metadata, so a changed, missing or added payload byte fails
+the check, and a changed header byte breaks the header's strict syntax, its version, its length
+or its digest: every single-byte flip anywhere in the file is caught (``tests/test_reliability.py``,
+``bench/flip_bytes.py``). Version 1 files (a bare torch zip, written before checksums) still load,
+with a warning that nothing verified them; a version 2 file never starts like one (``PK``).
 
 A checkpoint holds ``format_version``, the resolved config, the model state, optimizer /
-scheduler / scaler states by name, stage, epoch, step, RNG states and the best metric. Loading
-into a model that does not match fails with :class:`CheckpointError` naming the mismatch.
+scheduler / scaler states by name, stage, epoch, step, RNG states and the best metric; a recovery
+checkpoint (inside an epoch) adds ``position``. Loading into a model that does not match fails
+with :class:`CheckpointError` naming the mismatch.
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,30 +32,109 @@ import numpy as np
 import torch
 from torch import nn
 
-FORMAT_VERSION = 1
+from engine.config import STAGES
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2
+UNVERIFIED_VERSION = 1  # a bare torch zip, from before checksums
 REQUIRED_KEYS = ("format_version", "config", "model")
+MAGIC = b"DEEPMTDR-CHECKPOINT "
+ZIP_SIGNATURE = b"PK\x03\x04"
+HEADER = re.compile(rb"DEEPMTDR-CHECKPOINT (\d{1,4}) sha256=([0-9a-f]{64}) bytes=(\d{15})\n")
+HEADER_MAX = 128  # the header line is 116 bytes
+
+# Config keys a resumed run may change: where things are, how fast and on what it runs, how often it
+# saves, and what to train for how long. Any other difference changes the run and is refused.
+RESUME_MAY_CHANGE = frozenset({
+    "run.name", "run.out_dir", "run.device", "run.threads", "run.keep",
+    "data.root", "data.cache_dir", "data.num_workers", "data.pin_memory", "data.persistent_workers",
+    "data.prefetch_factor", "data.prepare_workers",
+    "train.stage", "train.init_from", "train.checkpoint_every_steps", "train.checkpoint_every_minutes",
+    "train.max_bad_steps", *(f"train.{stage}.epochs" for stage in STAGES),
+    # Speed switches: the same training within float tolerance ("auto" resolves per machine,
+    # so a job requeued on another node may change them).
+    "run.amp", "run.channels_last", "run.compile", "run.compile_backend", "run.compile_mode",
+    "run.optimizer_impl", "run.cudnn_benchmark", "train.cache_frozen", "train.cache_max_gb",
+})
 
 
 class CheckpointError(RuntimeError):
-    """A missing, corrupt, foreign or incompatible checkpoint; the message names the file."""
+    """A missing, corrupt, foreign or incompatible checkpoint, or one that could not be written; the message names the file."""
+
+
+def _header(digest: str, size: int) -> bytes:
+    """The header line; fixed width, so it is written first as a placeholder and then filled in."""
+    return f"DEEPMTDR-CHECKPOINT {FORMAT_VERSION} sha256={digest} bytes={size:015d}\n".encode("ascii")
+
+
+class _HashingWriter:
+    """The file object ``torch.save`` writes to: each chunk goes to disk and into the SHA-256, so the
+    payload is never held in memory a second time."""
+
+    def __init__(self, file) -> None:
+        self.file, self.digest, self.size = file, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a crash mid-write never leaves a truncated file."""
+    """Write ``state`` to ``path`` atomically: a crash, a kill or a full disk mid-write leaves the
+    previous file at ``path`` as it was (a full disk raises :class:`CheckpointError` saying so)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format_version": FORMAT_VERSION, **state}
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temp_name = None
     try:
+        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
+            file.write(_header("0" * 64, 0))
+            payload = _HashingWriter(file)
+            torch.save({**state, "format_version": FORMAT_VERSION}, payload)
+            file.seek(0)
+            file.write(_header(payload.digest.hexdigest(), payload.size))
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp_name, path)
+    except OSError as error:
+        if temp_name is not None:
+            Path(temp_name).unlink(missing_ok=True)
+        previous = "the previous checkpoint there is intact" if path.is_file() else "there was no checkpoint there before"
+        raise CheckpointError(f"could not write checkpoint {path}: {error.strerror or error}; {previous}") from error
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        if temp_name is not None:
+            Path(temp_name).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
     return path
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete half-written files (``.NAME.*.tmp``) that killed writers left in ``folder``; only the
+    folder's one writer (it holds the run lock) may call this."""
+    removed = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
+    for stale in removed:
+        stale.unlink(missing_ok=True)
+    return removed
 
 
 def link_checkpoint(source: str | Path, target: str | Path) -> Path:
@@ -59,22 +153,112 @@ def link_checkpoint(source: str | Path, target: str | Path) -> Path:
     return target
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a DeepMT-DR checkpoint on the CPU without executing pickled code."""
+def without_optimizers(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` minus the optimiser moments (two thirds of an Adam checkpoint): for checkpoints no
+    resume continues (best weights, a finished stage, epoch snapshots)."""
+    return {key: value for key, value in state.items() if key != "optimizers"}
+
+
+class _Payload(io.RawIOBase):
+    """The bytes of an open file after its header, as a file of their own: ``torch.load`` reads the
+    payload in place, without a copy in memory."""
+
+    def __init__(self, file, start: int) -> None:
+        super().__init__()
+        self.file, self.start = file, start
+        file.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.file.seek(self.start + offset if whence == os.SEEK_SET else offset, whence) - self.start
+
+    def tell(self) -> int:
+        return self.file.tell() - self.start
+
+    def readinto(self, buffer) -> int:
+        return self.file.readinto(buffer)
+
+
+def _check_payload(file, path: Path, verify: bool) -> int:
+    """Check a version-2 file's header, length and (``verify``) digest; returns where the payload starts."""
+    match = HEADER.match(file.read(HEADER_MAX))
+    if match is None:
+        raise CheckpointError(f"{path} is corrupt: its checksum header is damaged")
+    version, digest, size = int(match[1]), match[2].decode("ascii"), int(match[3])
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {version}; this code reads {FORMAT_VERSION} (and {UNVERIFIED_VERSION}, unverified)")
+    actual = os.fstat(file.fileno()).st_size - match.end()
+    if actual != size:
+        raise CheckpointError(f"{path} is corrupt: {actual} bytes after its header, the header says {size} (truncated or appended to)")
+    if verify:
+        file.seek(match.end())
+        if hashlib.file_digest(file, "sha256").hexdigest() != digest:
+            raise CheckpointError(f"{path} is corrupt: its SHA-256 does not match the one written with it")
+    return match.end()
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Read a DeepMT-DR checkpoint on the CPU without executing pickled code.
+
+    The SHA-256 is checked unless ``verify=False`` (asked for speed alone; the length and the
+    header are checked either way). A version-1 file has no checksum and loads with a warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"{path} is not a readable checkpoint: {type(error).__name__}: {error}") from error
+        with path.open("rb") as file:
+            start = file.read(len(MAGIC))
+            file.seek(0)
+            if start == MAGIC:
+                version, payload = FORMAT_VERSION, _Payload(file, _check_payload(file, path, verify))
+            elif start.startswith(ZIP_SIGNATURE):
+                version, payload = UNVERIFIED_VERSION, file
+            else:
+                raise CheckpointError(
+                    f"{path} is not a readable checkpoint: it starts with neither a DeepMT-DR checkpoint header nor a torch zip signature"
+                )
+            try:
+                state = torch.load(payload, map_location="cpu", weights_only=True)
+            except Exception as error:  # torch raises several types for corrupt or foreign files
+                raise CheckpointError(f"{path} is not a readable checkpoint: {type(error).__name__}: {error}") from error
+    except OSError as error:
+        raise CheckpointError(f"{path} could not be read: {error.strerror or error}") from error
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is not a DeepMT-DR checkpoint (expected keys {', '.join(REQUIRED_KEYS)})")
-    if state["format_version"] != FORMAT_VERSION:
+    if state["format_version"] != version:
         raise CheckpointError(
-            f"{path} has format_version {state['format_version']}, this code reads {FORMAT_VERSION}"
+            f"{path} has format_version {state['format_version']} in a {'checksummed' if version == FORMAT_VERSION else 'bare torch zip'} "
+            f"file; this code reads {FORMAT_VERSION} (with its checksum header) and {UNVERIFIED_VERSION} (bare torch zip, unverified)"
         )
+    if version == UNVERIFIED_VERSION:
+        log.warning("%s is a format_version 1 checkpoint, written before checksums: loaded unverified", path)
     return state
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """``key (saved -> current)`` for every config key that differs and that a resume may not change."""
+    old, new = _flat(saved), _flat(current)
+    return [
+        f"{key} ({old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r})"
+        for key in sorted(old.keys() | new.keys())
+        if key not in RESUME_MAY_CHANGE and old.get(key) != new.get(key)
+    ]
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:

@@ -5,11 +5,15 @@ import logging
 import sys
 from collections.abc import Callable
 
+from data.lock import LockError
 from data.records import DataError
 from engine.checkpoint import CheckpointError
 from engine.config import ConfigError
+from engine.reliability import TrainingError
 
-USER_ERRORS = (ConfigError, CheckpointError, DataError, FileNotFoundError)
+# Each becomes one line on stderr and exit code 2: bad input, a bad or unwritable checkpoint, a run
+# folder or cache another process is writing, a run that cannot go on (out of memory, diverged).
+USER_ERRORS = (ConfigError, CheckpointError, DataError, FileNotFoundError, LockError, TrainingError)
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

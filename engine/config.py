@@ -133,6 +133,9 @@ class StageConfig:
     decay_gamma: float = 1.0
     # HR crop of the isr and seg stages; None takes data.crop_size, 0 the whole image.
     crop_size: int | None = None
+    # Steps per epoch of this stage (a random part of the training set, new each epoch);
+    # 0 = train.max_steps_per_epoch, or the whole set.
+    max_steps: int = 0
 
 
 def _stage(**kwargs) -> Any:
@@ -157,6 +160,20 @@ class TrainConfig:
     clip_grad: float = 0.0
     max_steps_per_epoch: int = 0  # 0 = the whole training set each epoch
     eval_every: int = 1
+    # Recovery checkpoints inside an epoch (checkpoints/recovery.pt, one file replaced each time):
+    # every N steps and/or every M minutes of training; 0 turns either off. --resume continues
+    # the newest checkpoint, so a killed run loses at most one interval (docs/RELIABILITY.md).
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 10.0
+    # A step whose loss or gradient is not finite is skipped (counted in log.csv, skipped_steps);
+    # more than this many in a row stop the run, keeping the last good checkpoint.
+    max_bad_steps: int = 20
+    # Outputs of frozen nets computed once per stage instead of once per epoch
+    # (engine/frozen_cache.py): the lesion maps of the training images in the cls and joint
+    # stages (and the SR image in cls with train.input=lr), the validation lesion maps in cls.
+    # Skipped, with a log line, when they would take more than cache_max_gb.
+    cache_frozen: bool = True
+    cache_max_gb: float = 2.0
 
 
 @dataclass
@@ -172,10 +189,12 @@ class RunConfig:
     device: str = "auto"
     seed: int = 103
     deterministic: bool = False
-    # Speed switches (docs/BENCHMARKS.md). The defaults are the plain fp32 path everywhere.
-    amp: bool = False  # autocast in amp_dtype (float16 adds a GradScaler)
+    # Speed switches (docs/BENCHMARKS.md). "auto" (engine/runtime.py): bf16 autocast and
+    # channels-last where bf16 runs on hardware (CUDA; CPUs with AMX or AVX-512 BF16), the plain
+    # fp32 path elsewhere (an AVX2-only CPU emulates bf16: 11.7x slower). true/false force it.
+    amp: Any = "auto"  # autocast in amp_dtype (float16 adds a GradScaler)
     amp_dtype: str = "bfloat16"
-    channels_last: bool = False
+    channels_last: Any = "auto"
     # torch.compile of the ISR and segmentation nets (the grader stays eager: Grad-CAM
     # differentiates its stage outputs, which compiled modules do not allow).
     compile: bool = False
@@ -187,7 +206,13 @@ class RunConfig:
     optimizer_impl: str = "auto"
     # Distributed runs (torchrun): BatchNorm statistics over all processes (CUDA only).
     sync_batchnorm: bool = False
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    # torch CPU threads; 0 = every CPU this process may use (OMP_NUM_THREADS, else its affinity
+    # mask capped by the cgroup quota: engine/runtime.py available_cpus).
+    threads: int = 0
+    # Checkpoints kept: per stage <stage>_best.pt (weights) and <stage>_last.pt (with optimiser
+    # state while resuming needs it), plus checkpoints/recovery.pt inside an epoch; keep=N > 0 also
+    # keeps each stage's N newest epochs as <stage>_epochNNN.pt (weights only).
+    keep: int = 0
 
 
 @dataclass
@@ -427,10 +452,20 @@ def validate(config: Config) -> None:
             settings.schedule in ("step", "cosine", "constant"),
             f"train.{stage}.schedule must be step, cosine or constant, got {settings.schedule!r}",
         )
+        _require(settings.max_steps >= 0, f"train.{stage}.max_steps must be >= 0, got {settings.max_steps}")
         for lr in ("lr_isr", "lr_seg", "lr_cls", "lr_fusion"):
             _require(getattr(settings, lr) > 0, f"train.{stage}.{lr} must be positive, got {getattr(settings, lr)}")
     _require(train.max_steps_per_epoch >= 0, f"train.max_steps_per_epoch must be >= 0, got {train.max_steps_per_epoch}")
     _require(train.eval_every >= 1, f"train.eval_every must be >= 1, got {train.eval_every}")
+    for key in ("checkpoint_every_steps", "checkpoint_every_minutes", "max_bad_steps"):
+        _require(getattr(train, key) >= 0, f"train.{key} must be >= 0, got {getattr(train, key)}")
+    _require(config.run.keep >= 0, f"run.keep must be >= 0, got {config.run.keep}")
+    _require(train.cache_max_gb >= 0, f"train.cache_max_gb must be >= 0, got {train.cache_max_gb}")
+    for switch in ("amp", "channels_last"):
+        value = getattr(config.run, switch)
+        _require(value == "auto" or isinstance(value, bool),
+                 f"run.{switch} must be auto, true or false, got {value!r}")
+    _require(config.run.threads >= 0, f"run.threads must be >= 0, got {config.run.threads}")
     _require(config.run.amp_dtype in ("bfloat16", "float16"), f"run.amp_dtype must be bfloat16 or float16, got {config.run.amp_dtype!r}")
     _require(
         config.run.optimizer_impl in OPTIMIZER_IMPLS,
@@ -440,5 +475,7 @@ def validate(config: Config) -> None:
     _require(bool(config.run.name) and "/" not in config.run.name, f"run.name must be a plain folder name, got {config.run.name!r}")
 
 
-def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+def save_config(config: Config, path: str | Path, note: str = "") -> None:
+    """Write the resolved config as YAML; ``note`` (e.g. what ``auto`` became here) goes first as comments."""
+    header = "".join(f"# {line}\n" for line in note.splitlines())
+    Path(path).write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))

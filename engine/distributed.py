@@ -15,7 +15,8 @@ What this module gives the trainer:
   the optimiser steps, in one all-reduce per dtype). The DDP module wrapper itself does not fit
   the joint step: it hooks ``backward()`` only, while the joint step takes two gradients with
   ``torch.autograd.grad`` (the ISR net's whole loss, the grader's grading loss alone);
-- :func:`gather_objects` and :func:`all_reduce_sum` for evaluation.
+- :func:`gather_objects` and :func:`all_reduce_sum` for evaluation; :func:`any_rank` for a stop
+  every process agrees on (preemption, docs/RELIABILITY.md).
 
 A single process (no torchrun) is world size 1 and every function here is a no-op.
 """
@@ -115,21 +116,26 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __init__(self, length: int, seed: int, world: World = SINGLE_PROCESS) -> None:
         self.length, self.seed, self.world = length, seed, world
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Epoch ``epoch``'s share from this process's ``start``-th sample on: a run resumed inside
+        an epoch skips what it trained on without loading it."""
+        self.epoch, self.start = epoch, start
+
+    def _per_rank(self) -> int:
+        return math.ceil(self.length / self.world.size)
 
     def __len__(self) -> int:
-        return math.ceil(self.length / self.world.size)
+        return max(0, self._per_rank() - self.start)
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         torch.empty((), dtype=torch.int64).random_(generator=generator)  # the DataLoader's base-seed draw
         order = torch.randperm(self.length, generator=generator).tolist()
-        total = len(self) * self.world.size
+        total = self._per_rank() * self.world.size
         order += order[: total - len(order)]
-        return iter(order[self.world.rank : total : self.world.size])
+        return iter(order[self.world.rank : total : self.world.size][self.start :])
 
 
 class ShardSampler(Sampler[int]):
@@ -177,6 +183,15 @@ def average_gradients(parameters: Sequence[torch.Tensor]) -> None:
         for grad in grads:
             grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
             offset += grad.numel()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any process (one small all-reduce; ``flag`` itself on one process)."""
+    if not current().distributed:
+        return flag
+    value = torch.tensor(float(flag), device=device)
+    dist.all_reduce(value)
+    return bool(value.item() > 0)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from evaluation.metrics import (
     psnr_per_image,
     ssim_per_image,
 )
+from engine.frozen_cache import FrozenOutputs
 from models import DeepMTDR
 
 Mode = Literal["lr", "hr"]
@@ -70,18 +71,22 @@ def evaluate(
     mode: Mode = "lr",
     autocast: Callable[[], object] = nullcontext,
     progress: Callable | None = None,
+    frozen: FrozenOutputs | None = None,
 ) -> EvalResult:
     """Run the model over ``loader``.
 
     ``mode="lr"``: the full pipeline, LR -> SR -> lesions -> grade, with SR metrics for the SR
     image and the bicubic baseline. ``mode="hr"``: lesions and grade on the HR image (the
-    upper bound the cls and seg stages train for).
+    upper bound the cls and seg stages train for). ``frozen``: the lesion logits of the loader's
+    images in loader order, computed once while the nets that make them are frozen (the cls
+    stage's validation, engine/frozen_cache.py), used instead of segmenting again.
     """
     model.eval()
     sr_values = {"sr": _PerImageSR(), "bicubic": _PerImageSR()}
     seg = SegmentationMetrics(num_lesions=4, device=device) if model.use_lesions else None
     ids, grades, probs = [], [], []
     batches = progress(loader) if progress else loader
+    seen = 0
     for batch in batches:
         hr = batch["hr"].to(device)
         masks, valid, fov = batch["masks"].to(device), batch["mask_valid"].to(device), batch["fov"].to(device)
@@ -91,7 +96,12 @@ def evaluate(
                 image = model.isr(lr).float()
             else:
                 image = hr
-            result = model.grade_image(image)
+            if frozen is not None:
+                lesion_logits = frozen.rows(seen, seen + hr.shape[0])["lesion_logits"]
+                result = model.grade_with_lesions(image, lesion_logits)
+            else:
+                result = model.grade_image(image)
+        seen += hr.shape[0]
         if mode == "lr":
             sr_values["sr"].add(image, hr, fov, masks * valid[:, :, None, None])
             sr_values["bicubic"].add(bicubic_upsample(lr, model.isr.scale), hr, fov, masks * valid[:, :, None, None])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,13 @@ class CSVLog:
             return
         with self.path.open("a", newline="") as file:
             csv.DictWriter(file, self.columns).writerow(row)
+
+    def keep_rows(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop the rows ``keep`` rejects (a resumed run's rows past its checkpoint), rewriting the file."""
+        kept = [row for row in self.rows if keep(row)]
+        if len(kept) != len(self.rows):
+            self.rows = kept
+            self._rewrite()
 
     def _rewrite(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ of ``engine/methods.py`` plus ``key=value`` overrides, i.e. exactly
 
 Resuming: a (row, seed) already in ``results.csv`` or whose run folder holds its metrics file
 (``metrics.json``; ``metrics_val_lr.json`` with ``--split val``) is
-not trained again; one with ``checkpoints/last.pt`` continues from it (as ``train.py --resume``);
+not trained again; one with ``checkpoints/last.pt`` or ``recovery.pt`` continues (as ``train.py --resume``);
 a run folder with neither is started afresh. A run folder trained with other settings stops the
 runner (ConfigError naming the differing keys) instead of being mixed into the table.
 
@@ -28,8 +28,6 @@ import csv
 import json
 import logging
 import multiprocessing
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -53,6 +51,7 @@ from engine.config import (
     get_method,
     load_config,
 )
+from engine.runtime import available_cpus, cpu_model
 from engine.tables import plot_bars, read_results, result_row, write_markdown, write_results
 from engine.testing import metrics_file, run_test
 from engine.trainer import Trainer
@@ -212,7 +211,7 @@ def train_and_test(config: Config, datasets: _Datasets, figures_root: Path, prog
     """Train ``config``'s run (resuming a checkpoint if there is one) and test it on ``split``; returns its metrics."""
     run_dir = config.run_dir
     last = run_dir / "checkpoints" / "last.pt"
-    resume = last.is_file()
+    resume = last.is_file() or (run_dir / "checkpoints" / "recovery.pt").is_file()  # killed inside its first epoch
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # started but no checkpoint yet: start again cleanly
     trainer = Trainer(config, progress=progress)
@@ -226,14 +225,10 @@ def train_and_test(config: Config, datasets: _Datasets, figures_root: Path, prog
 
 
 def machine_note(jobs: int = 1) -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}; {jobs} run(s) at once, {threads} CPU thread(s) each"
+    threads = max(1, available_cpus() // jobs) if jobs > 1 else available_cpus()
+    return f"{cpu}, {available_cpus()} cores, {gpu}; torch {torch.__version__}; {jobs} run(s) at once, {threads} CPU thread(s) each"
 
 
 def _train_and_test_in_worker(config_values: dict, figures_root: str, split: str) -> float:
@@ -305,7 +300,7 @@ def run_table(
             train_and_test(config, datasets, out_dir / "figures", progress, split)
             record(row, seed, config, time.perf_counter() - started)
     elif todo:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        threads = max(1, available_cpus() // jobs)
         context = multiprocessing.get_context("spawn")  # never fork a process that runs torch
         with ProcessPoolExecutor(jobs, mp_context=context) as pool:
             futures = {}
@@ -337,7 +332,7 @@ def write_outputs(spec: TableSpec, results: Sequence[dict], out_dir: Path, notes
 def default_jobs(device: str | None) -> int:
     """Two single-thread runs at once on a CPU with 2+ cores; one run at a time on a GPU."""
     on_gpu = (device or "auto") != "cpu" and (torch.cuda.is_available() or (device or "").startswith("cuda"))
-    return 1 if on_gpu else min(2, os.cpu_count() or 1)
+    return 1 if on_gpu else min(2, available_cpus())
 
 
 def get_args_parser(description: str, default_out: str) -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -10,15 +11,20 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from data.cache import MANIFEST, read_settings
 from data.degrade import bicubic_upsample
-from engine.builders import build_dataset, build_loader, build_model, select_device
+from data.records import DataError
+from engine.builders import build_dataset, build_loader, build_model, cache_path, select_device
 from engine.checkpoint import load_checkpoint, load_model_state
-from engine.config import Config, config_from_dict
+from engine.config import Config, config_from_dict, validate
 from engine.evaluator import EvalResult, Mode, evaluate
+from engine.runtime import configure_threads
 from evaluation import report
 from evaluation.metrics import roc_curves
 from models import DeepMTDR
 from models.cam import gradcam
+
+log = logging.getLogger(__name__)
 
 
 class GraderOnImage(nn.Module):
@@ -105,6 +111,34 @@ def checkpoint_tag(checkpoint: str | Path) -> str:
     return "" if stem in ("best", "last") else f"_{stem}"
 
 
+REPORT_FIGURES = (("confusion matrix", "confusion_matrix.png"), ("ROC curves", "roc_curves.png"),
+                  ("lesion precision-recall curves", "lesion_pr_curves.png"))
+
+
+def use_dataset(config: Config, checkpoint: str | Path, name: str | None = None, root: str | None = None) -> None:
+    """Point ``config`` at dataset ``name`` under ``root`` (test.py --dataset/--data-root); a public
+    dataset whose folder is not here (and not cached) stops with the flag to pass."""
+    data = config.data
+    if name and name != data.dataset:
+        data.dataset, data.root = name, None
+    if root:
+        data.root = str(root)
+    cache = cache_path(config)
+    if data.dataset == "synthetic" or (cache / MANIFEST).is_file():
+        built_from = (read_settings(cache) or {}).get("root") if data.dataset != "synthetic" else None
+        if root and built_from and Path(built_from) != Path(root).expanduser().resolve():
+            log.warning("evaluating the cache %s, built from %s, not from --data-root %s (remove the cache to rebuild it from there)",
+                        cache, built_from, root)
+        validate(config)
+        return
+    if not data.root:
+        raise DataError(f"{checkpoint} was not trained on {data.dataset}: pass --data-root PATH (your copy of {data.dataset})")
+    if not Path(data.root).expanduser().exists():
+        where = f"--data-root {data.root}" if root else f"{data.root}, the {data.dataset} folder recorded in {checkpoint},"
+        raise DataError(f"{where} does not exist here: pass --data-root PATH (your copy of {data.dataset})")
+    validate(config)
+
+
 def run_test(
     checkpoint: str | Path,
     split: str = "test",
@@ -114,6 +148,8 @@ def run_test(
     progress=None,
     mode: Mode | None = None,
     dataset: Dataset | None = None,
+    dataset_name: str | None = None,
+    data_root: str | None = None,
 ) -> tuple[dict, Path]:
     """Evaluate ``checkpoint`` on ``split``; writes metrics JSON, predictions CSV and figures.
 
@@ -121,10 +157,17 @@ def run_test(
     images (the upper bound SR aims at); None takes the run's ``test.input`` (``hr`` for the
     ``hr_cls`` method, else ``lr``). The test split in that mode writes ``<run>/metrics.json``;
     other splits or modes get suffixed names (``metrics_val_hr.json``) so nothing is overwritten.
-    ``dataset`` (already built for this config and split) saves rendering it again. Returns
+    ``dataset`` (already built for this config and split) saves rendering it again.
+    ``dataset_name``/``data_root`` point the checkpoint at another copy of a dataset (a released
+    checkpoint on the user's own IDRiD); a release writes under its own name (``runs/<release>``).
+    Writes ``report.html`` (every table and figure in one file) next to the figures. Returns
     (metrics, run dir).
     """
     model, config, state = load_trained(checkpoint, device)
+    use_dataset(config, checkpoint, dataset_name, data_root)
+    if state.get("release"):
+        config.run.name = state["release"]["name"]
+    configure_threads(config.run.threads)
     mode = mode or config.test.input
     device_ = next(model.parameters()).device
     dataset = dataset if dataset is not None else build_dataset(config, split)
@@ -146,13 +189,16 @@ def run_test(
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = metrics_file(run_dir, split, mode, config.test.input, checkpoint)
     suffix = metrics_path.stem.removeprefix("metrics")
+    figures = Path(figures_root) / config.run.name / suffix.lstrip("_")
+    metrics["report"] = str(figures / "report.html")
     metrics_path.write_text(json.dumps(_json_safe(metrics), indent=2))
     write_predictions(result, run_dir / f"predictions_{split}{'_hr' if mode == 'hr' else ''}{checkpoint_tag(checkpoint)}.csv")
-    figures = Path(figures_root) / config.run.name / suffix.lstrip("_")
     if "grading" in metrics:
         report.plot_confusion(metrics["grading"]["confusion"], figures / "confusion_matrix.png")
         report.plot_roc(roc_curves(result.grades.numpy(), result.probs.numpy()), figures / "roc_curves.png")
     if result.seg is not None:
         report.plot_lesion_pr(result.seg.curves(), figures / "lesion_pr_curves.png")
-    sample_panels(model, dataset, device_, samples, figures / "samples", mode)
+    panels = sample_panels(model, dataset, device_, samples, figures / "samples", mode)
+    drawn = [(title, figures / name) for title, name in REPORT_FIGURES if (figures / name).is_file()]
+    report.write_test_report(figures / "report.html", metrics, drawn, panels)
     return metrics, run_dir

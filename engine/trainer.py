@@ -20,12 +20,13 @@ and then back-propagated through its modified weights).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from data.crop import random_crop, random_flip
+from data.lock import FolderLock, LockError
 from engine import distributed
 from engine.builders import (
     build_dataset,
@@ -45,17 +47,24 @@ from engine.builders import (
     stage_subset,
 )
 from engine.checkpoint import (
+    RESUME_MAY_CHANGE,
     CheckpointError,
+    config_differences,
     link_checkpoint,
     load_checkpoint,
     load_model_state,
+    remove_stale_temporaries,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    without_optimizers,
 )
-from engine.config import STAGES, Config, StageConfig, save_config
+from engine.config import STAGES, Config, StageConfig, config_from_dict, save_config
 from engine.evaluator import evaluate, selection_metric, stage_eval_mode
+from engine.frozen_cache import FrozenOutputs, IndexedDataset, weights_fingerprint
+from engine.runtime import configure_threads, resolve_speed
 from engine.logging import CSVLog, TensorBoardLog
+from engine.reliability import SYNC_EVERY_STEPS, NonFiniteGuard, Preempted, StopSignals, TrainingError
 from models.cam import stage_cams, target_weights
 from models.deepmt_dr import any_lesion_map
 from models.losses import (
@@ -73,6 +82,8 @@ log = logging.getLogger(__name__)
 # Which sub-nets each stage trains; the others are frozen and kept in eval mode.
 TRAINABLE = {"isr": ("isr", "seg"), "seg": ("seg",), "cls": ("grader", "cam_fusion"), "joint": ("isr", "grader")}
 LR_FIELD = {"isr": "lr_isr", "seg": "lr_seg", "grader": "lr_cls", "cam_fusion": "lr_fusion"}
+RECOVERY_FILE = "recovery.pt"  # checkpoints/: the one checkpoint written inside an epoch
+LOCK_FILE = "train.lock"  # runs/<name>/: held by the run folder's one writer (data/lock.py)
 
 
 def _lr_lambda(settings: StageConfig) -> Callable[[int], float]:
@@ -86,24 +97,36 @@ def _lr_lambda(settings: StageConfig) -> Callable[[int], float]:
 class Trainer:
     """Owns the model, data, optimisers and run folder of one training run."""
 
+    # Set by fit() and train_stage(); train_one_epoch also runs without them (tests, benchmarks).
+    signals: StopSignals | None = None
+    guard: NonFiniteGuard | None = None
+    latest_checkpoint: Path | None = None
+    saved_at: float = 0.0  # time.monotonic() of the last checkpoint written (recovery timer)
+
     def __init__(self, config: Config, progress: Callable | None = None) -> None:
         self.config = config
         self.progress = progress
-        if config.run.threads:
-            torch.set_num_threads(config.run.threads)
+        self.threads = configure_threads(config.run.threads)
         seed_everything(config.run.seed, config.run.deterministic)
         self.world, self.device = distributed.setup(select_device(config.run.device))
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = config.run.cudnn_benchmark and not config.run.deterministic
+        # run.amp / run.channels_last "auto" resolved for this device (engine/runtime.py).
+        self.speed = resolve_speed(config.run.amp, config.run.channels_last, self.device, config.run.amp_dtype)
+        self.channels_last = self.speed.channels_last
         self.model = build_model(config).to(self.device)
         self._apply_fast_paths()
         self.run_dir = config.run_dir
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        self.amp_enabled = config.run.amp
+        self.amp_enabled = self.speed.amp
+        log.info("speed: %s", self.speed.describe(self.threads))
         self.amp_dtype = torch.bfloat16 if config.run.amp_dtype == "bfloat16" else torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_enabled and self.amp_dtype == torch.float16)
         self.global_step = 0
         self.crop_generator: torch.Generator | None = None  # reseeded per epoch (train_one_epoch)
+        # Frozen nets' outputs of the training / validation images (train.cache_frozen).
+        self.frozen_train: FrozenOutputs | None = None
+        self.frozen_val: FrozenOutputs | None = None
         self.csv: CSVLog | None = None
         self.tensorboard: TensorBoardLog | None = None
 
@@ -118,7 +141,7 @@ class Trainer:
                 log.warning("run.sync_batchnorm needs CUDA; BatchNorm statistics stay per process")
         if model.seg is not None:
             model.seg.checkpoint = self.config.model.seg_checkpoint
-        if run.channels_last:
+        if self.channels_last:
             model.to(memory_format=torch.channels_last)
         distributed.broadcast_module(model)  # every process starts from rank 0's weights
         if run.compile:
@@ -201,13 +224,15 @@ class Trainer:
     def _batch(self, batch: dict, stage: str) -> dict:
         """Move a training batch to the device (images channels-last when the model is), flip if
         ``data.flip``, crop for isr/seg."""
-        images_format = torch.channels_last if self.config.run.channels_last else torch.preserve_format
+        images_format = torch.channels_last if self.channels_last else torch.preserve_format
         batch = {
             key: value.to(self.device, non_blocking=True, memory_format=images_format if key in ("hr", "lr") else torch.preserve_format)
             if torch.is_tensor(value)
             else value
             for key, value in batch.items()
         }
+        if self.frozen_train is not None and "index" in batch and stage in ("cls", "joint"):
+            batch.update(self.frozen_train.lookup(batch["index"]))  # flipped below with the images
         if self.config.data.flip:
             batch = random_flip(batch, self.crop_generator)
         if stage in ("isr", "seg"):
@@ -235,8 +260,17 @@ class Trainer:
         """What the seg and cls stages learn from: HR, or the frozen ISR's output of LR (``train.input``)."""
         if self.config.train.input == "hr":
             return batch["hr"]
+        if "stage_image" in batch:  # cached once for the stage (engine/frozen_cache.py)
+            return batch["stage_image"]
         with torch.no_grad():
             return self.model.isr(batch["lr"])
+
+    def _frozen_lesions(self, batch: dict, image: torch.Tensor) -> torch.Tensor:
+        """The frozen segmentation net's lesion logits of ``image``: cached, or computed without a graph."""
+        if "lesion_logits" in batch:
+            return batch["lesion_logits"]
+        with torch.no_grad():
+            return self.model.segment(image)
 
     def step_seg(self, batch: dict) -> dict[str, torch.Tensor]:
         loss = segmentation_loss(self.model.seg(self._stage_image(batch)), batch["masks"], batch["mask_valid"])
@@ -245,8 +279,7 @@ class Trainer:
 
     def step_cls(self, batch: dict) -> dict[str, torch.Tensor]:
         weights, model, image = self.config.loss, self.model, self._stage_image(batch)
-        with torch.no_grad():
-            lesion_logits = model.segment(image)
+        lesion_logits = self._frozen_lesions(batch, image)
         result = model.grade_with_lesions(image, lesion_logits)
         losses = {"ce": grading_loss(result.grade_logits, batch["grade"], self.class_weights)}
         total = weights.cls_weight * losses["ce"]
@@ -296,8 +329,7 @@ class Trainer:
         grader_params = [p for p in model.grader.parameters() if p.requires_grad]
         losses = {"ce": ce, "pixel": pixel_loss(sr, hr, weights.pixel), "tv": tv_loss(sr)}
         isr_total = weights.pixel_weight * losses["pixel"] + weights.tv_weight * losses["tv"] + weights.cls_weight * losses["ce"]
-        with torch.no_grad():
-            hr_lesions = model.segment(hr)
+        hr_lesions = self._frozen_lesions(batch, hr)
         if model.use_lesions and weights.seg_aware_weight > 0:
             losses["seg_aware"] = seg_aware_loss(result.lesion_logits, hr_lesions)
             isr_total = isr_total + weights.seg_aware_weight * losses["seg_aware"]
@@ -322,7 +354,7 @@ class Trainer:
         data = self.config.data
         batch = distributed.local_batch_size(getattr(self.config.train, stage).batch_size, self.world, f"train.{stage}.batch_size")
         return build_loader(
-            stage_subset(self.train_set, stage),
+            IndexedDataset(stage_subset(self.train_set, stage)),  # "index": the row of the frozen-output cache
             batch,
             True,
             self._stage_seed(stage),
@@ -334,41 +366,157 @@ class Trainer:
         )
 
     def train_one_epoch(
-        self, stage: str, epoch: int, optimizers: dict[str, torch.optim.Optimizer], loader: DataLoader | None = None
+        self,
+        stage: str,
+        epoch: int,
+        optimizers: dict[str, torch.optim.Optimizer],
+        loader: DataLoader | None = None,
+        position: dict | None = None,
+        save_recovery: Callable[[dict], None] | None = None,
     ) -> dict[str, float]:
+        """One epoch of ``stage``; from ``position`` (a recovery checkpoint's place in it) when resumed.
+
+        ``save_recovery(position)`` writes a recovery checkpoint: every ``train.checkpoint_every_steps``
+        steps / ``checkpoint_every_minutes`` minutes, and at the step boundary after SIGTERM or
+        SIGINT, which then raises :class:`Preempted`. A position holds what the epoch's remaining
+        steps depend on beyond the stage's state: batches done (the sampler skips them unloaded),
+        the crop/flip generator, the running loss sums.
+        """
         settings: StageConfig = getattr(self.config.train, stage)
-        seed = self._stage_seed(stage) + epoch
-        self.crop_generator = torch.Generator().manual_seed(seed)
+        self.crop_generator = torch.Generator().manual_seed(self._stage_seed(stage) + epoch)
         loader = loader if loader is not None else self.train_loader(stage)
         loader.sampler.set_epoch(epoch)
-        max_steps = self.config.train.max_steps_per_epoch or len(loader)
+        total = min(settings.max_steps or self.config.train.max_steps_per_epoch or len(loader), len(loader))
+        guard = self.guard if self.guard is not None else NonFiniteGuard(self.device)
+        guard.new_epoch()
+        done, since_save, sums, good = 0, 0, {}, torch.zeros((), device=self.device)
+        if position is not None:
+            done = position["batches"]
+            loader.sampler.set_epoch(epoch, start=done * loader.batch_size)
+            self.crop_generator.set_state(position["crop_generator"])
+            sums = {key: value.to(self.device) for key, value in position["sums"].items()}
+            good = position["good_steps"].to(self.device)
+            guard.load_state_dict(position["guard"])
         params = [p for opt in optimizers.values() for group in opt.param_groups for p in group["params"]]
         step_fn = getattr(self, f"step_{stage}")
-        sums: dict[str, torch.Tensor] = {}
-        steps = 0
-        batches = self.progress(loader, total=min(max_steps, len(loader)), desc=f"{stage} {epoch + 1}/{settings.epochs}") if self.progress else loader
+        resumed = {"initial": done} if done else {}
+        batches = self.progress(loader, total=total, desc=f"{stage} {epoch + 1}/{settings.epochs}", **resumed) if self.progress else loader
         for batch in batches:
-            if steps >= max_steps:
+            if done >= total:
                 break
-            with self.autocast():
-                losses = step_fn(self._batch(batch, stage))
-            distributed.average_gradients(params)
-            if self.config.train.clip_grad > 0:
-                for optimizer in optimizers.values():
-                    self.scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, self.config.train.clip_grad)
-            for optimizer in optimizers.values():
-                self.scaler.step(optimizer)
-                optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0) + value.detach().float()
-            steps += 1
+            try:
+                with self.autocast():
+                    losses = step_fn(self._batch(batch, stage))
+            except torch.OutOfMemoryError:
+                raise TrainingError(self._out_of_memory_message(stage, first=self.global_step == 0)) from None
+            found_inf = self._apply_gradients(optimizers, params, losses, guard)
+            for key, value in losses.items():  # a skipped step's losses stay out of the epoch's means
+                sums[key] = sums.get(key, 0) + torch.where(found_inf > 0, 0.0, value.detach().float())
+            good = good + (1 - found_inf)
+            done, since_save = done + 1, since_save + 1
             self.global_step += 1
-        # Mean over the processes' steps (one all-reduce per epoch, not per step).
-        totals = distributed.all_reduce_sum(torch.stack([sums[key] for key in sums] + [torch.tensor(float(steps), device=self.device)]))
+            if done % SYNC_EVERY_STEPS == 0:
+                self._check_guard(guard, stage, epoch)
+            stop = self._stop_requested(done)
+            due = done < total and self.world.is_main and self._recovery_due(since_save)  # rank 0 alone writes
+            if save_recovery is not None and (stop or due):
+                save_recovery({
+                    "batches": done,
+                    "crop_generator": self.crop_generator.get_state(),
+                    "sums": {key: value.cpu() for key, value in sums.items()},
+                    "good_steps": good.cpu(),
+                    "guard": guard.state_dict(),
+                })
+                since_save = 0
+            if stop:
+                distributed.barrier()  # rank 0's recovery checkpoint is on disk before any process exits
+                raise Preempted(f"stopped by {self._signal_name()} in stage {stage}, epoch {epoch + 1}, after batch {done}; "
+                                f"{self._where_saved()}")
+        skipped = self._check_guard(guard, stage, epoch)
+        # Mean over the processes' applied steps (one all-reduce per epoch, not per step).
+        totals = distributed.all_reduce_sum(torch.stack([sums[key] for key in sums] + [good]))
         steps_all = float(totals[-1])
-        return {f"train_{key}": float(value) / max(steps_all, 1) for key, value in zip(sums, totals[:-1])}
+        row = {f"train_{key}": float(value) / steps_all if steps_all else math.nan for key, value in zip(sums, totals[:-1])}
+        return {**row, "skipped_steps": skipped}
+
+    def _apply_gradients(self, optimizers: dict[str, torch.optim.Optimizer], params: list, losses: dict, guard: NonFiniteGuard) -> torch.Tensor:
+        """Average, check, clip and apply one step's gradients; returns the step's 0/1 non-finite flag.
+
+        A step with a non-finite loss or gradient changes no weight and no optimiser state. Adam
+        ``fused`` (run.optimizer_impl=auto on CUDA) and the float16 GradScaler skip it on the device;
+        the other implementations need the flag on the host, which on the CPU is a memory read.
+        """
+        distributed.average_gradients(params)
+        for optimizer in optimizers.values():
+            self.scaler.unscale_(optimizer)  # a no-op without float16 autocast
+        found_inf = guard.check(losses.values(), (p.grad for p in params if p.grad is not None))
+        if self.config.train.clip_grad > 0:
+            nn.utils.clip_grad_norm_(params, self.config.train.clip_grad)
+        skip_on_host = None
+        for optimizer in optimizers.values():
+            if self.scaler.is_enabled():
+                self.scaler.step(optimizer)  # skips on its own found-inf
+            elif getattr(optimizer, "_step_supports_amp_scaling", False):
+                optimizer.found_inf = found_inf  # read by fused Adam on the device (as GradScaler does)
+                optimizer.step()
+                del optimizer.found_inf
+            else:
+                if skip_on_host is None:
+                    skip_on_host = bool(found_inf.item())
+                if not skip_on_host:
+                    optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()
+        return found_inf
+
+    def _check_guard(self, guard: NonFiniteGuard, stage: str, epoch: int) -> int:
+        """Read the guard (a host read, every few steps); stop after more than train.max_bad_steps bad steps in a row."""
+        skipped, longest = guard.read()
+        limit = self.config.train.max_bad_steps
+        if longest > limit:
+            raise TrainingError(
+                f"stopped in stage {stage}, epoch {epoch + 1}: {longest} steps in a row had a non-finite loss or gradient "
+                f"(train.max_bad_steps={limit}); none was applied, so {self._where_saved()} with the last good weights; "
+                "lower the learning rates or check the data"
+            )
+        return skipped
+
+    def _stop_requested(self, step: int | None = None) -> bool:
+        """Whether SIGTERM/SIGINT asked to stop. Under torchrun every process must stop at the same
+        step: they agree by an all-reduce every SYNC_EVERY_STEPS steps (``step``) or when asked (None)."""
+        received = self.signals is not None and self.signals.received is not None
+        if not self.world.distributed:
+            return received
+        if step is not None and step % SYNC_EVERY_STEPS:
+            return False
+        return distributed.any_rank(received, self.device)
+
+    def _signal_name(self) -> str:
+        return (self.signals.name if self.signals is not None else "") or "a signal to another process"
+
+    def _where_saved(self) -> str:
+        if self.latest_checkpoint is None:
+            return "no checkpoint was written yet"
+        return f"{self.latest_checkpoint} holds the run (rerun the same command with --resume to continue)"
+
+    def _recovery_due(self, steps_since_save: int) -> bool:
+        train = self.config.train
+        if train.checkpoint_every_steps and steps_since_save >= train.checkpoint_every_steps:
+            return True
+        return train.checkpoint_every_minutes > 0 and time.monotonic() - self.saved_at >= 60 * train.checkpoint_every_minutes
+
+    def _out_of_memory_message(self, stage: str, first: bool) -> str:
+        """What ran out, and the switches that cut memory which are not on yet."""
+        batch = getattr(self.config.train, stage).batch_size
+        switches = [] if self.config.model.seg_checkpoint else ["model.seg_checkpoint=true (recomputes the segmentation net's activations)"]
+        if not self.amp_enabled:
+            switches.append("run.amp=true (bf16 autocast)")
+        switches.append(f"a smaller train.{stage}.batch_size")
+        return (
+            f"out of memory on {self.device} in {'the first' if first else 'a'} {stage} step (train.{stage}.batch_size={batch}, "
+            f"{batch // self.world.size} per process, data.hr_size={self.config.data.hr_size}); to cut memory try "
+            + ", ".join(switches)
+        )
 
     def val_loader(self, stage: str) -> DataLoader:
         """The stage's validation images, each evaluated by exactly one process."""
@@ -378,7 +526,85 @@ class Trainer:
 
     def validate(self, stage: str) -> dict:
         mode = stage_eval_mode(stage, self.config.train.input)
-        return evaluate(self.model, self.val_loader(stage), self.device, mode, self.autocast).metrics
+        loader = self.val_loader(stage)
+        frozen = self._frozen_val_lesions(stage, mode, loader)
+        return evaluate(self.model, loader, self.device, mode, self.autocast, frozen=frozen).metrics
+
+    # ----------------------------------------------------------------- frozen outputs, once per stage
+    def _cache_plan(self, stage: str) -> tuple[str, list[nn.Module | None]] | None:
+        """What the stage's frozen nets compute from each training image ("hr" or "lr": its
+        lesion maps, plus the SR image for "lr") and which nets that depends on; None: no cache."""
+        if not self.config.train.cache_frozen or not self.model.use_lesions or stage not in ("cls", "joint"):
+            return None
+        if stage == "cls" and self.config.train.input == "lr":
+            return "lr", [self.model.isr, self.model.seg]
+        return "hr", [self.model.seg]
+
+    def _fits_cache(self, count: int, shapes: dict[str, tuple[int, ...]], what: str) -> bool:
+        dtype = self.amp_dtype if self.amp_enabled else torch.float32
+        needed = FrozenOutputs.bytes_needed(count, shapes, dtype)
+        if needed > self.config.train.cache_max_gb * 2**30:
+            log.info("not caching %s: %.2f GB > train.cache_max_gb=%g; computing them every step", what, needed / 2**30,
+                     self.config.train.cache_max_gb)
+            return False
+        return True
+
+    def _cache_frozen_outputs(self, stage: str) -> None:
+        """Compute the stage's frozen outputs of every training image once (reused by a later stage
+        whose frozen nets have the same weights), or drop the cache when the stage has none."""
+        plan = self._cache_plan(stage)
+        if plan is None:
+            self.frozen_train = None
+            return
+        kind, nets = plan
+        subset = stage_subset(self.train_set, stage)  # cls: graded images only; joint: all
+        images = getattr(subset, "indices", range(len(subset)))
+        key = f"{kind}:{hashlib.sha256(str(list(images)).encode()).hexdigest()}:{weights_fingerprint(nets)}"
+        if self.frozen_train is not None and self.frozen_train.fingerprint == key:
+            return
+        self.frozen_train = None
+        dataset = IndexedDataset(subset)
+        size, lesions = self.config.data.hr_size, self.model.seg.num_lesions
+        shapes = {"lesion_logits": (lesions, size, size), **({"stage_image": (3, size, size)} if kind == "lr" else {})}
+        if not self._fits_cache(len(dataset), shapes, f"the {stage} stage's frozen outputs"):
+            return
+        batch = getattr(self.config.train, stage).batch_size
+        loader = build_loader(dataset, batch, False, 0, self.config.data.num_workers)  # every process: every image
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+
+        def outputs(batch: dict) -> dict[str, torch.Tensor]:
+            with self.autocast():
+                if kind == "hr":
+                    return {"lesion_logits": self.model.segment(batch["hr"].contiguous(memory_format=memory_format))}
+                image = self.model.isr(batch["lr"].contiguous(memory_format=memory_format))
+                return {"lesion_logits": self.model.segment(image), "stage_image": image}
+
+        started = time.perf_counter()
+        self.frozen_train = FrozenOutputs.compute(loader, outputs, self.device, key, self.progress)
+        log.info("cached the frozen nets' outputs of %d %s images in %.1f s", len(dataset), kind.upper(), time.perf_counter() - started)
+
+    def _frozen_val_lesions(self, stage: str, mode: str, loader: DataLoader) -> FrozenOutputs | None:
+        """The validation images' lesion logits while the segmentation net (and, in LR mode, the
+        ISR net) is frozen: the cls stage. Computed at the stage's first validation."""
+        if stage != "cls" or not self.config.train.cache_frozen or not self.model.use_lesions:
+            return None
+        nets = [self.model.seg] + ([self.model.isr] if mode == "lr" else [])
+        key = f"{mode}:{weights_fingerprint(nets)}"
+        if self.frozen_val is not None and self.frozen_val.fingerprint == key:
+            return self.frozen_val
+        self.frozen_val = None
+        size = self.config.data.hr_size
+        if not self._fits_cache(len(loader.sampler), {"lesion_logits": (self.model.seg.num_lesions, size, size)}, "validation lesion maps"):
+            return None
+        self.model.eval()
+
+        def outputs(batch: dict) -> dict[str, torch.Tensor]:
+            with self.autocast():  # what evaluate() computes from the same images
+                image = self.model.isr(batch["lr"]).float() if mode == "lr" else batch["hr"]
+                return {"lesion_logits": self.model.segment(image)}
+
+        self.frozen_val = FrozenOutputs.compute(loader, outputs, self.device, key)
+        return self.frozen_val
 
     def _state(self, stage: str, epoch: int, optimizers, schedulers, best: float, best_epoch: int) -> dict:
         return {
@@ -395,27 +621,43 @@ class Trainer:
             "best_epoch": best_epoch,
         }
 
-    def train_stage(self, stage: str, resume: dict | None = None) -> None:
+    def train_stage(self, stage: str, resume: dict | None = None, final: bool = True) -> None:
+        """Train ``stage`` from its start, or from ``resume`` (an epoch-end or a recovery checkpoint).
+
+        ``final``: no later stage follows, so the stage's last checkpoint keeps the optimiser state
+        that training it for more epochs needs; a finished earlier stage's does not (run.keep).
+        """
         settings: StageConfig = getattr(self.config.train, stage)
         optimizers = self._prepare_stage(stage)
+        self._cache_frozen_outputs(stage)
         schedulers = {
             name: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(settings)) for name, opt in optimizers.items()
         }
-        start_epoch, best, best_epoch = 0, -math.inf, 0
+        start_epoch, best, best_epoch, position = 0, -math.inf, 0, None
+        self.guard = NonFiniteGuard(self.device)
         if resume is not None:
-            for name, opt in optimizers.items():
-                opt.load_state_dict(resume["optimizers"][name])
+            start_epoch, best, best_epoch = resume["epoch"], resume["best_metric"], resume["best_epoch"]
+            position = resume.get("position")
+            if "optimizers" in resume:
+                for name, opt in optimizers.items():
+                    opt.load_state_dict(resume["optimizers"][name])
+            elif start_epoch < settings.epochs:
+                raise CheckpointError(
+                    f"the last checkpoint of stage {stage} holds no optimiser state (a finished stage followed by another), "
+                    f"so it cannot train train.{stage}.epochs={settings.epochs} > {start_epoch}"
+                )
             for name, sched in schedulers.items():
                 sched.load_state_dict(resume["schedulers"][name])
             self.scaler.load_state_dict(resume["scaler"])
             set_rng_state(resume["rng"])
-            start_epoch, best, best_epoch = resume["epoch"], resume["best_metric"], resume["best_epoch"]
             self.global_step = resume["step"]
+        self.saved_at = time.monotonic()
         loader = self.train_loader(stage)
         for epoch in range(start_epoch, settings.epochs):
             started = time.perf_counter()
             row = {"stage": stage, "epoch": epoch + 1, "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"]}
-            row.update(self.train_one_epoch(stage, epoch, optimizers, loader))
+            save_recovery = partial(self._write_recovery, stage, epoch, optimizers, schedulers, best, best_epoch)
+            row.update(self.train_one_epoch(stage, epoch, optimizers, loader, position if epoch == start_epoch else None, save_recovery))
             for scheduler in schedulers.values():
                 scheduler.step()
             is_last = epoch + 1 == settings.epochs
@@ -424,29 +666,66 @@ class Trainer:
                 metric = selection_metric(stage, metrics)
                 row.update(_flat_val_metrics(metrics))
                 row["val_selection"] = metric
-                if not math.isnan(metric) and metric > best:
+                if math.isfinite(metric) and metric > best:  # a NaN metric never becomes best
                     best, best_epoch = metric, epoch + 1
                     row["is_best"] = 1
                 self._set_modes(stage)  # evaluate() left everything in eval mode
             row["seconds"] = round(time.perf_counter() - started, 2)
             if self.world.is_main:  # one writer; every process holds the same weights
-                self._write_epoch(stage, row, self._state(stage, epoch + 1, optimizers, schedulers, best, best_epoch))
+                state = self._state(stage, epoch + 1, optimizers, schedulers, best, best_epoch)
+                self._write_epoch(stage, row, state, keep_optimizers=final or not is_last)
+            if not (final and is_last) and self._stop_requested():
+                raise Preempted(f"stopped by {self._signal_name()} after stage {stage}, epoch {epoch + 1}; {self._where_saved()}")
         distributed.barrier()  # rank 0's best checkpoint is on disk before anyone reads it
         best_path = self.checkpoint_dir / f"{stage}_best.pt"
         if best_path.is_file():
             # The next stage starts from this stage's best weights.
             load_model_state(self.model, load_checkpoint(best_path)["model"], best_path)
 
-    def _write_epoch(self, stage: str, row: dict, state: dict) -> None:
-        """Checkpoint (last, and best when it is), CSV row, TensorBoard scalars, log line."""
-        stage_last = save_checkpoint(state, self.checkpoint_dir / f"{stage}_last.pt")
-        link_checkpoint(stage_last, self.checkpoint_dir / "last.pt")
-        if row.get("is_best"):
-            link_checkpoint(stage_last, self.checkpoint_dir / f"{stage}_best.pt")
-            link_checkpoint(stage_last, self.checkpoint_dir / "best.pt")
+    def _write_recovery(self, stage: str, epoch: int, optimizers, schedulers, best: float, best_epoch: int, position: dict) -> None:
+        """The recovery checkpoint (rank 0): the stage's state inside epoch ``epoch`` at ``position``;
+        one file, replaced each time, removed at the epoch's end."""
+        if not self.world.is_main:
+            return
+        state = {**self._state(stage, epoch, optimizers, schedulers, best, best_epoch), "position": position}
+        self.latest_checkpoint = save_checkpoint(state, self.checkpoint_dir / RECOVERY_FILE)
+        self.saved_at = time.monotonic()
+        log.info("recovery checkpoint: stage %s, epoch %d, batch %d", stage, epoch + 1, position["batches"])
+
+    def _write_epoch(self, stage: str, row: dict, state: dict, keep_optimizers: bool = True) -> None:
+        """CSV row, TensorBoard scalars and log line, then the checkpoints (docs/RELIABILITY.md).
+
+        The row comes first: a resumed run drops rows past its checkpoint and writes them again.
+        ``<stage>_best.pt`` (no optimiser state) when the epoch is the best; ``<stage>_last.pt``,
+        with optimiser state when ``keep_optimizers``; the ``best.pt``/``last.pt`` links; run.keep's
+        epoch snapshots. The recovery file is stale after that and goes.
+        """
         self.csv.write(row)
         self.tensorboard.scalars({k: v for k, v in row.items() if k not in ("stage", "epoch")}, self.global_step, f"{stage}/")
         log.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        folder = self.checkpoint_dir
+        weights = without_optimizers(state)
+        best, last = folder / f"{stage}_best.pt", folder / f"{stage}_last.pt"
+        if row.get("is_best"):
+            link_checkpoint(save_checkpoint(weights, best), folder / "best.pt")
+        if keep_optimizers:
+            save_checkpoint(state, last)
+        elif row.get("is_best"):
+            link_checkpoint(best, last)  # the same weights: one file
+        else:
+            save_checkpoint(weights, last)
+        link_checkpoint(last, folder / "last.pt")
+        if self.config.run.keep:
+            snapshot = folder / f"{stage}_epoch{state['epoch']:03d}.pt"
+            if row.get("is_best"):
+                link_checkpoint(best, snapshot)
+            else:
+                save_checkpoint(weights, snapshot)
+            snapshots = sorted(folder.glob(f"{stage}_epoch*.pt"), key=lambda path: int(path.stem.rsplit("epoch", 1)[1]))
+            for old in snapshots[: -self.config.run.keep]:
+                old.unlink()
+        (folder / RECOVERY_FILE).unlink(missing_ok=True)
+        self.latest_checkpoint, self.saved_at = folder / "last.pt", time.monotonic()
 
     def _set_modes(self, stage: str) -> None:
         """Train mode for the sub-nets the stage trains, eval mode (frozen BN statistics) for the rest."""
@@ -454,52 +733,117 @@ class Trainer:
         for module in self._submodules(TRAINABLE[stage]).values():
             module.train()
 
-    def fit(self, resume: bool = False) -> Path:
-        """Run the configured stages (continuing ``last.pt`` when ``resume``); returns the run folder.
+    def fit(self, resume: bool = False, verify: bool = True) -> Path:
+        """Run the configured stages; returns the run folder.
 
-        Under torchrun every process trains; rank 0 alone builds a missing dataset cache and
-        writes the run folder.
+        ``resume``: continue the newest checkpoint (``recovery.pt`` inside an epoch, else
+        ``last.pt``) when the run has one, else start the run, so a requeued job can always pass
+        it; ``verify=False`` skips the SHA-256 check of that checkpoint. One process writes a run
+        folder (``train.lock``). SIGTERM and SIGINT save a recovery checkpoint at the next step
+        boundary and raise :class:`Preempted`. Under torchrun every process trains; rank 0 alone
+        builds a missing dataset cache and writes the run folder.
         """
+        lock = self._lock_run_folder()
+        self.signals = StopSignals()
+        try:
+            with self.signals:
+                self._fit(resume, verify)
+        finally:
+            self.signals = None
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            if lock is not None:
+                lock.release()
+        return self.run_dir
+
+    def _lock_run_folder(self) -> FolderLock | None:
+        """Rank 0 locks the run folder and clears files half-written by killed runs; if it cannot lock,
+        every process stops."""
+        lock, error = None, None
+        if self.world.is_main:
+            try:
+                lock = FolderLock(self.run_dir / LOCK_FILE, f"run folder {self.run_dir}").acquire()
+            except LockError as caught:
+                error = caught
+        if distributed.any_rank(error is not None, self.device):
+            raise error or LockError(f"run folder {self.run_dir} is in use by another run (rank 0 could not lock it)")
+        if self.world.is_main:
+            for stale in remove_stale_temporaries(self.checkpoint_dir):
+                log.info("removed %s, half-written by a run that was killed", stale)
+        return lock
+
+    def _fit(self, resume: bool, verify: bool) -> None:
         stages = self.config.stages_to_run()
-        resume_state, first = None, 0
+        resume_state, source, first = None, None, 0
         if resume:
-            resume_state = load_checkpoint(self.checkpoint_dir / "last.pt")
-            if resume_state["stage"] not in stages:
-                raise CheckpointError(
-                    f"{self.checkpoint_dir / 'last.pt'} is from stage {resume_state['stage']!r}, "
-                    f"not one of the requested stages {stages}"
-                )
-            load_model_state(self.model, resume_state["model"], self.checkpoint_dir / "last.pt")
-            first = stages.index(resume_state["stage"])
-        elif (self.checkpoint_dir / "last.pt").exists():
+            latest = self._latest_checkpoint(verify)
+            if latest is not None:
+                resume_state, source = latest
+                self._check_resumable(resume_state, source, stages)
+                load_model_state(self.model, resume_state["model"], source)
+                first = stages.index(resume_state["stage"])
+        elif any((self.checkpoint_dir / name).is_file() for name in ("last.pt", RECOVERY_FILE)):
             raise CheckpointError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --name"
             )
-        elif self.config.train.init_from:
-            source = Path(self.config.train.init_from)
-            load_model_state(self.model, load_checkpoint(source)["model"], source)
-            log.info("initialised every sub-net from %s", source)
+        if resume_state is None and self.config.train.init_from:
+            init = Path(self.config.train.init_from)
+            load_model_state(self.model, load_checkpoint(init)["model"], init)
+            log.info("initialised every sub-net from %s", init)
         distributed.barrier()  # every process has checked the folder before rank 0 writes to it
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.config, self.run_dir / "config.yaml")
+            save_config(self.config, self.run_dir / "config.yaml", note=f"resolved here: {self.speed.describe(self.threads)}")
             self._load_datasets()  # a missing cache is built here, by rank 0 alone
         distributed.barrier()
         self._load_datasets()
         if self.world.is_main:
             self.csv = CSVLog(self.run_dir / "log.csv")
+            # Rows past the checkpoint (written just before a kill) are trained and written again.
+            reached = (STAGES.index(resume_state["stage"]), resume_state["epoch"]) if resume_state is not None else (-1, 0)
+            self.csv.keep_rows(lambda row: (STAGES.index(row["stage"]), int(row["epoch"])) <= reached)
             self.tensorboard = TensorBoardLog(self.run_dir)
-        try:
-            for index, stage in enumerate(stages[first:], start=first):
-                reason = self._skip_reason(stage)
-                if reason is not None:
-                    log.info("skipping stage %s: %s", stage, reason)
-                    continue
-                self.train_stage(stage, resume_state if index == first else None)
-        finally:
-            if self.tensorboard is not None:
-                self.tensorboard.close()
-        return self.run_dir
+        if resume_state is not None:
+            position = resume_state.get("position")
+            where = f"inside epoch {resume_state['epoch'] + 1} after batch {position['batches']}" if position else f"after epoch {resume_state['epoch']}"
+            log.info("resuming from %s: stage %s, %s (step %d)", source, resume_state["stage"], where, resume_state["step"])
+        else:
+            log.info("%sstarting the run in %s", f"no checkpoint in {self.checkpoint_dir}: " if resume else "", self.run_dir)
+        planned = []
+        for stage in stages[first:]:
+            reason = self._skip_reason(stage)
+            if reason is None:
+                planned.append(stage)
+            else:
+                log.info("skipping stage %s: %s", stage, reason)
+        for stage in planned:
+            self.train_stage(stage, resume_state if stage == stages[first] else None, final=stage == planned[-1])
+
+    def _latest_checkpoint(self, verify: bool) -> tuple[dict, Path] | None:
+        """The newest of ``recovery.pt`` and ``last.pt`` (by stage, then step; an epoch end beats a
+        recovery checkpoint of the same step), loaded; None when the run has no checkpoint."""
+        found = []
+        for path in (self.checkpoint_dir / RECOVERY_FILE, self.checkpoint_dir / "last.pt"):
+            if path.is_file():
+                state = load_checkpoint(path, verify)
+                found.append(((STAGES.index(state["stage"]), state["step"], "position" not in state), state, path))
+        if not found:
+            return None
+        _, state, path = max(found, key=lambda item: item[0])
+        return state, path
+
+    def _check_resumable(self, state: dict, source: Path, stages: list[str]) -> None:
+        """A resumed run must be the checkpoint's run: its stage requested, its config unchanged
+        except for the keys of RESUME_MAY_CHANGE (run-time switches, epochs, checkpoint cadence)."""
+        if state["stage"] not in stages:
+            raise CheckpointError(f"{source} is from stage {state['stage']!r}, not one of the requested stages {stages}")
+        differences = config_differences(config_from_dict(state["config"]).to_dict(), self.config.to_dict())
+        if differences:
+            allowed = ", ".join(sorted(key for key in RESUME_MAY_CHANGE if not key.startswith("train.") or key.count(".") == 1))
+            raise CheckpointError(
+                f"{source} was trained with another config: {'; '.join(differences)}; resume with the checkpoint's "
+                f"values (only {allowed} and train.<stage>.epochs may change) or start a new --name"
+            )
 
     def _load_datasets(self) -> None:
         for dataset in (self.train_set, self.val_set):

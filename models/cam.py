@@ -15,6 +15,7 @@ Grad-CAM (Selvaraju et al. 2017) weights a layer's activations ``A_k`` by the sp
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -129,6 +130,44 @@ def gradcam(
             (gradient,) = torch.autograd.grad(score, captured[-1])
     finally:
         handle.remove()
-    cam = weighted_activation_map(captured[-1].detach(), gradient)
-    cam = F.interpolate(cam, size=size or tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+    return cam_at_size(captured[-1].detach(), gradient, size or tuple(x.shape[-2:]))
+
+
+def cam_at_size(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Grad-CAM ``[N,1,*size]`` in [0,1] from a layer's activation and the score's gradient there:
+    ReLU of the weighted sum, bilinear resize, per-image min-max (pytorch-grad-cam's convention)."""
+    cam = weighted_activation_map(activation, gradient)
+    cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
     return minmax_normalise(cam)
+
+
+def gradcam_in_forward(
+    forward: Callable[[], torch.Tensor],
+    layer: nn.Module,
+    size: tuple[int, int],
+    weights_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of one forward pass and their Grad-CAM at ``layer``: ``([N,C], [N,1,*size])``, detached.
+
+    What :func:`gradcam` computes, without a second forward: ``layer``'s output is swapped for a
+    leaf that requires grad, so with the model's parameters frozen nothing before ``layer`` records
+    a graph, and the explanation costs the backward of what follows it (for a grader's last stage:
+    the head). ``weights_of(logits)`` gives the ``[N,C]`` weights of each sample's score; default
+    one-hot of its predicted class. Call it under ``torch.no_grad()`` or not; not in inference mode.
+    """
+    captured: list[torch.Tensor] = []
+
+    def swap(_module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf
+
+    handle = layer.register_forward_hook(swap)
+    try:
+        with torch.enable_grad():
+            logits = forward()
+            weights = target_weights(logits, "predicted") if weights_of is None else weights_of(logits.detach())
+            (gradient,) = torch.autograd.grad((logits * weights).sum(), captured[-1])
+    finally:
+        handle.remove()
+    return logits.detach(), cam_at_size(captured[-1].detach(), gradient, size)

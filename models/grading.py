@@ -8,6 +8,8 @@ adaptive max pooling so it also works on feature maps smaller than 4x4.
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 import torch
@@ -107,6 +109,23 @@ class GradingNet(ResNetGrader):
         super().__init__(num_classes, num_lesions, hidden, dropout, pretrained_path, arch="resnet18", pool="spp")
 
 
+# torchvision (torch.hub) names weight files NAME-<first hex digits of their SHA-256>.pth.
+HASH_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.pth?$")
+
+
+def check_hash_prefix(path: Path) -> None:
+    """A file named the torch.hub way must hash to its name's prefix: a corrupt download fails here."""
+    match = HASH_PREFIX.search(path.name)
+    if match is None:
+        return
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(match[1]):
+        raise ValueError(f"{path} is corrupt: its SHA-256 {digest.hexdigest()[:len(match[1])]}... does not start with {match[1]}, as its name says")
+
+
 def load_torchvision_state(path: str | Path, arch: str) -> dict[str, torch.Tensor]:
     """A torchvision ``arch`` ImageNet state dict from a local file (nothing is downloaded)."""
     path = Path(path)
@@ -115,6 +134,7 @@ def load_torchvision_state(path: str | Path, arch: str) -> dict[str, torch.Tenso
             f"ImageNet weights not found at {path}: download torchvision's {arch} weights (e.g. "
             "resnet18-f37072fd.pth) on a machine with internet and pass the local path (model.imagenet_weights=PATH)"
         )
+    check_hash_prefix(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]

@@ -13,6 +13,9 @@ TINY = [
     "model.seg_width=0.25",
     "model.grader_hidden=32",
     "run.threads=2",
+    # The plain fp32 path on every CPU kind (run.amp=auto would pick bf16 only on some).
+    "run.amp=false",
+    "run.channels_last=false",
     *[f"train.{stage}.{key}={value}" for stage in ("isr", "seg", "cls", "joint") for key, value in (("epochs", 1), ("batch_size", 4), ("schedule", "constant"))],
 ]
 

@@ -6,6 +6,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
+from engine.checkpoint import load_checkpoint
 from engine.config import load_config
 from engine.distributed import (
     EpochShuffleSampler,
@@ -104,7 +105,7 @@ def test_distributed_fit_writes_once_and_resumes(tmp_path):
     rows = (run / "log.csv").read_text().splitlines()
     # isr and cls 1 epoch each, then the resumed run's second cls epoch: one line each (rank 0 writes).
     assert [row.split(",")[:2] for row in rows[1:]] == [["isr", "1"], ["cls", "1"], ["cls", "2"]]
-    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["stage"] == "cls"
 
 

@@ -1,0 +1,125 @@
+"""Flip single bytes of a checkpoint and count how many loads notice (docs/RELIABILITY.md).
+
+Run from the repository root:
+    python bench/flip_bytes.py runs/demo/checkpoints/last.pt --flips 1000 [--seed 0]
+    python bench/flip_bytes.py runs/demo/checkpoints/last.pt --flips 1000 --legacy   # the format before checksums
+
+Each trial XORs one byte, at a uniformly random offset, with a random non-zero value in a scratch
+copy (the checkpoint itself is never written), loads the copy and puts the byte back. A trial is
+detected when the load fails; an undetected one either loaded weights that differ from the
+original's (silent corruption) or loaded identical weights. Default: the current format, read by
+``engine.checkpoint.load_checkpoint`` (SHA-256 checked). ``--legacy``: the same state written as a
+bare torch zip (format_version 1) and read as the code before checksums read it (``torch.load(...,
+weights_only=True)`` and a key check). Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import commit
+from bench.machine import cpu_name
+from engine.checkpoint import REQUIRED_KEYS, CheckpointError, load_checkpoint
+
+
+def load_legacy(path: Path) -> dict:
+    """What load_checkpoint did before checksums (format_version 1)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise CheckpointError(f"{path} is not a DeepMT-DR checkpoint")
+    return state
+
+
+def same_weights(state: dict, reference: dict) -> bool:
+    model = state.get("model")
+    if not isinstance(model, dict) or model.keys() != reference.keys():
+        return False
+    return all(isinstance(model[key], torch.Tensor) and model[key].shape == value.shape and torch.equal(model[key], value)
+               for key, value in reference.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--flips", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--legacy", action="store_true", help="measure the bare torch zip format of before checksums")
+    parser.add_argument("--scratch", type=Path, help="folder for the scratch copy (default: /dev/shm when there, else the temp folder)")
+    args = parser.parse_args()
+    reference_state = load_checkpoint(args.checkpoint)
+    reference = reference_state["model"]
+    scratch_root = args.scratch or (Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
+    folder = Path(tempfile.mkdtemp(prefix="flip_bytes_", dir=scratch_root))
+    copy = folder / "copy.pt"
+    try:
+        if args.legacy:
+            torch.save({**reference_state, "format_version": 1}, copy)
+            load = load_legacy
+        else:
+            shutil.copyfile(args.checkpoint, copy)
+            load = load_checkpoint
+        size = copy.stat().st_size
+        started = time.perf_counter()
+        load(copy)
+        clean_load = time.perf_counter() - started
+        rng = random.Random(args.seed)
+        detected, changed, unchanged, undetected_offsets, errors = 0, 0, 0, [], {}
+        started = time.perf_counter()
+        with copy.open("r+b") as file:
+            for _ in range(args.flips):
+                offset, mask = rng.randrange(size), rng.randrange(1, 256)
+                file.seek(offset)
+                original = file.read(1)[0]
+                file.seek(offset)
+                file.write(bytes([original ^ mask]))
+                file.flush()
+                try:
+                    state = load(copy)
+                except Exception as error:  # any failure to load is a detection
+                    detected += 1
+                    errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+                else:
+                    undetected_offsets.append(offset)
+                    if same_weights(state, reference):
+                        unchanged += 1
+                    else:
+                        changed += 1
+                file.seek(offset)
+                file.write(bytes([original]))
+                file.flush()
+        seconds = time.perf_counter() - started
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(json.dumps({
+        "checkpoint": str(args.checkpoint),
+        "format": "legacy bare torch zip (format_version 1)" if args.legacy else "checksummed (format_version 2)",
+        "bytes": size,
+        "flips": args.flips,
+        "seed": args.seed,
+        "detected": detected,
+        "detected_pct": round(100 * detected / max(args.flips, 1), 2),
+        "undetected_weights_changed": changed,
+        "undetected_weights_same": unchanged,
+        "undetected_offsets": undetected_offsets[:20],
+        "errors": errors,
+        "clean_load_seconds": round(clean_load, 3),
+        "seconds": round(seconds, 1),
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "commit": commit(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Grade photographs (``predict.py``): decoded and FOV-cropped in loader workers, graded in batches,
+written as each batch finishes (CSV row, evidence panel, thumbnail, report row), so memory stays
+flat however many photographs a folder holds.
+
+Per photograph: ``data.photo`` decodes it (in ``workers`` threads: PIL and OpenCV release the
+GIL while they decode and resize, and threads, unlike forked loader processes, cannot inherit a
+lock that an OpenCV or OpenMP thread of the caller held at fork time, a hang seen in testing) and makes the HR-size FOV square with the training
+cache's own code; ``data.quality`` flags it; the batch is degraded to the model's LR input with
+``data.degrade`` (as in training) and run LR -> SR -> lesions -> grade (``input="hr"``: the HR
+square is graded directly); Grad-CAM of the predicted grade comes from the same grader pass
+(``models.cam.gradcam_in_forward``). ``tta``: the four flips of the input, probabilities and
+lesion maps averaged.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from data.degrade import degrade
+from data.photo import MAX_PIXELS, PhotoDataset, PhotoInput
+from data.records import GRADE_NAMES, LESIONS, DataError
+from engine.config import Config
+from engine.evaluator import Mode
+from engine.runtime import resolve_speed
+from evaluation.evidence import LESION_THRESHOLD, draw_panel, panel_title
+from evaluation.report import PredictionReport
+from models import DeepMTDR
+from models.cam import gradcam_in_forward
+
+REFERABLE_GRADE = 2  # ICDR moderate or worse: refer
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # identity, left-right, top-bottom, both
+STATUSES = ("ok", "ungradable", "unreadable", "empty", "too_large", "missing")
+
+
+def csv_columns(num_classes: int) -> list[str]:
+    """predictions.csv's header (DESIGN.md section 8: path, status, grade, p0.., p_referable first)."""
+    return [
+        "path", "status", "grade", *[f"p{c}" for c in range(num_classes)], "p_referable",
+        *[f"area_{name}" for name in LESIONS], "flags", "reason", "grade_name", "reference_grade",
+        "luminance", "saturated", "sharpness", "fov_fraction", "fov_side", "width", "height", "seconds", "panel", "sr",
+    ]
+
+
+@dataclass
+class PredictSettings:
+    """How to grade: where to write, what to grade from, and the speed switches."""
+
+    out: Path
+    input: Mode | None = None  # None: the checkpoint's test.input
+    batch_size: int = 8
+    tta: bool = False
+    amp: str = "auto"  # auto (bf16 where the hardware has it), on, off
+    panels: bool = True
+    save_sr: bool = False
+    workers: int = 2  # decoding threads; 0: decode in the calling thread
+    max_pixels: int = MAX_PIXELS
+    ignore_quality: bool = False  # grade flagged photographs too (their flags stay in the CSV)
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    csv: Path | None = None
+    report: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def graded(self) -> int:
+        return self.counts.get("ok", 0)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input was graded, 3 when some were not (their rows say why)."""
+        return 0 if self.graded == self.total else 3
+
+
+def _flip(images: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return images.flip(dims) if dims else images
+
+
+class BatchGrader:
+    """A loaded model as one batched call: HR squares ``[N,3,S,S]`` uint8 -> probabilities, lesion
+    maps, SR and Grad-CAM, all on the device, one host copy per batch."""
+
+    def __init__(self, model: DeepMTDR, config: Config, mode: Mode, tta: bool = False, amp: str = "auto") -> None:
+        self.model = model.eval().requires_grad_(False)  # Grad-CAM differentiates after the last stage only
+        self.config, self.mode = config, mode
+        self.device = next(model.parameters()).device
+        self.views = FLIPS if tta else FLIPS[:1]
+        speed = resolve_speed({"auto": "auto", "on": True, "off": False}[amp], "auto", self.device, config.run.amp_dtype)
+        self.speed = speed
+        self.dtype = torch.bfloat16 if self.device.type == "cpu" or config.run.amp_dtype == "bfloat16" else torch.float16
+        self.memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
+        if speed.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.speed.amp else nullcontext()
+
+    def _cam_weights(self, count: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Score weights: the view-averaged predicted grade, on the identity view's rows only."""
+        def weights_of(logits: torch.Tensor) -> torch.Tensor:
+            probabilities = torch.softmax(logits.float(), dim=1).view(len(self.views), count, -1).mean(0)
+            weights = torch.zeros_like(logits)
+            weights[:count] = F.one_hot(probabilities.argmax(1), logits.shape[1]).to(logits.dtype)
+            return weights
+        return weights_of
+
+    @torch.no_grad()
+    def __call__(self, hr: torch.Tensor, fov: torch.Tensor) -> dict[str, torch.Tensor]:
+        count, size = hr.shape[0], tuple(hr.shape[-2:])
+        hr = hr.to(self.device, non_blocking=True).float().div_(255)
+        fov = fov.to(self.device)
+        data = self.config.data
+        lr = degrade(hr, data.scale, data.blur_kernel, data.blur_sigma) if self.mode == "lr" else None
+        source = lr if lr is not None else hr
+        batch = torch.cat([_flip(source, dims) for dims in self.views]).contiguous(memory_format=self.memory_format)
+        with self._autocast():
+            image = self.model.isr(batch) if lr is not None else batch
+            lesion_logits = self.model.segment(image)
+            logits, cam = gradcam_in_forward(
+                lambda: self.model.grade_with_lesions(image, lesion_logits).grade_logits,
+                self.model.grader.stages()[-1], size, self._cam_weights(count),
+            )
+        probabilities = torch.softmax(logits.float(), dim=1).view(len(self.views), count, -1).mean(0)
+        lesions = torch.sigmoid(lesion_logits.float()).view(len(self.views), count, lesion_logits.shape[1], *size)
+        lesions = torch.stack([_flip(lesions[v], self.views[v]) for v in range(len(self.views))]).mean(0)
+        inside = fov.float()
+        lesions = lesions * inside  # outside the field of view there is nothing to find
+        areas = (lesions >= LESION_THRESHOLD).float().sum((2, 3)) / inside.sum((2, 3)).clamp_min(1)
+        out = {"probabilities": probabilities, "lesions": lesions, "areas": areas, "cam": cam[:count, 0].float(),
+               "image": image[:count].float().clamp(0, 1)}
+        if lr is not None:
+            out["lr"] = lr
+        return {key: value.cpu() for key, value in out.items()}
+
+
+def _safe_stem(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem)[:60] or "image"
+
+
+def _fmt(value, spec: str = ".5f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+class _Outputs:
+    """predictions.csv (a row flushed per photograph), panels, thumbnails, SR images and the report."""
+
+    def __init__(self, out: Path, num_classes: int, settings: PredictSettings, facts: Sequence[tuple[str, object]]) -> None:
+        self.out, self.settings, self.num_classes = out, settings, num_classes
+        self.columns = csv_columns(num_classes)
+        self.file = (out / "predictions.csv").open("w", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.file, self.columns)
+        self.writer.writeheader()
+        self.report = PredictionReport(out / "report.html", "DeepMT-DR predictions", facts)
+
+    def write(self, item: dict, result: dict | None, row_index: int, extra_seconds: float) -> str:
+        """Write everything of one photograph; returns its status."""
+        started = time.perf_counter()
+        quality = item.get("quality")
+        flags = list(quality.flags) if quality is not None else []
+        status, reason = item["status"], item["reason"]
+        if status == "ok" and result is None:
+            status, reason = "ungradable", "quality flags: " + ", ".join(flags)
+        stem = f"{item['index'] + 1:05d}_{_safe_stem(item['path'])}"
+        reference = item["reference_grade"] if item["reference_grade"] >= 0 else None
+        row: dict = {"path": item["path"], "status": status, "reason": reason, "flags": ";".join(flags),
+                     "reference_grade": "" if reference is None else reference}
+        if quality is not None:
+            row.update(luminance=_fmt(quality.luminance, ".2f"), saturated=_fmt(quality.saturated, ".4f"),
+                       sharpness=_fmt(quality.sharpness, ".3f"), fov_fraction=_fmt(quality.fov_fraction, ".4f"),
+                       fov_side=quality.fov_side, width=item["width"], height=item["height"])
+        thumbnail = None
+        if "thumbnail" in item:
+            thumbnail = f"thumbs/{stem}.jpg"
+            Image.fromarray(item["thumbnail"]).save(self.out / thumbnail, quality=85)
+        grade = probabilities = referable = areas = panel = None
+        if result is not None:
+            probabilities = result["probabilities"][row_index].tolist()
+            grade = int(np.argmax(probabilities))
+            referable = float(sum(probabilities[REFERABLE_GRADE:]))
+            areas = result["areas"][row_index].tolist() if result["areas"].shape[1] else None
+            row.update(grade=grade, grade_name=GRADE_NAMES[grade] if grade < len(GRADE_NAMES) else "", p_referable=_fmt(referable),
+                       **{f"p{c}": _fmt(p) for c, p in enumerate(probabilities)})
+            if areas is not None:
+                row.update({f"area_{name}": _fmt(a, ".6f") for name, a in zip(LESIONS, areas)})
+            image = result["image"][row_index]
+            if self.settings.panels:
+                panel = f"panels/{stem}.png"
+                lesions = result["lesions"][row_index].numpy()
+                draw_panel(self.out / panel, item["thumbnail"], image.numpy(), lesions if len(lesions) else np.zeros((4, *image.shape[-2:])),
+                           result["cam"][row_index].numpy(), panel_title(Path(item["path"]).name, grade, probabilities, referable, flags, reference),
+                           lr=result["lr"][row_index].numpy() if "lr" in result else None, lesion_areas=areas, cam_grade=grade)
+                row["panel"] = panel
+            if self.settings.save_sr and "lr" in result:
+                row["sr"] = f"sr/{stem}.png"
+                array = (image.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+                Image.fromarray(array).save(self.out / row["sr"], compress_level=3)
+        row["seconds"] = _fmt(item.get("seconds", 0.0) + extra_seconds + time.perf_counter() - started, ".3f")
+        self.writer.writerow(row)
+        self.file.flush()
+        self.report.add({"index": item["index"], "path": item["path"], "status": status, "reason": reason, "grade": grade,
+                         "probabilities": probabilities, "p_referable": referable, "flags": flags, "areas": areas,
+                         "reference_grade": reference,
+                         "thumbnail": thumbnail, "panel": panel})
+        return status
+
+    def close(self) -> Path:
+        self.file.close()
+        return self.report.close()
+
+
+def prepared_batches(dataset: PhotoDataset, batch_size: int, workers: int) -> Iterator[list[dict]]:
+    """The dataset's items in order, ``batch_size`` at a time, prepared ``workers`` at a time in
+    threads while the caller grades the previous batch (at most two batches ahead)."""
+    if workers == 0:
+        for start in range(0, len(dataset), batch_size):
+            yield [dataset[index] for index in range(start, min(start + batch_size, len(dataset)))]
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        submitted = 0
+        while submitted < len(dataset) or pending:
+            while submitted < len(dataset) and len(pending) < 2 * batch_size:
+                pending.append(pool.submit(dataset.__getitem__, submitted))
+                submitted += 1
+            count = min(batch_size, len(pending))
+            yield [pending.popleft().result() for _ in range(count)]
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and prove a file can be written there, before any work (a usage error otherwise)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise DataError(f"--out {out} is not a writable folder: {error.strerror or error}") from None
+
+
+def predict(
+    model: DeepMTDR,
+    config: Config,
+    photos: Sequence[PhotoInput],
+    settings: PredictSettings,
+    facts: Sequence[tuple[str, object]] = (),
+    on_progress: Callable[[int], object] | None = None,
+) -> Summary:
+    """Grade ``photos`` into ``settings.out``: predictions.csv (input order), report.html, panels."""
+    started = time.perf_counter()
+    out = Path(settings.out)
+    check_writable(out)
+    for folder in ("thumbs", *(["panels"] if settings.panels else []), *(["sr"] if settings.save_sr else [])):
+        (out / folder).mkdir(exist_ok=True)
+    mode = settings.input or config.test.input
+    grader = BatchGrader(model, config, mode, settings.tta, settings.amp)
+    size = f"LR {config.data.hr_size // config.data.scale} px -> SR {config.data.hr_size} px" if mode == "lr" else f"HR {config.data.hr_size} px"
+    facts = [*facts, ("graded", f"FOV square {size}"),
+             ("test-time augmentation", "4 flips" if settings.tta else "off"),
+             ("precision", "bf16 autocast" if grader.speed.amp else "fp32"), ("device", str(grader.device))]
+    outputs = _Outputs(out, config.data.num_classes, settings, facts)
+    dataset = PhotoDataset(photos, config.data.hr_size, settings.max_pixels)
+    summary = Summary(total=len(photos))
+    try:
+        for items in prepared_batches(dataset, settings.batch_size, settings.workers):
+            batch_started = time.perf_counter()
+            gradable = [item for item in items if item["status"] == "ok" and item.get("hr") is not None
+                        and (settings.ignore_quality or item["quality"].gradable)]
+            result = None
+            if gradable:
+                result = grader(torch.stack([item["hr"] for item in gradable]), torch.stack([item["fov"] for item in gradable]))
+            share = (time.perf_counter() - batch_started) / max(len(gradable), 1)
+            positions = {id(item): position for position, item in enumerate(gradable)}
+            for item in items:
+                position = positions.get(id(item))
+                status = outputs.write(item, result if position is not None else None, position or 0, share if position is not None else 0.0)
+                summary.counts[status] = summary.counts.get(status, 0) + 1
+            if on_progress is not None:
+                on_progress(len(items))
+    finally:
+        summary.report = outputs.close()
+    summary.csv = out / "predictions.csv"
+    summary.seconds = time.perf_counter() - started
+    return summary
+

@@ -1,0 +1,104 @@
+"""Grade fundus photographs with released (or your own) DeepMT-DR weights.
+
+    python predict.py --demo                               # four built-in photographs, ten seconds
+    python predict.py photos/ more.jpg list.csv --out graded
+    python predict.py photos/ --checkpoint runs/mine --input hr --tta
+
+PATHS are image files (JPEG, PNG, TIFF, BMP; any size, 8 or 16 bits, grey, RGBA, palette, CMYK,
+EXIF-rotated), folders (searched recursively) or CSV lists (a ``path`` column, optional ``grade``
+as a reference). Each photograph is cropped to its field of view exactly as the training data
+was, brought to the model's input size and graded LR -> SR -> lesions -> grade (``--input hr``:
+the HR image directly). Writes, in --out:
+
+    predictions.csv   one row per input, in input order, written as it goes: path, status, grade,
+                      p0..p4, p_referable (grade >= 2), lesion areas (fraction of the FOV),
+                      quality flags and measures, seconds
+    report.html       sortable table with thumbnails, grades, referable probability, flags, and
+                      links to the panels; one file, no network, readable without JavaScript
+    panels/           per photograph: input, SR, lesion maps, Grad-CAM of the predicted grade
+    sr/               with --save-sr, the SR image at the model's full resolution
+
+Photographs with quality flags (no field of view, too dark, overexposed, blurred, field of view
+too small; thresholds in data/quality.py) are listed as ``ungradable`` and not graded; files
+that cannot be read are listed with the reason. Exit codes: 0 every input graded, 3 some were
+not (see their status), 2 a usage error (no such checkpoint, an unwritable --out) before any work.
+--checkpoint takes a release name (pretrained_model/RELEASES.json, hash-checked), a checkpoint
+file or a run folder. Research use only: not for clinical decisions.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data.cache import file_sha256
+from data.photo import MAX_PIXELS, list_inputs, write_demo_photos
+from data.records import DataError
+from engine.cli import run_cli
+from engine.predictor import PredictSettings, check_writable, predict
+from engine.release import DEFAULT_RELEASE, resolve_checkpoint
+from engine.runtime import configure_threads
+from engine.testing import load_trained
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="*", metavar="PATHS", help="image files, folders or CSV lists")
+    parser.add_argument("--checkpoint", default=DEFAULT_RELEASE, help=f"release name, checkpoint file or run folder (default {DEFAULT_RELEASE})")
+    parser.add_argument("--out", type=Path, help="output folder (default predictions, or predictions/demo with --demo)")
+    parser.add_argument("--demo", action="store_true", help="grade skimage's retina photograph and three embedded-dataset renders")
+    parser.add_argument("--input", choices=("lr", "hr"), help="lr: LR -> SR -> grade (the system); hr: grade the HR image; default: the checkpoint's")
+    parser.add_argument("--device", default="auto", help="cuda, cpu, mps, cuda:1 ... (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--tta", action="store_true", help="average over the four flips of each photograph")
+    parser.add_argument("--amp", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                        help="bf16/fp16 autocast: auto (where the hardware has it, the default), on (--amp), off")
+    parser.add_argument("--save-sr", action="store_true", help="also write each SR image at full resolution (sr/)")
+    parser.add_argument("--no-panels", action="store_true", help="skip the per-photograph evidence panels")
+    parser.add_argument("--ignore-quality", action="store_true", help="grade photographs with quality flags too (flags stay in the CSV)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding threads, ahead of grading (0: decode in turn)")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"refuse images with more pixels (default {MAX_PIXELS})")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_intermixed_args(argv)  # PATHS may come before or after the options
+    if args.demo == bool(args.paths):
+        parser.error("give PATHS to grade, or --demo (not both)")
+    if args.batch_size < 1 or args.workers < 0 or args.max_pixels < 1:
+        parser.error("--batch-size and --max-pixels must be positive, --workers >= 0")
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model, config, state = load_trained(checkpoint, args.device)
+    configure_threads(0)
+    out = args.out or Path("predictions/demo" if args.demo else "predictions")
+    check_writable(out)
+    if args.demo:
+        photos = write_demo_photos(out / "inputs")
+    else:
+        inputs = list_inputs(args.paths)
+        if inputs.ignored:
+            print(f"ignored {len(inputs.ignored)} file(s) without an image extension in the folders given")
+        if not inputs.photos:
+            raise DataError(f"no images in {' '.join(args.paths)}")
+        photos = inputs.photos
+    release = state.get("release") or {}
+    facts = [("checkpoint", checkpoint), ("SHA-256", file_sha256(checkpoint)), ("trained on", (release.get("data") or {}).get("terms") or config.data.dataset),
+             ("commit", release.get("commit"))]
+    settings = PredictSettings(out, args.input, args.batch_size, args.tta, args.amp, not args.no_panels, args.save_sr,
+                               args.workers, args.max_pixels, args.ignore_quality)
+    with tqdm(total=len(photos), unit="img", desc="grading", disable=args.quiet, leave=False) as bar:
+        summary = predict(model, config, photos, settings, facts, bar.update)
+    not_read = summary.total - summary.graded - summary.counts.get("ungradable", 0)
+    print(f"graded {summary.graded} of {summary.total} photographs ({summary.counts.get('ungradable', 0)} ungradable, "
+          f"{not_read} not read) in {summary.seconds:.1f} s")
+    print(f"predictions: {summary.csv}")
+    print(f"report: {summary.report}")
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
