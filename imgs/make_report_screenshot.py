@@ -35,11 +35,11 @@ def screenshot(report: Path, path: Path, profile: Path) -> Path:
     return path
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="predict.py --checkpoint (default: the released model)")
     parser.add_argument("--out", type=Path, default=ROOT / "imgs" / "predict_report.png")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         command = [sys.executable, str(ROOT / "predict.py"), "--demo", "--out", str(work / "demo"), "--quiet"]

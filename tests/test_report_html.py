@@ -3,6 +3,7 @@ package): every row and image is there and every image loads; the static file al
 JavaScript) already holds the table."""
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -95,3 +96,15 @@ def test_test_report_in_chromium(tmp_path, checkpoint):
     assert dom.count("<img") == 5 and not MISSING.search(dom)
     assert "<td>true 4</td>" in dom and "<td>mean</td>" in dom
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+@needs_chromium
+def test_readme_screenshot_script(tmp_path, checkpoint):
+    spec = importlib.util.spec_from_file_location("make_report_screenshot", Path("imgs/make_report_screenshot.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "shot.png"
+    assert module.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    with Image.open(out) as image:
+        assert image.width == module.WIDTH and image.height > 500
+        assert len(image.convert("RGB").getcolors(1 << 16) or []) > 50  # a page, not a blank screen
