@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.config import STAGES
+from engine.config import STAGES, flat_keys
 
 log = logging.getLogger(__name__)
 
@@ -241,19 +241,9 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
     return state
 
 
-def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_differences(saved: dict, current: dict) -> list[str]:
     """``key (saved -> current)`` for every config key that differs and that a resume may not change."""
-    old, new = _flat(saved), _flat(current)
+    old, new = flat_keys(saved), flat_keys(current)
     return [
         f"{key} ({old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r})"
         for key in sorted(old.keys() | new.keys())

@@ -298,6 +298,17 @@ def _merge(target: Any, updates: dict, prefix: str = "") -> None:
             setattr(target, name, _coerce(value, hints[name], key))
 
 
+def flat_keys(values: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a saved config's dotted keys, for comparing two."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def parse_override(text: str) -> dict:
     """``"a.b=3"`` -> ``{"a": {"b": 3}}``; the value is parsed as YAML (numbers, lists, null)."""
     if "=" not in text:

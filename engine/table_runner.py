@@ -48,6 +48,7 @@ from engine.config import (
     ConfigError,
     config_from_dict,
     default_preset,
+    flat_keys,
     get_method,
     load_config,
 )
@@ -155,23 +156,13 @@ def row_config(row: Row, seed: int, preset: str | Path, overrides: Sequence[str]
     return load_config(preset, [*row.overrides, *overrides, *runner], method=row.method)
 
 
-def _flatten(values: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def check_same_settings(config: Config) -> None:
     """Stop if the run folder was trained with other settings than ``config``."""
     saved_path = config.run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
-    wanted = _flatten(config.to_dict())
+    saved = flat_keys(yaml.safe_load(saved_path.read_text()) or {})
+    wanted = flat_keys(config.to_dict())
     differing = [
         f"{key}: {saved.get(key)!r} -> {wanted.get(key)!r}"
         for key in sorted(set(saved) | set(wanted))
