@@ -4,6 +4,7 @@
     python test.py --name paper          # runs/paper/checkpoints/best.pt
     python test.py --checkpoint path/to/best.pt --split val
     python test.py --input hr            # grade the HR images: the upper bound SR aims at
+    python test.py --tta                 # grade probabilities averaged over the four flips of each image
     python test.py --checkpoint deepmt_dr_idrid_small --dataset idrid --data-root ~/IDRiD --split val   # released weights, your copy
 
 Every method is evaluated with the same metrics; without --input, the run's test.input decides
@@ -41,6 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", choices=("lr", "hr"),
                         help="lr: the system, LR -> SR -> grade; hr: grade the HR images (upper bound); "
                         "default: the run's test.input")
+    parser.add_argument("--tta", action="store_true",
+                        help="average the grade probabilities over the four flips of each image (default: the run's test.tta)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--samples", type=int, default=4, help="per-sample figure panels to draw")
     parser.add_argument("--figures", default="visualization_result", help="figure folder root")
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint else Path(args.out_dir) / args.name / "checkpoints" / "best.pt"
     progress = None if args.quiet else (lambda iterable: tqdm(iterable, desc=f"testing {args.split}", leave=False))
     metrics, run_dir = run_test(checkpoint, args.split, args.device, args.samples, args.figures, progress, args.input,
-                                dataset_name=args.dataset, data_root=args.data_root)
+                                dataset_name=args.dataset, data_root=args.data_root, tta=True if args.tta else None)
     print(format_metrics_table(metrics))
     print(f"results in {run_dir}, figures and report in {Path(metrics['report']).parent}")
     print(f"report: {metrics['report']}")

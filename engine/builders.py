@@ -16,7 +16,9 @@ from data.splits import SplitSettings, assign_roles, keep_in_train, split_name
 from data.synthetic import SyntheticFundus
 from engine.config import Config, ConfigError
 from engine.distributed import SINGLE_PROCESS, EpochShuffleSampler, ShardSampler, World
+from engine.sampling import BalancedSampler
 from models import DeepMTDR, create_model
+from models.grading import ImageNetWeightsError
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +50,31 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def build_model(config: Config) -> DeepMTDR:
-    """The composite of ``config.model``: which ISR (net or bicubic), segmentation and grading nets."""
+    """The composite of ``config.model``: which ISR (net or bicubic), segmentation and grading nets.
+
+    ImageNet weights that cannot be had or do not check out stop it with a :class:`ConfigError`.
+    """
     model = config.model
-    net = create_model(
-        model.name,
-        scale=config.data.scale,
-        num_classes=config.data.num_classes,
-        isr=model.isr,
-        isr_channels=model.isr_channels,
-        isr_blocks=model.isr_blocks,
-        isr_bicubic_skip=model.isr_bicubic_skip,
-        seg_width=model.seg_width,
-        use_lesions=model.use_lesions,
-        grader=model.grader,
-        grader_hidden=model.grader_hidden,
-        grader_dropout=model.grader_dropout,
-        imagenet_weights=model.imagenet_weights,
-        cam_stages=model.cam_stages,
-    )
+    try:
+        net = create_model(
+            model.name,
+            scale=config.data.scale,
+            num_classes=config.data.num_classes,
+            isr=model.isr,
+            isr_channels=model.isr_channels,
+            isr_blocks=model.isr_blocks,
+            isr_bicubic_skip=model.isr_bicubic_skip,
+            seg_width=model.seg_width,
+            use_lesions=model.use_lesions,
+            grader=model.grader,
+            grader_hidden=model.grader_hidden,
+            grader_dropout=model.grader_dropout,
+            imagenet_weights=model.imagenet_weights,
+            cam_stages=model.cam_stages,
+            grade_decoding=model.grade_decoding,
+        )
+    except ImageNetWeightsError as error:
+        raise ConfigError(str(error)) from None
     if model.seg_prior is not None and net.seg is not None:
         net.seg.init_prior(model.seg_prior)
     return net
@@ -154,15 +163,23 @@ def build_loader(
     pin_memory: bool = False,
     persistent_workers: bool = False,
     prefetch_factor: int = 2,
+    weights: torch.Tensor | None = None,
 ) -> DataLoader:
     """A loader whose order depends only on ``seed`` and the epoch, so resume replays it.
 
     Shuffled (training): :class:`EpochShuffleSampler`, one loader per stage whose sampler gets
     ``set_epoch`` (so persistent workers live across epochs), each process taking its share of
-    every epoch's permutation. Not shuffled (evaluation): :class:`ShardSampler`, each sample
-    seen by exactly one process. ``batch_size`` is per process.
+    every epoch's permutation; with per-sample ``weights``, :class:`BalancedSampler` instead
+    (draws with replacement, probability proportional to the weight; data.balanced_sampling).
+    Not shuffled (evaluation): :class:`ShardSampler`, each sample seen by exactly one process.
+    ``batch_size`` is per process.
     """
-    sampler = EpochShuffleSampler(len(dataset), seed, world) if shuffle else ShardSampler(len(dataset), world)
+    if not shuffle:
+        sampler = ShardSampler(len(dataset), world)
+    elif weights is not None:
+        sampler = BalancedSampler(weights, seed, world)
+    else:
+        sampler = EpochShuffleSampler(len(dataset), seed, world)
     workers = num_workers > 0
     return DataLoader(
         dataset,
@@ -176,6 +193,14 @@ def build_loader(
         persistent_workers=persistent_workers and workers,
         prefetch_factor=prefetch_factor if workers else None,
     )
+
+
+def dataset_grades(dataset: Dataset) -> list[int]:
+    """Every image's grade (-1: unknown) from the dataset's label list, through a stage's Subset; no image is read."""
+    if isinstance(dataset, Subset):
+        grades = dataset_grades(dataset.dataset)
+        return [grades[index] for index in dataset.indices]
+    return list(dataset.grades)
 
 
 def grade_counts(dataset: Dataset, num_classes: int) -> torch.Tensor:

@@ -12,7 +12,9 @@ with a warning that nothing verified them; a version 2 file never starts like on
 
 A checkpoint holds ``format_version``, the resolved config, the model state, optimizer /
 scheduler / scaler states by name, stage, epoch, step, RNG states and the best metric; a recovery
-checkpoint (inside an epoch) adds ``position``. Loading into a model that does not match fails
+checkpoint (inside an epoch) adds ``position``. With ``train.ema_decay`` on, ``model`` holds the
+averaged weights (what validation scored and what best.pt, export and test.py use) and the
+checkpoints a resume continues (last, recovery) add ``raw_model``, the weights the optimisers step. Loading into a model that does not match fails
 with :class:`CheckpointError` naming the mismatch.
 """
 from __future__ import annotations
@@ -50,7 +52,7 @@ RESUME_MAY_CHANGE = frozenset({
     "run.name", "run.out_dir", "run.device", "run.threads", "run.keep",
     "data.root", "data.cache_dir", "data.num_workers", "data.pin_memory", "data.persistent_workers",
     "data.prefetch_factor", "data.prepare_workers",
-    "train.stage", "train.init_from", "train.checkpoint_every_steps", "train.checkpoint_every_minutes",
+    "train.stage", "train.init_from", "train.init_synthetic_hr_size", "train.checkpoint_every_steps", "train.checkpoint_every_minutes",
     "train.max_bad_steps", *(f"train.{stage}.epochs" for stage in STAGES),
     # Speed switches: the same training within float tolerance ("auto" resolves per machine,
     # so a job requeued on another node may change them).
@@ -154,9 +156,9 @@ def link_checkpoint(source: str | Path, target: str | Path) -> Path:
 
 
 def without_optimizers(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` minus the optimiser moments (two thirds of an Adam checkpoint): for checkpoints no
-    resume continues (best weights, a finished stage, epoch snapshots)."""
-    return {key: value for key, value in state.items() if key != "optimizers"}
+    """``state`` minus the optimiser moments (two thirds of an Adam checkpoint) and the raw weights
+    under an EMA: for checkpoints no resume continues (best weights, a finished stage, epoch snapshots)."""
+    return {key: value for key, value in state.items() if key not in ("optimizers", "raw_model")}
 
 
 class _Payload(io.RawIOBase):
@@ -251,10 +253,16 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     ]
 
 
+# Tensors added to the model after checkpoints were first written: one without them loads, and the
+# model keeps its defaults (grade_thresholds: 0.5, 1.5, ..., which only model.grade_decoding=thresholds reads).
+OPTIONAL_TENSORS = frozenset({"grade_thresholds"})
+
+
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Strictly load ``state`` into ``model``, reporting missing, unexpected and mis-shaped tensors."""
+    """Strictly load ``state`` into ``model``, reporting missing, unexpected and mis-shaped tensors
+    (an older checkpoint may lack those of OPTIONAL_TENSORS)."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(set(own) - set(state) - OPTIONAL_TENSORS)
     unexpected = sorted(set(state) - set(own))
     mis_shaped = [
         f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
@@ -268,7 +276,7 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
             problems.append(f"{label}: {shown}")
     if problems:
         raise CheckpointError(f"{source} does not match the requested model; " + "; ".join(problems))
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # checked above; strict=False lets OPTIONAL_TENSORS be absent
 
 
 def rng_state() -> dict[str, Any]:

@@ -8,6 +8,7 @@ values raise :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -21,12 +22,19 @@ from data.datasets import DATASETS as PUBLIC_DATASETS
 from engine.methods import METHODS, Method
 from models.deepmt_dr import CAM_STAGES
 from models.isr import SUPPORTED_SCALES
+from models.ordinal import GRADE_DECODINGS
 from models.registry import GRADERS, ISR_KINDS
 
 STAGES = ("isr", "seg", "cls", "joint")
 SEG_DIVISOR = 16  # the U-Net pools four times
 INPUTS = ("lr", "hr")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
+# (data.<key>, smallest, largest) of the augmentation strengths: a factor 1 - s must stay positive,
+# the blur kernel (2 * ceil(3 sigma) + 1 taps) small next to the image.
+AUGMENT_RANGES = (
+    ("aug_rotation", 0.0, 180.0), ("aug_scale", 0.0, 0.5), ("aug_brightness", 0.0, 0.9), ("aug_contrast", 0.0, 0.9),
+    ("aug_gamma", 0.0, 0.9), ("aug_hue", 0.0, 0.5), ("aug_blur_sigma", 0.0, 4.0), ("aug_blur_prob", 0.0, 1.0),
+)
 DEFAULT_PRESET = "configs/demo.yaml"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -68,6 +76,25 @@ class DataConfig:
     # Random left-right and top-bottom flips of every training batch (off: the published setup;
     # on in the IDRiD presets, where 332 graded images are few).
     flip: bool = False
+    # Random rotation, zoom, brightness/contrast/gamma/hue and blur of every training batch,
+    # batched on the device after the flips (data/augment.py: image, masks and FOV move together,
+    # LR is made again from the augmented HR). Each aug_* strength is a maximum; 0 turns it off.
+    augment: bool = False
+    aug_rotation: float = 180.0  # degrees, angle in [-aug_rotation, aug_rotation]
+    aug_scale: float = 0.1  # zoom in [1 - aug_scale, 1 + aug_scale]
+    aug_brightness: float = 0.2  # factor in [1 - b, 1 + b]
+    aug_contrast: float = 0.2  # factor in [1 - c, 1 + c], around the mean grey inside the FOV
+    aug_gamma: float = 0.2  # exponent in [1 - g, 1 + g]
+    aug_hue: float = 0.02  # hue rotation in turns, in [-aug_hue, aug_hue]
+    aug_blur_sigma: float = 1.0  # Gaussian blur sigma in HR pixels, in (0, aug_blur_sigma]
+    aug_blur_prob: float = 0.25  # share of images blurred
+    # cls and joint stages: draw training images with probability 1 / (count of its grade), with
+    # replacement, same epoch length (engine/sampling.py). With loss.class_weights=auto the
+    # imbalance is corrected twice (a warning says so); class_weights=none is the usual partner.
+    balanced_sampling: bool = False
+    # isr and seg stages: share of the crops (a per-image draw) centred on a lesion pixel of a
+    # lesion type present in the image, instead of uniform; images without lesions crop uniformly.
+    lesion_crop_share: float = 0.0
     num_workers: int = 0
     # Loader fast paths: page-locked batches for the GPU copy (CUDA only), workers kept alive
     # across epochs (num_workers > 0), batches loaded ahead per worker.
@@ -94,6 +121,8 @@ class ModelConfig:
     grader: str = "resnet18_spp"
     grader_hidden: int = 512
     grader_dropout: float = 0.5
+    # ImageNet initialisation of the grader's ResNet: a local torchvision .pth file, or "imagenet":
+    # torchvision's IMAGENET1K_V1 weights from torch's hub cache (downloaded there when missing).
     imagenet_weights: str | None = None
     # Grad-CAM target of the task-aware loss: "predicted" grade or the published "any_dr".
     cam_target: str = "predicted"
@@ -102,6 +131,11 @@ class ModelConfig:
     # Recompute the segmentation net's blocks in the backward pass instead of storing their
     # activations (less memory at 1024 px for about a third more segmentation compute).
     seg_checkpoint: bool = False
+    # How a grade is read from the grader's probabilities (models/ordinal.py): "argmax" (published)
+    # or "thresholds": the expected grade sum_k p_k * k cut at C-1 thresholds (the buffer
+    # grade_thresholds, saved with the weights), fitted to maximise QWK on the training images
+    # before each cls / joint validation.
+    grade_decoding: str = "argmax"
 
 
 @dataclass
@@ -117,6 +151,11 @@ class LossConfig:
     cam_fusion_weight: float = 1.0
     # "auto" (inverse train frequency), "none", or a list of one weight per class.
     class_weights: Any = "auto"
+    # Label smoothing of the grading cross entropy (0 = off).
+    label_smoothing: float = 0.0
+    # Adds ordinal_weight * SmoothL1(expected grade sum_k p_k * k, true grade) to the grading loss
+    # (0 = off); pairs with model.grade_decoding=thresholds.
+    ordinal_weight: float = 0.0
 
 
 @dataclass
@@ -154,8 +193,18 @@ class TrainConfig:
     cls: StageConfig = _stage(epochs=300, batch_size=2, schedule="step", decay_epoch=10, decay_gamma=0.2)
     joint: StageConfig = _stage(epochs=300, batch_size=1, lr_isr=1e-5, lr_cls=5e-5)
     # Start from another run's weights (a checkpoint .pt, e.g. pre-training on the embedded
-    # dataset) instead of random / ImageNet initialisation; ignored when resuming.
+    # dataset) instead of random / ImageNet initialisation; ignored when resuming. "synthetic":
+    # pre-train on the embedded dataset first (engine/pretrain.py: this config's method, model.*
+    # keys and data.scale, configs/demo.yaml's schedule) in <run.out_dir>/synthetic_<hash>, built
+    # once, resumed if interrupted, reused by every run with the same pre-training config.
     init_from: str | None = None
+    # HR size of the init_from=synthetic pre-training; 0 = this config's data.hr_size. Its 1600
+    # images cost about (size / 128)^2 times the demo's training time: 128 is the demo's size.
+    init_synthetic_hr_size: int = 0
+    # Joint stage checkpoint selection (None = off: the best val_qwk): the incoming weights are
+    # validated first (log.csv epoch 0) and are a candidate; an epoch whose val_psnr is more than
+    # this many dB under theirs cannot become best. The best val_qwk at or above that floor wins.
+    joint_max_psnr_drop_db: float | None = None
     weight_decay: float = 0.0
     clip_grad: float = 0.0
     max_steps_per_epoch: int = 0  # 0 = the whole training set each epoch
@@ -174,12 +223,20 @@ class TrainConfig:
     # Skipped, with a log line, when they would take more than cache_max_gb.
     cache_frozen: bool = True
     cache_max_gb: float = 2.0
+    # Exponential moving average of the trained sub-nets' weights, updated after every applied
+    # step (0 = off; e.g. 0.99), reset to the incoming weights at each stage's start. Validation
+    # and the checkpoints' "model" use the average; last.pt / recovery.pt also keep the raw weights.
+    ema_decay: float = 0.0
 
 
 @dataclass
 class EvaluationConfig:
     # What test.py grades unless told: "lr" (LR -> ISR -> grade, the system) or "hr" (the HR image).
     input: str = "lr"
+    # Flip test-time augmentation in validation and test.py (--tta): grade probabilities averaged
+    # over the four flips of the input (identity, left-right, top-bottom, both; engine/tta.py),
+    # as predict.py --tta; segmentation and SR metrics stay those of the unflipped pass.
+    tta: bool = False
 
 
 @dataclass
@@ -444,8 +501,18 @@ def validate(config: Config) -> None:
     _require(model.grader in GRADERS, f"model.grader must be one of {', '.join(GRADERS)}, got {model.grader!r}")
     _require(model.cam_stages in CAM_STAGES, f"model.cam_stages must be one of {', '.join(CAM_STAGES)}, got {model.cam_stages!r}")
     _require(model.grader_hidden > 0, f"model.grader_hidden must be positive, got {model.grader_hidden}")
+    _require(model.imagenet_weights is None or bool(str(model.imagenet_weights).strip()),
+             "model.imagenet_weights must be a .pth path, imagenet, or null; got an empty value")
+    _require(model.imagenet_weights is None or model.grader != "chen_net",
+             "model.imagenet_weights: the chen_net grader has no ImageNet weights; leave it null")
     _require(config.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {config.method!r}")
     _require(loss.pixel in ("mse", "l1"), f"loss.pixel must be mse or l1, got {loss.pixel!r}")
+    _require(0 <= loss.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {loss.label_smoothing}")
+    _require(loss.ordinal_weight >= 0, f"loss.ordinal_weight must be >= 0, got {loss.ordinal_weight}")
+    _require(
+        model.grade_decoding in GRADE_DECODINGS,
+        f"model.grade_decoding must be one of {', '.join(GRADE_DECODINGS)}, got {model.grade_decoding!r}",
+    )
     weights = loss.class_weights
     _require(
         weights in ("auto", "none")
@@ -472,6 +539,15 @@ def validate(config: Config) -> None:
         _require(getattr(train, key) >= 0, f"train.{key} must be >= 0, got {getattr(train, key)}")
     _require(config.run.keep >= 0, f"run.keep must be >= 0, got {config.run.keep}")
     _require(train.cache_max_gb >= 0, f"train.cache_max_gb must be >= 0, got {train.cache_max_gb}")
+    _require(
+        train.init_synthetic_hr_size >= 0 and train.init_synthetic_hr_size % SEG_DIVISOR == 0,
+        f"train.init_synthetic_hr_size must be 0 or a positive multiple of {SEG_DIVISOR}, got {train.init_synthetic_hr_size}",
+    )
+    _require(
+        train.joint_max_psnr_drop_db is None or math.isfinite(train.joint_max_psnr_drop_db),
+        f"train.joint_max_psnr_drop_db must be a number of dB or null, got {train.joint_max_psnr_drop_db}",
+    )
+    _require(0 <= train.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {train.ema_decay}")
     for switch in ("amp", "channels_last"):
         value = getattr(config.run, switch)
         _require(value == "auto" or isinstance(value, bool),
@@ -483,6 +559,10 @@ def validate(config: Config) -> None:
         f"run.optimizer_impl must be one of {', '.join(OPTIMIZER_IMPLS)}, got {config.run.optimizer_impl!r}",
     )
     _require(data.prefetch_factor >= 1, f"data.prefetch_factor must be >= 1, got {data.prefetch_factor}")
+    for key, low, high in AUGMENT_RANGES:
+        value = getattr(data, key)
+        _require(low <= value <= high, f"data.{key} must be in [{low}, {high}], got {value}")
+    _require(0 <= data.lesion_crop_share <= 1, f"data.lesion_crop_share must be in [0, 1], got {data.lesion_crop_share}")
     _require(bool(config.run.name) and "/" not in config.run.name, f"run.name must be a plain folder name, got {config.run.name!r}")
 
 

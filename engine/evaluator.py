@@ -1,9 +1,11 @@
 """Inference over a loader and the metrics of DESIGN.md section 6 (one implementation: evaluation.metrics)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -11,6 +13,8 @@ from torch.utils.data import DataLoader
 
 from data.degrade import bicubic_upsample
 from engine import distributed
+from engine.frozen_cache import FrozenOutputs
+from engine.tta import flip_averaged_probabilities
 from evaluation.metrics import (
     SegmentationMetrics,
     grading_metrics,
@@ -18,8 +22,8 @@ from evaluation.metrics import (
     psnr_per_image,
     ssim_per_image,
 )
-from engine.frozen_cache import FrozenOutputs
 from models import DeepMTDR
+from models.ordinal import decode_grades
 
 Mode = Literal["lr", "hr"]
 SR_KEYS = ("psnr", "ssim", "psnr_lesion")
@@ -34,6 +38,7 @@ class EvalResult:
     grades: torch.Tensor | None = None
     probs: torch.Tensor | None = None
     seg: SegmentationMetrics | None = None
+    predicted: torch.Tensor | None = None  # grades decoded from probs by the model's rule (models/ordinal.py)
 
 
 class _PerImageSR:
@@ -72,6 +77,7 @@ def evaluate(
     autocast: Callable[[], object] = nullcontext,
     progress: Callable | None = None,
     frozen: FrozenOutputs | None = None,
+    tta: bool = False,
 ) -> EvalResult:
     """Run the model over ``loader``.
 
@@ -79,7 +85,10 @@ def evaluate(
     image and the bicubic baseline. ``mode="hr"``: lesions and grade on the HR image (the
     upper bound the cls and seg stages train for). ``frozen``: the lesion logits of the loader's
     images in loader order, computed once while the nets that make them are frozen (the cls
-    stage's validation, engine/frozen_cache.py), used instead of segmenting again.
+    stage's validation, engine/frozen_cache.py), used instead of segmenting again. ``tta``: grade
+    probabilities averaged over the four flips of the input (engine/tta.py; the flipped views run the
+    whole pipeline, segmentation included); SR and segmentation metrics are the unflipped pass's.
+    Predicted grades follow the model's decoding (argmax, or its fitted thresholds).
     """
     model.eval()
     sr_values = {"sr": _PerImageSR(), "bicubic": _PerImageSR()}
@@ -109,7 +118,10 @@ def evaluate(
             seg.update(torch.sigmoid(result.lesion_logits.float()), masks, valid)
         ids += list(batch["id"])
         grades.append(batch["grade"])
-        probs.append(torch.softmax(result.grade_logits.float(), dim=1).cpu())
+        batch_probs = torch.softmax(result.grade_logits.float(), dim=1)
+        if tta:
+            batch_probs = flip_averaged_probabilities(partial(_grade_logits, model, mode, autocast), lr if mode == "lr" else hr, batch_probs)
+        probs.append(batch_probs.cpu())
     grades_all = torch.cat(grades) if grades else torch.zeros(0, dtype=torch.long)
     probs_all = torch.cat(probs) if probs else torch.zeros(0)
     if distributed.current().distributed:
@@ -122,13 +134,22 @@ def evaluate(
         if seg is not None:
             seg.all_reduce(device)
     metrics: dict = {"mode": mode}
+    thresholds = model.decision_thresholds.cpu() if model.decision_thresholds is not None else None
     if bool((grades_all >= 0).any()):
-        metrics["grading"] = grading_metrics(grades_all.numpy(), probs_all.numpy())
+        metrics["grading"] = grading_metrics(grades_all.numpy(), probs_all.numpy(), thresholds)
     if mode == "lr":
         metrics["sr"] = {name: values.result() for name, values in sr_values.items()}
     if seg is not None:
         metrics["segmentation"] = seg.compute()
-    return EvalResult(metrics, ids, grades_all, probs_all, seg)
+    predicted = decode_grades(probs_all, thresholds) if probs_all.ndim == 2 else torch.zeros(0, dtype=torch.long)
+    return EvalResult(metrics, ids, grades_all, probs_all, seg, predicted)
+
+
+def _grade_logits(model: DeepMTDR, mode: Mode, autocast: Callable[[], object], source: torch.Tensor) -> torch.Tensor:
+    """The whole pipeline from an input view (LR in ``mode="lr"``, else HR) to grade logits: a TTA view."""
+    with autocast():
+        image = model.isr(source).float() if mode == "lr" else source
+        return model.grade_image(image).grade_logits
 
 
 def _interleave_rows(per_rank: list[torch.Tensor]) -> torch.Tensor:
@@ -145,6 +166,22 @@ def selection_metric(stage: str, metrics: dict) -> float:
     if stage == "seg":
         return metrics["segmentation"]["mean"]["aupr"]
     return metrics.get("grading", {}).get("qwk", float("nan"))
+
+
+def below_psnr_floor(metrics: dict, psnr_floor: float | None) -> bool:
+    """Whether the SR PSNR inside the FOV (``val_psnr``) is under ``psnr_floor`` (NaN is under any
+    floor); None: no floor. The joint stage's floor is train.joint_max_psnr_drop_db under its incoming PSNR."""
+    if psnr_floor is None:
+        return False
+    psnr = metrics.get("sr", {}).get("sr", {}).get("psnr", math.nan)
+    return not psnr >= psnr_floor
+
+
+def is_new_best(metric: float, best: float, metrics: dict, psnr_floor: float | None = None) -> bool:
+    """Whether an epoch whose selection metric is ``metric`` (:func:`selection_metric` of its validation
+    ``metrics``) is the stage's new best: it beats ``best`` (a NaN never does) and the SR PSNR is not
+    under ``psnr_floor``."""
+    return math.isfinite(metric) and metric > best and not below_psnr_floor(metrics, psnr_floor)
 
 
 STAGE_EVAL_MODE: dict[str, Mode] = {"isr": "lr", "seg": "hr", "cls": "hr", "joint": "lr"}

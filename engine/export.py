@@ -74,11 +74,19 @@ def source_checkpoint(source: str | Path) -> tuple[Path, Path | None]:
     return source, run_dir if run_dir is not None and (run_dir / "config.yaml").is_file() else None
 
 
+# Kept in float32 whatever their values: the grade thresholds are decision cut points, and float16's
+# rounding (0.002 near 3.5) would move the grade of images near one.
+FLOAT32_KEYS = frozenset({"grade_thresholds"})
+
+
 def half_weights(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Floating-point tensors as float16; those with values beyond float16's range stay float32 (listed)."""
+    """Floating-point tensors as float16; those with values beyond float16's range stay float32 (listed),
+    as do those of FLOAT32_KEYS (not listed)."""
     weights, kept = {}, []
     for key, tensor in state.items():
-        if tensor.is_floating_point() and tensor.dtype != torch.float16:
+        if key in FLOAT32_KEYS:
+            weights[key] = tensor.clone()
+        elif tensor.is_floating_point() and tensor.dtype != torch.float16:
             if tensor.numel() and tensor.abs().max() > FP16_MAX:
                 kept.append(key)
                 weights[key] = tensor.float().clone()

@@ -8,8 +8,9 @@ lock that an OpenCV or OpenMP thread of the caller held at fork time, a hang see
 cache's own code; ``data.quality`` flags it; the batch is degraded to the model's LR input with
 ``data.degrade`` (as in training) and run LR -> SR -> lesions -> grade (``input="hr"``: the HR
 square is graded directly); Grad-CAM of the predicted grade comes from the same grader pass
-(``models.cam.gradcam_in_forward``). ``tta``: the four flips of the input, probabilities and
-lesion maps averaged.
+(``models.cam.gradcam_in_forward``). ``tta``: the four flips of the input (``engine/tta.py``, as
+test.py --tta), probabilities and lesion maps averaged. The grade is the model's decoding of the
+probabilities (argmax, or the expected grade cut at the thresholds saved with it).
 """
 from __future__ import annotations
 
@@ -35,13 +36,13 @@ from data.records import GRADE_NAMES, LESIONS, DataError
 from engine.config import Config
 from engine.evaluator import Mode
 from engine.runtime import resolve_speed
+from engine.tta import FLIPS, flip, mean_over_views
 from evaluation.evidence import LESION_THRESHOLD, draw_panel, panel_title
 from evaluation.report import PredictionReport
 from models import DeepMTDR
 from models.cam import gradcam_in_forward
 
 REFERABLE_GRADE = 2  # ICDR moderate or worse: refer
-FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # identity, left-right, top-bottom, both
 STATUSES = ("ok", "ungradable", "unreadable", "empty", "too_large", "missing")
 
 
@@ -88,10 +89,6 @@ class Summary:
         return 0 if self.graded == self.total else 3
 
 
-def _flip(images: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    return images.flip(dims) if dims else images
-
-
 class BatchGrader:
     """A loaded model as one batched call: HR squares ``[N,3,S,S]`` uint8 -> probabilities, lesion
     maps, SR and Grad-CAM, all on the device, one host copy per batch."""
@@ -114,9 +111,9 @@ class BatchGrader:
     def _cam_weights(self, count: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """Score weights: the view-averaged predicted grade, on the identity view's rows only."""
         def weights_of(logits: torch.Tensor) -> torch.Tensor:
-            probabilities = torch.softmax(logits.float(), dim=1).view(len(self.views), count, -1).mean(0)
+            probabilities = mean_over_views(torch.softmax(logits.float(), dim=1).view(len(self.views), count, -1))
             weights = torch.zeros_like(logits)
-            weights[:count] = F.one_hot(probabilities.argmax(1), logits.shape[1]).to(logits.dtype)
+            weights[:count] = F.one_hot(self.model.predict_grades(probabilities), logits.shape[1]).to(logits.dtype)
             return weights
         return weights_of
 
@@ -128,7 +125,7 @@ class BatchGrader:
         data = self.config.data
         lr = degrade(hr, data.scale, data.blur_kernel, data.blur_sigma) if self.mode == "lr" else None
         source = lr if lr is not None else hr
-        batch = torch.cat([_flip(source, dims) for dims in self.views]).contiguous(memory_format=self.memory_format)
+        batch = torch.cat([flip(source, dims) for dims in self.views]).contiguous(memory_format=self.memory_format)
         with self._autocast():
             image = self.model.isr(batch) if lr is not None else batch
             lesion_logits = self.model.segment(image)
@@ -136,13 +133,13 @@ class BatchGrader:
                 lambda: self.model.grade_with_lesions(image, lesion_logits).grade_logits,
                 self.model.grader.stages()[-1], size, self._cam_weights(count),
             )
-        probabilities = torch.softmax(logits.float(), dim=1).view(len(self.views), count, -1).mean(0)
+        probabilities = mean_over_views(torch.softmax(logits.float(), dim=1).view(len(self.views), count, -1))
         lesions = torch.sigmoid(lesion_logits.float()).view(len(self.views), count, lesion_logits.shape[1], *size)
-        lesions = torch.stack([_flip(lesions[v], self.views[v]) for v in range(len(self.views))]).mean(0)
+        lesions = mean_over_views(torch.stack([flip(lesions[v], self.views[v]) for v in range(len(self.views))]))
         inside = fov.float()
         lesions = lesions * inside  # outside the field of view there is nothing to find
         areas = (lesions >= LESION_THRESHOLD).float().sum((2, 3)) / inside.sum((2, 3)).clamp_min(1)
-        out = {"probabilities": probabilities, "lesions": lesions, "areas": areas, "cam": cam[:count, 0].float(),
+        out = {"probabilities": probabilities, "grades": self.model.predict_grades(probabilities), "lesions": lesions, "areas": areas, "cam": cam[:count, 0].float(),
                "image": image[:count].float().clamp(0, 1)}
         if lr is not None:
             out["lr"] = lr
@@ -193,7 +190,7 @@ class _Outputs:
         grade = probabilities = referable = areas = panel = None
         if result is not None:
             probabilities = result["probabilities"][row_index].tolist()
-            grade = int(np.argmax(probabilities))
+            grade = int(result["grades"][row_index])
             referable = float(sum(probabilities[REFERABLE_GRADE:]))
             areas = result["areas"][row_index].tolist() if result["areas"].shape[1] else None
             row.update(grade=grade, grade_name=GRADE_NAMES[grade] if grade < len(GRADE_NAMES) else "", p_referable=_fmt(referable),

@@ -98,7 +98,9 @@ class TableSpec:
 
 
 def load_table(path: str | Path) -> TableSpec:
-    """Read a ``rows.yaml``: ``title``, optional ``reference``, ``rows: {name: {method, overrides, summary}}``."""
+    """Read a ``rows.yaml``: ``title``, optional ``reference``, optional ``overrides`` (``key=value``
+    strings put before every row's own, e.g. a shared starting checkpoint), ``rows: {name: {method,
+    overrides, summary}}``."""
     path = Path(path)
     try:
         spec = yaml.safe_load(path.read_text())
@@ -106,18 +108,25 @@ def load_table(path: str | Path) -> TableSpec:
         raise ConfigError(f"cannot read table rows {path}: {error}") from error
     if not isinstance(spec, dict) or not isinstance(spec.get("rows"), dict) or not spec["rows"]:
         raise ConfigError(f"{path}: expected a mapping with 'title' and a non-empty 'rows' mapping")
+    shared = spec.get("overrides") or []
+    if not _is_override_list(shared):
+        raise ConfigError(f"{path}: overrides (for every row) must be a list of 'key=value' strings")
     rows = []
     for name, entry in spec["rows"].items():
         entry = entry or {}
         method = entry.get("method", "deepmt_dr")
         overrides = entry.get("overrides") or []
-        if not isinstance(overrides, list) or not all(isinstance(item, str) and "=" in item for item in overrides):
+        if not _is_override_list(overrides):
             raise ConfigError(f"{path}: row {name!r}: overrides must be a list of 'key=value' strings")
-        rows.append(Row(str(name), method, tuple(overrides), entry.get("summary") or get_method(method).summary))
+        rows.append(Row(str(name), method, (*shared, *overrides), entry.get("summary") or get_method(method).summary))
     reference = spec.get("reference")
     if reference is not None and reference not in spec["rows"]:
         raise ConfigError(f"{path}: reference row {reference!r} is not one of the rows")
     return TableSpec(spec.get("title", path.parent.name), tuple(rows), reference)
+
+
+def _is_override_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) and "=" in item for item in value)
 
 
 def select_rows(spec: TableSpec, names: str | None) -> list[Row]:

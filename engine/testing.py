@@ -64,8 +64,8 @@ def write_predictions(result: EvalResult, path: Path) -> None:
         writer = csv.writer(file)
         classes = result.probs.shape[1]
         writer.writerow(["id", "grade", "predicted", *[f"p{c}" for c in range(classes)]])
-        for sample_id, grade, probs in zip(result.ids, result.grades.tolist(), result.probs.tolist()):
-            writer.writerow([sample_id, grade, max(range(classes), key=probs.__getitem__), *[f"{p:.5f}" for p in probs]])
+        for sample_id, grade, predicted, probs in zip(result.ids, result.grades.tolist(), result.predicted.tolist(), result.probs.tolist()):
+            writer.writerow([sample_id, grade, predicted, *[f"{p:.5f}" for p in probs]])
 
 
 def sample_panels(model: DeepMTDR, dataset, device: torch.device, count: int, out_dir: Path, mode: Mode = "lr") -> list[Path]:
@@ -82,11 +82,13 @@ def sample_panels(model: DeepMTDR, dataset, device: torch.device, count: int, ou
         graded = sr if mode == "lr" else hr
         lesion_probs = torch.sigmoid(model.segment(graded))
         grade_probs = torch.softmax(model.grade_image(graded).grade_logits, dim=1)
-    cam = gradcam(GraderOnImage(model), model.grader.stages()[-1], graded)
+        predicted = model.predict_grades(grade_probs)
+    cam = gradcam(GraderOnImage(model), model.grader.stages()[-1], graded, target=predicted)
     bicubic = bicubic_upsample(lr, model.isr.scale)
     paths = []
     for i, sample_id in enumerate(batch["id"]):
-        title = f"{sample_id}: grade {int(batch['grade'][i])}, predicted {int(grade_probs[i].argmax())} (p={float(grade_probs[i].max()):.2f})"
+        grade = int(predicted[i])
+        title = f"{sample_id}: grade {int(batch['grade'][i])}, predicted {grade} (p={float(grade_probs[i, grade]):.2f})"
         paths.append(
             report.plot_sample_panel(
                 out_dir / f"sample_{sample_id}.png",
@@ -150,6 +152,7 @@ def run_test(
     dataset: Dataset | None = None,
     dataset_name: str | None = None,
     data_root: str | None = None,
+    tta: bool | None = None,
 ) -> tuple[dict, Path]:
     """Evaluate ``checkpoint`` on ``split``; writes metrics JSON, predictions CSV and figures.
 
@@ -160,8 +163,9 @@ def run_test(
     ``dataset`` (already built for this config and split) saves rendering it again.
     ``dataset_name``/``data_root`` point the checkpoint at another copy of a dataset (a released
     checkpoint on the user's own IDRiD); a release writes under its own name (``runs/<release>``).
-    Writes ``report.html`` (every table and figure in one file) next to the figures. Returns
-    (metrics, run dir).
+    Writes ``report.html`` (every table and figure in one file) next to the figures. ``tta``: flip
+    test-time augmentation of the grade probabilities (engine/tta.py); None takes the run's
+    ``test.tta``. Returns (metrics, run dir).
     """
     model, config, state = load_trained(checkpoint, device)
     use_dataset(config, checkpoint, dataset_name, data_root)
@@ -172,11 +176,13 @@ def run_test(
     device_ = next(model.parameters()).device
     dataset = dataset if dataset is not None else build_dataset(config, split)
     loader = build_loader(dataset, max(8, config.train.joint.batch_size), False, 0, config.data.num_workers)
-    result = evaluate(model, loader, device_, mode, progress=progress)
+    tta = config.test.tta if tta is None else tta
+    result = evaluate(model, loader, device_, mode, progress=progress, tta=tta)
     metrics = {
         **result.metrics,
         "split": split,
         "input": mode,
+        "tta": tta,
         "checkpoint": str(checkpoint),
         "method": config.method,
         "stage": state.get("stage"),

@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from data.augment import AugmentSettings, augment
 from data.crop import random_crop, random_flip
 from data.lock import FolderLock, LockError
 from engine import distributed
@@ -41,6 +42,7 @@ from engine.builders import (
     build_dataset,
     build_loader,
     build_model,
+    dataset_grades,
     grade_counts,
     seed_everything,
     select_device,
@@ -60,16 +62,33 @@ from engine.checkpoint import (
     without_optimizers,
 )
 from engine.config import STAGES, Config, StageConfig, config_from_dict, save_config
-from engine.evaluator import evaluate, selection_metric, stage_eval_mode
+from engine.ema import WeightEMA
+from engine.evaluator import (
+    below_psnr_floor,
+    evaluate,
+    is_new_best,
+    selection_metric,
+    stage_eval_mode,
+)
 from engine.frozen_cache import FrozenOutputs, IndexedDataset, weights_fingerprint
-from engine.runtime import configure_threads, resolve_speed
 from engine.logging import CSVLog, TensorBoardLog
-from engine.reliability import SYNC_EVERY_STEPS, NonFiniteGuard, Preempted, StopSignals, TrainingError
+from engine.pretrain import SYNTHETIC, pretraining_config
+from engine.reliability import (
+    SYNC_EVERY_STEPS,
+    NonFiniteGuard,
+    Preempted,
+    StopSignals,
+    TrainingError,
+)
+from engine.runtime import configure_threads, resolve_speed
+from engine.sampling import balanced_weights
+from evaluation.thresholds import fit_thresholds
 from models.cam import stage_cams, target_weights
 from models.deepmt_dr import any_lesion_map
 from models.losses import (
     class_weights_from_counts,
     grading_loss,
+    ordinal_loss,
     pixel_loss,
     seg_aware_loss,
     segmentation_loss,
@@ -84,6 +103,7 @@ TRAINABLE = {"isr": ("isr", "seg"), "seg": ("seg",), "cls": ("grader", "cam_fusi
 LR_FIELD = {"isr": "lr_isr", "seg": "lr_seg", "grader": "lr_cls", "cam_fusion": "lr_fusion"}
 RECOVERY_FILE = "recovery.pt"  # checkpoints/: the one checkpoint written inside an epoch
 LOCK_FILE = "train.lock"  # runs/<name>/: held by the run folder's one writer (data/lock.py)
+LOCK_POLL_SECONDS = 30  # train.init_from=synthetic: how often to look again at a pre-training another run holds
 
 
 def _lr_lambda(settings: StageConfig) -> Callable[[int], float]:
@@ -101,7 +121,10 @@ class Trainer:
     signals: StopSignals | None = None
     guard: NonFiniteGuard | None = None
     latest_checkpoint: Path | None = None
+    ema: WeightEMA | None = None  # train.ema_decay: the stage's average of its trained sub-nets (train_stage)
     saved_at: float = 0.0  # time.monotonic() of the last checkpoint written (recovery timer)
+    # The joint stage's val_psnr floor (train.joint_max_psnr_drop_db), kept in its checkpoints for --resume.
+    psnr_floor: float | None = None
 
     def __init__(self, config: Config, progress: Callable | None = None) -> None:
         self.config = config
@@ -223,7 +246,8 @@ class Trainer:
     # ----------------------------------------------------------------- the steps
     def _batch(self, batch: dict, stage: str) -> dict:
         """Move a training batch to the device (images channels-last when the model is), flip if
-        ``data.flip``, crop for isr/seg."""
+        ``data.flip``, augment if ``data.augment``, crop for isr/seg (lesion-centred for a share,
+        ``data.lesion_crop_share``)."""
         images_format = torch.channels_last if self.channels_last else torch.preserve_format
         batch = {
             key: value.to(self.device, non_blocking=True, memory_format=images_format if key in ("hr", "lr") else torch.preserve_format)
@@ -235,11 +259,29 @@ class Trainer:
             batch.update(self.frozen_train.lookup(batch["index"]))  # flipped below with the images
         if self.config.data.flip:
             batch = random_flip(batch, self.crop_generator)
+        if self.config.data.augment:
+            batch = self._augment(batch)
         if stage in ("isr", "seg"):
             crop = getattr(self.config.train, stage).crop_size
             crop = self.config.data.crop_size if crop is None else crop
-            batch = random_crop(batch, crop, self.config.data.scale, self.crop_generator)
+            batch = random_crop(batch, crop, self.config.data.scale, self.crop_generator, self.config.data.lesion_crop_share)
         return batch
+
+    def _augment(self, batch: dict) -> dict:
+        """``data.augment``: the batch's random geometry and photometry, its LR image made again
+        from the augmented HR with the dataset's degradation (data/augment.py)."""
+        data = self.config.data
+        settings = AugmentSettings(
+            rotation=data.aug_rotation,
+            scale=data.aug_scale,
+            brightness=data.aug_brightness,
+            contrast=data.aug_contrast,
+            gamma=data.aug_gamma,
+            hue=data.aug_hue,
+            blur_sigma=data.aug_blur_sigma,
+            blur_prob=data.aug_blur_prob,
+        )
+        return augment(batch, settings, data.scale, self.crop_generator, data.blur_kernel, data.blur_sigma, data.noise_var)
 
     def step_isr(self, batch: dict) -> dict[str, torch.Tensor]:
         weights, model = self.config.loss, self.model
@@ -277,17 +319,27 @@ class Trainer:
         self.scaler.scale(loss).backward()
         return {"loss": loss, "seg": loss}
 
+    def _grading_losses(self, logits: torch.Tensor, grades: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The grading loss the grader learns from and its logged parts: cross entropy ("ce", with
+        loss.label_smoothing) plus loss.ordinal_weight times the ordinal loss ("ordinal", when on)."""
+        weights = self.config.loss
+        parts = {"ce": grading_loss(logits, grades, self.class_weights, weights.label_smoothing)}
+        if weights.ordinal_weight <= 0:
+            return parts["ce"], parts
+        parts["ordinal"] = ordinal_loss(logits, grades)
+        return parts["ce"] + weights.ordinal_weight * parts["ordinal"], parts
+
     def step_cls(self, batch: dict) -> dict[str, torch.Tensor]:
         weights, model, image = self.config.loss, self.model, self._stage_image(batch)
         lesion_logits = self._frozen_lesions(batch, image)
         result = model.grade_with_lesions(image, lesion_logits)
-        losses = {"ce": grading_loss(result.grade_logits, batch["grade"], self.class_weights)}
-        total = weights.cls_weight * losses["ce"]
+        grading, losses = self._grading_losses(result.grade_logits, batch["grade"])
+        total = weights.cls_weight * grading
         fusion_used = model.cam_stages == "all" and weights.task_aware_weight > 0
         if model.use_lesions and fusion_used and weights.cam_fusion_weight > 0:
             # Train the CAM fusion towards the lesion map; the CAMs are constants here, so this
             # loss does not reach the grader.
-            cams = stage_cams(result.grade_logits, result.features, target_weights(result.grade_logits, self.config.model.cam_target))
+            cams = stage_cams(result.grade_logits, result.features, target_weights(result.grade_logits, self.config.model.cam_target, model.decision_thresholds))
             attention = model.cam_fusion([cam.detach() for cam in cams], image.shape[-2:])
             losses["cam_fusion"] = F.mse_loss(attention, any_lesion_map(torch.sigmoid(lesion_logits)))
             total = total + weights.cam_fusion_weight * losses["cam_fusion"]
@@ -321,14 +373,14 @@ class Trainer:
         lr, hr = batch["lr"], batch["hr"]
         sr = model.isr(lr)
         result = model.grade_image(sr)
-        ce = grading_loss(result.grade_logits, batch["grade"], self.class_weights)
+        grading, grading_parts = self._grading_losses(result.grade_logits, batch["grade"])
         isr_params = [p for p in model.isr.parameters() if p.requires_grad]
-        if not isr_params:  # bicubic in place of the ISR net: the grader's CE is the whole step
-            self.scaler.scale(weights.cls_weight * ce).backward()
-            return {"loss": weights.cls_weight * ce, "ce": ce}
+        if not isr_params:  # bicubic in place of the ISR net: the grading loss is the whole step
+            self.scaler.scale(weights.cls_weight * grading).backward()
+            return {"loss": weights.cls_weight * grading, **grading_parts}
         grader_params = [p for p in model.grader.parameters() if p.requires_grad]
-        losses = {"ce": ce, "pixel": pixel_loss(sr, hr, weights.pixel), "tv": tv_loss(sr)}
-        isr_total = weights.pixel_weight * losses["pixel"] + weights.tv_weight * losses["tv"] + weights.cls_weight * losses["ce"]
+        losses = {**grading_parts, "pixel": pixel_loss(sr, hr, weights.pixel), "tv": tv_loss(sr)}
+        isr_total = weights.pixel_weight * losses["pixel"] + weights.tv_weight * losses["tv"] + weights.cls_weight * grading
         hr_lesions = self._frozen_lesions(batch, hr)
         if model.use_lesions and weights.seg_aware_weight > 0:
             losses["seg_aware"] = seg_aware_loss(result.lesion_logits, hr_lesions)
@@ -340,7 +392,7 @@ class Trainer:
         # Two gradients, both computed before any step: the ISR net follows its whole loss, the
         # grader only the grading loss (the task-aware loss is feedback to the ISR net).
         isr_grads = torch.autograd.grad(self.scaler.scale(isr_total), isr_params, retain_graph=True)
-        grader_grads = torch.autograd.grad(self.scaler.scale(weights.cls_weight * losses["ce"]), grader_params)
+        grader_grads = torch.autograd.grad(self.scaler.scale(weights.cls_weight * grading), grader_params)
         for param, grad in zip(isr_params + grader_params, isr_grads + grader_grads):
             param.grad = grad
         return {"loss": isr_total, **losses}
@@ -353,8 +405,9 @@ class Trainer:
         """The stage's training loader, built once (workers persist); its sampler is set per epoch."""
         data = self.config.data
         batch = distributed.local_batch_size(getattr(self.config.train, stage).batch_size, self.world, f"train.{stage}.batch_size")
+        subset = stage_subset(self.train_set, stage)
         return build_loader(
-            IndexedDataset(stage_subset(self.train_set, stage)),  # "index": the row of the frozen-output cache
+            IndexedDataset(subset),  # "index": the row of the frozen-output cache
             batch,
             True,
             self._stage_seed(stage),
@@ -363,7 +416,17 @@ class Trainer:
             pin_memory=data.pin_memory and self.device.type == "cuda",
             persistent_workers=data.persistent_workers,
             prefetch_factor=data.prefetch_factor,
+            weights=self._sampling_weights(stage, subset),
         )
+
+    def _sampling_weights(self, stage: str, subset) -> torch.Tensor | None:
+        """``data.balanced_sampling``: per-image draw weights of the cls and joint stages, else None (a shuffle)."""
+        if not self.config.data.balanced_sampling or stage not in ("cls", "joint"):
+            return None
+        if self.config.loss.class_weights == "auto":
+            log.warning("data.balanced_sampling with loss.class_weights=auto corrects the grade imbalance twice "
+                        "(rare grades then outweigh common ones); loss.class_weights=none balances it once")
+        return balanced_weights(dataset_grades(subset))
 
     def train_one_epoch(
         self,
@@ -410,6 +473,8 @@ class Trainer:
             except torch.OutOfMemoryError:
                 raise TrainingError(self._out_of_memory_message(stage, first=self.global_step == 0)) from None
             found_inf = self._apply_gradients(optimizers, params, losses, guard)
+            if self.ema is not None:
+                self.ema.update(found_inf)  # a skipped step leaves the average as it is
             for key, value in losses.items():  # a skipped step's losses stay out of the epoch's means
                 sums[key] = sums.get(key, 0) + torch.where(found_inf > 0, 0.0, value.detach().float())
             good = good + (1 - found_inf)
@@ -525,10 +590,31 @@ class Trainer:
         return build_loader(stage_subset(self.val_set, stage), batch, False, 0, self.config.data.num_workers, self.world, pin_memory=pin)
 
     def validate(self, stage: str) -> dict:
+        """The stage's validation metrics, of the EMA weights when train.ema_decay is on, with test.tta;
+        with model.grade_decoding=thresholds the cls and joint stages first fit the thresholds on the
+        training images (:meth:`_fit_grade_thresholds`)."""
         mode = stage_eval_mode(stage, self.config.train.input)
         loader = self.val_loader(stage)
-        frozen = self._frozen_val_lesions(stage, mode, loader)
-        return evaluate(self.model, loader, self.device, mode, self.autocast, frozen=frozen).metrics
+        with self.ema.swapped_in() if self.ema is not None else nullcontext():
+            if self.config.model.grade_decoding == "thresholds" and stage in ("cls", "joint"):
+                self._fit_grade_thresholds(stage, mode)
+            frozen = self._frozen_val_lesions(stage, mode, loader)
+            return evaluate(self.model, loader, self.device, mode, self.autocast, frozen=frozen, tta=self.config.test.tta).metrics
+
+    def _fit_grade_thresholds(self, stage: str, mode: str) -> None:
+        """Set ``model.grade_thresholds`` to those maximising QWK on the stage's TRAINING images
+        (evaluation/thresholds.py), graded as validation grades (``mode``, test.tta), without
+        augmentation or gradients; no validation label reaches them."""
+        batch = max(getattr(self.config.train, stage).batch_size // self.world.size, 8)
+        pin = self.config.data.pin_memory and self.device.type == "cuda"
+        loader = build_loader(stage_subset(self.train_set, stage), batch, False, 0, self.config.data.num_workers, self.world, pin_memory=pin)
+        # The cls stage's cached lesion maps of these images are in this loader's order when one process reads them all.
+        frozen = self.frozen_train if stage == "cls" and not self.world.distributed else None
+        result = evaluate(self.model, loader, self.device, mode, self.autocast, frozen=frozen, tta=self.config.test.tta)
+        thresholds = fit_thresholds(result.probs, result.grades)
+        self.model.grade_thresholds.copy_(thresholds)
+        log.info("grade thresholds fitted on %d training images: %s", int((result.grades >= 0).sum()),
+                 ", ".join(f"{value:.3f}" for value in thresholds.tolist()))
 
     # ----------------------------------------------------------------- frozen outputs, once per stage
     def _cache_plan(self, stage: str) -> tuple[str, list[nn.Module | None]] | None:
@@ -606,10 +692,18 @@ class Trainer:
         self.frozen_val = FrozenOutputs.compute(loader, outputs, self.device, key)
         return self.frozen_val
 
+    def _model_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        """A checkpoint's weights: ``model``, the EMA of the trained sub-nets when train.ema_decay is on
+        (what validation scored), and then ``raw_model``, the weights the optimisers step (for resume)."""
+        raw = self.model.state_dict()
+        if self.ema is None:
+            return {"model": raw}
+        return {"model": self.ema.weights(raw), "raw_model": raw}
+
     def _state(self, stage: str, epoch: int, optimizers, schedulers, best: float, best_epoch: int) -> dict:
         return {
             "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
+            **self._model_weights(),
             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
             "schedulers": {name: sched.state_dict() for name, sched in schedulers.items()},
             "scaler": self.scaler.state_dict(),
@@ -619,6 +713,7 @@ class Trainer:
             "rng": rng_state(),
             "best_metric": best,
             "best_epoch": best_epoch,
+            "psnr_floor": self.psnr_floor,
         }
 
     def train_stage(self, stage: str, resume: dict | None = None, final: bool = True) -> None:
@@ -635,6 +730,9 @@ class Trainer:
         }
         start_epoch, best, best_epoch, position = 0, -math.inf, 0, None
         self.guard = NonFiniteGuard(self.device)
+        # The stage's EMA starts at its incoming weights (on resume: the checkpoint's average).
+        decay = self.config.train.ema_decay
+        self.ema = WeightEMA(self.model, self._submodules(TRAINABLE[stage]), decay) if decay > 0 else None
         if resume is not None:
             start_epoch, best, best_epoch = resume["epoch"], resume["best_metric"], resume["best_epoch"]
             position = resume.get("position")
@@ -651,6 +749,11 @@ class Trainer:
             self.scaler.load_state_dict(resume["scaler"])
             set_rng_state(resume["rng"])
             self.global_step = resume["step"]
+            if self.ema is not None and "raw_model" in resume:
+                load_model_state(self.model, resume["raw_model"], "the checkpoint's raw weights (raw_model)")
+        self.psnr_floor = resume.get("psnr_floor") if resume is not None else None
+        if resume is None and stage == "joint" and self.config.train.joint_max_psnr_drop_db is not None:
+            best = self._validate_incoming(stage, optimizers, schedulers)
         self.saved_at = time.monotonic()
         loader = self.train_loader(stage)
         for epoch in range(start_epoch, settings.epochs):
@@ -666,7 +769,12 @@ class Trainer:
                 metric = selection_metric(stage, metrics)
                 row.update(_flat_val_metrics(metrics))
                 row["val_selection"] = metric
-                if math.isfinite(metric) and metric > best:  # a NaN metric never becomes best
+                if self.psnr_floor is not None:
+                    row["val_psnr_floor"] = self.psnr_floor
+                    if below_psnr_floor(metrics, self.psnr_floor):
+                        log.info("%s epoch %d cannot be the best checkpoint: val_psnr %.3f dB is under the floor %.3f dB "
+                                 "(val_selection %.4g)", stage, epoch + 1, row.get("val_psnr", math.nan), self.psnr_floor, metric)
+                if is_new_best(metric, best, metrics, self.psnr_floor):
                     best, best_epoch = metric, epoch + 1
                     row["is_best"] = 1
                 self._set_modes(stage)  # evaluate() left everything in eval mode
@@ -676,11 +784,36 @@ class Trainer:
                 self._write_epoch(stage, row, state, keep_optimizers=final or not is_last)
             if not (final and is_last) and self._stop_requested():
                 raise Preempted(f"stopped by {self._signal_name()} after stage {stage}, epoch {epoch + 1}; {self._where_saved()}")
+        if self.psnr_floor is not None and best_epoch == 0:
+            log.info("%s stage: no epoch at or above the PSNR floor %.3f dB graded better than the incoming weights: "
+                     "its best checkpoint is the incoming weights (epoch 0)", stage, self.psnr_floor)
         distributed.barrier()  # rank 0's best checkpoint is on disk before anyone reads it
         best_path = self.checkpoint_dir / f"{stage}_best.pt"
         if best_path.is_file():
             # The next stage starts from this stage's best weights.
             load_model_state(self.model, load_checkpoint(best_path)["model"], best_path)
+
+    def _validate_incoming(self, stage: str, optimizers, schedulers) -> float:
+        """train.joint_max_psnr_drop_db: validate the weights the stage starts from once (the PSNR the
+        ISR stage reached), set the floor to their val_psnr minus the drop, and make them epoch 0 of
+        log.csv and the stage's best checkpoint until a better-grading epoch at or above the floor.
+        Returns their selection metric (-inf when not finite)."""
+        started = time.perf_counter()
+        metrics = self.validate(stage)
+        self._set_modes(stage)  # evaluate() left everything in eval mode
+        drop = self.config.train.joint_max_psnr_drop_db
+        psnr = metrics.get("sr", {}).get("sr", {}).get("psnr", math.nan)
+        self.psnr_floor = psnr - drop
+        metric = selection_metric(stage, metrics)
+        log.info("%s stage: the incoming weights validate at val_psnr %.3f dB, val_selection %.4g; PSNR floor %.3f dB "
+                 "(train.joint_max_psnr_drop_db=%g)", stage, psnr, metric, self.psnr_floor, drop)
+        best = metric if math.isfinite(metric) else -math.inf
+        row = {"stage": stage, "epoch": 0, "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
+               **_flat_val_metrics(metrics), "val_selection": metric, "val_psnr_floor": self.psnr_floor, "is_best": 1,
+               "seconds": round(time.perf_counter() - started, 2)}
+        if self.world.is_main:
+            self._write_epoch(stage, row, self._state(stage, 0, optimizers, schedulers, best, 0))
+        return best
 
     def _write_recovery(self, stage: str, epoch: int, optimizers, schedulers, best: float, best_epoch: int, position: dict) -> None:
         """The recovery checkpoint (rank 0): the stage's state inside epoch ``epoch`` at ``position``;
@@ -787,7 +920,7 @@ class Trainer:
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --name"
             )
         if resume_state is None and self.config.train.init_from:
-            init = Path(self.config.train.init_from)
+            init = self._init_checkpoint()
             load_model_state(self.model, load_checkpoint(init)["model"], init)
             log.info("initialised every sub-net from %s", init)
         distributed.barrier()  # every process has checked the folder before rank 0 writes to it
@@ -819,6 +952,42 @@ class Trainer:
         for stage in planned:
             self.train_stage(stage, resume_state if stage == stages[first] else None, final=stage == planned[-1])
 
+    def _init_checkpoint(self) -> Path:
+        """The checkpoint train.init_from names: a file, or the synthetic pre-training's best.pt."""
+        value = self.config.train.init_from
+        if value == SYNTHETIC:
+            return self._synthetic_init()
+        if not Path(value).is_file():
+            raise CheckpointError(f"train.init_from={value}: no such checkpoint file; pass a checkpoint .pt or "
+                                  f"{SYNTHETIC} (pre-train this model on the embedded dataset first)")
+        return Path(value)
+
+    def _synthetic_init(self) -> Path:
+        """train.init_from=synthetic: the best.pt of this config's pre-training run (engine/pretrain.py),
+        reused when finished, else trained or resumed here by a nested Trainer (after waiting while
+        another run trains it). The global RNG state is restored after it, so this run trains the
+        same whether its pre-training ran now or before."""
+        pre = pretraining_config(self.config)
+        rng = rng_state()
+        while True:
+            status = run_status(pre)
+            if status == "finished":
+                log.info("train.init_from=%s: reusing the finished pre-training run %s", SYNTHETIC, pre.run_dir)
+                break
+            log.info("train.init_from=%s: %s pre-training run %s", SYNTHETIC,
+                     "resuming the interrupted" if status == "interrupted" else "starting the", pre.run_dir)
+            try:
+                Trainer(pre, self.progress).fit(resume=True)
+                break
+            except LockError as busy:
+                log.info("%s; looking again in %d s", busy, LOCK_POLL_SECONDS)
+                time.sleep(LOCK_POLL_SECONDS)
+        set_rng_state(rng)
+        best = pre.run_dir / "checkpoints" / "best.pt"
+        if not best.is_file():
+            raise CheckpointError(f"train.init_from={SYNTHETIC}: the pre-training run {pre.run_dir} wrote no best.pt")
+        return best
+
     def _latest_checkpoint(self, verify: bool) -> tuple[dict, Path] | None:
         """The newest of ``recovery.pt`` and ``last.pt`` (by stage, then step; an epoch end beats a
         recovery checkpoint of the same step), loaded; None when the run has no checkpoint."""
@@ -849,6 +1018,21 @@ class Trainer:
         for dataset in (self.train_set, self.val_set):
             if hasattr(dataset, "materialize"):  # render an in-memory dataset once, before timing epochs
                 dataset.materialize(progress=self.progress is not None and self.world.is_main)
+
+
+def run_status(config: Config) -> str:
+    """``"finished"`` (its last.pt ends the last stage that has epochs), ``"interrupted"`` (a checkpoint
+    short of that) or ``"new"`` (none): what ``fit(resume=True)`` would find in ``config``'s run folder."""
+    folder = config.run_dir / "checkpoints"
+    last, recovery = folder / "last.pt", folder / RECOVERY_FILE
+    if recovery.is_file():
+        return "interrupted"
+    if not last.is_file():
+        return "new"
+    state = load_checkpoint(last)
+    stages = [stage for stage in config.stages_to_run() if getattr(config.train, stage).epochs > 0]
+    finished = bool(stages) and state["stage"] == stages[-1] and state["epoch"] >= getattr(config.train, stages[-1]).epochs
+    return "finished" if finished else "interrupted"
 
 
 def _start_graph_here(_module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:

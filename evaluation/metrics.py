@@ -28,6 +28,7 @@ from sklearn.metrics import (
 )
 
 from data.records import LESIONS, UNKNOWN_GRADE, DataError
+from models.ordinal import decode_grades
 
 REFERABLE_GRADE = 2
 """ICDR grade from which DR is referable (moderate or worse): Messidor/EyePACS convention."""
@@ -147,12 +148,15 @@ def _referable_metrics(y: np.ndarray, p: np.ndarray, pred: np.ndarray) -> dict:
     }
 
 
-def grading_metrics(y_true: np.ndarray | torch.Tensor, probs: np.ndarray | torch.Tensor) -> dict:
+def grading_metrics(
+    y_true: np.ndarray | torch.Tensor, probs: np.ndarray | torch.Tensor, thresholds: torch.Tensor | None = None
+) -> dict:
     """Grading metrics of class probabilities against ICDR grades.
 
     Args:
         y_true: int ``[N]``, grades ``0..C-1``; ``-1`` (unknown) rows are dropped first.
-        probs: float ``[N,C]``, class probabilities (softmax); the prediction is the argmax.
+        probs: float ``[N,C]``, class probabilities (softmax); the prediction is the argmax, or
+            with ``thresholds`` ``[C-1]`` the expected grade cut at them (``models/ordinal.py``).
 
     Returns a JSON-serialisable dict: ``accuracy`` (micro), ``qwk`` (see ``_quadratic_kappa``),
     ``macro_f1`` (sklearn ``average="macro"`` over all ``C`` labels, ``zero_division=0``),
@@ -160,11 +164,12 @@ def grading_metrics(y_true: np.ndarray | torch.Tensor, probs: np.ndarray | torch
     ``macro_auc`` (mean of the defined per-class AUCs, NaN if none), ``referable_auc``,
     ``referable_sensitivity``, ``referable_specificity``, ``per_class_sensitivity`` (recall, NaN
     where the class is absent), ``confusion`` (``C x C`` ints, rows = truth, columns =
-    prediction) and ``n`` (rows scored). Raises ``DataError`` for a grade outside ``-1..C-1``.
+    prediction) and ``n`` (rows scored), plus ``thresholds`` when given. Raises ``DataError`` for a
+    grade outside ``-1..C-1``. The AUCs use the probabilities, whatever the decoding.
     """
     y, p = _known_grades(y_true, probs)
     num_classes = p.shape[1]
-    pred = p.argmax(1)
+    pred = decode_grades(torch.from_numpy(p), thresholds).numpy()
     per_class_auc = [_binary_auc(y == c, p[:, c]) for c in range(num_classes)]
     return {
         "accuracy": _recall(pred == y),
@@ -176,6 +181,7 @@ def grading_metrics(y_true: np.ndarray | torch.Tensor, probs: np.ndarray | torch
         "per_class_sensitivity": [_recall(pred[y == c] == c) for c in range(num_classes)],
         "confusion": _confusion(y, pred, num_classes).tolist(),
         "n": int(y.size),
+        **({"thresholds": [float(t) for t in thresholds]} if thresholds is not None else {}),
     }
 
 

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.ordinal import decode_grades
+
 EPS = 1e-7
 CamTarget = Literal["predicted", "any_dr"]
 CAM_TARGETS = ("predicted", "any_dr")
@@ -41,14 +43,15 @@ def weighted_activation_map(activation: torch.Tensor, gradient: torch.Tensor) ->
     return F.relu((weights * activation).sum(dim=1, keepdim=True))
 
 
-def target_weights(logits: torch.Tensor, mode: CamTarget = "predicted") -> torch.Tensor:
+def target_weights(logits: torch.Tensor, mode: CamTarget = "predicted", thresholds: torch.Tensor | None = None) -> torch.Tensor:
     """``[N,C]`` weights whose dot product with the logits is each sample's Grad-CAM score.
 
-    ``predicted``: one-hot of the predicted grade. ``any_dr``: the published code's target,
-    grade 0's logit when grade 0 is predicted, else the sum of the logits of grades 1..C-1.
-    Built with ``torch.where`` on the device: no host synchronisation.
+    ``predicted``: one-hot of the predicted grade (``models/ordinal.py``: argmax, or the expected
+    grade cut at ``thresholds``). ``any_dr``: the published code's target, grade 0's logit when
+    grade 0 is predicted, else the sum of the logits of grades 1..C-1. Built with ``torch.where``
+    on the device: no host synchronisation.
     """
-    predicted = logits.detach().argmax(dim=1)
+    predicted = decode_grades(torch.softmax(logits.detach().float(), dim=1), thresholds)
     one_hot = F.one_hot(predicted, logits.shape[1]).to(logits.dtype)
     if mode == "predicted":
         return one_hot

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from models.cam import CAMFusion, CamTarget, minmax_normalise, stage_cams, target_weights
 from models.lesion_seg import LesionSegNet
+from models.ordinal import GRADE_DECODINGS, decode_grades, default_thresholds
 
 # Grad-CAM of the task-aware loss: the four grader stages fused (published) or the last stage alone.
 CAM_STAGES = ("all", "last")
@@ -43,25 +44,48 @@ class DeepMTDR(nn.Module):
     ablated) feeds the grader the image alone. ``grader``: any net with ``num_lesions``,
     ``stages()`` and ``forward_features(x) -> (logits, stage outputs)`` (models/registry.py
     GRADERS). ``cam_stages="last"`` makes the task-aware attention the last stage's Grad-CAM
-    instead of the fused multi-scale map.
+    instead of the fused multi-scale map. ``grade_decoding`` (models/ordinal.py): a grade is the
+    argmax of the ``num_classes`` probabilities, or their expected grade cut at the buffer
+    ``grade_thresholds`` ``[C-1]`` (saved with the weights; fitted on the training images).
     """
 
-    def __init__(self, isr: nn.Module, seg: LesionSegNet | None, grader: nn.Module, cam_stages: str = "all") -> None:
+    def __init__(
+        self,
+        isr: nn.Module,
+        seg: LesionSegNet | None,
+        grader: nn.Module,
+        cam_stages: str = "all",
+        num_classes: int = 5,
+        grade_decoding: str = "argmax",
+    ) -> None:
         super().__init__()
         expected = seg.num_lesions if seg is not None else 0
         if grader.num_lesions != expected:
             raise ValueError(f"grader takes {grader.num_lesions} lesion channels but the seg net gives {expected}")
         if cam_stages not in CAM_STAGES:
             raise ValueError(f"cam_stages must be one of {CAM_STAGES}, got {cam_stages!r}")
+        if grade_decoding not in GRADE_DECODINGS:
+            raise ValueError(f"grade_decoding must be one of {GRADE_DECODINGS}, got {grade_decoding!r}")
         self.isr = isr
         self.seg = seg
         self.grader = grader
         self.cam_stages = cam_stages
         self.cam_fusion = CAMFusion(num_stages=len(grader.stages()))
+        self.grade_decoding = grade_decoding
+        self.register_buffer("grade_thresholds", default_thresholds(num_classes))
 
     @property
     def use_lesions(self) -> bool:
         return self.seg is not None
+
+    @property
+    def decision_thresholds(self) -> torch.Tensor | None:
+        """The expected-grade cut points ``[C-1]`` when grades are decoded by thresholds; None: argmax."""
+        return self.grade_thresholds if self.grade_decoding == "thresholds" else None
+
+    def predict_grades(self, probs: torch.Tensor) -> torch.Tensor:
+        """Predicted grades ``[N]`` of class probabilities ``[N,C]``, by the model's decoding rule."""
+        return decode_grades(probs, self.decision_thresholds)
 
     def segment(self, image: torch.Tensor) -> torch.Tensor:
         """Lesion logits ``[N,4,H,W]`` of an image; ``[N,0,H,W]`` when segmentation is ablated."""
@@ -88,7 +112,7 @@ class DeepMTDR(nn.Module):
     def attention_map(self, result: GradeResult, target: CamTarget = "predicted", retain_graph: bool = True) -> torch.Tensor:
         """Fused multi-stage Grad-CAM ``[N,1,H,W]`` in [0,1] of a :meth:`grade_image` result
         (with ``cam_stages="last"``: the last stage's Grad-CAM, resized and min-max normalised)."""
-        weights = target_weights(result.grade_logits, target)
+        weights = target_weights(result.grade_logits, target, self.decision_thresholds)
         size = result.lesion_logits.shape[-2:]
         if self.cam_stages == "last":
             (cam,) = stage_cams(result.grade_logits, result.features[-1:], weights, retain_graph=retain_graph)

@@ -9,13 +9,17 @@ adaptive max pooling so it also works on feature maps smaller than 4x4.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torchvision import models as tv_models
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,8 +38,9 @@ class ResNetGrader(nn.Module):
     The stem is widened for the lesion channels, which start at zero (so an ImageNet-initialised
     grader starts out as the ImageNet network), the image channels are ImageNet-normalised, and
     the head is ``pool`` (``"spp"``: spatial pyramid pooling, ``"gap"``: global average) ->
-    Linear(``hidden``) -> ReLU -> dropout -> Linear(classes). ImageNet weights come from a
-    local file (``pretrained_path``) or not at all.
+    Linear(``hidden``) -> ReLU -> dropout -> Linear(classes). ImageNet weights (``pretrained_path``)
+    come from a local file, from torchvision's own weights (``"imagenet"``, :func:`imagenet_state`)
+    or not at all.
     """
 
     def __init__(
@@ -55,7 +60,9 @@ class ResNetGrader(nn.Module):
             raise ValueError(f"grader pooling must be spp or gap, got {pool!r}")
         backbone = getattr(tv_models, arch)(weights=None)
         if pretrained_path is not None:
-            backbone.load_state_dict(load_torchvision_state(pretrained_path, arch))
+            state = load_torchvision_state(pretrained_path, arch)
+            check_backbone_state(state, backbone, pretrained_path, arch)
+            backbone.load_state_dict(state)
         self.arch, self.pool, self.num_lesions = arch, pool, num_lesions
         old = backbone.conv1
         self.stem = nn.Conv2d(3 + num_lesions, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
@@ -111,33 +118,104 @@ class GradingNet(ResNetGrader):
 
 # torchvision (torch.hub) names weight files NAME-<first hex digits of their SHA-256>.pth.
 HASH_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.pth?$")
+# model.imagenet_weights=imagenet: torchvision's weights of each grader backbone, through its weights API.
+IMAGENET = "imagenet"
+IMAGENET_WEIGHTS = {
+    "resnet18": tv_models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet50": tv_models.ResNet50_Weights.IMAGENET1K_V1,
+}
 
 
-def check_hash_prefix(path: Path) -> None:
-    """A file named the torch.hub way must hash to its name's prefix: a corrupt download fails here."""
+class ImageNetWeightsError(ValueError):
+    """ImageNet weights that cannot be had or do not check out; the message names model.imagenet_weights."""
+
+
+def check_hash_prefix(path: Path) -> bool:
+    """A file named the torch.hub way must hash to its name's prefix: a corrupt download fails here.
+
+    Returns whether the name carried a prefix (so the file was checked); a mismatch raises.
+    """
     match = HASH_PREFIX.search(path.name)
     if match is None:
-        return
+        return False
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
     if not digest.hexdigest().startswith(match[1]):
-        raise ValueError(f"{path} is corrupt: its SHA-256 {digest.hexdigest()[:len(match[1])]}... does not start with {match[1]}, as its name says")
+        raise ImageNetWeightsError(
+            f"model.imagenet_weights: {path} is corrupt: its SHA-256 {digest.hexdigest()[:len(match[1])]}... does not start "
+            f"with {match[1]}, as its name says (download it again)"
+        )
+    return True
+
+
+def hub_file(arch: str) -> Path:
+    """Where torch.hub keeps torchvision's ``arch`` ImageNet weights: ``torch.hub.get_dir()/checkpoints/<file>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(IMAGENET_WEIGHTS[arch].url).path).name
+
+
+def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
+    """torchvision's IMAGENET1K_V1 state dict of ``arch``, through its weights API: the file in torch's
+    hub cache (hash-checked), else downloaded there (torch.hub checks the hash of a download).
+
+    No network and no cached file: :class:`ImageNetWeightsError` saying which file to put where.
+    """
+    if arch not in IMAGENET_WEIGHTS:
+        raise ImageNetWeightsError(f"model.imagenet_weights={IMAGENET}: torchvision has no ImageNet weights wired here for {arch}")
+    weights, cached = IMAGENET_WEIGHTS[arch], hub_file(arch)
+    if cached.is_file():
+        check_hash_prefix(cached)  # torch.hub checks a download, not a file already in its cache
+    else:
+        log.info("downloading torchvision's %s ImageNet weights to %s", arch, cached)
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as error:  # offline: URLError (an OSError); a bad download: RuntimeError
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise ImageNetWeightsError(
+            f"model.imagenet_weights={IMAGENET}: torchvision's {arch} ImageNet weights are not in torch's hub cache and "
+            f"could not be downloaded ({reason}); download {weights.url} on a machine with internet and put "
+            f"{cached.name} in {cached.parent}, or pass model.imagenet_weights=PATH"
+        ) from None
+    log.info("ImageNet weights: torchvision's %s IMAGENET1K_V1 from %s (hash-checked)", arch, cached)
+    return state
 
 
 def load_torchvision_state(path: str | Path, arch: str) -> dict[str, torch.Tensor]:
-    """A torchvision ``arch`` ImageNet state dict from a local file (nothing is downloaded)."""
+    """A torchvision ``arch`` ImageNet state dict from a local file, or torchvision's own (``"imagenet"``)."""
+    if str(path) == IMAGENET:
+        return imagenet_state(arch)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"ImageNet weights not found at {path}: download torchvision's {arch} weights (e.g. "
-            "resnet18-f37072fd.pth) on a machine with internet and pass the local path (model.imagenet_weights=PATH)"
+            "resnet18-f37072fd.pth) on a machine with internet and pass the local path (model.imagenet_weights=PATH), "
+            f"or use model.imagenet_weights={IMAGENET} (torch's hub cache)"
         )
-    check_hash_prefix(path)
+    hashed = check_hash_prefix(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or "conv1.weight" not in state:
-        raise ValueError(f"{path} is not a torchvision {arch} state dict (no 'conv1.weight')")
+        raise ImageNetWeightsError(f"model.imagenet_weights: {path} is not a torchvision {arch} state dict (no 'conv1.weight')")
+    official = arch in IMAGENET_WEIGHTS and path.name == Path(urlparse(IMAGENET_WEIGHTS[arch].url).path).name
+    if not hashed:
+        how = "not hash-checked (no torch.hub hash prefix in its name); only its keys and shapes are checked"
+    else:
+        how = "hash-checked" + ("" if official else f" against its name (not torchvision's IMAGENET1K_V1 {arch} file)")
+    log.info("ImageNet weights: %s, %s", path, how)
     return state
+
+
+def check_backbone_state(state: dict[str, torch.Tensor], backbone: nn.Module, source: str | Path, arch: str) -> None:
+    """The weights must be a torchvision ``arch``'s: every key, no other, each of the same shape."""
+    own = backbone.state_dict()
+    # BatchNorm fills in a missing num_batches_tracked (older torchvision files lack it).
+    missing = sorted(key for key in set(own) - set(state) if not key.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(own))
+    mis_shaped = [f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}" for key in sorted(set(own) & set(state))
+                  if tuple(state[key].shape) != tuple(own[key].shape)]
+    problems = [f"{label}: {', '.join(items[:3])}{f' (+{len(items) - 3} more)' if len(items) > 3 else ''}"
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mis_shaped)) if items]
+    if problems:
+        raise ImageNetWeightsError(f"model.imagenet_weights: {source} is not a torchvision {arch} state dict; {'; '.join(problems)}")

@@ -77,13 +77,28 @@ def task_aware_loss(sr_attention: torch.Tensor, hr_attention: torch.Tensor) -> t
     return F.mse_loss(sr_attention, hr_attention.detach())
 
 
-def grading_loss(logits: torch.Tensor, grades: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Class-weighted cross entropy; grade -1 (unknown) is ignored. Zero if no sample is graded."""
+def grading_loss(
+    logits: torch.Tensor, grades: torch.Tensor, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Class-weighted cross entropy, with ``label_smoothing`` (torch's convention: the target is
+    ``1 - s`` on the grade plus ``s / C`` everywhere); grade -1 (unknown) is ignored. Zero if no
+    sample is graded."""
     known = grades >= 0
     # Multiplying by 0 rather than branching on known.any() avoids a host synchronisation.
-    loss = F.cross_entropy(logits, grades.clamp_min(0), weight=class_weights, reduction="none")
+    loss = F.cross_entropy(logits, grades.clamp_min(0), weight=class_weights, reduction="none", label_smoothing=label_smoothing)
     weights = known.to(logits.dtype) * (class_weights[grades.clamp_min(0)] if class_weights is not None else 1)
     return (loss * known).sum() / weights.sum().clamp_min(1e-12)
+
+
+def ordinal_loss(logits: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+    """SmoothL1 (beta 1) between the expected grade ``sum_k softmax_k * k`` and the true grade, mean
+    over graded samples (grade -1 ignored; zero if none). A grade off by two costs more than one off
+    by one, as in quadratic weighted kappa; SmoothL1 rather than MSE keeps far misses from dominating."""
+    known = grades >= 0
+    scale = torch.arange(logits.shape[1], device=logits.device, dtype=torch.float32)
+    expected = torch.softmax(logits.float(), dim=1) @ scale
+    loss = F.smooth_l1_loss(expected, grades.clamp_min(0).float(), reduction="none")
+    return (loss * known).sum() / known.sum().clamp_min(1)
 
 
 def class_weights_from_counts(counts: torch.Tensor) -> torch.Tensor:

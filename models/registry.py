@@ -77,6 +77,7 @@ def deepmt_dr(
     grader_dropout: float = 0.5,
     imagenet_weights: str | None = None,
     cam_stages: str = "all",
+    grade_decoding: str = "argmax",
 ) -> nn.Module:
     """DeepMT-DR; the defaults are the paper's (x4, 32-channel ISR, U-Net ratio 4, ResNet-18).
 
@@ -100,4 +101,4 @@ def deepmt_dr(
         pretrained_path=imagenet_weights,
     )
     isr_net = ISRNet(scale, isr_channels, isr_blocks, isr_bicubic_skip) if isr == "net" else BicubicUpsampler(scale)
-    return DeepMTDR(isr_net, seg, grading_net, cam_stages=cam_stages)
+    return DeepMTDR(isr_net, seg, grading_net, cam_stages=cam_stages, num_classes=num_classes, grade_decoding=grade_decoding)

@@ -15,6 +15,7 @@ from torch import nn
 
 from engine.testing import GraderOnImage
 from models.deepmt_dr import DeepMTDR
+from models.ordinal import decode_grades
 
 TARGET_CHOICES = ("predicted", "any_dr")
 
@@ -36,8 +37,11 @@ class SaliencyModel(nn.Module):
     suggested ones (default: the top-level children that hold a convolution), the last is the
     default layer. ``randomisation_order`` lists the modules the sanity check re-initialises,
     output side first (default: top-level children with parameters, last to first).
-    The classifier is put in eval mode: saliency explains the deployed model.
+    The classifier is put in eval mode: saliency explains the deployed model. ``grade_thresholds``:
+    the model's ordinal cut points when it decodes grades by thresholds (models/ordinal.py), else None.
     """
+
+    grade_thresholds: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -87,12 +91,12 @@ class SaliencyModel(nn.Module):
     def targets(self, scores: torch.Tensor, target: str | int | torch.Tensor = "predicted") -> torch.Tensor:
         """Per-sample column indices ``[N]`` into :meth:`forward`'s scores.
 
-        ``predicted``: each sample's predicted grade. ``any_dr``: as ``models/cam.py``, grade 0
+        ``predicted``: each sample's predicted grade (the model's decoding). ``any_dr``: as ``models/cam.py``, grade 0
         where grade 0 is predicted, else the "any DR" column (index C). An int or an ``[N]`` tensor:
         that grade for all or per sample.
         """
         num_classes = scores.shape[1] - 1
-        predicted = scores[:, :num_classes].argmax(dim=1)
+        predicted = decode_grades(torch.softmax(scores[:, :num_classes].float(), dim=1), self.grade_thresholds)
         if isinstance(target, str):
             if target == "predicted":
                 return predicted
@@ -129,4 +133,6 @@ def for_deepmt_dr(model: DeepMTDR) -> SaliencyModel:
     names = {id(module): name for name, module in model.named_modules()}
     stages = [names[id(stage)] for stage in model.grader.stages()]
     children = [f"grader.{name}" for name, child in model.grader.named_children() if any(True for _ in child.parameters())]
-    return SaliencyModel(GraderOnImage(model), root=model, layer_names=stages, randomisation_order=children[::-1])
+    explained = SaliencyModel(GraderOnImage(model), root=model, layer_names=stages, randomisation_order=children[::-1])
+    explained.grade_thresholds = model.decision_thresholds
+    return explained

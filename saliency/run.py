@@ -172,6 +172,7 @@ def _main(args: argparse.Namespace) -> int:
         maps = {method: raw_saliency(explained, image, method, target, layer, options) for method in methods}
         ig_error = ig_completeness_error(explained, image, target, maps["ig"]) if "ig" in maps else None
         probs = torch.softmax(scores[:, :num_classes], dim=1)
+        predicted_grades = model.predict_grades(probs)
         for i, name in enumerate(names[start : start + len(batch)]):
             folder = out / name
             write_rgb_png(folder / "input.png", np.round(to_rgb_array(image[i]) * 255).astype(np.uint8))
@@ -182,7 +183,7 @@ def _main(args: argparse.Namespace) -> int:
                 rgb = overlay(image[i], saturate(shown) if method in PIXEL_METHODS else shown)
                 write_rgb_png(folder / f"{method}.png", rgb)
                 panels.append((TITLES[method], rgb))
-            predicted = int(probs[i].argmax())
+            predicted = int(predicted_grades[i])
             label = target_label(int(target[i]), num_classes)
             rows.append(SheetRow(f"{name}\npredicted {predicted} (p={float(probs[i, predicted]):.2f}), map: {label}",
                                  to_rgb_array(image[i]), panels))

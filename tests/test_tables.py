@@ -96,6 +96,19 @@ def test_rows_files_seeds_and_selection():
         parse_seeds("0,0")
 
 
+def test_table_wide_overrides_come_before_each_rows_own(tmp_path):
+    rows = tmp_path / "rows.yaml"
+    rows.write_text("title: t\noverrides: [train.stage=cls, data.flip=true]\nrows:\n"
+                    "  a: {method: deepmt_dr}\n  b: {method: deepmt_dr, overrides: [data.flip=false]}\n")
+    spec = load_table(rows)
+    assert [row.overrides for row in spec.rows] == [("train.stage=cls", "data.flip=true"), ("train.stage=cls", "data.flip=true", "data.flip=false")]
+    rows.write_text("title: t\noverrides: train.stage=cls\nrows:\n  a: {method: deepmt_dr}\n")
+    with pytest.raises(runner.ConfigError, match="overrides .for every row"):
+        load_table(rows)
+    levers = load_table(ROOT / "scripts" / "idrid_levers.yaml")
+    assert levers.reference == "baseline" and all("train.stage=cls" in row.overrides for row in levers.rows)
+
+
 def _script(folder):
     spec = importlib.util.spec_from_file_location(f"run_{folder.split()[0].lower()}", ROOT / folder / "run.py")
     module = importlib.util.module_from_spec(spec)
@@ -172,4 +185,4 @@ def test_idrid_results_script_lists_its_rows(capsys):
     spec.loader.exec_module(module)
     assert run_cli(module.main, ["--list"]) == 0
     out = capsys.readouterr().out
-    assert "deepmt_dr_synth_init" in out and "train.init_from=runs/demo/checkpoints/best.pt" in out and "hr_cls" in out
+    assert "deepmt_dr_synth_init" in out and "train.init_from=synthetic train.init_synthetic_hr_size=128" in out and "hr_cls" in out
