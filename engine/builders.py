@@ -69,6 +69,7 @@ def build_model(config: Config) -> DeepMTDR:
             grader=model.grader,
             grader_hidden=model.grader_hidden,
             grader_dropout=model.grader_dropout,
+            grader_head_activation=model.grader_head_activation,
             imagenet_weights=model.imagenet_weights,
             cam_stages=model.cam_stages,
             grade_decoding=model.grade_decoding,

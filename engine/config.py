@@ -21,6 +21,7 @@ import yaml
 from data.datasets import DATASETS as PUBLIC_DATASETS
 from engine.methods import METHODS, Method
 from models.deepmt_dr import CAM_STAGES
+from models.grading import HEAD_ACTIVATIONS
 from models.isr import SUPPORTED_SCALES
 from models.ordinal import GRADE_DECODINGS
 from models.registry import GRADERS, ISR_KINDS
@@ -121,6 +122,9 @@ class ModelConfig:
     grader: str = "resnet18_spp"
     grader_hidden: int = 512
     grader_dropout: float = 0.5
+    # The grader head's hidden activation: "relu" (published) or "leaky_relu" (on in the IDRiD
+    # presets: with ReLU the SPP head's hidden units died on real images, models/grading.py).
+    grader_head_activation: str = "relu"
     # ImageNet initialisation of the grader's ResNet: a local torchvision .pth file, or "imagenet":
     # torchvision's IMAGENET1K_V1 weights from torch's hub cache (downloaded there when missing).
     imagenet_weights: str | None = None
@@ -501,6 +505,10 @@ def validate(config: Config) -> None:
     _require(model.grader in GRADERS, f"model.grader must be one of {', '.join(GRADERS)}, got {model.grader!r}")
     _require(model.cam_stages in CAM_STAGES, f"model.cam_stages must be one of {', '.join(CAM_STAGES)}, got {model.cam_stages!r}")
     _require(model.grader_hidden > 0, f"model.grader_hidden must be positive, got {model.grader_hidden}")
+    _require(model.grader_head_activation in HEAD_ACTIVATIONS,
+             f"model.grader_head_activation must be one of {', '.join(HEAD_ACTIVATIONS)}, got {model.grader_head_activation!r}")
+    _require(model.grader_head_activation == "relu" or model.grader != "chen_net",
+             "model.grader_head_activation: the chen_net grader has its own head; leave it relu")
     _require(model.imagenet_weights is None or bool(str(model.imagenet_weights).strip()),
              "model.imagenet_weights must be a .pth path, imagenet, or null; got an empty value")
     _require(model.imagenet_weights is None or model.grader != "chen_net",

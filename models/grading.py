@@ -32,13 +32,20 @@ def spatial_pyramid_pool(features: torch.Tensor, levels: tuple[int, ...] = SPP_L
     return torch.cat([F.adaptive_max_pool2d(features, n).flatten(1) for n in levels], dim=1)
 
 
+# The hidden layer's activation. "relu" is the paper's; "leaky_relu" (slope 0.01) keeps a
+# gradient on units the first large steps push negative for every image: on IDRiD at 512 px
+# with ReLU, 255 of the 256 hidden units of the SPP head were dead after the cls stage
+# (docs/RESULTS.md), leaving a one-number grader. No parameters: checkpoints load either way.
+HEAD_ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True)}
+
+
 class ResNetGrader(nn.Module):
     """A torchvision ResNet on ``cat(image, lesion maps)`` ``[N,3+L,H,W]`` in [0,1] -> grade logits.
 
     The stem is widened for the lesion channels, which start at zero (so an ImageNet-initialised
     grader starts out as the ImageNet network), the image channels are ImageNet-normalised, and
     the head is ``pool`` (``"spp"``: spatial pyramid pooling, ``"gap"``: global average) ->
-    Linear(``hidden``) -> ReLU -> dropout -> Linear(classes). ImageNet weights (``pretrained_path``)
+    Linear(``hidden``) -> ReLU (``head_activation``) -> dropout -> Linear(classes). ImageNet weights (``pretrained_path``)
     come from a local file, from torchvision's own weights (``"imagenet"``, :func:`imagenet_state`)
     or not at all.
     """
@@ -52,12 +59,15 @@ class ResNetGrader(nn.Module):
         pretrained_path: str | Path | None = None,
         arch: str = "resnet50",
         pool: str = "gap",
+        head_activation: str = "relu",
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if pool not in ("spp", "gap"):
             raise ValueError(f"grader pooling must be spp or gap, got {pool!r}")
+        if head_activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f"grader head activation must be one of {', '.join(HEAD_ACTIVATIONS)}, got {head_activation!r}")
         backbone = getattr(tv_models, arch)(weights=None)
         if pretrained_path is not None:
             state = load_torchvision_state(pretrained_path, arch)
@@ -74,7 +84,7 @@ class ResNetGrader(nn.Module):
         features = backbone.fc.in_features * (sum(n * n for n in SPP_LEVELS) if pool == "spp" else 1)
         self.head = nn.Sequential(
             nn.Linear(features, hidden),
-            nn.ReLU(inplace=True),
+            HEAD_ACTIVATIONS[head_activation](),
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
@@ -112,8 +122,9 @@ class GradingNet(ResNetGrader):
         hidden: int = 512,
         dropout: float = 0.5,
         pretrained_path: str | Path | None = None,
+        head_activation: str = "relu",
     ) -> None:
-        super().__init__(num_classes, num_lesions, hidden, dropout, pretrained_path, arch="resnet18", pool="spp")
+        super().__init__(num_classes, num_lesions, hidden, dropout, pretrained_path, arch="resnet18", pool="spp", head_activation=head_activation)
 
 
 # torchvision (torch.hub) names weight files NAME-<first hex digits of their SHA-256>.pth.

@@ -45,9 +45,11 @@ def list_models() -> list[str]:
 
 
 @register_model("resnet18_spp")
-def resnet18_spp(num_classes: int = 5, num_lesions: int = 4, hidden: int = 512, dropout: float = 0.5, pretrained_path=None) -> nn.Module:
+def resnet18_spp(num_classes: int = 5, num_lesions: int = 4, hidden: int = 512, dropout: float = 0.5, pretrained_path=None,
+                 head_activation: str = "relu") -> nn.Module:
     """DeepMT-DR's grader (the published KeNet_v1): ResNet-18 + spatial pyramid pooling."""
-    return GradingNet(num_classes=num_classes, num_lesions=num_lesions, hidden=hidden, dropout=dropout, pretrained_path=pretrained_path)
+    return GradingNet(num_classes=num_classes, num_lesions=num_lesions, hidden=hidden, dropout=dropout, pretrained_path=pretrained_path,
+                      head_activation=head_activation)
 
 
 @register_model("chen_net")
@@ -57,9 +59,10 @@ def chen_net(num_classes: int = 5, num_lesions: int = 0, hidden: int = 256, drop
 
 
 @register_model("resnet50")
-def resnet50(num_classes: int = 5, num_lesions: int = 0, hidden: int = 512, dropout: float = 0.5, pretrained_path=None) -> nn.Module:
+def resnet50(num_classes: int = 5, num_lesions: int = 0, hidden: int = 512, dropout: float = 0.5, pretrained_path=None,
+             head_activation: str = "relu") -> nn.Module:
     """torchvision ResNet-50 with global average pooling and a two-layer head."""
-    return ResNetGrader(num_classes, num_lesions, hidden, dropout, pretrained_path, arch="resnet50")
+    return ResNetGrader(num_classes, num_lesions, hidden, dropout, pretrained_path, arch="resnet50", head_activation=head_activation)
 
 
 @register_model("deepmt_dr")
@@ -75,6 +78,7 @@ def deepmt_dr(
     grader: str = "resnet18_spp",
     grader_hidden: int = 512,
     grader_dropout: float = 0.5,
+    grader_head_activation: str = "relu",
     imagenet_weights: str | None = None,
     cam_stages: str = "all",
     grade_decoding: str = "argmax",
@@ -99,6 +103,7 @@ def deepmt_dr(
         hidden=grader_hidden,
         dropout=grader_dropout,
         pretrained_path=imagenet_weights,
+        **({"head_activation": grader_head_activation} if grader_head_activation != "relu" else {}),
     )
     isr_net = ISRNet(scale, isr_channels, isr_blocks, isr_bicubic_skip) if isr == "net" else BicubicUpsampler(scale)
     return DeepMTDR(isr_net, seg, grading_net, cam_stages=cam_stages, num_classes=num_classes, grade_decoding=grade_decoding)
