@@ -131,11 +131,14 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        total = self._per_rank() * self.world.size
+        return iter(self._epoch_order(generator, total)[self.world.rank : total : self.world.size][self.start :])
+
+    def _epoch_order(self, generator: torch.Generator, total: int) -> list[int]:
+        """The epoch's ``total`` sample indices, dealt round robin by ``__iter__`` (subclasses draw others)."""
         torch.empty((), dtype=torch.int64).random_(generator=generator)  # the DataLoader's base-seed draw
         order = torch.randperm(self.length, generator=generator).tolist()
-        total = self._per_rank() * self.world.size
-        order += order[: total - len(order)]
-        return iter(order[self.world.rank : total : self.world.size][self.start :])
+        return order + order[: total - len(order)]
 
 
 class ShardSampler(Sampler[int]):

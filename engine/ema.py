@@ -30,11 +30,11 @@ class WeightEMA:
         self.names = list(live)
         self.live = list(live.values())  # views of the model's own tensors
         self.shadow = {name: tensor.clone() for name, tensor in live.items()}
-        floating = [i for i, tensor in enumerate(self.live) if tensor.is_floating_point()]
-        others = [i for i in range(len(self.live)) if i not in set(floating)]
-        averaged = list(self.shadow.values())
-        self._float_live, self._float_shadow = [self.live[i] for i in floating], [averaged[i] for i in floating]
-        self._other_live, self._other_shadow = [self.live[i] for i in others], [averaged[i] for i in others]
+        pairs = list(zip(self.live, self.shadow.values()))
+        self._float_live = [live for live, _ in pairs if live.is_floating_point()]
+        self._float_shadow = [shadow for live, shadow in pairs if live.is_floating_point()]
+        self._other_live = [live for live, _ in pairs if not live.is_floating_point()]
+        self._other_shadow = [shadow for live, shadow in pairs if not live.is_floating_point()]
 
     @torch.no_grad()
     def update(self, found_inf: torch.Tensor) -> None:

@@ -8,13 +8,11 @@ times more than the common ones instead of equally (the trainer logs a warning).
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch.utils.data import Sampler
 
-from engine.distributed import SINGLE_PROCESS, World
+from engine.distributed import SINGLE_PROCESS, EpochShuffleSampler, World
 
 
 def balanced_weights(grades: Sequence[int]) -> torch.Tensor:
@@ -31,31 +29,17 @@ def balanced_weights(grades: Sequence[int]) -> torch.Tensor:
     return weights
 
 
-class BalancedSampler(Sampler[int]):
+class BalancedSampler(EpochShuffleSampler):
     """Epoch ``epoch`` draws ``ceil(length / ranks) * ranks`` images with replacement, probability
     proportional to ``weights``, from a generator seeded with ``seed + epoch`` (the same on every
-    rank), dealt round robin like :class:`engine.distributed.EpochShuffleSampler`: same epoch length,
+    rank), dealt round robin by :class:`engine.distributed.EpochShuffleSampler`: same epoch length,
     same ``set_epoch(epoch, start)`` for a run resumed inside an epoch."""
 
     def __init__(self, weights: Sequence[float] | torch.Tensor, seed: int, world: World = SINGLE_PROCESS) -> None:
         self.weights = torch.as_tensor(weights, dtype=torch.float64)
         if self.weights.ndim != 1 or len(self.weights) == 0 or not bool((self.weights >= 0).all()) or not bool(self.weights.sum() > 0):
             raise ValueError("sampling weights must be a non-empty list of non-negative numbers, not all zero")
-        self.length, self.seed, self.world = len(self.weights), seed, world
-        self.epoch, self.start = 0, 0
+        super().__init__(len(self.weights), seed, world)
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Epoch ``epoch``'s draws from this process's ``start``-th sample on."""
-        self.epoch, self.start = epoch, start
-
-    def _per_rank(self) -> int:
-        return math.ceil(self.length / self.world.size)
-
-    def __len__(self) -> int:
-        return max(0, self._per_rank() - self.start)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        total = self._per_rank() * self.world.size
-        draws = torch.multinomial(self.weights, total, replacement=True, generator=generator).tolist()
-        return iter(draws[self.world.rank : total : self.world.size][self.start :])
+    def _epoch_order(self, generator: torch.Generator, total: int) -> list[int]:
+        return torch.multinomial(self.weights, total, replacement=True, generator=generator).tolist()
