@@ -186,3 +186,15 @@ def test_idrid_results_script_lists_its_rows(capsys):
     assert run_cli(module.main, ["--list"]) == 0
     out = capsys.readouterr().out
     assert "deepmt_dr_synth_init" in out and "train.init_from=synthetic train.init_synthetic_hr_size=128" in out and "hr_cls" in out
+
+
+def test_idrid_recipe_script_lists_its_rows(capsys):
+    spec = importlib.util.spec_from_file_location("idrid_recipe", ROOT / "scripts/idrid_recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert run_cli(module.main, ["--list"]) == 0
+    out = capsys.readouterr().out
+    # The stage list survives YAML (a bare "cls,joint" in a flow list would split into two items).
+    assert "--method deepmt_dr train.stage=cls,joint train.init_from=runs/idrid_isrseg/checkpoints/seg_best.pt" in out
+    assert out.count("train.init_from=synthetic train.init_synthetic_hr_size=128") == 2
+    assert load_table(ROOT / "scripts" / "idrid_recipe.yaml").reference == "lr_cls"
