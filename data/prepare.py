@@ -73,7 +73,7 @@ def hr_square(square: np.ndarray, fov: np.ndarray, size: int) -> tuple[np.ndarra
     return hr, fov
 
 
-def _read_masks(record: Record, shape: tuple[int, int]) -> np.ndarray:
+def read_masks(record: Record, shape: tuple[int, int]) -> np.ndarray:
     """``[4,H,W]`` bool masks of a record (zeros where no file: mask_valid says so), size-checked."""
     planes = []
     for path in record.masks:
@@ -94,7 +94,7 @@ def preprocess(record: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
     has_masks = any(record.mask_valid)
     # JPEGs without masks may decode at reduced scale (much faster); masks need the full grid.
     image = read_image(record.image, min_side=None if has_masks else size)
-    masks = _read_masks(record, image.shape[:2]) if has_masks else None
+    masks = read_masks(record, image.shape[:2]) if has_masks else None
     try:
         square, square_masks, fov = crop_to_fov_square(image, masks)
     except DataError as error:

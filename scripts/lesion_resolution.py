@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data.datasets import load_index
-from data.datasets.base import read_image, read_mask
+from data.datasets.base import read_image
 from data.fundus import crop_to_fov_square
+from data.prepare import read_masks
 from data.records import LESIONS, DataError
 from engine.cli import run_cli
 from evaluation.lesion_resolution import contrast_retention
@@ -57,13 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     sides = []
     for record in records:
         image = read_image(record.image)
-        masks = np.stack([
-            read_mask(path, record.mask_threshold) if path is not None else np.zeros(image.shape[:2], dtype=bool)
-            for path in record.masks
-        ])
-        if masks.shape[1:] != image.shape[:2]:
-            raise DataError(f"{record.image}: its masks are {masks.shape[2]}x{masks.shape[1]}, the image {image.shape[1]}x{image.shape[0]}")
-        square, square_masks, fov = crop_to_fov_square(image, masks)
+        square, square_masks, fov = crop_to_fov_square(image, read_masks(record, image.shape[:2]))
         square_masks = np.asarray(square_masks, dtype=bool)
         sides.append(square.shape[0])
         background = fov & ~square_masks.any(axis=0)
