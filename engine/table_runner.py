@@ -14,6 +14,8 @@ Resuming: a (row, seed) already in ``results.csv`` or whose run folder holds its
 not trained again; one with ``checkpoints/last.pt`` or ``recovery.pt`` continues (as ``train.py --resume``);
 a run folder with neither is started afresh. A run folder trained with other settings stops the
 runner (ConfigError naming the differing keys) instead of being mixed into the table.
+``--reuse-from OTHER_TABLE_DIR`` copies another table's finished run when its settings are exactly
+a row's (the ablation's ``full`` rows are the compared methods' ``deepmt_dr`` rows).
 
 ``--jobs N`` (default 2 on a CPU, 1 on a GPU) trains N runs at once in spawned processes with
 ``cores // N`` torch threads each.
@@ -184,6 +186,46 @@ def check_same_settings(config: Config) -> None:
         )
 
 
+# Keys that name a run's folder: a finished run of another table may be reused under another name.
+RUN_LOCATION = ("run.name", "run.out_dir")
+
+
+def find_reusable_run(config: Config, run_folders: Sequence[Path], split: str) -> Path | None:
+    """A finished run folder among ``run_folders`` trained with exactly ``config``'s settings, or None.
+
+    Why: the ablation's ``full`` row and the compared methods' ``deepmt_dr`` row are the same
+    training; a second table can take the first one's tested runs instead of training them again.
+    """
+    wanted = flat_keys(config.to_dict())
+    for folder in run_folders:
+        saved_path = folder / "config.yaml"
+        if folder.resolve() == config.run_dir.resolve() or not saved_path.is_file():
+            continue
+        if not metrics_file(folder, split, config.test.input, config.test.input).is_file():
+            continue
+        saved = flat_keys(yaml.safe_load(saved_path.read_text()) or {})
+        if all(saved.get(key) == wanted.get(key) for key in set(saved) | set(wanted) if key not in NOT_COMPARED + RUN_LOCATION):
+            return folder
+    return None
+
+
+def copy_reused_run(source: Path, config: Config, figures_root: Path) -> None:
+    """Copy a finished run folder (and its test figures) to ``config``'s run folder, renamed."""
+    target = config.run_dir
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    saved_path = target / "config.yaml"
+    text = saved_path.read_text()
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    saved = yaml.safe_load(text)
+    saved["run"]["name"], saved["run"]["out_dir"] = config.run.name, config.run.out_dir
+    saved_path.write_text(header + f"# reused from {source}\n" + yaml.safe_dump(saved, sort_keys=False))
+    source_figures = source.parent.parent / "figures" / source.name
+    if source_figures.is_dir():
+        shutil.copytree(source_figures, figures_root / config.run.name, dirs_exist_ok=True)
+
+
 def _epoch_seconds(run_dir: Path) -> float | None:
     """Training time of a run from its log.csv (epochs incl. validation; survives resumes)."""
     path = run_dir / "log.csv"
@@ -252,8 +294,12 @@ def run_table(
     command: str = "",
     jobs: int = 1,
     split: str = "test",
+    reuse_from: Sequence[str | Path] = (),
 ) -> Path:
     """Train and test every (row, seed) not yet finished, then write results.csv, table.md and table.png.
+
+    ``reuse_from``: other tables' output folders; a (row, seed) whose exact settings one of their
+    finished runs has is copied from there (run folder and figures) instead of being trained.
 
     ``jobs > 1`` trains that many runs at once in spawned processes, each with
     ``cpu_count // jobs`` torch threads (unless run.threads is set); only this process writes
@@ -282,6 +328,7 @@ def run_table(
         log.info("%s: QWK %s, accuracy %s%s", labels[config.run.name], _short(result.get("qwk")),
                  _short(result.get("accuracy")), f" ({wall / 60:.1f} min)" if wall else "")
 
+    reusable = sorted(folder for root in reuse_from for folder in (Path(root) / "runs").glob("*") if folder.is_dir())
     todo = []
     for row, seed, config in configs:
         label = labels[config.run.name]
@@ -289,6 +336,10 @@ def run_table(
             log.info("%s: in %s, skipped", label, results_path)
         elif metrics_of(config).is_file():
             log.info("%s: tested already, collected", label)
+            record(row, seed, config, None)
+        elif (source := find_reusable_run(config, reusable, split)) is not None:
+            log.info("%s: same settings as %s, reused", label, source)
+            copy_reused_run(source, config, out_dir / "figures")
             record(row, seed, config, None)
         else:
             todo.append((row, seed, config))
@@ -350,6 +401,9 @@ def get_args_parser(description: str, default_out: str) -> argparse.ArgumentPars
                         "else 2 on a CPU with 2 or more cores)")
     parser.add_argument("--split", default="test", choices=("test", "val"),
                         help="split every run is tested on (default test; val for a dataset copy without its test set)")
+    parser.add_argument("--reuse-from", action="append", default=[], metavar="TABLE_DIR",
+                        help="another table's output folder (repeatable): runs trained there with exactly a row's "
+                        "settings are copied instead of trained, e.g. the ablation's full rows for deepmt_dr")
     parser.add_argument("--list", action="store_true", help="print the rows and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every row")
@@ -391,7 +445,8 @@ def table_main(
     jobs = args.jobs if args.jobs is not None else default_jobs(args.device)
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
-    out_dir = run_table(spec, rows, seeds, args.out, preset, overrides, None if jobs > 1 else progress, command, jobs, args.split)
+    out_dir = run_table(spec, rows, seeds, args.out, preset, overrides, None if jobs > 1 else progress, command, jobs, args.split,
+                        args.reuse_from)
     print(f"{spec.title}: {len(rows)} rows x {len(seeds)} seeds in {(time.perf_counter() - started) / 60:.1f} min; "
           f"{out_dir / 'table.md'}, {out_dir / 'table.png'}, {out_dir / 'results.csv'}")
     return 0

@@ -149,6 +149,37 @@ def test_runner_skips_finished_rows_collects_tested_ones_and_resumes(tmp_path, m
     assert "trained with other settings (data.n_train: 16 -> 12)" in capsys.readouterr().err
 
 
+def test_runner_reuses_another_tables_run_with_the_same_settings_only(tmp_path, monkeypatch):
+    script = _script("Compared Methods")
+    first, second = tmp_path / "first", tmp_path / "second"
+    options = ["--quiet", "--quick", "--jobs", "1", "--seeds", "1", "--rows", "lr_cls"]
+    common = [*options, "train.max_steps_per_epoch=1", "run.threads=1"]
+    assert run_cli(script.main, [*common, "--out", str(first)]) == 0
+    [trained] = read_results(first / "results.csv")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run with the same settings was trained again")
+
+    monkeypatch.setattr(runner, "train_and_test", no_training)
+    assert run_cli(script.main, [*common, "--out", str(second), "--reuse-from", str(first)]) == 0
+    [reused] = read_results(second / "results.csv")
+    assert reused["qwk"] == trained["qwk"] and reused["epoch_seconds"] == trained["epoch_seconds"]
+    copied = second / "runs" / "lr_cls_seed0"
+    assert (copied / "metrics.json").is_file() and (copied / "checkpoints" / "best.pt").is_file()
+    assert (first / "runs" / "lr_cls_seed0" / "metrics.json").is_file()  # the source is left as it was
+    # The copy is the second table's own run now: its config names the new folder, so a rerun collects it.
+    assert f"out_dir: {second / 'runs'}" in (copied / "config.yaml").read_text()
+    assert run_cli(script.main, [*common, "--out", str(second)]) == 0
+
+    monkeypatch.undo()
+    trainings = []
+    monkeypatch.setattr(runner, "train_and_test", lambda config, *args, **kwargs: trainings.append(config.data.n_train) or no_training())
+    with pytest.raises(AssertionError, match="trained again"):  # other settings: trained, not reused
+        run_cli(script.main, [*options, "--out", str(tmp_path / "third"), "--reuse-from", str(first),
+                              "train.max_steps_per_epoch=1", "run.threads=1", "data.n_train=12"])
+    assert trainings == [12]
+
+
 def test_ablation_script_lists_its_rows(capsys):
     assert run_cli(_script("Ablation study").main, ["--list"]) == 0
     out = capsys.readouterr().out
