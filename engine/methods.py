@@ -69,7 +69,8 @@ METHODS: dict[str, Method] = {
     ),
     "chen": Method(
         "Chen et al. 2015 CNN (chen_net.py, 4 conv + 2 FC) on the bicubic-upsampled LR image",
-        {**_LR_GRADER, "model.grader": "chen_net", "model.grader_hidden": 256},
+        # The published network's own ReLU head, whatever head the preset gives ResNet graders.
+        {**_LR_GRADER, "model.grader": "chen_net", "model.grader_hidden": 256, "model.grader_head_activation": "relu"},
         pool_grader_epochs=True,
     ),
     "resnet50_cls": Method(

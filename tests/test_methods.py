@@ -121,6 +121,14 @@ def test_method_sits_between_preset_and_command_line(tmp_path):
     assert load_config(preset).train.cls.epochs == 4 and load_config(preset).method == "deepmt_dr"
 
 
+def test_every_method_accepts_a_preset_with_a_leaky_grader_head(tmp_path):
+    """The table preset gives ResNet graders a LeakyReLU head; Chen's net keeps its published one."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("model:\n  grader_head_activation: leaky_relu\n")
+    heads = {name: load_config(preset, method=name).model.grader_head_activation for name in METHODS}
+    assert heads.pop("chen") == "relu" and set(heads.values()) == {"leaky_relu"}
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

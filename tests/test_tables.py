@@ -180,6 +180,15 @@ def test_runner_reuses_another_tables_run_with_the_same_settings_only(tmp_path, 
     assert trainings == [12]
 
 
+@pytest.mark.parametrize("table", ["Compared Methods", "Ablation study"])
+def test_every_row_of_a_table_builds_from_the_table_preset(table, tmp_path):
+    """A row whose settings the preset's validation refuses would stop the runner at its start."""
+    spec = load_table(ROOT / table / "rows.yaml")
+    for row in spec.rows:
+        config = runner.row_config(row, 0, runner.TABLE_PRESET, [], tmp_path)
+        assert config.method == row.method and config.run.name == f"{row.name}_seed0"
+
+
 def test_ablation_script_lists_its_rows(capsys):
     assert run_cli(_script("Ablation study").main, ["--list"]) == 0
     out = capsys.readouterr().out
