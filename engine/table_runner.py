@@ -167,18 +167,23 @@ def row_config(row: Row, seed: int, preset: str | Path, overrides: Sequence[str]
     return load_config(preset, [*row.overrides, *overrides, *runner], method=row.method)
 
 
+def differing_settings(saved_path: Path, config: Config, ignored: Sequence[str] = NOT_COMPARED) -> list[str]:
+    """``key: saved -> wanted`` for every setting in which a run's saved config.yaml differs from ``config``."""
+    saved = flat_keys(yaml.safe_load(saved_path.read_text()) or {})
+    wanted = flat_keys(config.to_dict())
+    return [
+        f"{key}: {saved.get(key)!r} -> {wanted.get(key)!r}"
+        for key in sorted(set(saved) | set(wanted))
+        if key not in ignored and saved.get(key) != wanted.get(key)
+    ]
+
+
 def check_same_settings(config: Config) -> None:
     """Stop if the run folder was trained with other settings than ``config``."""
     saved_path = config.run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = flat_keys(yaml.safe_load(saved_path.read_text()) or {})
-    wanted = flat_keys(config.to_dict())
-    differing = [
-        f"{key}: {saved.get(key)!r} -> {wanted.get(key)!r}"
-        for key in sorted(set(saved) | set(wanted))
-        if key not in NOT_COMPARED and saved.get(key) != wanted.get(key)
-    ]
+    differing = differing_settings(saved_path, config)
     if differing:
         shown = "; ".join(differing[:4]) + (f" (+{len(differing) - 4} more)" if len(differing) > 4 else "")
         raise ConfigError(
@@ -196,15 +201,13 @@ def find_reusable_run(config: Config, run_folders: Sequence[Path], split: str) -
     Why: the ablation's ``full`` row and the compared methods' ``deepmt_dr`` row are the same
     training; a second table can take the first one's tested runs instead of training them again.
     """
-    wanted = flat_keys(config.to_dict())
     for folder in run_folders:
         saved_path = folder / "config.yaml"
         if folder.resolve() == config.run_dir.resolve() or not saved_path.is_file():
             continue
         if not metrics_file(folder, split, config.test.input, config.test.input).is_file():
             continue
-        saved = flat_keys(yaml.safe_load(saved_path.read_text()) or {})
-        if all(saved.get(key) == wanted.get(key) for key in set(saved) | set(wanted) if key not in NOT_COMPARED + RUN_LOCATION):
+        if not differing_settings(saved_path, config, NOT_COMPARED + RUN_LOCATION):
             return folder
     return None
 
