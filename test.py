@@ -10,7 +10,8 @@
 Every method is evaluated with the same metrics; without --input, the run's test.input decides
 (HR for the hr_cls method, LR -> ISR -> grade otherwise).
 
-Writes <run>/metrics.json and <run>/predictions_<split>.csv, prints a table, and saves figures
+Writes <run>/metrics.json and <run>/predictions_<split>.csv (<run>: the folder holding the checkpoint;
+other splits, inputs or --tta get suffixed names, e.g. metrics_val_lr_tta.json), prints a table, and saves figures
 (confusion matrix, ROC curves, lesion PR curves, per-sample panels) and report.html (all of them in
 one file) in visualization_result/<name>/. --checkpoint also takes a release name
 (pretrained_model/RELEASES.json, hash-checked); --dataset/--data-root evaluate it on your own copy

@@ -100,11 +100,27 @@ def sample_panels(model: DeepMTDR, dataset, device: torch.device, count: int, ou
     return paths
 
 
-def metrics_file(run_dir: Path, split: str, mode: Mode, test_input: Mode, checkpoint: str | Path = "best.pt") -> Path:
-    """``metrics.json`` for the test split in the run's own mode, else ``metrics_<split>_<mode>.json``;
-    a stage checkpoint (``isr_best.pt``) adds its name: ``metrics_val_lr_isr_best.json``."""
-    suffix = "" if (split, mode) == ("test", test_input) else f"_{split}_{mode}"
+def metrics_file(run_dir: Path, split: str, mode: Mode, test_input: Mode, checkpoint: str | Path = "best.pt",
+                 tta: bool = False, test_tta: bool = False) -> Path:
+    """``metrics.json`` for the test split in the run's own mode (and its own ``test.tta``), else
+    ``metrics_<split>_<mode>.json``; flip TTA other than the run's adds ``_tta`` / ``_no_tta`` and a
+    stage checkpoint (``isr_best.pt``) its name (``metrics_val_lr_tta_isr_best.json``), so one
+    evaluation never overwrites another's."""
+    own = (split, mode, tta) == ("test", test_input, test_tta)
+    suffix = "" if own else f"_{split}_{mode}{tta_tag(tta, test_tta)}"
     return Path(run_dir) / f"metrics{suffix}{checkpoint_tag(checkpoint)}.json"
+
+
+def tta_tag(tta: bool, test_tta: bool) -> str:
+    """``""`` when the evaluation uses the run's own ``test.tta``, else ``_tta`` or ``_no_tta``."""
+    return "" if tta == test_tta else ("_tta" if tta else "_no_tta")
+
+
+def results_dir(checkpoint: str | Path, config: Config) -> Path:
+    """The run folder that holds ``checkpoint`` (``<run>/checkpoints/best.pt``), so a copied or moved
+    run gets its own results; a file elsewhere (a release) writes to ``<run.out_dir>/<run.name>``."""
+    path = Path(checkpoint)
+    return path.parent.parent if path.parent.name == "checkpoints" else config.run_dir
 
 
 def checkpoint_tag(checkpoint: str | Path) -> str:
@@ -191,14 +207,15 @@ def run_test(
         "hr_size": config.data.hr_size,
         "scale": config.data.scale,
     }
-    run_dir = config.run_dir
+    run_dir = results_dir(checkpoint, config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = metrics_file(run_dir, split, mode, config.test.input, checkpoint)
+    metrics_path = metrics_file(run_dir, split, mode, config.test.input, checkpoint, tta, config.test.tta)
     suffix = metrics_path.stem.removeprefix("metrics")
     figures = Path(figures_root) / config.run.name / suffix.lstrip("_")
     metrics["report"] = str(figures / "report.html")
     metrics_path.write_text(json.dumps(_json_safe(metrics), indent=2))
-    write_predictions(result, run_dir / f"predictions_{split}{'_hr' if mode == 'hr' else ''}{checkpoint_tag(checkpoint)}.csv")
+    predictions = f"predictions_{split}{'_hr' if mode == 'hr' else ''}{tta_tag(tta, config.test.tta)}{checkpoint_tag(checkpoint)}.csv"
+    write_predictions(result, run_dir / predictions)
     if "grading" in metrics:
         report.plot_confusion(metrics["grading"]["confusion"], figures / "confusion_matrix.png")
         report.plot_roc(roc_curves(result.grades.numpy(), result.probs.numpy()), figures / "roc_curves.png")

@@ -23,7 +23,7 @@ from engine.config import ConfigError, load_config
 from engine.evaluator import evaluate
 from engine.predictor import BatchGrader
 from engine.reliability import PREEMPTED_EXIT_CODE
-from engine.testing import load_trained
+from engine.testing import load_trained, metrics_file
 from engine.trainer import Trainer
 from engine.tta import FLIPS
 from evaluation.metrics import _quadratic_kappa, grading_metrics
@@ -281,13 +281,33 @@ def test_tta_probabilities_are_the_mean_of_the_flipped_passes(mode):
         assert json.dumps(flipped.metrics.get(key), sort_keys=True) == json.dumps(plain.metrics.get(key), sort_keys=True)
 
 
-def test_test_py_tta_flag_is_recorded(tmp_path):
-    checkpoint = tiny_checkpoint(tmp_path / "runs" / "tiny" / "checkpoints" / "best.pt")
-    argv = ["--quiet", "--checkpoint", str(checkpoint), "--split", "val", "--samples", "0", "--figures", str(tmp_path / "fig"), "--tta"]
+def test_test_py_tta_flag_is_recorded_next_to_the_plain_evaluation(tmp_path):
+    run = tmp_path / "runs" / "tiny"
+    checkpoint = tiny_checkpoint(run / "checkpoints" / "best.pt")
+    argv = ["--quiet", "--checkpoint", str(checkpoint), "--split", "val", "--samples", "0", "--figures", str(tmp_path / "fig")]
     assert run_cli(test_cli.main, argv) == 0
-    (written,) = tmp_path.rglob("metrics_val_lr.json")
-    assert json.loads(written.read_text())["tta"] is True
+    assert run_cli(test_cli.main, [*argv, "--tta"]) == 0
+    plain, flipped = json.loads((run / "metrics_val_lr.json").read_text()), json.loads((run / "metrics_val_lr_tta.json").read_text())
+    assert (plain["tta"], flipped["tta"]) == (False, True)  # --tta does not overwrite the plain evaluation
+    assert (run / "predictions_val.csv").read_text() != (run / "predictions_val_tta.csv").read_text()
     assert test_cli.get_args_parser().parse_args([]).tta is False  # without --tta: the run's test.tta (off by default)
+
+
+def test_metrics_file_names_tta_only_when_it_differs_from_the_run(tmp_path):
+    assert metrics_file(tmp_path, "test", "lr", "lr", "best.pt", tta=True, test_tta=True).name == "metrics.json"
+    assert metrics_file(tmp_path, "test", "lr", "lr", "best.pt", tta=True).name == "metrics_test_lr_tta.json"
+    assert metrics_file(tmp_path, "val", "hr", "lr", "cls_best.pt", tta=False, test_tta=True).name == "metrics_val_hr_no_tta_cls_best.json"
+
+
+def test_test_py_writes_into_the_run_folder_that_holds_the_checkpoint(tmp_path, monkeypatch):
+    """A copied run (another machine, a table's --reuse-from) gets its results, not the folder recorded at training."""
+    copy = tmp_path / "elsewhere" / "copied_run"
+    checkpoint = tiny_checkpoint(copy / "checkpoints" / "best.pt")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--quiet", "--checkpoint", str(checkpoint), "--split", "val", "--samples", "0", "--figures", str(tmp_path / "fig")]
+    assert run_cli(test_cli.main, argv) == 0
+    assert sorted(path.name for path in tmp_path.rglob("metrics*.json")) == ["metrics_val_lr.json"]
+    assert (copy / "metrics_val_lr.json").is_file() and (copy / "predictions_val.csv").is_file()
 
 
 # ----------------------------------------------------------------------------- config
