@@ -43,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", choices=("lr", "hr"),
                         help="lr: the system, LR -> SR -> grade; hr: grade the HR images (upper bound); "
                         "default: the run's test.input")
-    parser.add_argument("--tta", action="store_true",
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
                         help="average the grade probabilities over the four flips of each image (default: the run's test.tta)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--samples", type=int, default=4, help="per-sample figure panels to draw")
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint else Path(args.out_dir) / args.name / "checkpoints" / "best.pt"
     progress = None if args.quiet else (lambda iterable: tqdm(iterable, desc=f"testing {args.split}", leave=False))
     metrics, run_dir = run_test(checkpoint, args.split, args.device, args.samples, args.figures, progress, args.input,
-                                dataset_name=args.dataset, data_root=args.data_root, tta=True if args.tta else None)
+                                dataset_name=args.dataset, data_root=args.data_root, tta=args.tta)
     print(format_metrics_table(metrics))
     print(f"results in {run_dir}, figures and report in {Path(metrics['report']).parent}")
     print(f"report: {metrics['report']}")

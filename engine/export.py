@@ -126,7 +126,7 @@ def run_metrics(run_dir: Path | None, checkpoint: Path, state: dict) -> dict:
     ``log.csv`` row of the epoch it was kept at (validation during training)."""
     if run_dir is None:
         return {}
-    own = re.compile(rf"metrics(_(train|val|test)_(lr|hr))?{re.escape(checkpoint_tag(checkpoint))}\.json")
+    own = re.compile(rf"metrics(_(train|val|test)_(lr|hr)(_tta|_no_tta)?)?{re.escape(checkpoint_tag(checkpoint))}\.json")
     found: dict = {}
     for path in sorted(run_dir.glob("metrics*.json")):
         if not own.fullmatch(path.name):
@@ -179,13 +179,19 @@ def git_commit() -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def export_release(source: str | Path, out: str | Path, train_command: str | None = None, command: str | None = None) -> Exported:
-    """Write the release checkpoint of ``source`` (run folder or checkpoint) to ``out`` and register its SHA-256."""
+def export_release(source: str | Path, out: str | Path, train_command: str | None = None, command: str | None = None,
+                   tta: bool | None = None) -> Exported:
+    """Write the release checkpoint of ``source`` (run folder or checkpoint) to ``out`` and register its SHA-256.
+
+    ``tta`` True / False sets the release's ``test.tta`` (flip test-time augmentation, the default of
+    test.py and predict.py for it); None keeps the run's."""
     checkpoint, run_dir = source_checkpoint(source)
     out = Path(out)
     if out.suffix != ".pt":
         raise CheckpointError(f"--out {out} must be a .pt file")
     state = load_checkpoint(checkpoint)
+    if tta is not None:
+        state["config"]["test"]["tta"] = tta
     config = config_from_dict(state["config"])
     config.model.imagenet_weights = None
     model = build_model(config)
@@ -201,7 +207,7 @@ def export_release(source: str | Path, out: str | Path, train_command: str | Non
         "parameters": sum(parameter.numel() for parameter in model.parameters()),
         "method": config.method,
         "input": {"lr_size": config.data.hr_size // config.data.scale, "hr_size": config.data.hr_size, "scale": config.data.scale,
-                  "test_input": config.test.input, "num_classes": config.data.num_classes},
+                  "test_input": config.test.input, "test_tta": config.test.tta, "num_classes": config.data.num_classes},
         "data": describe_data(config),
         "trained": {key: state.get(key) for key in ("stage", "epoch", "step", "best_metric", "best_epoch")},
         "metrics": run_metrics(run_dir, checkpoint, state),
@@ -241,13 +247,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run folder (its checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("--out", required=True, help="the release file, e.g. pretrained_model/deepmt_dr_idrid_small.pt")
     parser.add_argument("--train-command", help="the command that trained the run, recorded in the release")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                        help="set the release's test.tta: test.py and predict.py then average each photograph's grade "
+                        "over its four flips unless told --no-tta (default: the run's test.tta)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     command = shlex.join(["python", "-m", "engine.export", *(sys.argv[1:] if argv is None else argv)])
-    exported = export_release(args.source, args.out, args.train_command, command)
+    exported = export_release(args.source, args.out, args.train_command, command, args.tta)
     megabytes = exported.bytes / 2**20
     release = exported.release
     print(f"wrote {exported.path} ({megabytes:.1f} MB, {release['parameters']:,} parameters in float16) "

@@ -49,7 +49,7 @@ def test_export_round_trip_gives_the_training_checkpoints_predictions(tmp_path, 
     assert state["model"]["grade_thresholds"].dtype == torch.float32  # decision cut points keep float32
     assert out.stat().st_size < 0.6 * (run_dir / "checkpoints" / "best.pt").stat().st_size
     info = state["release"]
-    assert info["name"] == "tiny_release" and info["input"] == {"lr_size": 16, "hr_size": 64, "scale": 4, "test_input": "lr", "num_classes": 5}
+    assert info["name"] == "tiny_release" and info["input"] == {"lr_size": 16, "hr_size": 64, "scale": 4, "test_input": "lr", "test_tta": False, "num_classes": 5}
     assert info["train_command"] == "python train.py --name tiny" and info["export_command"].startswith("python -m engine.export")
     assert info["commit"] and info["data"]["dataset"] == "synthetic" and "CC0" in info["data"]["terms"]
     assert set(info["metrics"]) == {"metrics_val_lr.json", "log.csv"}  # not the ISR stage's file
@@ -141,6 +141,31 @@ def test_released_checkpoint_evaluates_under_its_own_name(tmp_path, run_dir, mon
     assert run_cli(test_cli.main, argv) == 0
     (written,) = tmp_path.rglob("metrics_val_lr_tiny_release.json")
     assert written.parent.name == "tiny_release"  # runs/<release name>, not the training run's folder
+
+
+def test_export_tta_makes_flips_the_releases_default_for_test_and_predict(tmp_path, run_dir):
+    (run_dir / "metrics_val_lr_tta.json").write_text(json.dumps({"split": "val", "input": "lr", "tta": True, "grading": {"qwk": 0.63}}))
+    out = tmp_path / "pretrained_model" / "tiny_tta.pt"
+    assert run_cli(export.main, [str(run_dir), "--out", str(out), "--tta"]) == 0
+    state = load_checkpoint(out)
+    assert state["config"]["test"]["tta"] is True and state["release"]["input"]["test_tta"] is True
+    assert state["release"]["metrics"]["metrics_val_lr_tta.json"]["grading"]["qwk"] == 0.63  # the TTA evaluation is recorded too
+    # test.py: the release's own setting is flips; --no-tta is the other evaluation, under its own name.
+    argv = ["--quiet", "--checkpoint", str(out), "--figures", str(tmp_path / "fig"), "--samples", "0", "--split", "val"]
+    assert run_cli(test_cli.main, argv) == 0 and run_cli(test_cli.main, [*argv, "--no-tta"]) == 0
+    written = {path.name: json.loads(path.read_text())["tta"] for path in tmp_path.rglob("tiny_tta/metrics*.json")}
+    assert written == {"metrics_val_lr_tiny_tta.json": True, "metrics_val_lr_no_tta_tiny_tta.json": False}
+    # predict.py: four flips unless told --no-tta.
+    photo = tmp_path / "photo.png"
+    Image.fromarray(textured_fundus(120, 160, seed=3)).save(photo)
+    rows = {}
+    for flag in ("", "--tta", "--no-tta"):
+        folder = tmp_path / f"pred{flag}"
+        assert run_cli(predict_cli.main, [str(photo), "--checkpoint", str(out), "--out", str(folder), "--quiet", "--workers", "0", "--amp", "off", "--no-panels", *([flag] if flag else [])]) == 0
+        with (folder / "predictions.csv").open(newline="") as file:
+            rows[flag] = next(csv.DictReader(file))["p0"]
+        assert ("4 flips" in (folder / "report.html").read_text()) == (flag != "--no-tta")
+    assert rows[""] == rows["--tta"] != rows["--no-tta"]
 
 
 def test_photo_fixture_is_gradable():

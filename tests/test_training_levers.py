@@ -290,7 +290,7 @@ def test_test_py_tta_flag_is_recorded_next_to_the_plain_evaluation(tmp_path):
     plain, flipped = json.loads((run / "metrics_val_lr.json").read_text()), json.loads((run / "metrics_val_lr_tta.json").read_text())
     assert (plain["tta"], flipped["tta"]) == (False, True)  # --tta does not overwrite the plain evaluation
     assert (run / "predictions_val.csv").read_text() != (run / "predictions_val_tta.csv").read_text()
-    assert test_cli.get_args_parser().parse_args([]).tta is False  # without --tta: the run's test.tta (off by default)
+    assert test_cli.get_args_parser().parse_args([]).tta is None  # without --tta / --no-tta: the run's test.tta
 
 
 def test_metrics_file_names_tta_only_when_it_differs_from_the_run(tmp_path):
