@@ -52,8 +52,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", choices=("lr", "hr"), help="lr: LR -> SR -> grade (the system); hr: grade the HR image; default: the checkpoint's")
     parser.add_argument("--device", default="auto", help="cuda, cpu, mps, cuda:1 ... (default: auto)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
-                        help="average over the four flips of each photograph (4x the grading time); default: the checkpoint's test.tta")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the four flips of each photograph: about 4x the network time; off by default "
+                        "for speed, even for a release whose test.tta is on (test.py follows that)")
     parser.add_argument("--amp", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
                         help="bf16/fp16 autocast: auto (where the hardware has it, the default), on (--amp), off")
     parser.add_argument("--save-sr", action="store_true", help="also write each SR image at full resolution (sr/)")

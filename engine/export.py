@@ -183,8 +183,8 @@ def export_release(source: str | Path, out: str | Path, train_command: str | Non
                    tta: bool | None = None) -> Exported:
     """Write the release checkpoint of ``source`` (run folder or checkpoint) to ``out`` and register its SHA-256.
 
-    ``tta`` True / False sets the release's ``test.tta`` (flip test-time augmentation, the default of
-    test.py and predict.py for it); None keeps the run's."""
+    ``tta`` True / False sets the release's ``test.tta`` (flip test-time augmentation, test.py's
+    default for it); None keeps the run's."""
     checkpoint, run_dir = source_checkpoint(source)
     out = Path(out)
     if out.suffix != ".pt":
@@ -248,8 +248,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="the release file, e.g. pretrained_model/deepmt_dr_idrid_small.pt")
     parser.add_argument("--train-command", help="the command that trained the run, recorded in the release")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
-                        help="set the release's test.tta: test.py and predict.py then average each photograph's grade "
-                        "over its four flips unless told --no-tta (default: the run's test.tta)")
+                        help="set the release's test.tta: test.py then averages each image's grade over its four "
+                        "flips unless told --no-tta (predict.py only with its --tta; default: the run's test.tta)")
     return parser
 
 

@@ -62,7 +62,7 @@ class PredictSettings:
     out: Path
     input: Mode | None = None  # None: the checkpoint's test.input
     batch_size: int = 8
-    tta: bool | None = None  # None: the checkpoint's test.tta
+    tta: bool = False
     amp: str = "auto"  # auto (bf16 where the hardware has it), on, off
     panels: bool = True
     save_sr: bool = False
@@ -267,11 +267,10 @@ def predict(
     for folder in ("thumbs", *(["panels"] if settings.panels else []), *(["sr"] if settings.save_sr else [])):
         (out / folder).mkdir(exist_ok=True)
     mode = settings.input or config.test.input
-    tta = config.test.tta if settings.tta is None else settings.tta
-    grader = BatchGrader(model, config, mode, tta, settings.amp)
+    grader = BatchGrader(model, config, mode, settings.tta, settings.amp)
     size = f"LR {config.data.hr_size // config.data.scale} px -> SR {config.data.hr_size} px" if mode == "lr" else f"HR {config.data.hr_size} px"
     facts = [*facts, ("graded", f"FOV square {size}"),
-             ("test-time augmentation", "4 flips" if tta else "off"),
+             ("test-time augmentation", "4 flips" if settings.tta else "off"),
              ("precision", "bf16 autocast" if grader.speed.amp else "fp32"), ("device", str(grader.device))]
     outputs = _Outputs(out, config.data.num_classes, settings, facts)
     dataset = PhotoDataset(photos, config.data.hr_size, settings.max_pixels)

@@ -143,7 +143,7 @@ def test_released_checkpoint_evaluates_under_its_own_name(tmp_path, run_dir, mon
     assert written.parent.name == "tiny_release"  # runs/<release name>, not the training run's folder
 
 
-def test_export_tta_makes_flips_the_releases_default_for_test_and_predict(tmp_path, run_dir):
+def test_export_tta_makes_flips_the_releases_default_in_test_py(tmp_path, run_dir):
     (run_dir / "metrics_val_lr_tta.json").write_text(json.dumps({"split": "val", "input": "lr", "tta": True, "grading": {"qwk": 0.63}}))
     out = tmp_path / "pretrained_model" / "tiny_tta.pt"
     assert run_cli(export.main, [str(run_dir), "--out", str(out), "--tta"]) == 0
@@ -155,17 +155,13 @@ def test_export_tta_makes_flips_the_releases_default_for_test_and_predict(tmp_pa
     assert run_cli(test_cli.main, argv) == 0 and run_cli(test_cli.main, [*argv, "--no-tta"]) == 0
     written = {path.name: json.loads(path.read_text())["tta"] for path in tmp_path.rglob("tiny_tta/metrics*.json")}
     assert written == {"metrics_val_lr_tiny_tta.json": True, "metrics_val_lr_no_tta_tiny_tta.json": False}
-    # predict.py: four flips unless told --no-tta.
+    # predict.py stays fast: flips only when asked (--tta), whatever the release's test.tta.
     photo = tmp_path / "photo.png"
     Image.fromarray(textured_fundus(120, 160, seed=3)).save(photo)
-    rows = {}
-    for flag in ("", "--tta", "--no-tta"):
+    for flag in ("", "--tta"):
         folder = tmp_path / f"pred{flag}"
         assert run_cli(predict_cli.main, [str(photo), "--checkpoint", str(out), "--out", str(folder), "--quiet", "--workers", "0", "--amp", "off", "--no-panels", *([flag] if flag else [])]) == 0
-        with (folder / "predictions.csv").open(newline="") as file:
-            rows[flag] = next(csv.DictReader(file))["p0"]
-        assert ("4 flips" in (folder / "report.html").read_text()) == (flag != "--no-tta")
-    assert rows[""] == rows["--tta"] != rows["--no-tta"]
+        assert ("4 flips" in (folder / "report.html").read_text()) == bool(flag)
 
 
 def test_photo_fixture_is_gradable():
