@@ -34,7 +34,7 @@ from engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from engine.cli import run_cli
 from engine.config import Config, config_from_dict
 from engine.release import register
-from engine.testing import checkpoint_tag
+from engine.testing import checkpoint_tag, run_folder_of
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def source_checkpoint(source: str | Path) -> tuple[Path, Path | None]:
         return checkpoint, source
     if not source.is_file():
         raise CheckpointError(f"checkpoint not found: {source}")
-    run_dir = source.parent.parent if source.parent.name == "checkpoints" else None
+    run_dir = run_folder_of(source)
     return source, run_dir if run_dir is not None and (run_dir / "config.yaml").is_file() else None
 
 

@@ -116,11 +116,16 @@ def tta_tag(tta: bool, test_tta: bool) -> str:
     return "" if tta == test_tta else ("_tta" if tta else "_no_tta")
 
 
-def results_dir(checkpoint: str | Path, config: Config) -> Path:
-    """The run folder that holds ``checkpoint`` (``<run>/checkpoints/best.pt``), so a copied or moved
-    run gets its own results; a file elsewhere (a release) writes to ``<run.out_dir>/<run.name>``."""
+def run_folder_of(checkpoint: str | Path) -> Path | None:
+    """``<run>`` for a checkpoint at ``<run>/checkpoints/<name>.pt``, else None (a release file)."""
     path = Path(checkpoint)
-    return path.parent.parent if path.parent.name == "checkpoints" else config.run_dir
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+def results_dir(checkpoint: str | Path, config: Config) -> Path:
+    """The run folder that holds ``checkpoint``, so a copied or moved run gets its own results; a
+    file elsewhere (a release) writes to ``<run.out_dir>/<run.name>``."""
+    return run_folder_of(checkpoint) or config.run_dir
 
 
 def checkpoint_tag(checkpoint: str | Path) -> str:
