@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from data.cache import MANIFEST, CachedFundus, read_manifest, read_settings
 from data.prepare import prepare
 from data.records import DataError
-from data.splits import SplitSettings, assign_roles, keep_in_train, split_name
+from data.splits import SplitSettings, assign_roles, keep_in_train, load_groups, split_name
 from data.synthetic import SyntheticFundus
 from engine.config import Config, ConfigError
 from engine.distributed import SINGLE_PROCESS, EpochShuffleSampler, ShardSampler, World
@@ -101,7 +101,8 @@ def split_roles(config: Config, entries) -> dict[str, str]:
     """``{id: train|val|test}`` for the cache entries, from the (committed) split file."""
     data = config.data
     settings = SplitSettings(data.val_fraction, data.test_fraction, data.seed, keep_in_train(data.dataset))
-    return assign_roles(entries, split_name(data.dataset, data.root), data.split_file, settings)
+    name = split_name(data.dataset, data.root)
+    return assign_roles(entries, name, data.split_file, settings, load_groups(name))
 
 
 def build_dataset(config: Config, split: str) -> Dataset:

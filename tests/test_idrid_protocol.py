@@ -21,9 +21,13 @@ from data.prepare import preprocess
 from data.records import LESIONS
 from data.splits import (
     SplitSettings,
+    check_groups,
+    compute_folds,
     compute_split,
     default_split_file,
     keep_in_train,
+    load_groups,
+    read_folds_file,
     read_split_file,
 )
 from engine.builders import build_model
@@ -53,7 +57,11 @@ def test_idrid_presets_follow_the_protocol():
 def test_committed_idrid_split_is_intact_and_sized():
     roles = read_split_file(default_split_file("idrid"))  # refuses an edited file (SHA-256 in its header)
     counts = Counter((sample_id.split("/")[1], role) for sample_id, role in roles.items())
-    assert counts == {("grading", "train"): 332, ("grading", "val"): 81, ("segmentation", "train"): 43, ("segmentation", "val"): 11}
+    assert counts == {
+        ("grading", "train"): 328, ("grading", "val"): 79, ("grading", "excluded"): 6,
+        ("segmentation", "train"): 44, ("segmentation", "val"): 10,
+    }
+    check_groups(roles, load_groups("idrid"), "splits/idrid.csv")  # no duplicate group crosses sides
     assert all(roles[sample_id] == "train" for sample_id in keep_in_train("idrid"))
 
 
@@ -61,16 +69,17 @@ def test_committed_idrid_split_is_intact_and_sized():
 def test_committed_split_is_regenerated_from_the_data_and_stratified():
     records = idrid.index(REAL).records
     settings = SplitSettings(val_fraction=0.2, test_fraction=0.2, seed=0, keep_in_train=keep_in_train("idrid"))
-    roles = compute_split(records, settings)
-    assert roles == compute_split(list(reversed(records)), settings)  # deterministic, order-free
+    groups = load_groups("idrid")
+    roles = compute_split(records, settings, groups)
+    assert roles == compute_split(list(reversed(records)), settings, groups)  # deterministic, order-free
     assert roles == read_split_file(default_split_file("idrid"))  # the committed file is this split
-    # Each (part, grade) stratum gives 20% of its images that are free to move (the embedded
-    # dataset's background images stay in train), rounded by largest remainders.
-    free = Counter((r.part, r.grade) for r in records if r.id not in settings.keep_in_train)
-    val = Counter((r.part, r.grade) for r in records if roles[r.id] == "val")
-    assert sum(val.values()) == 92
-    for stratum, size in free.items():
-        assert abs(val[stratum] - 0.2 * size) < 1, (stratum, val[stratum], size)
+    assert compute_folds(records, 5, settings, groups) == read_folds_file(default_split_file("idrid").with_name("idrid_folds.csv"))
+    # Each grade gives about 20% of its graded photographs to val (whole duplicate groups move,
+    # the embedded dataset's background images stay in train).
+    free = Counter(r.grade for r in records if r.part == "grading" and roles[r.id] != "excluded")
+    val = Counter(r.grade for r in records if r.part == "grading" and roles[r.id] == "val")
+    for grade, size in free.items():
+        assert abs(val[grade] - 0.2 * size) <= 2, (grade, val[grade], size)
 
 
 def _real_samples(count: int = 3, size: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,9 +8,15 @@ import pytest
 
 from data.records import DataError
 from data.splits import (
+    EXCLUDED,
     SplitSettings,
     assign_roles,
+    compute_folds,
     compute_split,
+    fold_roles,
+    read_folds_file,
+    write_folds_file,
+    write_split_file,
     keep_in_train,
     read_split_file,
     split_name,
@@ -94,3 +100,61 @@ def test_idrid_background_images_stay_in_train():
 def test_split_name_of_a_generic_csv():
     assert split_name("csv", "/data/my labels.csv") == "csv-my labels"
     assert split_name("idrid", "/data/idrid") == "idrid"
+
+
+def _with_copies() -> tuple[list[Item], dict[str, str]]:
+    """100 graded photographs, 20 of them also in the segmentation part, and two grading copies
+    (one pair agrees on the grade, one does not)."""
+    items = [Item(f"toy/grading/train/{i}", "grading", "train", i % 5, f"g{i}") for i in range(100)]
+    items += [Item(f"toy/segmentation/train/s{i}", "segmentation", "train", -1, f"s{i}") for i in range(20)]
+    items += [Item("toy/grading/train/copy-of-3", "grading", "train", 3, "c3"),
+              Item("toy/grading/train/copy-of-7", "grading", "train", 4, "c7")]  # 7 has grade 2
+    groups = {f"toy/segmentation/train/s{i}": f"toy/grading/train/{i}" for i in range(20)}
+    groups["toy/grading/train/copy-of-3"] = "toy/grading/train/3"
+    groups["toy/grading/train/copy-of-7"] = "toy/grading/train/7"
+    groups.update({f"toy/grading/train/{i}": f"toy/grading/train/{i}" for i in range(100)})
+    return items, groups
+
+
+def test_duplicate_groups_stay_on_one_side_and_conflicting_grades_are_excluded():
+    items, groups = _with_copies()
+    for seed in range(5):
+        roles = compute_split(items, SplitSettings(val_fraction=0.3, seed=seed), groups)
+        for i in set(range(20)) - {7}:
+            assert roles[f"toy/segmentation/train/s{i}"] == roles[f"toy/grading/train/{i}"]
+        assert roles["toy/segmentation/train/s7"] != EXCLUDED  # its masks are still good
+        assert roles["toy/grading/train/copy-of-3"] == roles["toy/grading/train/3"] != EXCLUDED
+        assert roles["toy/grading/train/copy-of-7"] == roles["toy/grading/train/7"] == EXCLUDED
+    assert Counter(roles.values())[EXCLUDED] == 2
+
+
+def test_a_split_file_whose_group_crosses_sides_is_refused_naming_the_group(tmp_path):
+    items, groups = _with_copies()
+    roles = compute_split(items, SplitSettings(val_fraction=0.3), groups)
+    assert assign_roles(items, "toy", tmp_path / "ok.csv", SplitSettings(val_fraction=0.3), groups) == roles
+    leaky = dict(roles)
+    leaky["toy/segmentation/train/s4"] = "val" if roles["toy/grading/train/4"] == "train" else "train"
+    write_split_file(tmp_path / "leaky.csv", "toy", leaky, SplitSettings())
+    with pytest.raises(DataError, match=r"leaky.csv: duplicate group toy/grading/train/4 crosses sides"):
+        assign_roles(items, "toy", tmp_path / "leaky.csv", SplitSettings(), groups)
+
+
+def test_folds_are_grouped_grade_stratified_and_cover_every_image(tmp_path):
+    items, groups = _with_copies()
+    folds = compute_folds(items, 5, SplitSettings(seed=1), groups)
+    assert set(folds) == {item.id for item in items}
+    assert folds["toy/grading/train/copy-of-7"] == folds["toy/grading/train/7"] == -1
+    for i in set(range(20)) - {7}:
+        assert folds[f"toy/segmentation/train/s{i}"] == folds[f"toy/grading/train/{i}"]
+    per_grade = Counter((item.grade, folds[item.id]) for item in items if item.part == "grading" and folds[item.id] >= 0)
+    for grade in range(5):
+        counts = [per_grade[(grade, fold)] for fold in range(5)]
+        assert max(counts) - min(counts) <= 1, (grade, counts)
+    roles = fold_roles(folds, 2)
+    assert {image_id for image_id, role in roles.items() if role == "val"} == {i for i, f in folds.items() if f == 2}
+    write_folds_file(tmp_path / "folds.csv", "toy", folds, 5, 1)
+    assert read_folds_file(tmp_path / "folds.csv") == folds
+    text = (tmp_path / "folds.csv").read_text().replace(",2\n", ",3\n", 1)
+    (tmp_path / "folds.csv").write_text(text)
+    with pytest.raises(DataError, match="folds.csv"):
+        read_folds_file(tmp_path / "folds.csv")
