@@ -13,6 +13,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
+from data.duplicates import read_groups
+from evaluation.cv_results import markdown, study_summary
+
 Renderer = Callable[[Path], str]
 
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
@@ -38,7 +43,18 @@ def duplicates_table(root: Path, dataset: str = "idrid") -> str:
     return "\n".join(rows) + "\n" + note
 
 
-RENDERERS: dict[str, Renderer] = {"idrid-duplicates": duplicates_table}
+def cv_table(root: Path, study: str = "scripts/idrid_cv.yaml", records: str = "docs/records/idrid_cv") -> str:
+    """The cross-validated comparison (evaluation/cv_results.py) from its committed records."""
+    spec = yaml.safe_load((root / study).read_text(encoding="utf-8"))
+    rows = {name: values.get("summary", "") for name, values in spec["rows"].items()}
+    folds_file = root / spec["folds_file"]
+    groups_file = folds_file.with_name(folds_file.name.replace("_folds", "_groups"))
+    groups = read_groups(groups_file) if groups_file.is_file() else {}
+    summary = study_summary(root / records, list(rows), spec["reference"], groups)
+    return markdown(summary, rows, spec["reference"])
+
+
+RENDERERS: dict[str, Renderer] = {"idrid-duplicates": duplicates_table, "idrid-cv": cv_table}
 
 
 def regenerate(text: str, root: Path, renderers: dict[str, Renderer] = RENDERERS) -> str:

@@ -1,0 +1,273 @@
+"""Grouped k-fold cross-validation of several rows (methods and ablations), resumable anywhere.
+
+A study (``scripts/idrid_cv.yaml``) names a preset, the folds file (``data/splits.py``), overrides
+every row shares, runs shared by several rows of a fold (``shared``: e.g. DeepMT-DR's isr + seg +
+cls stages) and the rows. For fold ``k`` a row trains on every other fold and grades fold ``k``;
+its out-of-fold predictions and a JSON of provenance are the **record**::
+
+    <records>/<row>/fold<k>.csv    id, grade, predicted, p0..p4 (the held-out images)
+    <records>/<row>/fold<k>.json   config hash, commit, CPU, wall time, metrics, the command
+
+Records are small and committed; checkpoints stay under ``runs/`` and are never committed. The
+runner skips every (row, fold) whose record exists, so a study stopped anywhere continues later,
+on another machine, from what is committed. Work is ordered fold by fold (every row on fold 0
+before any row on fold 1), so a partial study is already a like-for-like comparison.
+
+A row that ``start``s from a shared run begins from its final checkpoint: every tensor the row's
+model has under the same name and shape is copied, the rest keeps the row's own random
+initialisation (e.g. the no-lesion-maps row keeps the shared ISR net and trains a new grader).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from data.records import DataError
+from data.splits import SplitSettings, fold_roles, read_folds_file, write_split_file
+from engine.builders import build_model
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.config import Config, ConfigError, load_config
+from engine.runtime import cpu_model
+from engine.testing import run_test
+from engine.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+# Keys that say where or how fast a run goes, not what it learns: left out of the config hash.
+NOT_HASHED = ("run.name", "run.out_dir", "run.device", "run.threads", "data.num_workers",
+              "data.prepare_workers", "data.split_file", "data.root", "data.cache_dir", "train.init_from")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    overrides: tuple[str, ...] = ()
+    start: str | None = None  # a shared run of the same fold this run starts from
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class Study:
+    title: str
+    preset: Path
+    folds_file: Path
+    reference: str
+    overrides: tuple[str, ...]
+    shared: dict[str, RunSpec]
+    rows: dict[str, RunSpec]
+    path: Path = field(default=Path("."))
+
+
+def _run_spec(name: str, values: dict, shared: dict[str, RunSpec], where: Path) -> RunSpec:
+    if not isinstance(values, dict) or "method" not in values:
+        raise ConfigError(f"{where}: {name} needs a 'method'")
+    start = values.get("start")
+    if start is not None and start not in shared:
+        raise ConfigError(f"{where}: {name} starts from {start!r}, which is not under 'shared'")
+    overrides = values.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise ConfigError(f"{where}: {name}.overrides must be a list of key=value strings")
+    return RunSpec(values["method"], tuple(str(o) for o in overrides), start, values.get("summary", ""))
+
+
+def load_study(path: str | Path) -> Study:
+    """The study of a YAML file; a ConfigError naming the file and the field when it is malformed."""
+    path = Path(path)
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for key in ("preset", "folds_file", "rows"):
+        if key not in values:
+            raise ConfigError(f"{path}: missing '{key}'")
+    shared: dict[str, RunSpec] = {}
+    for name, spec in (values.get("shared") or {}).items():
+        shared[name] = _run_spec(f"shared.{name}", spec, {}, path)
+    rows = {name: _run_spec(f"rows.{name}", spec, shared, path) for name, spec in values["rows"].items()}
+    reference = values.get("reference") or next(iter(rows))
+    if reference not in rows:
+        raise ConfigError(f"{path}: reference {reference!r} is not a row")
+    return Study(values.get("title", path.stem), ROOT / values["preset"], ROOT / values["folds_file"], reference,
+                 tuple(str(o) for o in values.get("overrides") or []), shared, rows, path)
+
+
+def fold_split_file(study: Study, fold: int, out_dir: Path) -> Path:
+    """A split file (``data/splits.py`` format) in which ``fold`` validates and the others train."""
+    folds = read_folds_file(study.folds_file)
+    path = out_dir / "splits" / f"fold{fold}.csv"
+    roles = fold_roles(folds, fold)
+    if not any(role == "val" for role in roles.values()):
+        raise DataError(f"{study.folds_file}: fold {fold} holds no image")
+    write_split_file(path, "cv", roles, SplitSettings(seed=fold))
+    return path
+
+
+def folds_of(study: Study) -> list[int]:
+    return sorted({fold for fold in read_folds_file(study.folds_file).values() if fold >= 0})
+
+
+def run_config(study: Study, spec: RunSpec, name: str, fold: int, data_root: str, out_dir: Path,
+               extra: tuple[str, ...] = ()) -> Config:
+    """The resolved config of one run of the study on one fold."""
+    overrides = [
+        f"data.root={data_root}",
+        f"data.split_file={fold_split_file(study, fold, out_dir)}",
+        f"run.out_dir={out_dir / f'fold{fold}'}",
+        f"run.name={name}",
+        *study.overrides,
+        *spec.overrides,
+        *extra,
+    ]
+    return load_config(study.preset, overrides, method=spec.method)
+
+
+def config_hash(config: Config) -> str:
+    """SHA-256 (16 hex digits) of what the run learns: the resolved config less NOT_HASHED."""
+    values = config.to_dict()
+    for dotted in NOT_HASHED:
+        section, key = dotted.split(".")
+        values[section].pop(key, None)
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def transferred_init(source: Path, config: Config, target: Path) -> Path:
+    """A checkpoint holding ``config``'s model with every same-named, same-shaped tensor of
+    ``source`` copied in (the rest: the row's own seeded initialisation)."""
+    torch.manual_seed(config.run.seed)
+    own = build_model(config).state_dict()
+    shared = load_checkpoint(source)["model"]
+    copied = [key for key in own if key in shared and shared[key].shape == own[key].shape]
+    own.update({key: shared[key] for key in copied})
+    log.info("%s: %d of %d tensors from %s", target.name, len(copied), len(own), source)
+    save_checkpoint({"model": own, "config": config.to_dict(), "transferred_from": str(source)}, target)
+    return target
+
+
+def final_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a finished run hands on: its best.pt (with eval_every past the last epoch,
+    the last epoch of its last stage)."""
+    for name in ("best.pt", "last.pt"):
+        path = run_dir / "checkpoints" / name
+        if path.is_file():
+            return path
+    raise DataError(f"{run_dir}: no best.pt or last.pt; the run did not finish")
+
+
+def record_paths(records: Path, row: str, fold: int) -> tuple[Path, Path]:
+    return records / row / f"fold{fold}.csv", records / row / f"fold{fold}.json"
+
+
+def is_recorded(records: Path, row: str, fold: int) -> bool:
+    return all(path.is_file() for path in record_paths(records, row, fold))
+
+
+def write_record(records: Path, row: str, fold: int, predictions: Path, provenance: dict) -> None:
+    """Copy the held-out predictions (id, grade, predicted, p0..) and write the provenance JSON,
+    each atomically, the JSON last (a record counts only with both)."""
+    table, meta = record_paths(records, row, fold)
+    table.parent.mkdir(parents=True, exist_ok=True)
+    with open(predictions, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise DataError(f"{predictions}: no predictions to record")
+    columns = ["id", "grade", "predicted", *sorted((c for c in rows[0] if c[:1] == "p" and c[1:].isdigit()),
+                                                   key=lambda c: int(c[1:]))]
+    temporary = table.with_name(f".{table.name}.tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: r["id"]))
+    temporary.replace(table)
+    temporary = meta.with_name(f".{meta.name}.tmp")
+    temporary.write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n")
+    temporary.replace(meta)
+
+
+@dataclass
+class CVRunner:
+    """Trains and grades each (row, fold) of ``study`` that has no record yet (see module doc)."""
+
+    study: Study
+    data_root: str
+    out_dir: Path
+    records: Path
+    extra: tuple[str, ...] = ()  # overrides after the study's (e.g. a quick smoke size)
+    progress: object = None
+    done: list[str] = field(default_factory=list)
+
+    def pending(self, rows: list[str], folds: list[int]) -> list[tuple[int, str]]:
+        """(fold, row) pairs without a record, fold by fold."""
+        return [(fold, row) for fold in folds for row in rows if not is_recorded(self.records, row, fold)]
+
+    def _train(self, config: Config) -> Path:
+        run_dir = config.run_dir
+        checkpoints = run_dir / "checkpoints"
+        if (checkpoints / "done").is_file():
+            return final_checkpoint(run_dir)
+        resume = (checkpoints / "last.pt").is_file() or (checkpoints / "recovery.pt").is_file()
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)  # started but nothing saved: start again cleanly
+        Trainer(config, progress=self.progress).fit(resume=resume)
+        (checkpoints / "done").write_text("finished\n")
+        return final_checkpoint(run_dir)
+
+    def _start_checkpoint(self, spec: RunSpec, name: str, fold: int, config: Config) -> Path | None:
+        if spec.start is None:
+            return None
+        shared = run_config(self.study, self.study.shared[spec.start], spec.start, fold, self.data_root,
+                            self.out_dir, self.extra)
+        source = self._train(shared)
+        target = self.out_dir / f"fold{fold}" / f"init_{name}.pt"
+        if not target.is_file():
+            transferred_init(source, config, target)
+        return target
+
+    def run_one(self, row: str, fold: int) -> dict:
+        """Train ``row`` on every fold but ``fold`` (resuming what a killed run left), grade ``fold``,
+        write the record; returns its provenance."""
+        spec = self.study.rows[row]
+        started = time.time()
+        config = run_config(self.study, spec, row, fold, self.data_root, self.out_dir, self.extra)
+        init = self._start_checkpoint(spec, row, fold, config)
+        if init is not None:
+            config = run_config(self.study, spec, row, fold, self.data_root, self.out_dir,
+                                (*self.extra, f"train.init_from={init}"))
+        checkpoint = self._train(config)
+        metrics, run_dir = run_test(checkpoint, "val", config.run.device, 0, self.out_dir / "figures")
+        predictions = sorted(run_dir.glob("predictions_val*.csv"), key=lambda p: p.stat().st_mtime)[-1]
+        provenance = {
+            "study": str(self.study.path.relative_to(ROOT)) if self.study.path.is_relative_to(ROOT) else str(self.study.path),
+            "row": row,
+            "fold": fold,
+            "method": spec.method,
+            "config_hash": config_hash(config),
+            "overrides": [*self.study.overrides, *spec.overrides, *self.extra],
+            "start": spec.start,
+            "commit": commit(),
+            "cpu": cpu_model(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "wall_seconds": round(time.time() - started, 1),
+            "input": metrics.get("input"),
+            "tta": metrics.get("tta"),
+            "images": sum(1 for _ in open(predictions)) - 1,
+        }
+        write_record(self.records, row, fold, predictions, provenance)
+        self.done.append(f"{row}/fold{fold}")
+        return provenance

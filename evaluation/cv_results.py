@@ -1,0 +1,182 @@
+"""The cross-validated comparison, computed from committed out-of-fold records (engine/cv_study.py).
+
+Pooled over the folds that **every** row has finished (so a partial study still compares like
+with like): QWK, accuracy, macro AUC, referable-DR AUC, sensitivity and specificity, and ECE, each
+with a 95% bootstrap interval over images that resamples whole duplicate groups
+(``splits/<dataset>_groups.csv``); the reference row minus each other row, paired on the same
+resamples, with interval and p-value; and the spread of the per-fold QWK beside it.
+
+The referable operating point of fold k is fixed without fold k's labels: the threshold on
+p(grade >= 2) that gives specificity 0.90 on the row's out-of-fold predictions of the *other*
+finished folds (themselves held-out predictions), so no image's own label sets its threshold.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.statistics import (
+    bootstrap_intervals,
+    fold_spread,
+    paired_difference,
+    referable_labels,
+    referable_probability,
+    summary_metrics,
+    threshold_at_specificity,
+)
+
+TARGET_SPECIFICITY = 0.90
+SHOWN = ("qwk", "accuracy", "macro_auc", "referable_auc", "sensitivity", "specificity", "ece")
+LABELS = {"qwk": "QWK", "accuracy": "accuracy", "macro_auc": "macro AUC", "referable_auc": "referable AUC",
+          "sensitivity": "sensitivity", "specificity": "specificity", "ece": "ECE"}
+
+
+@dataclass(frozen=True)
+class FoldRecord:
+    ids: list[str]
+    grades: np.ndarray
+    predicted: np.ndarray
+    probs: np.ndarray
+    meta: dict
+
+
+def read_fold(csv_path: Path) -> FoldRecord:
+    """One (row, fold) record: its predictions CSV and the provenance JSON beside it."""
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    classes = sorted((c for c in rows[0] if c[:1] == "p" and c[1:].isdigit()), key=lambda c: int(c[1:]))
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    return FoldRecord(
+        [r["id"] for r in rows],
+        np.array([int(r["grade"]) for r in rows]),
+        np.array([int(r["predicted"]) for r in rows]),
+        np.array([[float(r[c]) for c in classes] for r in rows]),
+        meta,
+    )
+
+
+def read_records(records: Path, rows: list[str]) -> dict[str, dict[int, FoldRecord]]:
+    """``{row: {fold: record}}`` of every complete record (CSV and JSON) of ``rows``."""
+    found: dict[str, dict[int, FoldRecord]] = {}
+    for row in rows:
+        found[row] = {}
+        for path in sorted((records / row).glob("fold*.csv")):
+            if path.with_suffix(".json").is_file():
+                found[row][int(path.stem.removeprefix("fold"))] = read_fold(path)
+    return found
+
+
+def common_folds(found: dict[str, dict[int, FoldRecord]]) -> list[int]:
+    sets = [set(folds) for folds in found.values()]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """A row's out-of-fold predictions over the common folds, in one image order."""
+
+    ids: list[str]
+    grades: np.ndarray
+    predicted: np.ndarray
+    probs: np.ndarray
+    thresholds: np.ndarray  # per image: its fold's referable threshold
+    folds: np.ndarray
+
+
+def fold_threshold(records: dict[int, FoldRecord], fold: int, folds: list[int]) -> float:
+    """Specificity-0.90 threshold from the other folds' out-of-fold predictions (0.5 with none)."""
+    others = [records[f] for f in folds if f != fold]
+    if not others:
+        return 0.5
+    p = np.concatenate([referable_probability(r.probs) for r in others])
+    truth = np.concatenate([referable_labels(r.grades) for r in others])
+    return threshold_at_specificity(p, truth, TARGET_SPECIFICITY)
+
+
+def pool(records: dict[int, FoldRecord], folds: list[int]) -> Pooled:
+    """Concatenate a row's folds, sorted by image id (every row then has the same order)."""
+    ids, grades, predicted, probs, thresholds, fold_of = [], [], [], [], [], []
+    for fold in folds:
+        record = records[fold]
+        threshold = fold_threshold(records, fold, folds)
+        ids += record.ids
+        grades.append(record.grades)
+        predicted.append(record.predicted)
+        probs.append(record.probs)
+        thresholds.append(np.full(len(record.ids), threshold))
+        fold_of.append(np.full(len(record.ids), fold))
+    order = np.argsort(np.array(ids))
+    cat = lambda parts: np.concatenate(parts)[order]  # noqa: E731
+    return Pooled([ids[i] for i in order], cat(grades), cat(predicted), cat(probs), cat(thresholds), cat(fold_of))
+
+
+def _interval(entry: dict, digits: int = 3) -> str:
+    return f"{entry['value']:.{digits}f} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
+
+
+def _difference(entry: dict) -> str:
+    return f"{entry['difference']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}], p = {entry['p_value']:.3f}"
+
+
+def study_summary(records: Path, rows: list[str], reference: str, groups: dict[str, str],
+                  n_resamples: int = 2000) -> dict:
+    """Everything the tables show, as plain numbers (see module docstring)."""
+    found = read_records(records, rows)
+    folds = common_folds(found)
+    if not folds:
+        return {"folds": [], "rows": {}, "differences": {}}
+    pooled = {row: pool(found[row], folds) for row in rows}
+    ids = pooled[reference].ids
+    for row, data in pooled.items():
+        if data.ids != ids:
+            raise ValueError(f"{records / row}: its folds hold other images than {reference}'s")
+    group_of = [groups.get(i, i) for i in ids]
+    summary: dict = {"folds": folds, "images": len(ids), "rows": {}, "differences": {}}
+    ref = pooled[reference]
+    for row, data in pooled.items():
+        per_fold = [summary_metrics(data.grades[data.folds == f], data.predicted[data.folds == f],
+                                    data.probs[data.folds == f], data.thresholds[data.folds == f])["qwk"]
+                    for f in folds]
+        summary["rows"][row] = {
+            "intervals": bootstrap_intervals(data.grades, data.predicted, data.probs, data.thresholds,
+                                             group_of, n_resamples),
+            "fold_qwk": fold_spread(per_fold),
+            "wall_seconds": sum(found[row][f].meta.get("wall_seconds", 0.0) for f in folds),
+            "cpus": sorted({found[row][f].meta.get("cpu", "?") for f in folds}),
+        }
+        if row != reference:
+            summary["differences"][row] = paired_difference(
+                ref.grades, ref.predicted, ref.probs, data.predicted, data.probs, ref.thresholds, data.thresholds,
+                group_of, n_resamples)
+    return summary
+
+
+def markdown(summary: dict, rows: dict[str, str], reference: str) -> str:
+    """The results table (rows x metrics with intervals) and the paired-difference table."""
+    if not summary["folds"]:
+        return "No (row, fold) record yet: run `python scripts/idrid_cv.py`.\n"
+    head = "| row | " + " | ".join(LABELS[m] for m in SHOWN) + " | per-fold QWK (mean ± sd) |"
+    lines = [head, "|---" * (len(SHOWN) + 2) + "|"]
+    for row in rows:
+        entry = summary["rows"][row]
+        spread = entry["fold_qwk"]
+        sd = "" if np.isnan(spread["sd"]) else f" ± {spread['sd']:.3f}"
+        lines.append(f"| {row} | " + " | ".join(_interval(entry["intervals"][m]) for m in SHOWN)
+                     + f" | {spread['mean']:.3f}{sd} |")
+    lines += ["", f"| {reference} minus | ΔQWK | Δ referable AUC | Δ accuracy |", "|---|---|---|---|"]
+    for row, diff in summary["differences"].items():
+        lines.append(f"| {row} | {_difference(diff['qwk'])} | {_difference(diff['referable_auc'])} "
+                     f"| {_difference(diff['accuracy'])} |")
+    hours = sum(entry["wall_seconds"] for entry in summary["rows"].values()) / 3600
+    cpus = sorted({cpu for entry in summary["rows"].values() for cpu in entry["cpus"]})
+    lines += ["", f"Folds {', '.join(map(str, summary['folds']))} of 5 ({summary['images']} held-out images per row); "
+              f"95% intervals: bootstrap over images, whole duplicate groups resampled, 2,000 resamples; "
+              f"referable operating point: specificity {TARGET_SPECIFICITY:.2f} on the other folds' out-of-fold "
+              f"predictions. Training and grading: {hours:.1f} h of wall time on {', '.join(cpus)}."]
+    for row, summary_line in rows.items():
+        lines.append(f"- `{row}`: {summary_line}")
+    return "\n".join(lines) + "\n"
