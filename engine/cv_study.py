@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from data.lock import FolderLock, LockError
 from data.records import DataError
 from data.splits import SplitSettings, fold_roles, read_folds_file, write_split_file
 from engine.builders import build_model
@@ -44,6 +45,7 @@ from engine.trainer import Trainer
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
+WAIT_SECONDS = 60  # how often a process looks again at a shared run another process is training
 # Keys that say where or how fast a run goes, not what it learns: left out of the config hash.
 NOT_HASHED = ("run.name", "run.out_dir", "run.device", "run.threads", "data.num_workers",
               "data.prepare_workers", "data.split_file", "data.root", "data.cache_dir", "train.init_from")
@@ -216,15 +218,24 @@ class CVRunner:
         return [(fold, row) for fold in folds for row in rows if not is_recorded(self.records, row, fold)]
 
     def _train(self, config: Config) -> Path:
+        """Train ``config``'s run to its end (resuming what a killed run left) and return its final
+        checkpoint; a run another process is training (a shared one) is waited for, not touched."""
         run_dir = config.run_dir
-        checkpoints = run_dir / "checkpoints"
-        if (checkpoints / "done").is_file():
-            return final_checkpoint(run_dir)
-        resume = (checkpoints / "last.pt").is_file() or (checkpoints / "recovery.pt").is_file()
-        if not resume and run_dir.exists():
-            shutil.rmtree(run_dir)  # started but nothing saved: start again cleanly
-        Trainer(config, progress=self.progress).fit(resume=resume)
-        (checkpoints / "done").write_text("finished\n")
+        done = run_dir / "checkpoints" / "done"
+        while not done.is_file():
+            try:
+                with FolderLock(run_dir.with_name(f"{run_dir.name}.lock"), f"cross-validation run {run_dir}"):
+                    if done.is_file():
+                        break
+                    checkpoints = run_dir / "checkpoints"
+                    resume = (checkpoints / "last.pt").is_file() or (checkpoints / "recovery.pt").is_file()
+                    if not resume and run_dir.exists():
+                        shutil.rmtree(run_dir)  # started but nothing saved: start again cleanly
+                    Trainer(config, progress=self.progress).fit(resume=resume)
+                    done.write_text("finished\n")
+            except LockError as error:
+                log.info("waiting %d s: %s", WAIT_SECONDS, error)
+                time.sleep(WAIT_SECONDS)
         return final_checkpoint(run_dir)
 
     def _start_checkpoint(self, spec: RunSpec, name: str, fold: int, config: Config) -> Path | None:

@@ -127,3 +127,24 @@ def test_records_pool_into_paired_intervals_and_skip_what_is_done(tmp_path):
     assert "| a | " in table and "| b | " in table and "Folds 0, 1 of 5" in table
     meta = json.loads((records / "a" / "fold0.json").read_text())
     assert meta["cpu"] == "test CPU"
+
+
+def test_a_run_another_process_trains_is_waited_for_not_touched(tmp_path, monkeypatch):
+    import engine.cv_study as cv
+    from data.lock import FolderLock
+
+    config = load_config(ROOT / "configs/demo.yaml", [f"run.out_dir={tmp_path}", "run.name=shared"])
+    (config.run_dir / "checkpoints").mkdir(parents=True)
+    (config.run_dir / "checkpoints" / "partial").write_text("the other process's work")
+    other = FolderLock(tmp_path / "shared.lock", "the other process").acquire()
+
+    def other_finishes(seconds):
+        (config.run_dir / "checkpoints" / "best.pt").write_text("weights")
+        (config.run_dir / "checkpoints" / "done").write_text("finished\n")
+        other.release()
+
+    monkeypatch.setattr(cv.time, "sleep", other_finishes)
+    monkeypatch.setattr(cv, "Trainer", lambda *a, **k: pytest.fail("must not train a run another process holds"))
+    runner = CVRunner(load_study(_study_file(tmp_path, ROWS)), "unused", tmp_path, tmp_path / "records")
+    assert runner._train(config) == config.run_dir / "checkpoints" / "best.pt"
+    assert (config.run_dir / "checkpoints" / "partial").is_file()
