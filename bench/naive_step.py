@@ -5,7 +5,10 @@ stays the project's and the gradients can be compared).
 
 Only ``bench/train_step.py --naive`` (the speed ratio) and the tests (an oracle for the batched
 Grad-CAM and the joint step) use it. The losses and the two gradients are those of
-``Trainer.step_joint``: the ISR net follows its whole loss, the grader the grading loss alone.
+``Trainer.step_joint``: the ISR net follows its whole loss, the grader the grading loss alone; the
+grading loss comes from the train-mode forward, the two CAMs of the task-aware loss from the
+grader in eval mode, SR and HR alike (issue 25: with the SR CAM taken from the train-mode
+forward, dropout and batch statistics made the loss non-zero at SR == HR).
 """
 from __future__ import annotations
 
@@ -58,6 +61,23 @@ def naive_attention(model, logits: torch.Tensor, features: list[torch.Tensor], s
     return _minmax_on_host(_host_resize(fused, size))
 
 
+def naive_eval_attentions(model, sr_pair, hr_pair, cam_target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused CAMs of one SR and one HR image (each given with its lesion logits), both from the
+    grader in eval mode (dropout off, BatchNorm on running statistics), each by its own forward;
+    every submodule's mode restored after."""
+    modes = [(module, module.training) for module in model.grader.modules()]
+    model.grader.eval()
+    try:
+        attentions = []
+        for image, lesion_logits in (sr_pair, hr_pair):
+            result = model.grade_with_lesions(image, lesion_logits)
+            attentions.append(naive_attention(model, result.grade_logits, result.features, image.shape[-2:], cam_target))
+    finally:
+        for module, training in modes:
+            module.training = training
+    return attentions[0], attentions[1]
+
+
 def naive_joint_step(model, batch: dict, loss_config, cam_target: str = "predicted", class_weights=None) -> dict[str, float]:
     """Accumulate the joint step's gradients image by image into ``.grad``; returns the mean losses.
 
@@ -86,12 +106,8 @@ def naive_joint_step(model, batch: dict, loss_config, cam_target: str = "predict
             losses["seg_aware"] = seg_aware_loss(sr_lesions, hr_lesions)
             isr_total = isr_total + weights.seg_aware_weight * losses["seg_aware"]
         if weights.task_aware_weight > 0:
-            sr_attention = naive_attention(model, result.grade_logits, result.features, sr.shape[-2:], cam_target)
-            model.grader.eval()
-            hr_result = model.grade_with_lesions(hr, hr_lesions)
-            hr_attention = naive_attention(model, hr_result.grade_logits, hr_result.features, hr.shape[-2:], cam_target).detach()
-            model.grader.train()
-            losses["task_aware"] = task_aware_loss(sr_attention, hr_attention)
+            sr_attention, hr_attention = naive_eval_attentions(model, (sr, sr_lesions), (hr, hr_lesions), cam_target)
+            losses["task_aware"] = task_aware_loss(sr_attention, hr_attention.detach())
             isr_total = isr_total + weights.task_aware_weight * losses["task_aware"]
         isr_grads = torch.autograd.grad(isr_total / n, isr_params, retain_graph=True)
         grader_grads = torch.autograd.grad(weights.cls_weight * losses["ce"] / n, grader_params)

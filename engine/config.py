@@ -212,7 +212,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_grad: float = 0.0
     max_steps_per_epoch: int = 0  # 0 = the whole training set each epoch
-    eval_every: int = 1
+    eval_every: int = 1  # 0: never validate (each stage hands on its last weights; grade thresholds are still fitted)
     # Recovery checkpoints inside an epoch (checkpoints/recovery.pt, one file replaced each time):
     # every N steps and/or every M minutes of training; 0 turns either off. --resume continues
     # the newest checkpoint, so a killed run loses at most one interval (docs/RELIABILITY.md).
@@ -542,7 +542,7 @@ def validate(config: Config) -> None:
         for lr in ("lr_isr", "lr_seg", "lr_cls", "lr_fusion"):
             _require(getattr(settings, lr) > 0, f"train.{stage}.{lr} must be positive, got {getattr(settings, lr)}")
     _require(train.max_steps_per_epoch >= 0, f"train.max_steps_per_epoch must be >= 0, got {train.max_steps_per_epoch}")
-    _require(train.eval_every >= 1, f"train.eval_every must be >= 1, got {train.eval_every}")
+    _require(train.eval_every >= 0, f"train.eval_every must be >= 0 (0: never validate), got {train.eval_every}")
     for key in ("checkpoint_every_steps", "checkpoint_every_minutes", "max_bad_steps"):
         _require(getattr(train, key) >= 0, f"train.{key} must be >= 0, got {getattr(train, key)}")
     _require(config.run.keep >= 0, f"run.keep must be >= 0, got {config.run.keep}")

@@ -38,13 +38,14 @@ from data.splits import SplitSettings, fold_roles, read_folds_file, write_split_
 from engine.builders import build_model
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, ConfigError, load_config
-from engine.runtime import cpu_model
+from engine.runtime import cpu_flags, cpu_model
 from engine.testing import run_test
 from engine.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
+CPU_FLAGS_NOTED = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what decides fp32 or bf16 speed here
 WAIT_SECONDS = 60  # how often a process looks again at a shared run another process is training
 # Keys that say where or how fast a run goes, not what it learns: left out of the config hash.
 NOT_HASHED = ("run.name", "run.out_dir", "run.device", "run.threads", "data.num_workers",
@@ -162,8 +163,8 @@ def transferred_init(source: Path, config: Config, target: Path) -> Path:
 
 
 def final_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a finished run hands on: its best.pt (with eval_every past the last epoch,
-    the last epoch of its last stage)."""
+    """The checkpoint a finished run hands on: best.pt where the run validated, else (the study's
+    train.eval_every=0) last.pt, the last epoch of its last stage."""
     for name in ("best.pt", "last.pt"):
         path = run_dir / "checkpoints" / name
         if path.is_file():
@@ -253,9 +254,10 @@ class CVRunner:
         """Train ``row`` on every fold but ``fold`` (resuming what a killed run left), grade ``fold``,
         write the record; returns its provenance."""
         spec = self.study.rows[row]
-        started = time.time()
         config = run_config(self.study, spec, row, fold, self.data_root, self.out_dir, self.extra)
+        started = time.time()
         init = self._start_checkpoint(spec, row, fold, config)
+        shared_seconds, started = time.time() - started, time.time()
         if init is not None:
             config = run_config(self.study, spec, row, fold, self.data_root, self.out_dir,
                                 (*self.extra, f"train.init_from={init}"))
@@ -274,7 +276,9 @@ class CVRunner:
             "cpu": cpu_model(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "cpu_flags": [flag for flag in CPU_FLAGS_NOTED if flag in cpu_flags()],
             "wall_seconds": round(time.time() - started, 1),
+            "shared_wall_seconds": round(shared_seconds, 1),  # the shared run, when this call trained it
             "input": metrics.get("input"),
             "tta": metrics.get("tta"),
             "images": sum(1 for _ in open(predictions)) - 1,

@@ -24,8 +24,8 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from functools import cached_property, partial
 from pathlib import Path
 
@@ -346,32 +346,71 @@ class Trainer:
         self.scaler.scale(total).backward()
         return {"loss": total, **losses}
 
-    def _hr_attention(self, hr: torch.Tensor, hr_lesions: torch.Tensor) -> torch.Tensor:
-        """The grader's fused CAM on the HR image: the constant target of the task-aware loss.
+    def _eval_attention(self, image: torch.Tensor, lesion_logits: torch.Tensor, keep_graph: bool) -> torch.Tensor:
+        """The grader's fused CAM ``[N,1,H,W]`` of ``image`` + its lesion logits, in eval mode.
 
-        No graph beyond what Grad-CAM needs: the grader's weights are frozen for this pass and
-        the graph starts at its first stage's output (nothing is kept for weight gradients).
+        Both CAMs of the task-aware loss come from here, so SR and HR are explained by the same
+        function: dropout off, BatchNorm on its running statistics (samples independent, nothing
+        updated), the grader's weights frozen for the pass (no weight gradient from it). The
+        grader's and its submodules' modes and ``requires_grad`` flags are restored as they were.
+        ``keep_graph``: the CAM stays differentiable w.r.t. ``image`` and ``lesion_logits`` (the SR
+        path, back to the ISR net); else the graph starts at the grader's first stage output
+        (what Grad-CAM alone needs) and the CAM comes back detached (the HR target).
         """
         grader = self.model.grader
         trainable = [p for p in grader.parameters() if p.requires_grad]
-        start_graph = grader.stages()[0].register_forward_hook(_start_graph_here)
-        grader.eval()
+        start_graph = None if keep_graph else grader.stages()[0].register_forward_hook(_start_graph_here)
         try:
-            for param in trainable:
-                param.requires_grad_(False)
-            result = self.model.grade_with_lesions(hr, hr_lesions)
-            attention = self.model.attention_map(result, self.config.model.cam_target, retain_graph=False)
+            with _eval_mode(grader):
+                for param in trainable:
+                    param.requires_grad_(False)
+                result = self.model.grade_with_lesions(image, lesion_logits)
+                attention = self.model.attention_map(result, self.config.model.cam_target, retain_graph=keep_graph)
         finally:
             for param in trainable:
                 param.requires_grad_(True)
-            start_graph.remove()
-            grader.train()
-        return attention.detach()
+            if start_graph is not None:
+                start_graph.remove()
+        return attention if keep_graph else attention.detach()
+
+    def _hr_attention(self, hr: torch.Tensor, hr_lesions: torch.Tensor) -> torch.Tensor:
+        """The grader's fused CAM on the HR image (eval mode): the constant target of the task-aware loss."""
+        return self._eval_attention(hr, hr_lesions, keep_graph=False)
+
+    def _sr_attention(self, sr: torch.Tensor, sr_lesions: torch.Tensor) -> torch.Tensor:
+        """The grader's fused CAM on the SR image, in eval mode like the HR target (not from the
+        train-mode forward, whose dropout and batch statistics would make the loss non-zero at
+        SR == HR), differentiable back to the ISR net through ``sr`` and ``sr_lesions``."""
+        return self._eval_attention(sr, sr_lesions, keep_graph=True)
+
+    def joint_isr_terms(self, batch: dict, sr: torch.Tensor, result, grading: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The ISR net's joint-stage loss as its weighted terms, and the unweighted losses to log.
+
+        ``sr`` is the ISR net's output of ``batch["lr"]``, ``result`` the train-mode
+        ``grade_image(sr)``, ``grading`` its grading loss. Terms: ``pixel`` (loss.pixel_weight x
+        the pixel loss), ``tv``, ``grading`` (loss.cls_weight x grading), ``seg_aware`` and
+        ``task_aware`` when on. The ISR net follows their sum; bench/gradient_shares.py measures
+        each term's gradient.
+        """
+        weights, model, hr = self.config.loss, self.model, batch["hr"]
+        losses = {"pixel": pixel_loss(sr, hr, weights.pixel), "tv": tv_loss(sr)}
+        terms = {"pixel": weights.pixel_weight * losses["pixel"], "tv": weights.tv_weight * losses["tv"], "grading": weights.cls_weight * grading}
+        hr_lesions = self._frozen_lesions(batch, hr)
+        if model.use_lesions and weights.seg_aware_weight > 0:
+            losses["seg_aware"] = seg_aware_loss(result.lesion_logits, hr_lesions)
+            terms["seg_aware"] = weights.seg_aware_weight * losses["seg_aware"]
+        if weights.task_aware_weight > 0:
+            # Both CAMs from an eval-mode grader (the grading loss keeps the train-mode forward).
+            # The segmentation net is frozen and in eval mode in this stage, so the SR lesion maps
+            # (the forward's, with their graph) and the HR ones are computed alike.
+            sr_attention = self._sr_attention(sr, result.lesion_logits)
+            losses["task_aware"] = task_aware_loss(sr_attention, self._hr_attention(hr, hr_lesions))
+            terms["task_aware"] = weights.task_aware_weight * losses["task_aware"]
+        return terms, losses
 
     def step_joint(self, batch: dict) -> dict[str, torch.Tensor]:
         weights, model = self.config.loss, self.model
-        lr, hr = batch["lr"], batch["hr"]
-        sr = model.isr(lr)
+        sr = model.isr(batch["lr"])
         result = model.grade_image(sr)
         grading, grading_parts = self._grading_losses(result.grade_logits, batch["grade"])
         isr_params = [p for p in model.isr.parameters() if p.requires_grad]
@@ -379,16 +418,9 @@ class Trainer:
             self.scaler.scale(weights.cls_weight * grading).backward()
             return {"loss": weights.cls_weight * grading, **grading_parts}
         grader_params = [p for p in model.grader.parameters() if p.requires_grad]
-        losses = {**grading_parts, "pixel": pixel_loss(sr, hr, weights.pixel), "tv": tv_loss(sr)}
-        isr_total = weights.pixel_weight * losses["pixel"] + weights.tv_weight * losses["tv"] + weights.cls_weight * grading
-        hr_lesions = self._frozen_lesions(batch, hr)
-        if model.use_lesions and weights.seg_aware_weight > 0:
-            losses["seg_aware"] = seg_aware_loss(result.lesion_logits, hr_lesions)
-            isr_total = isr_total + weights.seg_aware_weight * losses["seg_aware"]
-        if weights.task_aware_weight > 0:
-            sr_attention = model.attention_map(result, self.config.model.cam_target, retain_graph=True)
-            losses["task_aware"] = task_aware_loss(sr_attention, self._hr_attention(hr, hr_lesions))
-            isr_total = isr_total + weights.task_aware_weight * losses["task_aware"]
+        terms, isr_losses = self.joint_isr_terms(batch, sr, result, grading)
+        losses = {**grading_parts, **isr_losses}
+        isr_total = sum(terms.values())
         # Two gradients, both computed before any step: the ISR net follows its whole loss, the
         # grader only the grading loss (the task-aware loss is feedback to the ISR net).
         isr_grads = torch.autograd.grad(self.scaler.scale(isr_total), isr_params, retain_graph=True)
@@ -601,6 +633,13 @@ class Trainer:
             frozen = self._frozen_val_lesions(stage, mode, loader)
             return evaluate(self.model, loader, self.device, mode, self.autocast, frozen=frozen, tta=self.config.test.tta).metrics
 
+    def _fit_stage_thresholds(self, stage: str) -> None:
+        """train.eval_every=0: the grade thresholds a validation would have fitted (training images only)."""
+        if self.config.model.grade_decoding == "thresholds" and stage in ("cls", "joint"):
+            with self.ema.swapped_in() if self.ema is not None else nullcontext():
+                self._fit_grade_thresholds(stage, stage_eval_mode(stage, self.config.train.input))
+            self._set_modes(stage)
+
     def _fit_grade_thresholds(self, stage: str, mode: str) -> None:
         """Set ``model.grade_thresholds`` to those maximising QWK on the stage's TRAINING images
         (evaluation/thresholds.py), graded as validation grades (``mode``, test.tta), without
@@ -764,7 +803,10 @@ class Trainer:
             for scheduler in schedulers.values():
                 scheduler.step()
             is_last = epoch + 1 == settings.epochs
-            if (epoch + 1) % self.config.train.eval_every == 0 or is_last:
+            every = self.config.train.eval_every
+            if every == 0 and is_last:  # no validation at all: the stage's last weights go on
+                self._fit_stage_thresholds(stage)
+            elif every > 0 and ((epoch + 1) % every == 0 or is_last):
                 metrics = self.validate(stage)
                 metric = selection_metric(stage, metrics)
                 row.update(_flat_val_metrics(metrics))
@@ -1033,6 +1075,19 @@ def run_status(config: Config) -> str:
     stages = [stage for stage in config.stages_to_run() if getattr(config.train, stage).epochs > 0]
     finished = bool(stages) and state["stage"] == stages[-1] and state["epoch"] >= getattr(config.train, stages[-1]).epochs
     return "finished" if finished else "interrupted"
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block; every submodule's ``training`` flag restored after,
+    exactly as it was (a frozen BatchNorm inside a training grader stays frozen)."""
+    modes = [(sub, sub.training) for sub in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for sub, training in modes:
+            sub.training = training
 
 
 def _start_graph_here(_module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:

@@ -145,7 +145,8 @@ def study_summary(records: Path, rows: list[str], reference: str, groups: dict[s
             "intervals": bootstrap_intervals(data.grades, data.predicted, data.probs, data.thresholds,
                                              group_of, n_resamples),
             "fold_qwk": fold_spread(per_fold),
-            "wall_seconds": sum(found[row][f].meta.get("wall_seconds", 0.0) for f in folds),
+            "wall_seconds": sum(found[row][f].meta.get("wall_seconds", 0.0)
+                                + found[row][f].meta.get("shared_wall_seconds", 0.0) for f in folds),
             "cpus": sorted({found[row][f].meta.get("cpu", "?") for f in folds}),
         }
         if row != reference:

@@ -37,3 +37,14 @@ def test_naive_joint_step_gives_the_project_step_gradients(tmp_path):
             torch.testing.assert_close(reference[name].grad, param.grad, rtol=1e-3, atol=1e-6, msg=name)
             compared += 1
     assert compared == len([p for p in project.model.isr.parameters()]) + len([p for p in project.model.grader.parameters()])
+
+
+def test_naive_task_aware_loss_and_its_isr_gradient_are_zero_when_sr_is_hr(tmp_path):
+    """Issue 25 in the reference too: both CAMs from the eval-mode grader (dropout 0.5 here)."""
+    from tests.test_trainer_steps import _isr_grad_norm, _sr_equals_hr_batch, _task_aware_trainer
+
+    trainer = _task_aware_trainer(tmp_path)
+    losses = naive_joint_step(trainer.model, _sr_equals_hr_batch(trainer, n=1), trainer.config.loss, trainer.config.model.cam_target)
+    assert losses["task_aware"] <= 1e-10
+    assert _isr_grad_norm(trainer.model) <= 1e-8
+    assert trainer.model.grader.training and not trainer.model.seg.training

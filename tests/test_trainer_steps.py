@@ -1,9 +1,10 @@
 """The stage steps: which sub-nets get gradients, and that the joint step's grader follows CE alone."""
 import pytest
 import torch
+from torch import nn
 
 from engine.config import load_config
-from engine.trainer import Trainer
+from engine.trainer import Trainer, _eval_mode
 from models.losses import grading_loss
 from tests.conftest import TINY
 
@@ -106,3 +107,84 @@ def test_a_stage_crop_size_overrides_the_data_crop(tmp_path):
     trainer.crop_generator = torch.Generator().manual_seed(0)
     assert trainer._batch(_batch(size=64), "seg")["hr"].shape[-1] == 48
     assert trainer._batch(_batch(size=64), "isr")["hr"].shape[-1] == 32
+
+
+# Issue 25: the task-aware loss compares two CAMs of the same eval-mode grader. The ISR net's
+# gradient is then the task-aware loss's alone (every other weight 0), and the grader keeps its
+# dropout (0.5), the noise a train-mode CAM would carry.
+TASK_AWARE_ONLY = ["loss.pixel_weight=0", "loss.tv_weight=0", "loss.cls_weight=0", "loss.seg_aware_weight=0", "loss.task_aware_weight=1"]
+
+
+def _task_aware_trainer(tmp_path, *overrides):
+    trainer = Trainer(load_config(None, [*TINY, f"run.out_dir={tmp_path}", "model.grader_dropout=0.5", *TASK_AWARE_ONLY, *overrides]))
+    trainer.class_weights = None
+    trainer._prepare_stage("joint")
+    return trainer
+
+
+def _sr_equals_hr_batch(trainer, n=2):
+    """A batch whose HR image is exactly what the ISR net makes of its LR image: SR == HR."""
+    batch = _batch(n=n)
+    with torch.no_grad():
+        batch["hr"] = trainer.model.isr(batch["lr"])
+    return batch
+
+
+def _isr_grad_norm(model) -> float:
+    return float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.isr.parameters())))
+
+
+def _planted_sr_attention(kinds):
+    """A mode mismatch to plant: the SR CAM with the grader's ``kinds`` modules in train mode (all
+    of them: the CAM of the train-mode forward, as before issue 25), the HR CAM still in eval mode."""
+    def sr_attention(self, sr, sr_lesions):
+        grader = self.model.grader
+        with _eval_mode(grader):
+            for module in grader.modules():
+                if isinstance(module, kinds):
+                    module.train()
+            return self.model.attention_map(self.model.grade_with_lesions(sr, sr_lesions), self.config.model.cam_target)
+    return sr_attention
+
+
+@pytest.mark.parametrize("cam_stages", ["all", "last"])
+def test_task_aware_loss_and_its_isr_gradient_are_zero_when_sr_is_hr(tmp_path, cam_stages):
+    trainer = _task_aware_trainer(tmp_path, f"model.cam_stages={cam_stages}")
+    batch = _sr_equals_hr_batch(trainer)
+    losses = trainer.step_joint(batch)
+    assert float(losses["task_aware"].detach()) <= 1e-10
+    assert _isr_grad_norm(trainer.model) <= 1e-8
+    # The grader still trains in train mode (dropout on): the same step again grades differently.
+    assert trainer.model.grader.training
+
+
+@pytest.mark.parametrize("kinds", [nn.Module, nn.Dropout, nn.BatchNorm2d], ids=["train_mode", "dropout", "batchnorm"])
+def test_a_planted_cam_mode_mismatch_makes_the_sr_equals_hr_loss_non_zero(tmp_path, monkeypatch, kinds):
+    """The teeth of the test above: the SR CAM with dropout or batch statistics gives a clearly
+    non-zero loss and ISR gradient at SR == HR."""
+    monkeypatch.setattr(Trainer, "_sr_attention", _planted_sr_attention(kinds))
+    trainer = _task_aware_trainer(tmp_path)
+    losses = trainer.step_joint(_sr_equals_hr_batch(trainer))
+    assert float(losses["task_aware"].detach()) > 1e-3
+    assert _isr_grad_norm(trainer.model) > 1e-5
+
+
+def test_the_task_aware_cams_leave_every_mode_and_flag_as_they_were(tmp_path, monkeypatch):
+    trainer = _task_aware_trainer(tmp_path)
+    model = trainer.model
+    frozen_norm = next(module for module in model.grader.modules() if isinstance(module, nn.BatchNorm2d))
+    frozen_norm.eval()  # a frozen BatchNorm inside the training grader stays frozen
+    before = {name: module.training for name, module in model.named_modules()}
+    grads_on = {name: param.requires_grad for name, param in model.named_parameters()}
+    trainer.step_joint(_batch())
+    assert {name: module.training for name, module in model.named_modules()} == before
+    assert {name: param.requires_grad for name, param in model.named_parameters()} == grads_on
+
+    def fails(*_args, **_kwargs):
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(model, "attention_map", fails)
+    with pytest.raises(RuntimeError, match="planted"):
+        trainer.step_joint(_batch())
+    assert {name: module.training for name, module in model.named_modules()} == before
+    assert {name: param.requires_grad for name, param in model.named_parameters()} == grads_on

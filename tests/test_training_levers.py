@@ -142,6 +142,20 @@ def test_thresholds_are_fitted_on_the_training_images_only(tmp_path, stage):
     assert after["grading"]["thresholds"] == thresholds.tolist()
 
 
+def test_eval_every_zero_never_validates_but_still_fits_thresholds(tmp_path):
+    config = load_config(None, [*CLS_RUN, f"run.out_dir={tmp_path}", "run.name=novalid", "model.grade_decoding=thresholds",
+                                "train.eval_every=0", "train.cls.epochs=2"])
+    Trainer(config).fit()
+    checkpoints = config.run_dir / "checkpoints"
+    assert not (checkpoints / "best.pt").exists() and (checkpoints / "last.pt").is_file()
+    header = (config.run_dir / "log.csv").read_text().splitlines()[0]
+    assert not any(column.startswith("val_") for column in header.split(","))
+    state = load_checkpoint(checkpoints / "last.pt")["model"]
+    assert not torch.equal(state["grade_thresholds"], default_thresholds(5))  # fitted at the stage's end
+    with pytest.raises(ConfigError, match="eval_every must be >= 0"):
+        load_config(None, [*TINY, "train.eval_every=-1"])
+
+
 # ----------------------------------------------------------------------------- carried with the model
 def test_thresholds_survive_save_load_export_and_reach_predict(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "runs" / "ord" / "checkpoints" / "best.pt", ["model.grade_decoding=thresholds"])
