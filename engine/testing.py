@@ -18,6 +18,7 @@ from engine.builders import build_dataset, build_loader, build_model, cache_path
 from engine.checkpoint import load_checkpoint, load_model_state
 from engine.config import Config, config_from_dict, validate
 from engine.evaluator import EvalResult, Mode, evaluate
+from engine.mechanism import mechanism_signals
 from engine.runtime import configure_threads
 from evaluation import report
 from evaluation.metrics import roc_curves
@@ -199,6 +200,9 @@ def run_test(
     loader = build_loader(dataset, max(8, config.train.joint.batch_size), False, 0, config.data.num_workers)
     tta = config.test.tta if tta is None else tta
     result = evaluate(model, loader, device_, mode, progress=progress, tta=tta)
+    if mode == "lr":
+        # The task-aware loss's signals (engine/mechanism.py): SR-vs-HR CAM agreement and the task gap.
+        result.metrics["mechanism"] = mechanism_signals(model, loader, device_, config.model.cam_target)
     metrics = {
         **result.metrics,
         "split": split,

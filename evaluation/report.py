@@ -445,6 +445,14 @@ def write_test_report(path: str | Path, metrics: dict, figures: Sequence[tuple[s
     if "sr" in metrics:
         rows = [("SR" if name == "sr" else name, _fmt(m.get("psnr"), ".2f"), _fmt(m.get("ssim")), _fmt(m.get("psnr_lesion"), ".2f")) for name, m in metrics["sr"].items()]
         parts.append("<h2>Super-resolution (inside the FOV, mean over images)</h2>\n" + _html_table(["method", "PSNR (dB)", "SSIM", "lesion PSNR (dB)"], rows))
+    if "mechanism" in metrics:
+        m = metrics["mechanism"]
+        rows = [("SR vs HR Grad-CAM: mean squared difference", _fmt(m.get("cam_mse"))),
+                ("SR vs HR Grad-CAM: Pearson correlation", _fmt(m.get("cam_pearson"))),
+                ("SR vs HR Grad-CAM: IoU of the top 10% pixels", _fmt(m.get("cam_top_iou"))),
+                ("QWK graded from SR", _fmt(m.get("qwk_sr"))), ("QWK graded from HR", _fmt(m.get("qwk_hr"))),
+                ("task gap (QWK SR minus HR)", _fmt(m.get("task_gap")))]
+        parts.append("<h2>Task-aware mechanism (eval-mode grader, single pass)</h2>\n" + _html_table(["signal", "value"], rows))
     if "segmentation" in metrics:
         rows = [(name, _fmt(m.get("aupr")), _fmt(m.get("auc")), _fmt(m.get("dice")), _fmt(m.get("prevalence"), ".2e"), m.get("n_images", ""))
                 for name, m in metrics["segmentation"].items()]

@@ -29,6 +29,10 @@ def test_train_all_stages_then_test(tmp_path, tiny_overrides, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["grading"]["n"] == 4
     assert set(metrics["sr"]) == {"sr", "bicubic"} and set(metrics["segmentation"]) >= {"MA", "HE", "EX", "SE"}
+    mechanism = metrics["mechanism"]  # the task-aware loss's signals (engine/mechanism.py)
+    assert mechanism["n"] == 4 and -1 <= mechanism["cam_pearson"] <= 1 and 0 <= mechanism["cam_top_iou"] <= 1
+    assert mechanism["task_gap"] == pytest.approx(mechanism["qwk_sr"] - mechanism["qwk_hr"])
+    assert "Task-aware mechanism" in (figures / "e2e" / "report.html").read_text()
     assert "QWK" in capsys.readouterr().out
     for name in ("confusion_matrix.png", "roc_curves.png", "lesion_pr_curves.png"):
         assert (figures / "e2e" / name).stat().st_size > 0
