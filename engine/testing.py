@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from data.cache import MANIFEST, read_settings
 from data.degrade import bicubic_upsample
 from data.records import DataError
+from data.splits import load_groups, split_name
 from engine.builders import build_dataset, build_loader, build_model, cache_path, select_device
 from engine.checkpoint import load_checkpoint, load_model_state
 from engine.config import Config, config_from_dict, validate
@@ -22,6 +23,7 @@ from engine.mechanism import mechanism_signals
 from engine.runtime import configure_threads
 from evaluation import report
 from evaluation.metrics import roc_curves
+from evaluation.uncertainty import uncertainty_report
 from models import DeepMTDR
 from models.cam import gradcam
 
@@ -136,7 +138,7 @@ def checkpoint_tag(checkpoint: str | Path) -> str:
 
 
 REPORT_FIGURES = (("confusion matrix", "confusion_matrix.png"), ("ROC curves", "roc_curves.png"),
-                  ("lesion precision-recall curves", "lesion_pr_curves.png"))
+                  ("reliability diagram", "reliability.png"), ("lesion precision-recall curves", "lesion_pr_curves.png"))
 
 
 def use_dataset(config: Config, checkpoint: str | Path, name: str | None = None, root: str | None = None) -> None:
@@ -203,6 +205,10 @@ def run_test(
     if mode == "lr":
         # The task-aware loss's signals (engine/mechanism.py): SR-vs-HR CAM agreement and the task gap.
         result.metrics["mechanism"] = mechanism_signals(model, loader, device_, config.model.cam_target)
+    if "grading" in result.metrics:  # ECE, reliability, 95% intervals, operating points (evaluation/uncertainty.py)
+        groups = load_groups(split_name(config.data.dataset, config.data.root))
+        result.metrics.update(uncertainty_report(result.grades.numpy(), result.predicted.numpy(), result.probs.numpy(),
+                                                 [groups.get(i, i) for i in result.ids] if groups else None))
     metrics = {
         **result.metrics,
         "split": split,
@@ -228,6 +234,7 @@ def run_test(
     if "grading" in metrics:
         report.plot_confusion(metrics["grading"]["confusion"], figures / "confusion_matrix.png")
         report.plot_roc(roc_curves(result.grades.numpy(), result.probs.numpy()), figures / "roc_curves.png")
+        report.plot_reliability(metrics["calibration"]["reliability"], figures / "reliability.png")
     if result.seg is not None:
         report.plot_lesion_pr(result.seg.curves(), figures / "lesion_pr_curves.png")
     panels = sample_panels(model, dataset, device_, samples, figures / "samples", mode)

@@ -211,6 +211,24 @@ def _pr_axes(ax: Axes, name: str, curve: dict) -> None:
     ax.legend(loc="lower left", fontsize="small")
 
 
+def plot_reliability(bins: dict, path: str | Path) -> Path:
+    """Reliability diagram: accuracy against mean confidence per confidence bin (top label), with
+    the bin counts; the diagonal is perfect calibration."""
+    figure = _new_figure(5.5, 5.0)
+    ax = figure.add_subplot()
+    lower, upper = np.asarray(bins["lower"]), np.asarray(bins["upper"])
+    accuracy, count = np.asarray(bins["accuracy"], dtype=float), np.asarray(bins["count"])
+    filled = count > 0
+    ax.bar(lower[filled], accuracy[filled], width=(upper - lower)[filled], align="edge", edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect calibration")
+    for left, width, height, n in zip(lower[filled], (upper - lower)[filled], accuracy[filled], count[filled]):
+        ax.text(left + width / 2, min(height + 0.02, 0.97), str(int(n)), ha="center", fontsize="x-small")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="confidence (top grade probability)", ylabel="accuracy",
+           title="Reliability (numbers: images per bin)")
+    ax.legend(loc="upper left", fontsize="small")
+    return _save(figure, path)
+
+
 def plot_lesion_pr(curves: dict, path: str | Path) -> Path:
     """Precision-recall per lesion, one subplot each, from ``SegmentationMetrics.curves()``."""
     names = list(curves)
@@ -442,6 +460,15 @@ def write_test_report(path: str | Path, metrics: dict, figures: Sequence[tuple[s
         if confusion:
             rows = [[f"true {r}", *row] for r, row in enumerate(confusion)]
             parts.append("<p>Confusion matrix (rows: true grade, columns: predicted grade)</p>\n" + _html_table(["", *[f"pred {c}" for c in range(len(confusion))]], rows, "confusion"))
+    if "intervals" in metrics:
+        names = [("QWK", "qwk"), ("accuracy", "accuracy"), ("macro AUC", "macro_auc"), ("referable AUC", "referable_auc"), ("ECE", "ece")]
+        rows = [(label, _fmt(metrics["intervals"][key].get("value")), _fmt(metrics["intervals"][key].get("low")), _fmt(metrics["intervals"][key].get("high")))
+                for label, key in names if key in metrics["intervals"]]
+        rows.append(("referable ECE", _fmt(metrics.get("calibration", {}).get("referable_ece")), "", ""))
+        parts.append("<h2>Intervals and calibration (95% bootstrap over images)</h2>\n" + _html_table(["metric", "value", "low", "high"], rows))
+        points = [(p["name"], _fmt(p["threshold"]), _fmt(p["sensitivity"]), _fmt(p["specificity"])) for p in metrics.get("operating_points", [])]
+        if points:
+            parts.append("<p>Referable DR (p(grade >= 2) at or above the threshold)</p>\n" + _html_table(["operating point", "threshold", "sensitivity", "specificity"], points))
     if "sr" in metrics:
         rows = [("SR" if name == "sr" else name, _fmt(m.get("psnr"), ".2f"), _fmt(m.get("ssim")), _fmt(m.get("psnr_lesion"), ".2f")) for name, m in metrics["sr"].items()]
         parts.append("<h2>Super-resolution (inside the FOV, mean over images)</h2>\n" + _html_table(["method", "PSNR (dB)", "SSIM", "lesion PSNR (dB)"], rows))

@@ -32,7 +32,12 @@ def test_train_all_stages_then_test(tmp_path, tiny_overrides, capsys):
     mechanism = metrics["mechanism"]  # the task-aware loss's signals (engine/mechanism.py)
     assert mechanism["n"] == 4 and -1 <= mechanism["cam_pearson"] <= 1 and 0 <= mechanism["cam_top_iou"] <= 1
     assert mechanism["task_gap"] == pytest.approx(mechanism["qwk_sr"] - mechanism["qwk_hr"])
-    assert "Task-aware mechanism" in (figures / "e2e" / "report.html").read_text()
+    page = (figures / "e2e" / "report.html").read_text()
+    assert "Task-aware mechanism" in page and "Intervals and calibration" in page and "reliability diagram" in page
+    qwk = metrics["intervals"]["qwk"]
+    assert qwk["low"] <= qwk["value"] <= qwk["high"] and qwk["value"] == pytest.approx(metrics["grading"]["qwk"], abs=1e-9)
+    assert 0 <= metrics["calibration"]["ece"] <= 1 and sum(metrics["calibration"]["reliability"]["count"]) == 4
+    assert metrics["operating_points"][0]["specificity"] >= 0.9 or metrics["operating_points"] == []
     assert "QWK" in capsys.readouterr().out
     for name in ("confusion_matrix.png", "roc_curves.png", "lesion_pr_curves.png"):
         assert (figures / "e2e" / name).stat().st_size > 0
