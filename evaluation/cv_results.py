@@ -174,7 +174,7 @@ def markdown(summary: dict, rows: dict[str, str], reference: str) -> str:
                      f"| {_difference(diff['accuracy'])} |")
     hours = sum(entry["wall_seconds"] for entry in summary["rows"].values()) / 3600
     cpus = sorted({cpu for entry in summary["rows"].values() for cpu in entry["cpus"]})
-    lines += ["", f"Folds {', '.join(map(str, summary['folds']))} of 5 ({summary['images']} held-out images per row); "
+    lines += ["", f"Folds {', '.join(map(str, summary['folds']))} of {summary.get('total_folds', '?')} ({summary['images']} held-out images per row); "
               f"95% intervals: bootstrap over images, whole duplicate groups resampled, 2,000 resamples; "
               f"referable operating point: specificity {TARGET_SPECIFICITY:.2f} on the other folds' out-of-fold "
               f"predictions. Training and grading: {hours:.1f} h of wall time on {', '.join(cpus)}."]

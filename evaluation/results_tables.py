@@ -94,10 +94,11 @@ def _cv_study(root: Path, study: str = CV_STUDY, records: str = CV_RECORDS) -> t
         folds_file = root / spec["folds_file"]
         groups_file = folds_file.with_name(folds_file.name.replace("_folds", "_groups"))
         groups = read_groups(groups_file) if groups_file.is_file() else {}
-        summary = study_summary(folder, list(spec["rows"]), spec["reference"], groups)
         spec["k_folds"] = sorted(
             {fold for fold in read_folds_file(folds_file).values() if fold >= 0}
         )
+        summary = study_summary(folder, list(spec["rows"]), spec["reference"], groups)
+        summary["total_folds"] = len(spec["k_folds"])
         spec["recorded"] = recorded_folds(folder, list(spec["rows"]))
         _CV_CACHE.clear()
         _CV_CACHE[key] = (spec, summary)
