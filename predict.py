@@ -17,13 +17,24 @@ the HR image directly). Writes, in --out:
                       links to the panels; one file, no network, readable without JavaScript
     panels/           per photograph: input, SR, lesion maps, Grad-CAM of the predicted grade
     sr/               with --save-sr, the SR image at the model's full resolution
+    predict_run.json  the checkpoint's SHA-256 and the settings a --resume must match
+
+--resume continues an interrupted run into the same --out: photographs predictions.csv already
+lists are not graded again (status ok or a final error: every status but missing, which is tried
+again), new rows are appended after the earlier ones, and report.html is rebuilt from the whole
+CSV. Memory stays flat however many photographs a folder holds (nothing is kept per photograph).
+
+Spreadsheet safety: a text cell of predictions.csv (path, reason, flags, grade_name, panel, sr)
+that starts with = + - @ tab or carriage return, which a spreadsheet would run as a formula, is
+written with a leading single quote (OWASP's advice on CSV injection), as is one that starts with
+a quote; drop that one leading quote to get the text back. report.html escapes file names.
 
 Photographs with quality flags (no field of view, too dark, overexposed, blurred, field of view
 too small; thresholds in data/quality.py) are listed as ``ungradable`` and not graded; files
 that cannot be read are listed with the reason. Exit codes: 0 every input graded, 3 some were
 not (see their status), 2 a usage error (no such checkpoint, an unwritable --out) before any work.
 --checkpoint takes a release name (pretrained_model/RELEASES.json, hash-checked), a checkpoint
-file or a run folder. Research use only: not for clinical decisions.
+file (.pt, or a safetensors release's .safetensors with its .json sidecar) or a run folder. Research use only: not for clinical decisions.
 """
 from __future__ import annotations
 
@@ -62,6 +73,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ignore-quality", action="store_true", help="grade photographs with quality flags too (flags stay in the CSV)")
     parser.add_argument("--workers", type=int, default=2, help="decoding threads, ahead of grading (0: decode in turn)")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"refuse images with more pixels (default {MAX_PIXELS})")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run into the same --out: skip photographs predictions.csv already lists "
+                        "(status ok or a final error), append the rest, rebuild report.html from the whole CSV")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -88,13 +102,16 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"no images in {' '.join(args.paths)}")
         photos = inputs.photos
     release = state.get("release") or {}
-    facts = [("checkpoint", checkpoint), ("SHA-256", file_sha256(checkpoint)), ("trained on", (release.get("data") or {}).get("terms") or config.data.dataset),
+    digest = file_sha256(checkpoint)
+    facts = [("checkpoint", checkpoint), ("SHA-256", digest), ("trained on", (release.get("data") or {}).get("terms") or config.data.dataset),
              ("commit", release.get("commit"))]
     settings = PredictSettings(out, args.input, args.batch_size, args.tta, args.amp, not args.no_panels, args.save_sr,
-                               args.workers, args.max_pixels, args.ignore_quality)
+                               args.workers, args.max_pixels, args.ignore_quality, args.resume, digest)
     with tqdm(total=len(photos), unit="img", desc="grading", disable=args.quiet, leave=False) as bar:
         summary = predict(model, config, photos, settings, facts, bar.update)
     not_read = summary.total - summary.graded - summary.counts.get("ungradable", 0)
+    if args.resume:
+        print(f"resumed: {summary.resumed} of {summary.total} photographs were already in {summary.csv}, not graded again")
     print(f"graded {summary.graded} of {summary.total} photographs ({summary.counts.get('ungradable', 0)} ungradable, "
           f"{not_read} not read) in {summary.seconds:.1f} s")
     print(f"predictions: {summary.csv}")

@@ -16,11 +16,18 @@ checkpoint (inside an epoch) adds ``position``. With ``train.ema_decay`` on, ``m
 averaged weights (what validation scored and what best.pt, export and test.py use) and the
 checkpoints a resume continues (last, recovery) add ``raw_model``, the weights the optimisers step. Loading into a model that does not match fails
 with :class:`CheckpointError` naming the mismatch.
+
+A release may instead be a safetensors pair (``python -m engine.export ... --out NAME.safetensors``),
+so that any tool opens it without this repository: ``NAME.safetensors`` holds the weights,
+``NAME.json`` (the sidecar) the config, the release facts and the weights file's SHA-256.
+:func:`load_checkpoint` reads it (given either file) into the same dict a ``.pt`` release gives;
+writing it is ``engine/export.py``'s.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import random
@@ -45,6 +52,11 @@ MAGIC = b"DEEPMTDR-CHECKPOINT "
 ZIP_SIGNATURE = b"PK\x03\x04"
 HEADER = re.compile(rb"DEEPMTDR-CHECKPOINT (\d{1,4}) sha256=([0-9a-f]{64}) bytes=(\d{15})\n")
 HEADER_MAX = 128  # the header line is 116 bytes
+SAFETENSORS_SUFFIX = ".safetensors"
+SIDECAR_SUFFIX = ".json"
+SIDECAR_FORMAT = "deepmt-dr-safetensors-1"
+# What a .pt release keeps beside config, model and release; the sidecar keeps them under "state".
+RELEASE_STATE_KEYS = ("stage", "epoch", "step", "best_metric", "best_epoch")
 
 # Config keys a resumed run may change: where things are, how fast and on what it runs, how often it
 # saves, and what to train for how long. Any other difference changes the run and is refused.
@@ -204,13 +216,77 @@ def _check_payload(file, path: Path, verify: bool) -> int:
     return match.end()
 
 
+def sidecar_of(weights: str | Path) -> Path:
+    """The sidecar ``NAME.json`` of a safetensors release ``NAME.safetensors``."""
+    return Path(weights).with_suffix(SIDECAR_SUFFIX)
+
+
+def is_safetensors_release(path: str | Path) -> bool:
+    """Whether ``path`` names either file of a safetensors release (by its suffix)."""
+    return Path(path).suffix in (SAFETENSORS_SUFFIX, SIDECAR_SUFFIX)
+
+
+def read_sidecar(sidecar: Path) -> dict[str, Any]:
+    """A release sidecar's JSON, checked for the keys the loader needs."""
+    if not sidecar.is_file():
+        raise CheckpointError(f"release sidecar not found: {sidecar} (a NAME.safetensors release is read with its NAME.json)")
+    try:
+        facts = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{sidecar} is not a readable release sidecar: {error}") from error
+    if (not isinstance(facts, dict) or facts.get("format") != SIDECAR_FORMAT or not isinstance(facts.get("config"), dict)
+            or not isinstance(facts.get("weights"), dict) or not isinstance(facts["weights"].get("sha256"), str)):
+        raise CheckpointError(f"{sidecar} is not a DeepMT-DR release sidecar (expected format {SIDECAR_FORMAT!r} with config and weights.sha256)")
+    return facts
+
+
+def _load_safetensors_release(path: Path, verify: bool) -> dict[str, Any]:
+    """The state dict of a safetensors release, given its weights file or its sidecar.
+
+    The sidecar pins the weights' SHA-256 (safetensors has no checksum of its own), so a weights
+    file changed, truncated or swapped for another release's is refused unless ``verify=False``."""
+    weights = path.with_suffix(SAFETENSORS_SUFFIX)
+    sidecar = sidecar_of(weights)
+    if path == weights and not weights.is_file():
+        raise CheckpointError(f"checkpoint not found: {weights}")
+    facts = read_sidecar(sidecar)
+    if facts["weights"].get("file", weights.name) != weights.name:
+        raise CheckpointError(f"{sidecar} describes {facts['weights']['file']}, not {weights.name}: a sidecar belongs next to its own weights file")
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint not found: {weights} (the weights {sidecar.name} describes)")
+    try:
+        if verify:
+            with weights.open("rb") as file:
+                actual = hashlib.file_digest(file, "sha256").hexdigest()
+            if actual != facts["weights"]["sha256"]:
+                raise CheckpointError(
+                    f"{weights} is corrupt or not the weights {sidecar.name} describes: SHA-256 {actual}, the sidecar says {facts['weights']['sha256']}"
+                )
+        try:
+            from safetensors.torch import load_file
+        except ImportError as error:
+            raise CheckpointError(f"{weights} is a safetensors release: install safetensors (pip install -r requirements.txt) to read it") from error
+        try:
+            tensors = load_file(str(weights), device="cpu")
+        except Exception as error:  # safetensors raises its own SafetensorError (and OSError, ValueError) for bad files
+            raise CheckpointError(f"{weights} is not a readable safetensors file: {type(error).__name__}: {error}") from error
+    except OSError as error:
+        raise CheckpointError(f"{weights} could not be read: {error.strerror or error}") from error
+    state = {key: value for key, value in (facts.get("state") or {}).items() if key in RELEASE_STATE_KEYS}
+    return {"config": facts["config"], "model": tensors, "release": facts.get("release"), **state, "format_version": FORMAT_VERSION}
+
+
 def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """Read a DeepMT-DR checkpoint on the CPU without executing pickled code.
 
     The SHA-256 is checked unless ``verify=False`` (asked for speed alone; the length and the
     header are checked either way). A version-1 file has no checksum and loads with a warning.
+    A safetensors release (``NAME.safetensors`` or its sidecar ``NAME.json``) gives the same dict
+    as a ``.pt`` release: config, model, release and the training position.
     """
     path = Path(path)
+    if is_safetensors_release(path):
+        return _load_safetensors_release(path, verify)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

@@ -1,15 +1,30 @@
-"""``python -m engine.export``: turn a trained run into a release checkpoint for ``pretrained_model/``.
+"""``python -m engine.export``: turn a trained run into a release for ``pretrained_model/``.
 
     python -m engine.export runs/idrid_small --out pretrained_model/deepmt_dr_idrid_small.pt
+    python -m engine.export runs/idrid_small --out pretrained_model/deepmt_dr_idrid_small.safetensors
     python -m engine.export runs/idrid_small/checkpoints/best.pt --out pretrained_model/NAME.pt \\
         --train-command "python train.py --dataset idrid --data-root ../shared/data/idrid --config configs/idrid_small.yaml"
+    python -m engine.export pretrained_model/NAME.pt --out /tmp/release/NAME.safetensors   # a release, converted
 
 A release holds the model weights in float16 (half the file; ``load_trained`` reads them back as
 float32), the resolved config, what it was trained on, the training and export commands, the git
 commit, and the validation metrics found in the run folder; no optimiser, scheduler or RNG state.
-It is written by ``engine.checkpoint.save_checkpoint`` (checksummed, atomic), and its SHA-256 is
-entered in the folder's ``RELEASES.json`` (``engine/release.py``). The command prints the hash and
-the line for ``pretrained_model/README.md``.
+The format follows --out's suffix (or ``--format``, which must agree with it):
+
+- ``.pt``: one file written by ``engine.checkpoint.save_checkpoint`` (checksummed, atomic), read by
+  this repository's loader (a checksum header precedes the torch zip, so plain ``torch.load`` does
+  not open it).
+- ``.safetensors``: the weights as a plain safetensors file that any tool opens
+  (``safetensors.torch.load_file``), and beside it the sidecar ``NAME.json``: the config, the
+  release facts above, the grade thresholds, the training position and the weights file's SHA-256
+  (safetensors has no checksum of its own). Both are written atomically (temp file + rename),
+  weights first.
+
+The SHA-256 of the release file (and of the sidecar) is entered in the folder's ``RELEASES.json``
+(``engine/release.py``), replacing any earlier entry of the same name. Exporting a release file
+(not a run) converts it: the facts it recorded of its training (data, metrics, commands, source)
+are kept, and ``converted_from`` names the file it came from. The command prints the hash and the
+line for ``pretrained_model/README.md``.
 """
 from __future__ import annotations
 
@@ -19,10 +34,12 @@ import datetime
 import json
 import logging
 import math
+import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +47,16 @@ import torch
 
 from data.cache import file_sha256
 from engine.builders import build_model
-from engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from engine.checkpoint import (
+    RELEASE_STATE_KEYS,
+    SAFETENSORS_SUFFIX,
+    SIDECAR_FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+    sidecar_of,
+)
 from engine.cli import run_cli
 from engine.config import Config, config_from_dict
 from engine.release import register
@@ -50,6 +76,9 @@ DATASET_TERMS = {
 }
 # What the release card keeps of each metrics file: the numbers a reader compares.
 GRADING_KEYS = ("n", "accuracy", "qwk", "macro_f1", "macro_auc", "referable_auc", "referable_sensitivity", "referable_specificity")
+FORMATS = {".pt": "pt", SAFETENSORS_SUFFIX: "safetensors"}  # --out suffix -> format
+# What a converted release keeps of the one it came from: how it was trained and what it scored.
+CARRIED_OVER = ("data", "trained", "metrics", "train_command", "source", "source_sha256")
 
 
 @dataclass(frozen=True)
@@ -58,6 +87,8 @@ class Exported:
     sha256: str
     bytes: int
     release: dict
+    sidecar: Path | None = None  # a safetensors release's NAME.json
+    sidecar_sha256: str | None = None
 
 
 def source_checkpoint(source: str | Path) -> tuple[Path, Path | None]:
@@ -179,16 +210,64 @@ def git_commit() -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def export_release(source: str | Path, out: str | Path, train_command: str | None = None, command: str | None = None,
-                   tta: bool | None = None) -> Exported:
-    """Write the release checkpoint of ``source`` (run folder or checkpoint) to ``out`` and register its SHA-256.
+def release_format(out: Path, format: str | None = None) -> str:
+    """``pt`` or ``safetensors``: from ``--out``'s suffix, which ``--format`` (if given) must match."""
+    by_suffix = FORMATS.get(out.suffix)
+    if by_suffix is None:
+        raise CheckpointError(f"--out {out} must be a .pt or .safetensors file")
+    if format is not None and format != by_suffix:
+        wanted = next(suffix for suffix, name in FORMATS.items() if name == format)
+        raise CheckpointError(f"--out {out} must end in {wanted} for --format {format}")
+    return by_suffix
 
-    ``tta`` True / False sets the release's ``test.tta`` (flip test-time augmentation, test.py's
-    default for it); None keeps the run's."""
+
+def _write_atomically(path: Path, write) -> None:
+    """``write(temp_path)`` then rename over ``path``: a kill mid-write leaves the previous file as it was."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(temp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp's 0600 would keep a release from its readers
+        with open(temp, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except OSError as error:
+        Path(temp).unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {path}: {error.strerror or error}") from error
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_safetensors_release(weights: dict[str, torch.Tensor], facts: dict, out: Path) -> Path:
+    """Write ``out`` (safetensors) and its sidecar ``NAME.json`` (``facts`` plus the weights' SHA-256),
+    each atomically, weights first: a sidecar never describes weights that are not on disk, and a
+    kill between the two leaves a pair the loader refuses (hash mismatch) rather than misreads."""
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sidecar = sidecar_of(out)
+    tensors = {key: tensor.detach().contiguous() for key, tensor in weights.items()}
+    metadata = {"format": SIDECAR_FORMAT, "name": out.stem, "sidecar": sidecar.name}
+    _write_atomically(out, lambda temp: save_file(tensors, str(temp), metadata=metadata))
+    facts = {"format": SIDECAR_FORMAT, "weights": {"file": out.name, "sha256": file_sha256(out), "bytes": out.stat().st_size}, **facts}
+    text = json.dumps(facts, indent=2, allow_nan=False) + "\n"
+    _write_atomically(sidecar, lambda temp: temp.write_text(text, encoding="utf-8"))
+    return sidecar
+
+
+def export_release(source: str | Path, out: str | Path, train_command: str | None = None, command: str | None = None,
+                   tta: bool | None = None, format: str | None = None) -> Exported:
+    """Write the release of ``source`` (run folder or checkpoint) to ``out`` and register its SHA-256.
+
+    ``out``'s suffix picks the format (``.pt``, or ``.safetensors`` with its sidecar ``.json``);
+    ``format`` ("pt" / "safetensors"), if given, must agree. ``tta`` True / False sets the
+    release's ``test.tta`` (flip test-time augmentation, test.py's default for it); None keeps the run's."""
     checkpoint, run_dir = source_checkpoint(source)
     out = Path(out)
-    if out.suffix != ".pt":
-        raise CheckpointError(f"--out {out} must be a .pt file")
+    kind = release_format(out, format)
     state = load_checkpoint(checkpoint)
     if tta is not None:
         state["config"]["test"]["tta"] = tta
@@ -199,9 +278,10 @@ def export_release(source: str | Path, out: str | Path, train_command: str | Non
     weights, kept = half_weights(state["model"])
     if kept:
         log.warning("kept in float32 (values beyond float16's range): %s", ", ".join(kept))
-    release = _finite({
+    release = {
         "format": RELEASE_FORMAT,
         "name": out.stem,
+        "file_format": kind,
         "weights_dtype": "float16",
         "float32_tensors": kept,
         "parameters": sum(parameter.numel() for parameter in model.parameters()),
@@ -209,7 +289,7 @@ def export_release(source: str | Path, out: str | Path, train_command: str | Non
         "input": {"lr_size": config.data.hr_size // config.data.scale, "hr_size": config.data.hr_size, "scale": config.data.scale,
                   "test_input": config.test.input, "test_tta": config.test.tta, "num_classes": config.data.num_classes},
         "data": describe_data(config),
-        "trained": {key: state.get(key) for key in ("stage", "epoch", "step", "best_metric", "best_epoch")},
+        "trained": {key: state.get(key) for key in RELEASE_STATE_KEYS},
         "metrics": run_metrics(run_dir, checkpoint, state),
         "source": str(checkpoint),
         "source_sha256": file_sha256(checkpoint),
@@ -218,20 +298,36 @@ def export_release(source: str | Path, out: str | Path, train_command: str | Non
         "commit": git_commit(),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "torch": str(torch.__version__),
-    })
-    keep = {key: state[key] for key in ("stage", "epoch", "step", "best_metric", "best_epoch") if key in state}
-    save_checkpoint({"config": state["config"], "model": weights, "release": release, **keep}, out)
+    }
+    previous = state.get("release")
+    if isinstance(previous, dict) and run_dir is None:  # a release converted: keep what it recorded of its training
+        release["converted_from"] = {"file": str(checkpoint), "sha256": release["source_sha256"],
+                                     "commit": previous.get("commit"), "created": previous.get("created")}
+        release.update({key: previous[key] for key in CARRIED_OVER if previous.get(key) is not None})
+        release["train_command"] = train_command or previous.get("train_command")
+    release = _finite(release)
+    keep = {key: state[key] for key in RELEASE_STATE_KEYS if key in state}
+    entry = {"lr_size": release["input"]["lr_size"], "hr_size": release["input"]["hr_size"], "dataset": config.data.dataset,
+             "commit": release["commit"], "created": release["created"]}
+    sidecar = sidecar_digest = None
+    if kind == "safetensors":
+        thresholds = weights.get("grade_thresholds")
+        sidecar = save_safetensors_release(weights, {
+            "config": state["config"],
+            "release": release,
+            "state": _finite(keep),
+            # For readers without this repository: the grade is the expected grade cut at these
+            # (model.grade_decoding=thresholds; else the argmax). The weights' own tensor is what loads.
+            "grade_decoding": config.model.grade_decoding,
+            "grade_thresholds": thresholds.tolist() if thresholds is not None else None,
+        }, out)
+        sidecar_digest = file_sha256(sidecar)
+        entry = {"format": "safetensors", "sidecar": sidecar.name, "sidecar_sha256": sidecar_digest, **entry}
+    else:
+        save_checkpoint({"config": state["config"], "model": weights, "release": release, **keep}, out)
     digest, size = file_sha256(out), out.stat().st_size
-    register(out, {
-        "sha256": digest,
-        "bytes": size,
-        "lr_size": release["input"]["lr_size"],
-        "hr_size": release["input"]["hr_size"],
-        "dataset": config.data.dataset,
-        "commit": release["commit"],
-        "created": release["created"],
-    })
-    return Exported(out, digest, size, release)
+    register(out, {"sha256": digest, "bytes": size, **entry})
+    return Exported(out, digest, size, release, sidecar, sidecar_digest)
 
 
 def readme_line(exported: Exported) -> str:
@@ -245,7 +341,10 @@ def readme_line(exported: Exported) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run folder (its checkpoints/best.pt) or a checkpoint file")
-    parser.add_argument("--out", required=True, help="the release file, e.g. pretrained_model/deepmt_dr_idrid_small.pt")
+    parser.add_argument("--out", required=True, help="the release file, e.g. pretrained_model/deepmt_dr_idrid_small.pt; "
+                        "NAME.safetensors writes safetensors weights and the sidecar NAME.json")
+    parser.add_argument("--format", choices=sorted(set(FORMATS.values())),
+                        help="pt or safetensors (default: --out's suffix, which must agree)")
     parser.add_argument("--train-command", help="the command that trained the run, recorded in the release")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
                         help="set the release's test.tta: test.py then averages each image's grade over its four "
@@ -256,15 +355,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     command = shlex.join(["python", "-m", "engine.export", *(sys.argv[1:] if argv is None else argv)])
-    exported = export_release(args.source, args.out, args.train_command, command, args.tta)
+    exported = export_release(args.source, args.out, args.train_command, command, args.tta, args.format)
     megabytes = exported.bytes / 2**20
     release = exported.release
-    print(f"wrote {exported.path} ({megabytes:.1f} MB, {release['parameters']:,} parameters in float16) "
+    sidecar = f", its sidecar {exported.sidecar}" if exported.sidecar else ""
+    print(f"wrote {exported.path} ({megabytes:.1f} MB, {release['parameters']:,} parameters in float16){sidecar} "
           f"and its entry in {exported.path.parent / 'RELEASES.json'}")
     found = ", ".join(release["metrics"]) or "none (run test.py --split val on the run first to record them)"
-    print(f"metrics recorded from the run folder: {found}")
+    origin = f"carried over from {release['converted_from']['file']}" if "converted_from" in release else "from the run folder"
+    print(f"metrics recorded {origin}: {found}")
     if megabytes > MAX_RELEASE_MB:
         print(f"warning: {megabytes:.1f} MB is over the {MAX_RELEASE_MB} MB a file in pretrained_model/ may take", file=sys.stderr)
+    if exported.sidecar:
+        print(f"sidecar SHA-256 {exported.sidecar_sha256}")
     print(f"SHA-256 {exported.sha256}")
     print("model card line (pretrained_model/README.md):")
     print(readme_line(exported))

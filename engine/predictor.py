@@ -11,14 +11,29 @@ square is graded directly); Grad-CAM of the predicted grade comes from the same 
 (``models.cam.gradcam_in_forward``). ``tta``: the four flips of the input (``engine/tta.py``, as
 test.py --tta), probabilities and lesion maps averaged. The grade is the model's decoding of the
 probabilities (argmax, or the expected grade cut at the thresholds saved with it).
+
+Nothing is kept per photograph once its batch is written (no results, panels or thumbnails held:
+``bench/predict_memory.py`` measures resident memory over 2,000 photographs). ``resume`` continues
+an interrupted run in the same folder: photographs predictions.csv already lists with a final
+status (:data:`FINAL_STATUSES`: every status but ``missing``, which is tried again) are not
+graded again, new rows are appended, and report.html is rebuilt from the whole CSV. A resumed run
+must grade like the first (same checkpoint, input, flips, quality rule: ``predict_run.json``).
+
+Text cells of predictions.csv that a spreadsheet would run as a formula (starting with ``=``,
+``+``, ``-``, ``@``, tab or carriage return; OWASP's "CSV injection") are written with a leading
+``'``, which spreadsheets show as text; a cell that itself starts with ``'`` gets one too, so
+:func:`restore_cell` (drop one leading ``'``) gives the original text back. report.html escapes
+every file name (``html.escape``).
 """
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import re
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -44,6 +59,24 @@ from models.cam import gradcam_in_forward
 
 REFERABLE_GRADE = 2  # ICDR moderate or worse: refer
 STATUSES = ("ok", "ungradable", "unreadable", "empty", "too_large", "missing")
+# What --resume does not grade again: a photograph graded, or one whose file says it never will be.
+# A missing file may yet arrive (a folder still being copied), so it is tried again.
+FINAL_STATUSES = frozenset(STATUSES) - {"missing"}
+# predictions.csv's text columns; the others hold numbers, which a spreadsheet never runs.
+TEXT_COLUMNS = ("path", "reason", "flags", "grade_name", "panel", "sr")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+RUN_FILE = "predict_run.json"  # what a --resume must match
+
+
+def neutralise_cell(text: str) -> str:
+    """``text`` as a spreadsheet shows it: a leading ``'`` before a formula start (= + - @ tab CR)
+    or a ``'`` (so that the quote is reversible)."""
+    return "'" + text if text.startswith((*FORMULA_STARTS, "'")) else text
+
+
+def restore_cell(text: str) -> str:
+    """The text :func:`neutralise_cell` was given."""
+    return text[1:] if text.startswith("'") else text
 
 
 def csv_columns(num_classes: int) -> list[str]:
@@ -69,6 +102,8 @@ class PredictSettings:
     workers: int = 2  # decoding threads; 0: decode in the calling thread
     max_pixels: int = MAX_PIXELS
     ignore_quality: bool = False  # grade flagged photographs too (their flags stay in the CSV)
+    resume: bool = False  # skip the photographs predictions.csv in ``out`` already lists (final status)
+    checkpoint_sha256: str | None = None  # recorded in predict_run.json; a resume must grade with the same weights
 
 
 @dataclass
@@ -78,6 +113,7 @@ class Summary:
     csv: Path | None = None
     report: Path | None = None
     seconds: float = 0.0
+    resumed: int = 0  # inputs an earlier run had already written (--resume)
 
     @property
     def graded(self) -> int:
@@ -159,13 +195,20 @@ def _fmt(value, spec: str = ".5f") -> str:
 class _Outputs:
     """predictions.csv (a row flushed per photograph), panels, thumbnails, SR images and the report."""
 
-    def __init__(self, out: Path, num_classes: int, settings: PredictSettings, facts: Sequence[tuple[str, object]]) -> None:
+    def __init__(self, out: Path, num_classes: int, settings: PredictSettings, report: PredictionReport, kept: Path | None = None) -> None:
+        """``kept``: a CSV of an earlier run's rows (same columns) that become the first rows here."""
         self.out, self.settings, self.num_classes = out, settings, num_classes
         self.columns = csv_columns(num_classes)
-        self.file = (out / "predictions.csv").open("w", newline="", encoding="utf-8")
-        self.writer = csv.DictWriter(self.file, self.columns)
-        self.writer.writeheader()
-        self.report = PredictionReport(out / "report.html", "DeepMT-DR predictions", facts)
+        self.report = report
+        path = out / "predictions.csv"
+        if kept is None:
+            self.file = path.open("w", newline="", encoding="utf-8")
+            self.writer = csv.DictWriter(self.file, self.columns)
+            self.writer.writeheader()
+        else:
+            os.replace(kept, path)
+            self.file = path.open("a", newline="", encoding="utf-8")
+            self.writer = csv.DictWriter(self.file, self.columns)
 
     def write(self, item: dict, result: dict | None, row_index: int, extra_seconds: float) -> str:
         """Write everything of one photograph; returns its status."""
@@ -210,7 +253,8 @@ class _Outputs:
                 array = (image.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
                 Image.fromarray(array).save(self.out / row["sr"], compress_level=3)
         row["seconds"] = _fmt(item.get("seconds", 0.0) + extra_seconds + time.perf_counter() - started, ".3f")
-        self.writer.writerow(row)
+        self.writer.writerow({key: neutralise_cell(value) if key in TEXT_COLUMNS and isinstance(value, str) else value
+                              for key, value in row.items()})
         self.file.flush()
         self.report.add({"index": item["index"], "path": item["path"], "status": status, "reason": reason, "grade": grade,
                          "probabilities": probabilities, "p_referable": referable, "flags": flags, "areas": areas,
@@ -223,19 +267,21 @@ class _Outputs:
         return self.report.close()
 
 
-def prepared_batches(dataset: PhotoDataset, batch_size: int, workers: int) -> Iterator[list[dict]]:
-    """The dataset's items in order, ``batch_size`` at a time, prepared ``workers`` at a time in
-    threads while the caller grades the previous batch (at most two batches ahead)."""
+def prepared_batches(dataset: PhotoDataset, batch_size: int, workers: int, indices: Sequence[int] | None = None) -> Iterator[list[dict]]:
+    """The dataset's items in order (those of ``indices`` only, if given), ``batch_size`` at a time,
+    prepared ``workers`` at a time in threads while the caller grades the previous batch (at most
+    two batches ahead)."""
+    order = range(len(dataset)) if indices is None else indices
     if workers == 0:
-        for start in range(0, len(dataset), batch_size):
-            yield [dataset[index] for index in range(start, min(start + batch_size, len(dataset)))]
+        for start in range(0, len(order), batch_size):
+            yield [dataset[index] for index in order[start:start + batch_size]]
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         pending: deque = deque()
         submitted = 0
-        while submitted < len(dataset) or pending:
-            while submitted < len(dataset) and len(pending) < 2 * batch_size:
-                pending.append(pool.submit(dataset.__getitem__, submitted))
+        while submitted < len(order) or pending:
+            while submitted < len(order) and len(pending) < 2 * batch_size:
+                pending.append(pool.submit(dataset.__getitem__, order[submitted]))
                 submitted += 1
             count = min(batch_size, len(pending))
             yield [pending.popleft().result() for _ in range(count)]
@@ -250,6 +296,116 @@ def check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise DataError(f"--out {out} is not a writable folder: {error.strerror or error}") from None
+
+
+def _number(text: str | None, kind=float):
+    """A CSV cell back as a number; None for an empty cell."""
+    return kind(text) if text not in (None, "") else None
+
+
+def _report_row(row: dict, index: int, out: Path, num_classes: int) -> dict:
+    """PredictionReport's row for a predictions.csv row an earlier run wrote (``index``: its input position)."""
+    path, panel = restore_cell(row["path"]), restore_cell(row["panel"]) or None
+    grade = _number(row["grade"], int)
+    probabilities = [float(row[f"p{c}"]) for c in range(num_classes)] if grade is not None else None
+    areas = [_number(row[f"area_{name}"]) for name in LESIONS]
+    thumbnail = f"thumbs/{index + 1:05d}_{_safe_stem(path)}.jpg"
+    if not (out / thumbnail).is_file():
+        thumbnail = f"thumbs/{Path(panel).stem}.jpg" if panel else None
+        thumbnail = thumbnail if thumbnail and (out / thumbnail).is_file() else None
+    flags = restore_cell(row["flags"])
+    return {"index": index, "path": path, "status": row["status"], "reason": restore_cell(row["reason"]), "grade": grade,
+            "probabilities": probabilities, "p_referable": _number(row["p_referable"]), "flags": flags.split(";") if flags else [],
+            "areas": areas if all(area is not None for area in areas) else None, "reference_grade": _number(row["reference_grade"], int),
+            "thumbnail": thumbnail, "panel": panel}
+
+
+def _check_run_file(out: Path, identity: dict) -> None:
+    """Refuse to resume with other weights or settings than the first run's (``predict_run.json``;
+    a folder an older predict.py wrote has none, and is resumed as it is)."""
+    path = out / RUN_FILE
+    if not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"cannot --resume: {path} is not readable ({error}); grade into a new --out") from None
+    changed = [f"{key} {before.get(key)!r} -> {value!r}" for key, value in identity.items() if before.get(key) != value]
+    if changed:
+        raise DataError(f"cannot --resume in {out}: its predictions were made with other settings ({'; '.join(changed)}); "
+                        "use the first run's or a new --out")
+
+
+def _write_run_file(out: Path, identity: dict) -> None:
+    temp = out / f".{RUN_FILE}.tmp"
+    temp.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
+    os.replace(temp, out / RUN_FILE)
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether ``path`` is empty or ends with a line end: its last CSV row was written whole."""
+    with path.open("rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        if size == 0:
+            return True
+        file.seek(size - 1)
+        return file.read(1) == b"\n"
+
+
+def _earlier_rows(out: Path, columns: list[str], photos: Sequence[PhotoInput], report: PredictionReport,
+                  num_classes: int, summary: Summary) -> tuple[Path, set[int]]:
+    """Read an earlier run's predictions.csv, streamed (memory holds input paths and positions only).
+
+    Its rows with a final status go to a fresh CSV (returned: it becomes predictions.csv) and to
+    ``report``, and count in ``summary``; returns that CSV and the input positions its rows cover.
+    Left out: a last row that a kill cut short (no line end) and rows of photographs to grade again."""
+    source = out / "predictions.csv"
+    positions: dict[str, deque[int]] = defaultdict(deque)
+    for index, photo in enumerate(photos):
+        positions[str(photo.path)].append(index)
+    whole = _ends_a_line(source)
+    done: set[int] = set()
+    kept_path = out / ".predictions.csv.resume.tmp"
+    extra = len(photos)  # report positions for rows of photographs not among this run's inputs
+    try:
+        with source.open(newline="", encoding="utf-8") as file, kept_path.open("w", newline="", encoding="utf-8") as kept:
+            reader = csv.reader(file)
+            header = next(reader, None)
+            if header is not None and header != columns:
+                raise DataError(f"cannot --resume: {source} has other columns than this model writes (another model or version); "
+                                "grade into a new --out")
+            writer = csv.DictWriter(kept, columns)
+            writer.writeheader()
+            row = next(reader, None)
+            while row is not None:
+                following = next(reader, None)
+                if following is None and not whole:
+                    break  # the last row, cut short by a kill
+                if len(row) == len(columns) and row[1] in STATUSES:
+                    cells = dict(zip(columns, row))
+                    waiting = positions.get(restore_cell(cells["path"]))
+                    if cells["status"] in FINAL_STATUSES or not waiting:
+                        index = waiting[0] if waiting else extra
+                        try:
+                            report_row = _report_row(cells, index, out, num_classes)
+                        except (ValueError, IndexError):
+                            report_row = None  # a damaged row: its photograph is graded again
+                        if report_row is not None:
+                            if waiting:
+                                done.add(waiting.popleft())
+                                summary.counts[cells["status"]] = summary.counts.get(cells["status"], 0) + 1
+                            else:  # a photograph not among this run's inputs: its row stays as it was
+                                extra += 1
+                            writer.writerow(cells)
+                            report.add(report_row)
+                row = following
+    except (UnicodeDecodeError, csv.Error) as error:
+        kept_path.unlink(missing_ok=True)
+        raise DataError(f"cannot --resume: {source} is not a readable predictions.csv ({error}); grade into a new --out") from None
+    except BaseException:
+        kept_path.unlink(missing_ok=True)
+        raise
+    return kept_path, done
 
 
 def predict(
@@ -272,11 +428,30 @@ def predict(
     facts = [*facts, ("graded", f"FOV square {size}"),
              ("test-time augmentation", "4 flips" if settings.tta else "off"),
              ("precision", "bf16 autocast" if grader.speed.amp else "fp32"), ("device", str(grader.device))]
-    outputs = _Outputs(out, config.data.num_classes, settings, facts)
-    dataset = PhotoDataset(photos, config.data.hr_size, settings.max_pixels)
+    identity = {"checkpoint_sha256": settings.checkpoint_sha256, "input": mode, "tta": settings.tta,
+                "ignore_quality": settings.ignore_quality, "hr_size": config.data.hr_size, "num_classes": config.data.num_classes}
+    resuming = settings.resume and (out / "predictions.csv").is_file()
+    if resuming:
+        _check_run_file(out, identity)
     summary = Summary(total=len(photos))
+    remaining = kept = None
+    report = PredictionReport(out / "report.html", "DeepMT-DR predictions", facts)
+    if resuming:
+        try:
+            kept, done = _earlier_rows(out, csv_columns(config.data.num_classes), photos, report, config.data.num_classes, summary)
+        except BaseException:
+            report.body.close()
+            report.body_path.unlink(missing_ok=True)
+            raise
+        remaining = [index for index in range(len(photos)) if index not in done]
+        summary.resumed = len(done)
+        if on_progress is not None and done:
+            on_progress(len(done))
+    _write_run_file(out, identity)
+    outputs = _Outputs(out, config.data.num_classes, settings, report, kept)
+    dataset = PhotoDataset(photos, config.data.hr_size, settings.max_pixels)
     try:
-        for items in prepared_batches(dataset, settings.batch_size, settings.workers):
+        for items in prepared_batches(dataset, settings.batch_size, settings.workers, remaining):
             batch_started = time.perf_counter()
             gradable = [item for item in items if item["status"] == "ok" and item.get("hr") is not None
                         and (settings.ignore_quality or item["quality"].gradable)]

@@ -6,6 +6,11 @@ by hand. A checkpoint given by release name, or by a path whose folder's registr
 hashed before it is loaded: a file that differs from the one released stops with one line naming
 the file and both hashes. (The checkpoint's own checksum header, ``engine/checkpoint.py``, catches
 corruption; the registry catches a different file under the released name.)
+
+A safetensors release (``NAME.safetensors`` + its sidecar ``NAME.json``, ``engine/export.py``) has
+both files' SHA-256 in its entry (``sha256`` and ``sidecar_sha256``); both are checked, and a
+mismatch names the file that differs. A name without a registry entry is looked for as
+``NAME.pt``, then ``NAME.safetensors``.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from data.cache import file_sha256
-from engine.checkpoint import CheckpointError
+from engine.checkpoint import SAFETENSORS_SUFFIX, CheckpointError
 
 RELEASE_DIR = Path(__file__).resolve().parents[1] / "pretrained_model"
 REGISTRY = "RELEASES.json"
@@ -61,19 +66,28 @@ def register(path: str | Path, entry: dict) -> Path:
 
 
 def verify_release(path: str | Path) -> dict | None:
-    """The registry entry of ``path`` after checking its SHA-256, or None if no registry lists it."""
+    """The registry entry of ``path`` after checking its SHA-256 (and its sidecar's, for a
+    safetensors release, given by either file), or None if no registry lists it."""
     path = Path(path)
-    entries = [entry for entry in read_registry(path.parent).values() if entry["file"] == path.name]
+    entries = [entry for entry in read_registry(path.parent).values() if path.name in (entry["file"], entry.get("sidecar"))]
     if not entries:
         return None
-    expected = entries[0]["sha256"]
-    actual = file_sha256(path)
-    if actual != expected:
-        raise CheckpointError(
-            f"{path} has SHA-256 {actual} but {path.parent / REGISTRY} releases it with {expected}: "
-            "the file is not the released one (download or export it again)"
-        )
-    return entries[0]
+    entry = entries[0]
+    pinned = [(path.parent / entry["file"], entry["sha256"])]
+    if entry.get("sidecar"):
+        if not entry.get("sidecar_sha256"):
+            raise CheckpointError(f"{path.parent / REGISTRY} lists the sidecar {entry['sidecar']} without its sidecar_sha256: export the release again")
+        pinned.append((path.parent / entry["sidecar"], entry["sidecar_sha256"]))
+    for file, expected in pinned:
+        if not file.is_file():
+            raise CheckpointError(f"{file} is absent: {path.parent / REGISTRY} releases it with SHA-256 {expected} (download or export it again)")
+        actual = file_sha256(file)
+        if actual != expected:
+            raise CheckpointError(
+                f"{file} has SHA-256 {actual} but {path.parent / REGISTRY} releases it with {expected}: "
+                "the file is not the released one (download or export it again)"
+            )
+    return entry
 
 
 def _absent_release(name: str, path: Path) -> CheckpointError:
@@ -91,8 +105,8 @@ def _shown(path: Path) -> Path:
 
 def resolve_checkpoint(name_or_path: str | Path, release_dir: str | Path | None = None) -> Path:
     """A checkpoint file from a path, a run folder (its ``checkpoints/best.pt``) or a release name
-    (``release_dir/RELEASES.json``, else ``release_dir/NAME.pt``; default ``pretrained_model/``),
-    hash-checked when released."""
+    (``release_dir/RELEASES.json``, else ``release_dir/NAME.pt`` or ``NAME.safetensors``; default
+    ``pretrained_model/``), hash-checked when released (a safetensors release: both its files)."""
     release_dir = Path(release_dir) if release_dir is not None else RELEASE_DIR
     candidate = Path(name_or_path).expanduser()
     if candidate.is_dir():
@@ -107,7 +121,11 @@ def resolve_checkpoint(name_or_path: str | Path, release_dir: str | Path | None 
                 raise _absent_release(candidate.stem, candidate)
             raise CheckpointError(f"checkpoint not found: {candidate}")
         registry = read_registry(release_dir)
-        candidate = _shown(release_dir / (registry[name]["file"] if name in registry else f"{name}.pt"))
+        if name in registry:
+            candidate = _shown(release_dir / registry[name]["file"])
+        else:  # an unregistered release: the .pt, else the safetensors weights
+            found = [release_dir / f"{name}{suffix}" for suffix in (".pt", SAFETENSORS_SUFFIX) if (release_dir / f"{name}{suffix}").is_file()]
+            candidate = _shown(found[0] if found else release_dir / f"{name}.pt")
         if not candidate.is_file():
             if name in registry or name in RELEASE_RECIPE:
                 raise _absent_release(name, candidate)
