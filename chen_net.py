@@ -39,6 +39,7 @@ Departures, each for a reason:
 
 The module is a leaf (torch only); ``models/registry.py`` registers it as ``chen_net``.
 """
+
 from __future__ import annotations
 
 import math
@@ -78,11 +79,18 @@ class SameMaxPool2d(nn.Module):
         self.kernel, self.stride = kernel, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(tf_same_pad(x, self.kernel, self.stride, -math.inf), self.kernel, self.stride)
+        return F.max_pool2d(
+            tf_same_pad(x, self.kernel, self.stride, -math.inf), self.kernel, self.stride
+        )
 
 
-def _block(in_channels: int, out_channels: int, kernel: int, stride: int, lrn: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [SameConv2d(in_channels, out_channels, kernel, stride), nn.LeakyReLU(LEAK)]
+def _block(
+    in_channels: int, out_channels: int, kernel: int, stride: int, lrn: bool
+) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        SameConv2d(in_channels, out_channels, kernel, stride),
+        nn.LeakyReLU(LEAK),
+    ]
     if lrn:
         size = 2 * LRN_RADIUS + 1
         layers.append(nn.LocalResponseNorm(size, alpha=LRN_ALPHA * size, beta=LRN_BETA, k=LRN_BIAS))
@@ -109,7 +117,9 @@ class ChenNet(nn.Module):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if pretrained_path is not None:
-            raise ValueError("Chen et al.'s net has no published ImageNet weights; leave model.imagenet_weights unset")
+            raise ValueError(
+                "Chen et al.'s net has no published ImageNet weights; leave model.imagenet_weights unset"
+            )
         self.num_lesions = num_lesions
         self.block1 = _block(3 + num_lesions, 96, 11, 4, lrn=True)
         self.block2 = _block(96, 192, 5, 1, lrn=True)
@@ -134,10 +144,18 @@ class ChenNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x ``[N,3+L,H,W]`` in [0,1] -> (logits ``[N,C]``, the four block outputs at 224 input)."""
         if x.shape[1] != 3 + self.num_lesions:
-            raise ValueError(f"Chen net expects {3 + self.num_lesions} input channels, got {x.shape[1]}")
+            raise ValueError(
+                f"Chen net expects {3 + self.num_lesions} input channels, got {x.shape[1]}"
+            )
         if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
             shrink = min(x.shape[-2:]) > INPUT_SIZE
-            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=shrink)
+            x = F.interpolate(
+                x,
+                size=(INPUT_SIZE, INPUT_SIZE),
+                mode="bilinear",
+                align_corners=False,
+                antialias=shrink,
+            )
         features = []
         for stage in self.stages():
             x = stage(x)

@@ -36,6 +36,7 @@ not (see their status), 2 a usage error (no such checkpoint, an unwritable --out
 --checkpoint takes a release name (pretrained_model/RELEASES.json, hash-checked), a checkpoint
 file (.pt, or a safetensors release's .safetensors with its .json sidecar) or a run folder. Research use only: not for clinical decisions.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,27 +56,79 @@ from engine.testing import load_trained
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="*", metavar="PATHS", help="image files, folders or CSV lists")
-    parser.add_argument("--checkpoint", default=DEFAULT_RELEASE, help=f"release name, checkpoint file or run folder (default {DEFAULT_RELEASE})")
-    parser.add_argument("--out", type=Path, help="output folder (default predictions, or predictions/demo with --demo)")
-    parser.add_argument("--demo", action="store_true", help="grade skimage's retina photograph and three embedded-dataset renders")
-    parser.add_argument("--input", choices=("lr", "hr"), help="lr: LR -> SR -> grade (the system); hr: grade the HR image; default: the checkpoint's")
-    parser.add_argument("--device", default="auto", help="cuda, cpu, mps, cuda:1 ... (default: auto)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "paths", nargs="*", metavar="PATHS", help="image files, folders or CSV lists"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=DEFAULT_RELEASE,
+        help=f"release name, checkpoint file or run folder (default {DEFAULT_RELEASE})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default predictions, or predictions/demo with --demo)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="grade skimage's retina photograph and three embedded-dataset renders",
+    )
+    parser.add_argument(
+        "--input",
+        choices=("lr", "hr"),
+        help="lr: LR -> SR -> grade (the system); hr: grade the HR image; default: the checkpoint's",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="cuda, cpu, mps, cuda:1 ... (default: auto)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--tta", action="store_true",
-                        help="average over the four flips of each photograph: about 4x the network time; off by default "
-                        "for speed, even for a release whose test.tta is on (test.py follows that)")
-    parser.add_argument("--amp", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
-                        help="bf16/fp16 autocast: auto (where the hardware has it, the default), on (--amp), off")
-    parser.add_argument("--save-sr", action="store_true", help="also write each SR image at full resolution (sr/)")
-    parser.add_argument("--no-panels", action="store_true", help="skip the per-photograph evidence panels")
-    parser.add_argument("--ignore-quality", action="store_true", help="grade photographs with quality flags too (flags stay in the CSV)")
-    parser.add_argument("--workers", type=int, default=2, help="decoding threads, ahead of grading (0: decode in turn)")
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"refuse images with more pixels (default {MAX_PIXELS})")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run into the same --out: skip photographs predictions.csv already lists "
-                        "(status ok or a final error), append the rest, rebuild report.html from the whole CSV")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="average over the four flips of each photograph: about 4x the network time; off by default "
+        "for speed, even for a release whose test.tta is on (test.py follows that)",
+    )
+    parser.add_argument(
+        "--amp",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="bf16/fp16 autocast: auto (where the hardware has it, the default), on (--amp), off",
+    )
+    parser.add_argument(
+        "--save-sr", action="store_true", help="also write each SR image at full resolution (sr/)"
+    )
+    parser.add_argument(
+        "--no-panels", action="store_true", help="skip the per-photograph evidence panels"
+    )
+    parser.add_argument(
+        "--ignore-quality",
+        action="store_true",
+        help="grade photographs with quality flags too (flags stay in the CSV)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="decoding threads, ahead of grading (0: decode in turn)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"refuse images with more pixels (default {MAX_PIXELS})",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into the same --out: skip photographs predictions.csv already lists "
+        "(status ok or a final error), append the rest, rebuild report.html from the whole CSV",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -97,23 +150,47 @@ def main(argv: list[str] | None = None) -> int:
     else:
         inputs = list_inputs(args.paths)
         if inputs.ignored:
-            print(f"ignored {len(inputs.ignored)} file(s) without an image extension in the folders given")
+            print(
+                f"ignored {len(inputs.ignored)} file(s) without an image extension in the folders given"
+            )
         if not inputs.photos:
             raise DataError(f"no images in {' '.join(args.paths)}")
         photos = inputs.photos
     release = state.get("release") or {}
     digest = file_sha256(checkpoint)
-    facts = [("checkpoint", checkpoint), ("SHA-256", digest), ("trained on", (release.get("data") or {}).get("terms") or config.data.dataset),
-             ("commit", release.get("commit"))]
-    settings = PredictSettings(out, args.input, args.batch_size, args.tta, args.amp, not args.no_panels, args.save_sr,
-                               args.workers, args.max_pixels, args.ignore_quality, args.resume, digest)
-    with tqdm(total=len(photos), unit="img", desc="grading", disable=args.quiet, leave=False) as bar:
+    facts = [
+        ("checkpoint", checkpoint),
+        ("SHA-256", digest),
+        ("trained on", (release.get("data") or {}).get("terms") or config.data.dataset),
+        ("commit", release.get("commit")),
+    ]
+    settings = PredictSettings(
+        out,
+        args.input,
+        args.batch_size,
+        args.tta,
+        args.amp,
+        not args.no_panels,
+        args.save_sr,
+        args.workers,
+        args.max_pixels,
+        args.ignore_quality,
+        args.resume,
+        digest,
+    )
+    with tqdm(
+        total=len(photos), unit="img", desc="grading", disable=args.quiet, leave=False
+    ) as bar:
         summary = predict(model, config, photos, settings, facts, bar.update)
     not_read = summary.total - summary.graded - summary.counts.get("ungradable", 0)
     if args.resume:
-        print(f"resumed: {summary.resumed} of {summary.total} photographs were already in {summary.csv}, not graded again")
-    print(f"graded {summary.graded} of {summary.total} photographs ({summary.counts.get('ungradable', 0)} ungradable, "
-          f"{not_read} not read) in {summary.seconds:.1f} s")
+        print(
+            f"resumed: {summary.resumed} of {summary.total} photographs were already in {summary.csv}, not graded again"
+        )
+    print(
+        f"graded {summary.graded} of {summary.total} photographs ({summary.counts.get('ungradable', 0)} ungradable, "
+        f"{not_read} not read) in {summary.seconds:.1f} s"
+    )
     print(f"predictions: {summary.csv}")
     print(f"report: {summary.report}")
     return summary.exit_code

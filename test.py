@@ -17,6 +17,7 @@ one file) in visualization_result/<name>/. --checkpoint also takes a release nam
 (pretrained_model/RELEASES.json, hash-checked); --dataset/--data-root evaluate it on your own copy
 of a dataset instead of the folder recorded in the checkpoint.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,18 +34,36 @@ from evaluation.report import format_metrics_table
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--name", default="demo", help="run name under --out-dir (default demo)")
     parser.add_argument("--out-dir", default="runs", help="folder holding the runs (default runs)")
-    parser.add_argument("--checkpoint", help="checkpoint file, run folder or release name (default <out-dir>/<name>/checkpoints/best.pt)")
-    parser.add_argument("--dataset", choices=("synthetic", *DATASETS), help="evaluate on this dataset (default: the checkpoint's)")
-    parser.add_argument("--data-root", help="your copy of the dataset (default: the folder recorded in the checkpoint)")
+    parser.add_argument(
+        "--checkpoint",
+        help="checkpoint file, run folder or release name (default <out-dir>/<name>/checkpoints/best.pt)",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=("synthetic", *DATASETS),
+        help="evaluate on this dataset (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--data-root",
+        help="your copy of the dataset (default: the folder recorded in the checkpoint)",
+    )
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--input", choices=("lr", "hr"),
-                        help="lr: the system, LR -> SR -> grade; hr: grade the HR images (upper bound); "
-                        "default: the run's test.input")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
-                        help="average the grade probabilities over the four flips of each image (default: the run's test.tta)")
+    parser.add_argument(
+        "--input",
+        choices=("lr", "hr"),
+        help="lr: the system, LR -> SR -> grade; hr: grade the HR images (upper bound); "
+        "default: the run's test.input",
+    )
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average the grade probabilities over the four flips of each image (default: the run's test.tta)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--samples", type=int, default=4, help="per-sample figure panels to draw")
     parser.add_argument("--figures", default="visualization_result", help="figure folder root")
@@ -54,10 +73,28 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint else Path(args.out_dir) / args.name / "checkpoints" / "best.pt"
-    progress = None if args.quiet else (lambda iterable: tqdm(iterable, desc=f"testing {args.split}", leave=False))
-    metrics, run_dir = run_test(checkpoint, args.split, args.device, args.samples, args.figures, progress, args.input,
-                                dataset_name=args.dataset, data_root=args.data_root, tta=args.tta)
+    checkpoint = (
+        resolve_checkpoint(args.checkpoint)
+        if args.checkpoint
+        else Path(args.out_dir) / args.name / "checkpoints" / "best.pt"
+    )
+    progress = (
+        None
+        if args.quiet
+        else (lambda iterable: tqdm(iterable, desc=f"testing {args.split}", leave=False))
+    )
+    metrics, run_dir = run_test(
+        checkpoint,
+        args.split,
+        args.device,
+        args.samples,
+        args.figures,
+        progress,
+        args.input,
+        dataset_name=args.dataset,
+        data_root=args.data_root,
+        tta=args.tta,
+    )
     print(format_metrics_table(metrics))
     print(f"results in {run_dir}, figures and report in {Path(metrics['report']).parent}")
     print(f"report: {metrics['report']}")

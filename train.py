@@ -30,6 +30,7 @@ Exit codes: 0 done; 2 bad input, a bad checkpoint, the run folder in use by anot
 a run that cannot go on (out of memory, only non-finite steps); 75 stopped by SIGTERM/SIGINT
 after saving (rerun the same command with --resume).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,21 +50,44 @@ from engine.trainer import Trainer
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help=f"YAML preset (default {DEFAULT_PRESET}, or configs/<dataset>.yaml with --dataset)")
-    parser.add_argument("--method", choices=METHODS, help="a compared method's recipe (default: DeepMT-DR, or the preset's method)")
-    parser.add_argument("--dataset", choices=DATASETS, help="train on a public dataset instead of the embedded one")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        help=f"YAML preset (default {DEFAULT_PRESET}, or configs/<dataset>.yaml with --dataset)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        help="a compared method's recipe (default: DeepMT-DR, or the preset's method)",
+    )
+    parser.add_argument(
+        "--dataset", choices=DATASETS, help="train on a public dataset instead of the embedded one"
+    )
     parser.add_argument("--data-root", help="the public dataset's folder, as unpacked")
-    parser.add_argument("--stage", choices=(*STAGES, "all"), help="stage to train (default: train.stage of the config)")
+    parser.add_argument(
+        "--stage",
+        choices=(*STAGES, "all"),
+        help="stage to train (default: train.stage of the config)",
+    )
     parser.add_argument("--name", help="run name: outputs go to <run.out_dir>/<name>/")
     parser.add_argument("--device", help="cuda, cpu, mps, cuda:1 ... (default: auto)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run's newest checkpoint (recovery.pt inside an epoch, else last.pt); "
-                        "start the run when it has none")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="resume without checking the checkpoint's SHA-256 (faster on very large files)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run's newest checkpoint (recovery.pt inside an epoch, else last.pt); "
+        "start the run when it has none",
+    )
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="resume without checking the checkpoint's SHA-256 (faster on very large files)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.hr_size=128")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.hr_size=128"
+    )
     return parser
 
 
@@ -81,17 +105,27 @@ def main(argv: list[str] | None = None) -> int:
         if flag:
             overrides.append(f"{key}={flag}")
     config = load_config(args.config or default_preset(args.dataset), overrides, method=args.method)
-    progress = None if args.quiet else (lambda iterable, **kw: tqdm(iterable, leave=False, dynamic_ncols=True, **kw))
+    progress = (
+        None
+        if args.quiet
+        else (lambda iterable, **kw: tqdm(iterable, leave=False, dynamic_ncols=True, **kw))
+    )
     launched_by_torchrun = "WORLD_SIZE" in os.environ
-    if config.data.dataset != "synthetic" and not launched_by_torchrun:  # under torchrun rank 0 builds it in fit()
+    if (
+        config.data.dataset != "synthetic" and not launched_by_torchrun
+    ):  # under torchrun rank 0 builds it in fit()
         print(f"dataset cache: {ensure_cache(config, progress=not args.quiet)}")
     try:
-        trainer = Trainer(config, progress=progress if int(os.environ.get("RANK", "0")) == 0 else None)
+        trainer = Trainer(
+            config, progress=progress if int(os.environ.get("RANK", "0")) == 0 else None
+        )
         world = trainer.world
         if world.is_main:
             processes = f" x {world.size} processes" if world.distributed else ""
-            print(f"training {config.method} on {config.data.dataset} ({config.data.hr_size}px HR, x{config.data.scale}) "
-                  f"on {trainer.device}{processes}; stages: {', '.join(config.stages_to_run())}; run folder {config.run_dir}")
+            print(
+                f"training {config.method} on {config.data.dataset} ({config.data.hr_size}px HR, x{config.data.scale}) "
+                f"on {trainer.device}{processes}; stages: {', '.join(config.stages_to_run())}; run folder {config.run_dir}"
+            )
         try:
             run_dir = trainer.fit(resume=args.resume, verify=not args.no_verify)
         except Preempted as stop:

@@ -10,6 +10,7 @@ Rows are in rows.yaml next to this script (each is `train.py --method NAME`); ou
 runs/compared_methods/: results.csv (one line per method x seed), table.md (mean +- std over
 seeds), table.png (bar chart) and the run folders. Rerunning continues where it stopped.
 """
+
 import sys
 from pathlib import Path
 
@@ -21,7 +22,13 @@ from engine.table_runner import table_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    return table_main(argv, Path(__file__).with_name("rows.yaml"), __doc__, "runs/compared_methods", "Compared Methods/run.py")
+    return table_main(
+        argv,
+        Path(__file__).with_name("rows.yaml"),
+        __doc__,
+        "runs/compared_methods",
+        "Compared Methods/run.py",
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ disk, like the released file), then times the whole ``python predict.py FOLDER``
 FOV crop, quality, grading, Grad-CAM, panels, CSV and report. Peak RSS is the predict process's
 (and its decoding workers', the largest of them) ``ru_maxrss``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,15 @@ from engine.config import load_config
 from engine.export import export_release
 
 FULL_SIZE = (4288, 2848)  # width, height of IDRiD's camera frames
-DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "idrid" / "B. Disease Grading" / "1. Original Images" / "a. Training Set"
+DEFAULT_SOURCE = (
+    ROOT.parent
+    / "shared"
+    / "data"
+    / "idrid"
+    / "B. Disease Grading"
+    / "1. Original Images"
+    / "a. Training Set"
+)
 
 
 def make_images(source: Path, folder: Path, count: int) -> list[Path]:
@@ -47,7 +56,11 @@ def make_images(source: Path, folder: Path, count: int) -> list[Path]:
         path = folder / f"full_{index:04d}.jpg"
         if not path.is_file():
             image = cv2.imread(str(originals[index % len(originals)]))
-            cv2.imwrite(str(path), cv2.resize(image, FULL_SIZE, interpolation=cv2.INTER_CUBIC), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            cv2.imwrite(
+                str(path),
+                cv2.resize(image, FULL_SIZE, interpolation=cv2.INTER_CUBIC),
+                [cv2.IMWRITE_JPEG_QUALITY, 95],
+            )
         paths.append(path)
     return paths
 
@@ -57,32 +70,57 @@ def random_release(config_path: str, folder: Path) -> Path:
     config = load_config(config_path, ["data.root=unused", "run.name=bench_predict"])
     torch.manual_seed(0)
     model = build_model(config)
-    raw = save_checkpoint({"config": config.to_dict(), "model": model.state_dict(), "stage": "joint", "epoch": 0}, folder / "random.pt")
+    raw = save_checkpoint(
+        {"config": config.to_dict(), "model": model.state_dict(), "stage": "joint", "epoch": 0},
+        folder / "random.pt",
+    )
     return export_release(raw, folder / "bench_random.pt").path
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--config", default="configs/idrid_small.yaml")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--images", type=Path, default=Path("/tmp/deepmt_bench_predict/images"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/deepmt_bench_predict"))
-    parser.add_argument("--extra", default="", help="more predict.py options, e.g. --extra='--amp off --no-panels'")
+    parser.add_argument(
+        "--extra", default="", help="more predict.py options, e.g. --extra='--amp off --no-panels'"
+    )
     args = parser.parse_args()
     images = make_images(args.source, args.images / str(args.n), args.n)
     checkpoint = random_release(args.config, args.work)
     out = args.work / f"out_{args.n}"
-    command = [sys.executable, str(ROOT / "predict.py"), str(images[0].parent), "--checkpoint", str(checkpoint), "--out", str(out),
-               "--quiet", *shlex.split(args.extra)]
+    command = [
+        sys.executable,
+        str(ROOT / "predict.py"),
+        str(images[0].parent),
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--quiet",
+        *shlex.split(args.extra),
+    ]
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         print(result.stdout, result.stderr, file=sys.stderr)
         return result.returncode
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    inner = float(result.stdout.split(" in ")[1].split(" s")[0])  # "graded N of N photographs (...) in X s"
+    inner = float(
+        result.stdout.split(" in ")[1].split(" s")[0]
+    )  # "graded N of N photographs (...) in X s"
     line = {
         "bench": "predict",
         "images": args.n,

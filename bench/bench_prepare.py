@@ -7,6 +7,7 @@ The source images are the shared IDRiD photographs (``../shared/data/idrid``) up
 4288x2848 and saved as JPEG quality 95 (about the release's file size), or rendered embedded-dataset
 fundi when the shared data is absent. Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,15 @@ from bench.machine import cpu_name
 from data.prepare import prepare
 from data.synthetic import render_sample
 
-SHARED_IDRID = ROOT.parent / "shared" / "data" / "idrid" / "B. Disease Grading" / "1. Original Images" / "a. Training Set"
+SHARED_IDRID = (
+    ROOT.parent
+    / "shared"
+    / "data"
+    / "idrid"
+    / "B. Disease Grading"
+    / "1. Original Images"
+    / "a. Training Set"
+)
 WIDTH, HEIGHT = 4288, 2848
 
 
@@ -62,7 +71,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         labels = write_dataset(Path(scratch) / "source", args.n)
-        megabytes = sum(path.stat().st_size for path in (Path(scratch) / "source" / "images").iterdir()) / 1e6
+        megabytes = (
+            sum(path.stat().st_size for path in (Path(scratch) / "source" / "images").iterdir())
+            / 1e6
+        )
         out = args.keep or Path(scratch) / "cache"
         start = time.perf_counter()
         report = prepare("csv", labels, out, size=args.size, workers=args.workers)

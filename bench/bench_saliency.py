@@ -14,6 +14,7 @@ occlusion window. Without --full they run a fraction of it (4 steps, 2 samples, 
 windows) and the time is scaled to the full count; the JSON line says so ("timed"). Time a quiet
 machine: other busy processes make CPU timings meaningless.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,32 +43,50 @@ def windows(size: int, options: Options) -> int:
     return (math.ceil((size - window) / stride) + 1) ** 2
 
 
-def timed_options(method: str, options: Options, size: int, full: bool) -> tuple[Options, float, str]:
+def timed_options(
+    method: str, options: Options, size: int, full: bool
+) -> tuple[Options, float, str]:
     """(options to run, factor from the timed run to the full one, what was timed)."""
     if full:
         return options, 1.0, "full"
     if method == "ig":
         quick = replace(options, ig_steps=QUICK_IG_STEPS, ig_max_steps=QUICK_IG_STEPS)
-        return quick, options.ig_steps / QUICK_IG_STEPS, f"{QUICK_IG_STEPS} of {options.ig_steps} steps, scaled"
+        return (
+            quick,
+            options.ig_steps / QUICK_IG_STEPS,
+            f"{QUICK_IG_STEPS} of {options.ig_steps} steps, scaled",
+        )
     if method == "smoothgrad":
         quick = replace(options, smoothgrad_samples=QUICK_SMOOTHGRAD_SAMPLES)
         factor = options.smoothgrad_samples / QUICK_SMOOTHGRAD_SAMPLES
-        return quick, factor, f"{QUICK_SMOOTHGRAD_SAMPLES} of {options.smoothgrad_samples} samples, scaled"
+        return (
+            quick,
+            factor,
+            f"{QUICK_SMOOTHGRAD_SAMPLES} of {options.smoothgrad_samples} samples, scaled",
+        )
     if method == "occlusion":
         quick = replace(options, occlusion_stride=options.occlusion_window)
         full_count, quick_count = windows(size, options), windows(size, quick)
         # one unperturbed forward besides the windows
-        return quick, (full_count + 1) / (quick_count + 1), f"{quick_count} of {full_count} windows, scaled"
+        return (
+            quick,
+            (full_count + 1) / (quick_count + 1),
+            f"{quick_count} of {full_count} windows, scaled",
+        )
     return options, 1.0, "full"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--methods", default="all")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--full", action="store_true", help="run every method in full (no scaling)")
-    parser.add_argument("--checkpoint", help="time a trained model (default: demo architecture, random weights)")
+    parser.add_argument(
+        "--checkpoint", help="time a trained model (default: demo architecture, random weights)"
+    )
     parser.add_argument("--ig-steps", type=int, default=Options.ig_steps)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -80,7 +99,9 @@ def main() -> None:
     device = next(model.parameters()).device
     explained = for_deepmt_dr(model)
     options = replace(Options(), ig_steps=args.ig_steps, ig_max_steps=args.ig_steps)
-    image = torch.rand(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
+    image = torch.rand(
+        args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)
+    ).to(device)
     with torch.no_grad():
         target = explained.targets(explained(image), "predicted")
     raw_saliency(explained, image[:1], "gradcam", target[:1], options=options)  # warm-up
@@ -99,11 +120,22 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) * factor
-        print(json.dumps({
-            "method": method, "seconds": round(seconds, 3), "seconds_per_image": round(seconds / args.batch, 3),
-            "batch": args.batch, "size": args.size, "settings": settings.get(method, ""), "timed": timed,
-            "device": str(device), "threads": torch.get_num_threads(),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "method": method,
+                    "seconds": round(seconds, 3),
+                    "seconds_per_image": round(seconds / args.batch, 3),
+                    "batch": args.batch,
+                    "size": args.size,
+                    "settings": settings.get(method, ""),
+                    "timed": timed,
+                    "device": str(device),
+                    "threads": torch.get_num_threads(),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

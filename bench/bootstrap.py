@@ -5,6 +5,7 @@
 The study tables bootstrap every row and every paired difference; a per-resample scikit-learn
 loop took about 30 s for this size, the vectorised scorer well under a second.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,21 @@ def main() -> None:
     bootstrap_intervals(grades, predicted, probs, 0.5, n_resamples=args.resamples)
     single = time.perf_counter() - start
     start = time.perf_counter()
-    paired_difference(grades, predicted, probs, np.roll(predicted, 1), probs[::-1], 0.5, 0.5, n_resamples=args.resamples)
+    paired_difference(
+        grades,
+        predicted,
+        probs,
+        np.roll(predicted, 1),
+        probs[::-1],
+        0.5,
+        0.5,
+        n_resamples=args.resamples,
+    )
     paired = time.perf_counter() - start
-    print(f"{cpu_model()}: {args.resamples} resamples of {args.images} images: "
-          f"intervals {single:.2f} s, paired difference {paired:.2f} s")
+    print(
+        f"{cpu_model()}: {args.resamples} resamples of {args.images} images: "
+        f"intervals {single:.2f} s, paired difference {paired:.2f} s"
+    )
 
 
 if __name__ == "__main__":

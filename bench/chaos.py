@@ -16,6 +16,7 @@ Run from the repository root (docs/RELIABILITY.md):
 
 Extra ``key=value`` overrides after ``--`` go to both runs. Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,12 @@ class Child:
         self.training_since: float | None = None
         self.log = log.open("a")
         self.process = subprocess.Popen(
-            [sys.executable, "train.py", "--quiet", *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
+            [sys.executable, "train.py", "--quiet", *argv],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -87,7 +92,10 @@ def newest_checkpoint_time(folder: Path) -> float:
 
 def log_rows(run: Path) -> list[dict]:
     with (run / "log.csv").open(newline="") as file:
-        return [{key: value for key, value in row.items() if key != "seconds"} for row in csv.DictReader(file)]
+        return [
+            {key: value for key, value in row.items() if key != "seconds"}
+            for row in csv.DictReader(file)
+        ]
 
 
 def compare(straight: Path, chaos: Path) -> list[str]:
@@ -99,20 +107,40 @@ def compare(straight: Path, chaos: Path) -> list[str]:
             differing.append(f"{path.name}: missing")
             continue
         reference, state = load_checkpoint(path)["model"], load_checkpoint(other)["model"]
-        differing += [f"{path.name}: {key}" for key, value in reference.items() if not torch.equal(value, state[key])]
+        differing += [
+            f"{path.name}: {key}"
+            for key, value in reference.items()
+            if not torch.equal(value, state[key])
+        ]
     return differing
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path("runs_chaos"), help="runs root (straight/ and chaos/ go there)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs_chaos"),
+        help="runs root (straight/ and chaos/ go there)",
+    )
     parser.add_argument("--config", help="YAML preset (default: train.py's, configs/demo.yaml)")
-    parser.add_argument("--every-minutes", type=float, default=0.25, help="recovery checkpoint interval of the killed run")
+    parser.add_argument(
+        "--every-minutes",
+        type=float,
+        default=0.25,
+        help="recovery checkpoint interval of the killed run",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
-    common = [*(["--config", args.config] if args.config else []), *args.overrides, f"run.out_dir={args.out}"]
+    common = [
+        *(["--config", args.config] if args.config else []),
+        *args.overrides,
+        f"run.out_dir={args.out}",
+    ]
     straight_dir, chaos_dir = args.out / "straight", args.out / "chaos"
     if straight_dir.exists() or chaos_dir.exists():
         sys.exit(f"error: {args.out} already holds straight/ or chaos/: choose another --out")
@@ -127,7 +155,13 @@ def main() -> None:
     working = max(reference_seconds - startup, 1.0)
 
     rng = random.Random(args.seed)
-    chaos_argv = ["--name", "chaos", "--resume", *common, f"train.checkpoint_every_minutes={args.every_minutes}"]
+    chaos_argv = [
+        "--name",
+        "chaos",
+        "--resume",
+        *common,
+        f"train.checkpoint_every_minutes={args.every_minutes}",
+    ]
     kills, started = [], time.time()
     while len(kills) < args.kills:
         delay = rng.uniform(startup / 2, startup + 2 * working / args.kills)
@@ -142,7 +176,9 @@ def main() -> None:
         child.reader.join()
         since = child.training_since
         lost = 0.0 if since is None else killed - max(saved, since)
-        kills.append({"after_s": round(delay, 1), "during_startup": since is None, "lost_s": round(lost, 1)})
+        kills.append(
+            {"after_s": round(delay, 1), "during_startup": since is None, "lost_s": round(lost, 1)}
+        )
     else:
         child = Child(chaos_argv, log)
         if child.wait() != 0:
@@ -150,23 +186,27 @@ def main() -> None:
     chaos_seconds = time.time() - started
     differing = compare(straight_dir, chaos_dir)
     lost = [kill["lost_s"] for kill in kills if not kill["during_startup"]]
-    print(json.dumps({
-        "kills": len(kills),
-        "killed_during_startup": sum(kill["during_startup"] for kill in kills),
-        "bitwise_equal": not differing,
-        "differing": differing[:20],
-        "log_rows_equal": log_rows(straight_dir) == log_rows(chaos_dir),
-        "recovery_interval_s": 60 * args.every_minutes,
-        "median_lost_s": round(statistics.median(lost), 1) if lost else None,
-        "max_lost_s": max(lost, default=None),
-        "kill_log": kills,
-        "straight_s": round(reference_seconds, 1),
-        "startup_s": round(startup, 1),
-        "chaos_s": round(chaos_seconds, 1),
-        "overrides": common,
-        "cpu": cpu_name(),
-        "commit": commit(),
-    }))
+    print(
+        json.dumps(
+            {
+                "kills": len(kills),
+                "killed_during_startup": sum(kill["during_startup"] for kill in kills),
+                "bitwise_equal": not differing,
+                "differing": differing[:20],
+                "log_rows_equal": log_rows(straight_dir) == log_rows(chaos_dir),
+                "recovery_interval_s": 60 * args.every_minutes,
+                "median_lost_s": round(statistics.median(lost), 1) if lost else None,
+                "max_lost_s": max(lost, default=None),
+                "kill_log": kills,
+                "straight_s": round(reference_seconds, 1),
+                "startup_s": round(startup, 1),
+                "chaos_s": round(chaos_seconds, 1),
+                "overrides": common,
+                "cpu": cpu_name(),
+                "commit": commit(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """What the speed benchmarks share: the machine, the commit, timing and FLOP counting."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +26,25 @@ def device_name(device: torch.device) -> str:
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
 def stamp(device: torch.device) -> dict:
     """The machine, commit and date every JSON line carries."""
-    return {"device": device_name(device), "torch": torch.__version__, "commit": commit(), "date": datetime.date.today().isoformat()}
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "commit": commit(),
+        "date": datetime.date.today().isoformat(),
+    }
 
 
 def synchronize(device: torch.device) -> None:
@@ -76,7 +88,9 @@ def add_size_args(parser: argparse.ArgumentParser) -> None:
     """Sizes and timing options shared by train_step.py and infer.py (CPU defaults; paper: --hr 1024 --seg-width 4)."""
     parser.add_argument("--hr", type=int, default=128, help="HR size (paper: 1024)")
     parser.add_argument("--scale", type=int, default=4)
-    parser.add_argument("--seg-width", type=float, default=1.0, help="segmentation width multiplier (paper: 4)")
+    parser.add_argument(
+        "--seg-width", type=float, default=1.0, help="segmentation width multiplier (paper: 4)"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)

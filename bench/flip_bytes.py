@@ -12,6 +12,7 @@ original's (silent corruption) or loaded identical weights. Default: the current
 bare torch zip (format_version 1) and read as the code before checksums read it (``torch.load(...,
 weights_only=True)`` and a key check). Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,17 +46,31 @@ def same_weights(state: dict, reference: dict) -> bool:
     model = state.get("model")
     if not isinstance(model, dict) or model.keys() != reference.keys():
         return False
-    return all(isinstance(model[key], torch.Tensor) and model[key].shape == value.shape and torch.equal(model[key], value)
-               for key, value in reference.items())
+    return all(
+        isinstance(model[key], torch.Tensor)
+        and model[key].shape == value.shape
+        and torch.equal(model[key], value)
+        for key, value in reference.items()
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--flips", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--legacy", action="store_true", help="measure the bare torch zip format of before checksums")
-    parser.add_argument("--scratch", type=Path, help="folder for the scratch copy (default: /dev/shm when there, else the temp folder)")
+    parser.add_argument(
+        "--legacy",
+        action="store_true",
+        help="measure the bare torch zip format of before checksums",
+    )
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        help="folder for the scratch copy (default: /dev/shm when there, else the temp folder)",
+    )
     args = parser.parse_args()
     reference_state = load_checkpoint(args.checkpoint)
     reference = reference_state["model"]
@@ -101,24 +116,30 @@ def main() -> None:
         seconds = time.perf_counter() - started
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(json.dumps({
-        "checkpoint": str(args.checkpoint),
-        "format": "legacy bare torch zip (format_version 1)" if args.legacy else "checksummed (format_version 2)",
-        "bytes": size,
-        "flips": args.flips,
-        "seed": args.seed,
-        "detected": detected,
-        "detected_pct": round(100 * detected / max(args.flips, 1), 2),
-        "undetected_weights_changed": changed,
-        "undetected_weights_same": unchanged,
-        "undetected_offsets": undetected_offsets[:20],
-        "errors": errors,
-        "clean_load_seconds": round(clean_load, 3),
-        "seconds": round(seconds, 1),
-        "cpu": cpu_name(),
-        "torch": torch.__version__,
-        "commit": commit(),
-    }))
+    print(
+        json.dumps(
+            {
+                "checkpoint": str(args.checkpoint),
+                "format": "legacy bare torch zip (format_version 1)"
+                if args.legacy
+                else "checksummed (format_version 2)",
+                "bytes": size,
+                "flips": args.flips,
+                "seed": args.seed,
+                "detected": detected,
+                "detected_pct": round(100 * detected / max(args.flips, 1), 2),
+                "undetected_weights_changed": changed,
+                "undetected_weights_same": unchanged,
+                "undetected_offsets": undetected_offsets[:20],
+                "errors": errors,
+                "clean_load_seconds": round(clean_load, 3),
+                "seconds": round(seconds, 1),
+                "cpu": cpu_name(),
+                "torch": torch.__version__,
+                "commit": commit(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ the gradients are compared in float32.
 Output: a Markdown report (the tables of docs/RESULTS.md, "Task-aware loss: gradient shares")
 and, with ``--json PATH``, every number per step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,12 +51,21 @@ ROOT = Path(__file__).resolve().parents[1]
 WARMUP_DIR = "runs/gradient_shares"
 # The brief pre-training of --init warmup: configs/demo.yaml's schedule and learning rates on the
 # embedded dataset, cut to the isr stage (ISR + segmentation) and the cls stage (grader + CAM fusion).
-WARMUP = {"data.n_train": 800, "data.n_val": 64, "train.isr.epochs": 2, "train.seg.epochs": 0, "train.cls.epochs": 3, "train.joint.epochs": 0}
+WARMUP = {
+    "data.n_train": 800,
+    "data.n_val": 64,
+    "train.isr.epochs": 2,
+    "train.seg.epochs": 0,
+    "train.cls.epochs": 3,
+    "train.joint.epochs": 0,
+}
 TERMS = ("pixel", "tv", "grading", "seg_aware", "task_aware")
 
 
 # ----------------------------------------------------------------- the measurement
-def term_gradients(terms: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+def term_gradients(
+    terms: dict[str, torch.Tensor], params: list[torch.Tensor]
+) -> dict[str, list[torch.Tensor]]:
     """Each scalar term's gradient on ``params``, one backward per term (graphs kept for the next);
     zeros where a term does not reach a parameter. The terms' gradients add up to their sum's."""
     grads = {}
@@ -86,11 +96,18 @@ def share_stats(vectors: dict[str, torch.Tensor]) -> dict:
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             denominator = norms[a] * norms[b]
-            cosines[f"{a}|{b}"] = float(vectors[a] @ vectors[b]) / denominator if denominator > 0 else math.nan
+            cosines[f"{a}|{b}"] = (
+                float(vectors[a] @ vectors[b]) / denominator if denominator > 0 else math.nan
+            )
     return {
         "norm": norms,
-        "norm_share": {name: norms[name] / norm_sum if norm_sum > 0 else math.nan for name in names},
-        "projection_share": {name: float(vectors[name] @ total) / total_sq if total_sq > 0 else math.nan for name in names},
+        "norm_share": {
+            name: norms[name] / norm_sum if norm_sum > 0 else math.nan for name in names
+        },
+        "projection_share": {
+            name: float(vectors[name] @ total) / total_sq if total_sq > 0 else math.nan
+            for name in names
+        },
         "cosine": cosines,
         "total_norm": math.sqrt(total_sq),
     }
@@ -107,7 +124,10 @@ def probe_step(trainer: Trainer, batch: dict, optimizers: dict | None) -> dict:
     isr_params = [p for p in model.isr.parameters() if p.requires_grad]
     grads = term_gradients(terms, isr_params)
     stats = share_stats({name: flatten(parts) for name, parts in grads.items()})
-    stats["loss"] = {"grading": float(grading.detach()), **{name: float(value.detach()) for name, value in losses.items()}}
+    stats["loss"] = {
+        "grading": float(grading.detach()),
+        **{name: float(value.detach()) for name, value in losses.items()},
+    }
     if optimizers is not None:
         grader_params = [p for p in model.grader.parameters() if p.requires_grad]
         grader_grads = torch.autograd.grad(weights.cls_weight * grading, grader_params)
@@ -123,19 +143,29 @@ def probe_step(trainer: Trainer, batch: dict, optimizers: dict | None) -> dict:
 
 def summarise(steps: list[dict]) -> dict:
     """Means (and standard deviations of the norms) over the steps."""
+
     def mean(values):
         values = [value for value in values if not math.isnan(value)]
         return sum(values) / len(values) if values else math.nan
 
     def sd(values):
         centre = mean(values)
-        return math.sqrt(mean([(value - centre) ** 2 for value in values])) if len(values) > 1 else 0.0
+        return (
+            math.sqrt(mean([(value - centre) ** 2 for value in values])) if len(values) > 1 else 0.0
+        )
 
     names = list(steps[0]["norm"])
-    summary = {key: {name: mean([step[key][name] for step in steps]) for name in names} for key in ("norm", "norm_share", "projection_share")}
+    summary = {
+        key: {name: mean([step[key][name] for step in steps]) for name in names}
+        for key in ("norm", "norm_share", "projection_share")
+    }
     summary["norm_sd"] = {name: sd([step["norm"][name] for step in steps]) for name in names}
-    summary["cosine"] = {pair: mean([step["cosine"][pair] for step in steps]) for pair in steps[0]["cosine"]}
-    summary["loss"] = {name: mean([step["loss"][name] for step in steps]) for name in steps[0]["loss"]}
+    summary["cosine"] = {
+        pair: mean([step["cosine"][pair] for step in steps]) for pair in steps[0]["cosine"]
+    }
+    summary["loss"] = {
+        name: mean([step["loss"][name] for step in steps]) for name in steps[0]["loss"]
+    }
     summary["total_norm"] = mean([step["total_norm"] for step in steps])
     return summary
 
@@ -143,7 +173,13 @@ def summarise(steps: list[dict]) -> dict:
 # ----------------------------------------------------------------- set-up
 def probe_config(args) -> tuple:
     """The preset with the probe's overrides, and a note on the data it will read."""
-    overrides = ["run.amp=false", "run.channels_last=false", "data.num_workers=0", f"run.out_dir={WARMUP_DIR}", *args.overrides]
+    overrides = [
+        "run.amp=false",
+        "run.channels_last=false",
+        "data.num_workers=0",
+        f"run.out_dir={WARMUP_DIR}",
+        *args.overrides,
+    ]
     if args.hr:
         overrides.append(f"data.hr_size={args.hr}")
     if args.batch:
@@ -151,12 +187,18 @@ def probe_config(args) -> tuple:
     config = load_config(args.config, overrides)
     config.data.crop_size = min(config.data.crop_size, config.data.hr_size)
     note = f"{config.data.dataset} at HR {config.data.hr_size} / LR {config.data.hr_size // config.data.scale}"
-    if config.data.dataset != "synthetic" and not (config.data.root and Path(config.data.root).is_dir()):
-        note = (f"embedded dataset at HR {config.data.hr_size} / LR {config.data.hr_size // config.data.scale} in place of "
-                f"{config.data.dataset} (no data.root here)")
+    if config.data.dataset != "synthetic" and not (
+        config.data.root and Path(config.data.root).is_dir()
+    ):
+        note = (
+            f"embedded dataset at HR {config.data.hr_size} / LR {config.data.hr_size // config.data.scale} in place of "
+            f"{config.data.dataset} (no data.root here)"
+        )
         config.data.dataset, config.data.root = "synthetic", None
     if config.data.dataset == "synthetic":
-        config.data.n_train = args.steps * config.train.joint.batch_size  # render only the images measured
+        config.data.n_train = (
+            args.steps * config.train.joint.batch_size
+        )  # render only the images measured
     validate(config)
     return config, note
 
@@ -178,8 +220,12 @@ def warmup_checkpoint(config) -> Path:
     pre.run.name = "warmup_" + pretraining_hash(pre)
     validate(pre)
     if run_status(pre) != "finished":
-        print(f"warm-up: training {pre.run_dir} (isr {WARMUP['train.isr.epochs']} + cls {WARMUP['train.cls.epochs']} epochs, "
-              f"{WARMUP['data.n_train']} embedded images)", file=sys.stderr, flush=True)
+        print(
+            f"warm-up: training {pre.run_dir} (isr {WARMUP['train.isr.epochs']} + cls {WARMUP['train.cls.epochs']} epochs, "
+            f"{WARMUP['data.n_train']} embedded images)",
+            file=sys.stderr,
+            flush=True,
+        )
         Trainer(pre, progress=None).fit(resume=True)
     return pre.run_dir / "checkpoints" / "last.pt"
 
@@ -198,36 +244,59 @@ def start_weights(trainer: Trainer, init: str) -> str:
 # ----------------------------------------------------------------- report
 def markdown(config, summary: dict, header: dict) -> str:
     loss = config.loss
-    weight = {"pixel": f"{loss.pixel_weight:g} ({loss.pixel})", "tv": f"{loss.tv_weight:g}", "grading": f"{loss.cls_weight:g}",
-              "seg_aware": f"{loss.seg_aware_weight:g}", "task_aware": f"{loss.task_aware_weight:g}"}
+    weight = {
+        "pixel": f"{loss.pixel_weight:g} ({loss.pixel})",
+        "tv": f"{loss.tv_weight:g}",
+        "grading": f"{loss.cls_weight:g}",
+        "seg_aware": f"{loss.seg_aware_weight:g}",
+        "task_aware": f"{loss.task_aware_weight:g}",
+    }
     if loss.ordinal_weight > 0:
         weight["grading"] += f" (CE + {loss.ordinal_weight:g} x ordinal)"
     names = list(summary["norm"])
     lines = [f"{key}: {value}" for key, value in header.items()]
-    lines += ["", "| term | weight | loss (unweighted) | grad L2 norm (mean +- sd) | share of summed norms | projection share |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| term | weight | loss (unweighted) | grad L2 norm (mean +- sd) | share of summed norms | projection share |",
+        "|---|---|---|---|---|---|",
+    ]
     unweighted = summary["loss"]
     for name in names:
-        lines.append(f"| {name} | {weight[name]} | {unweighted.get(name, math.nan):.4g} | {summary['norm'][name]:.3g} +- "
-                     f"{summary['norm_sd'][name]:.2g} | {100 * summary['norm_share'][name]:.2f}% | {100 * summary['projection_share'][name]:.2f}% |")
+        lines.append(
+            f"| {name} | {weight[name]} | {unweighted.get(name, math.nan):.4g} | {summary['norm'][name]:.3g} +- "
+            f"{summary['norm_sd'][name]:.2g} | {100 * summary['norm_share'][name]:.2f}% | {100 * summary['projection_share'][name]:.2f}% |"
+        )
     lines.append(f"| total | | | {summary['total_norm']:.3g} | | |")
     lines += ["", "| cosine | " + " | ".join(names[1:]) + " |", "|---|" + "---|" * (len(names) - 1)]
     for i, a in enumerate(names[:-1]):
-        cells = ["" if j <= i else f"{summary['cosine'][f'{a}|{b}']:+.3f}" for j, b in enumerate(names[1:], start=1)]
+        cells = [
+            "" if j <= i else f"{summary['cosine'][f'{a}|{b}']:+.3f}"
+            for j, b in enumerate(names[1:], start=1)
+        ]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="preset YAML (configs/*.yaml)")
     parser.add_argument("--steps", type=int, default=5, help="joint steps measured")
     parser.add_argument("--hr", type=int, default=0, help="HR size (default: the preset's)")
-    parser.add_argument("--batch", type=int, default=0, help="joint batch size (default: the preset's)")
-    parser.add_argument("--init", default="warmup", help="warmup (default), random, or a checkpoint path")
-    parser.add_argument("--no-update", action="store_true", help="measure every step at the starting weights")
+    parser.add_argument(
+        "--batch", type=int, default=0, help="joint batch size (default: the preset's)"
+    )
+    parser.add_argument(
+        "--init", default="warmup", help="warmup (default), random, or a checkpoint path"
+    )
+    parser.add_argument(
+        "--no-update", action="store_true", help="measure every step at the starting weights"
+    )
     parser.add_argument("--json", type=Path, help="also write every number, per step, here")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="further config overrides")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="further config overrides"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     try:
@@ -248,12 +317,20 @@ def main() -> None:
         if len(steps) == args.steps:
             break
         with trainer.autocast():
-            steps.append(probe_step(trainer, trainer._batch(batch, "joint"), None if args.no_update else optimizers))
+            steps.append(
+                probe_step(
+                    trainer, trainer._batch(batch, "joint"), None if args.no_update else optimizers
+                )
+            )
     summary = summarise(steps)
     header = {
         "Command": "`python " + " ".join(shlex.quote(part) for part in sys.argv) + "`",
         "Preset": f"{args.config}; data: {data_note}; joint batch {config.train.joint.batch_size}, {len(steps)} steps"
-                  + (" at fixed weights" if args.no_update else f" (Adam, lr_isr {config.train.joint.lr_isr:g}, lr_cls {config.train.joint.lr_cls:g})"),
+        + (
+            " at fixed weights"
+            if args.no_update
+            else f" (Adam, lr_isr {config.train.joint.lr_isr:g}, lr_cls {config.train.joint.lr_cls:g})"
+        ),
         "Weights": weights_note,
         "Machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, fp32",
         "Wall time": f"{time.perf_counter() - measure_started:.0f} s measured, {time.perf_counter() - started:.0f} s in all",
@@ -261,7 +338,9 @@ def main() -> None:
     print(markdown(config, summary, header))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"header": header, "summary": summary, "steps": steps}, indent=1))
+        args.json.write_text(
+            json.dumps({"header": header, "summary": summary, "steps": steps}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 Random LR batches already on the device, the model in eval mode under ``torch.inference_mode``;
 what ``test.py`` and a deployment run per image. Fields as in bench/train_step.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,14 +32,28 @@ from engine.runtime import configure_threads
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_size_args(parser)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the whole model (no Grad-CAM at inference)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the whole model (no Grad-CAM at inference)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
 
-    config = load_config(None, [f"data.hr_size={args.hr}", f"data.scale={args.scale}", f"model.seg_width={args.seg_width}", *args.overrides])
+    config = load_config(
+        None,
+        [
+            f"data.hr_size={args.hr}",
+            f"data.scale={args.scale}",
+            f"model.seg_width={args.seg_width}",
+            *args.overrides,
+        ],
+    )
     device = select_device(args.device)
     configure_threads(config.run.threads)  # every CPU this process may use
     if device.type == "cuda":
@@ -48,8 +63,12 @@ def main() -> None:
     model.to(memory_format=memory_format)
     if args.compile:
         model.compile()
-    lr = torch.rand(args.batch, 3, args.hr // args.scale, args.hr // args.scale, device=device).contiguous(memory_format=memory_format)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else nullcontext
+    lr = torch.rand(
+        args.batch, 3, args.hr // args.scale, args.hr // args.scale, device=device
+    ).contiguous(memory_format=memory_format)
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else nullcontext
+    )
 
     def infer() -> None:
         with torch.inference_mode(), autocast():
@@ -58,19 +77,23 @@ def main() -> None:
     reset_peak_memory(device)
     seconds = time_per_call(infer, device, args.steps, args.warmup)
     flops = count_flops(infer) / args.batch
-    print(json.dumps({
-        "bench": "infer",
-        "hr": args.hr,
-        "lr": args.hr // args.scale,
-        "scale": args.scale,
-        "seg_width": args.seg_width,
-        "batch": args.batch,
-        **stamp(device),
-        "dtype": "bfloat16" if args.amp else "float32",
-        "channels_last": args.channels_last,
-        "compile": args.compile,
-        **throughput_fields(args.batch, seconds, flops, device),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "infer",
+                "hr": args.hr,
+                "lr": args.hr // args.scale,
+                "scale": args.scale,
+                "seg_width": args.seg_width,
+                "batch": args.batch,
+                **stamp(device),
+                "dtype": "bfloat16" if args.amp else "float32",
+                "channels_last": args.channels_last,
+                "compile": args.compile,
+                **throughput_fields(args.batch, seconds, flops, device),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ epoch sampler, persistent workers, pinned memory when CUDA is there), over the w
 joint step on one H200 at HR 1024 quoted in the performance issue); the last line says how many
 workers that takes at the measured per-worker rate. Prints JSON lines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,13 @@ from data.cache import CachedFundus, read_manifest, read_settings
 from engine.builders import build_loader
 
 
-def throughput(dataset: torch.utils.data.Dataset, workers: int, batch: int, pin_memory: bool) -> float:
+def throughput(
+    dataset: torch.utils.data.Dataset, workers: int, batch: int, pin_memory: bool
+) -> float:
     """Images/s of the training loader ``train.py`` builds (engine.builders.build_loader)."""
-    loader = build_loader(dataset, batch, True, 0, workers, pin_memory=pin_memory, persistent_workers=True)
+    loader = build_loader(
+        dataset, batch, True, 0, workers, pin_memory=pin_memory, persistent_workers=True
+    )
     iterator = iter(loader)
     next(iterator)  # start-up (worker spawn, first decode) is not throughput
     count, start = 0, time.perf_counter()
@@ -45,7 +50,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--scale", type=int, default=4)
-    parser.add_argument("--images", type=int, default=96, help="items per measurement (the cache is repeated)")
+    parser.add_argument(
+        "--images", type=int, default=96, help="items per measurement (the cache is repeated)"
+    )
     parser.add_argument("--target", type=float, default=18.5, help="images/s the loader must feed")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -58,9 +65,29 @@ def main() -> None:
         rate = throughput(dataset, workers, args.batch, torch.cuda.is_available())
         if workers == 1:
             per_worker = rate
-        print(json.dumps({"bench": "loader", "machine": cpu_name(), "hr": size, "scale": args.scale, "batch": args.batch, "workers": workers, "images_per_s": round(rate, 2)}))
+        print(
+            json.dumps(
+                {
+                    "bench": "loader",
+                    "machine": cpu_name(),
+                    "hr": size,
+                    "scale": args.scale,
+                    "batch": args.batch,
+                    "workers": workers,
+                    "images_per_s": round(rate, 2),
+                }
+            )
+        )
     if per_worker:
-        print(json.dumps({"target_images_per_s": args.target, "per_worker_images_per_s": round(per_worker, 2), "workers_needed": math.ceil(args.target / per_worker)}))
+        print(
+            json.dumps(
+                {
+                    "target_images_per_s": args.target,
+                    "per_worker_images_per_s": round(per_worker, 2),
+                    "workers_needed": math.ceil(args.target / per_worker),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ grading loss comes from the train-mode forward, the two CAMs of the task-aware l
 grader in eval mode, SR and HR alike (issue 25: with the SR CAM taken from the train-mode
 forward, dropout and batch statistics made the loss non-zero at SR == HR).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,9 @@ def naive_stage_cam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.T
 
 def _host_resize(image: torch.Tensor, size) -> torch.Tensor:
     """Resize through the host and back (upstream: PIL), keeping the autograd graph."""
-    return F.interpolate(image.cpu(), size=tuple(size), mode="bilinear", align_corners=False).to(image.device)
+    return F.interpolate(image.cpu(), size=tuple(size), mode="bilinear", align_corners=False).to(
+        image.device
+    )
 
 
 def _minmax_on_host(image: torch.Tensor) -> torch.Tensor:
@@ -42,7 +45,9 @@ def _minmax_on_host(image: torch.Tensor) -> torch.Tensor:
     return image / (peak + 1e-7) if peak.item() != 0 else image
 
 
-def naive_attention(model, logits: torch.Tensor, features: list[torch.Tensor], size, cam_target: str) -> torch.Tensor:
+def naive_attention(
+    model, logits: torch.Tensor, features: list[torch.Tensor], size, cam_target: str
+) -> torch.Tensor:
     """The fused Grad-CAM of one image, per channel and through the host (see module docstring)."""
     index = int(logits.argmax().item())  # the target is chosen on the host
     if cam_target == "any_dr":
@@ -61,7 +66,9 @@ def naive_attention(model, logits: torch.Tensor, features: list[torch.Tensor], s
     return _minmax_on_host(_host_resize(fused, size))
 
 
-def naive_eval_attentions(model, sr_pair, hr_pair, cam_target: str) -> tuple[torch.Tensor, torch.Tensor]:
+def naive_eval_attentions(
+    model, sr_pair, hr_pair, cam_target: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused CAMs of one SR and one HR image (each given with its lesion logits), both from the
     grader in eval mode (dropout off, BatchNorm on running statistics), each by its own forward;
     every submodule's mode restored after."""
@@ -71,14 +78,20 @@ def naive_eval_attentions(model, sr_pair, hr_pair, cam_target: str) -> tuple[tor
         attentions = []
         for image, lesion_logits in (sr_pair, hr_pair):
             result = model.grade_with_lesions(image, lesion_logits)
-            attentions.append(naive_attention(model, result.grade_logits, result.features, image.shape[-2:], cam_target))
+            attentions.append(
+                naive_attention(
+                    model, result.grade_logits, result.features, image.shape[-2:], cam_target
+                )
+            )
     finally:
         for module, training in modes:
             module.training = training
     return attentions[0], attentions[1]
 
 
-def naive_joint_step(model, batch: dict, loss_config, cam_target: str = "predicted", class_weights=None) -> dict[str, float]:
+def naive_joint_step(
+    model, batch: dict, loss_config, cam_target: str = "predicted", class_weights=None
+) -> dict[str, float]:
     """Accumulate the joint step's gradients image by image into ``.grad``; returns the mean losses.
 
     ``model`` is a DeepMT-DR with the ISR net and grader trainable (``Trainer._prepare_stage("joint")``).
@@ -101,12 +114,18 @@ def naive_joint_step(model, batch: dict, loss_config, cam_target: str = "predict
             "pixel": pixel_loss(sr, hr, weights.pixel),
             "tv": tv_loss(sr),
         }
-        isr_total = weights.pixel_weight * losses["pixel"] + weights.tv_weight * losses["tv"] + weights.cls_weight * losses["ce"]
+        isr_total = (
+            weights.pixel_weight * losses["pixel"]
+            + weights.tv_weight * losses["tv"]
+            + weights.cls_weight * losses["ce"]
+        )
         if model.use_lesions and weights.seg_aware_weight > 0:
             losses["seg_aware"] = seg_aware_loss(sr_lesions, hr_lesions)
             isr_total = isr_total + weights.seg_aware_weight * losses["seg_aware"]
         if weights.task_aware_weight > 0:
-            sr_attention, hr_attention = naive_eval_attentions(model, (sr, sr_lesions), (hr, hr_lesions), cam_target)
+            sr_attention, hr_attention = naive_eval_attentions(
+                model, (sr, sr_lesions), (hr, hr_lesions), cam_target
+            )
             losses["task_aware"] = task_aware_loss(sr_attention, hr_attention.detach())
             isr_total = isr_total + weights.task_aware_weight * losses["task_aware"]
         isr_grads = torch.autograd.grad(isr_total / n, isr_params, retain_graph=True)
@@ -115,5 +134,7 @@ def naive_joint_step(model, batch: dict, loss_config, cam_target: str = "predict
             param.grad = grad if param.grad is None else param.grad + grad
         losses["loss"] = isr_total
         for key, value in losses.items():
-            totals[key] = totals.get(key, 0.0) + value.item() / n  # per-image host read-back, as published
+            totals[key] = (
+                totals.get(key, 0.0) + value.item() / n
+            )  # per-image host read-back, as published
     return totals

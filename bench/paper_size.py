@@ -15,6 +15,7 @@ linearly in pixels, estimate the full step's peak. If that estimate exceeds the 
 and exit code 2 instead of being killed by the kernel. Peak memory is the process's peak
 resident set on a CPU, the allocator's peak on a GPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,7 @@ from bench.train_step import random_batch
 from engine.config import load_config
 from engine.frozen_cache import FrozenOutputs
 from engine.trainer import Trainer
+
 
 def available_memory_gb(device: torch.device) -> float:
     """Memory this process can still take: free GPU memory, or MemAvailable capped by the cgroup limit."""
@@ -54,7 +56,11 @@ class JointStep:
     """train.py's joint step at one size, with the HR lesion maps cached once."""
 
     def __init__(self, overrides: list[str], hr: int, scale: int, batch: int) -> None:
-        self.trainer = Trainer(load_config("configs/paper.yaml", [f"data.hr_size={hr}", f"data.scale={scale}", *overrides]))
+        self.trainer = Trainer(
+            load_config(
+                "configs/paper.yaml", [f"data.hr_size={hr}", f"data.scale={scale}", *overrides]
+            )
+        )
         self.trainer.class_weights = None  # random batches: no dataset
         self.trainer.crop_generator = torch.Generator().manual_seed(0)
         self.optimizers = self.trainer._prepare_stage("joint")
@@ -64,13 +70,19 @@ class JointStep:
         self.trainer.frozen_train = None
         if self.trainer.config.train.cache_frozen:
             started = time.perf_counter()
-            self.trainer.frozen_train = FrozenOutputs.compute([self.batch], self._hr_lesions, self.trainer.device)
+            self.trainer.frozen_train = FrozenOutputs.compute(
+                [self.batch], self._hr_lesions, self.trainer.device
+            )
             synchronize(self.trainer.device)
             self.cache_seconds = time.perf_counter() - started
 
     def _hr_lesions(self, batch: dict) -> dict:
         with self.trainer.autocast():
-            return {"lesion_logits": self.trainer.model.segment(self.trainer._batch(batch, "joint")["hr"])}
+            return {
+                "lesion_logits": self.trainer.model.segment(
+                    self.trainer._batch(batch, "joint")["hr"]
+                )
+            }
 
     def __call__(self) -> float:
         trainer = self.trainer
@@ -100,11 +112,25 @@ class JointStep:
 
 def probe_peak_gb(args: argparse.Namespace, hr: int) -> float:
     """Peak memory of the same step at HR ``hr``, in a fresh process (a clean peak)."""
-    command = [sys.executable, __file__, "--probe", "--hr", str(hr), "--scale", str(args.scale),
-               "--batch", str(args.batch), "--device", args.device, *args.overrides]
+    command = [
+        sys.executable,
+        __file__,
+        "--probe",
+        "--hr",
+        str(hr),
+        "--scale",
+        str(args.scale),
+        "--batch",
+        str(args.batch),
+        "--device",
+        args.device,
+        *args.overrides,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"error: the HR {hr} probe step failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(
+            f"error: the HR {hr} probe step failed: {done.stderr.strip().splitlines()[-1:]}"
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_memory_gb"]
 
 
@@ -118,14 +144,25 @@ def estimate_peak_gb(args: argparse.Namespace) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--hr", type=int, default=1024, help="HR size (paper: 1024)")
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-estimate", action="store_true", help="skip the memory estimate and run the full step")
-    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # one step only, for the estimate
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="further config overrides of configs/paper.yaml")
+    parser.add_argument(
+        "--no-estimate", action="store_true", help="skip the memory estimate and run the full step"
+    )
+    parser.add_argument(
+        "--probe", action="store_true", help=argparse.SUPPRESS
+    )  # one step only, for the estimate
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="further config overrides of configs/paper.yaml",
+    )
     args = parser.parse_args()
     overrides = [f"run.device={args.device}", "model.grader_dropout=0", *args.overrides]
     device = torch.device(args.device)
@@ -135,9 +172,12 @@ def main() -> int:
         estimate = estimate_peak_gb(args)
         available = available_memory_gb(device)
         if estimate > 0.9 * available:
-            print(f"error: a joint step at HR {args.hr}, batch {args.batch} needs about {estimate:.1f} GB "
-                  f"(extrapolated from HR {args.hr // 8} and {args.hr // 4}), but {available:.1f} GB is available on "
-                  f"{device}; try --batch 1, model.seg_checkpoint=true, or a GPU", file=sys.stderr)
+            print(
+                f"error: a joint step at HR {args.hr}, batch {args.batch} needs about {estimate:.1f} GB "
+                f"(extrapolated from HR {args.hr // 8} and {args.hr // 4}), but {available:.1f} GB is available on "
+                f"{device}; try --batch 1, model.seg_checkpoint=true, or a GPU",
+                file=sys.stderr,
+            )
             return 2
 
     reset_peak_memory(device)
@@ -145,22 +185,26 @@ def main() -> int:
     step_seconds = step()
     infer_seconds = None if args.probe else step.infer()
     trainer = step.trainer
-    print(json.dumps({
-        "bench": "paper_size",
-        "hr": args.hr,
-        "lr": args.hr // args.scale,
-        "seg_width": trainer.config.model.seg_width,
-        "batch": args.batch,
-        **stamp(device),
-        "dtype": trainer.config.run.amp_dtype if trainer.amp_enabled else "float32",
-        "channels_last": trainer.channels_last,
-        "seg_checkpoint": trainer.config.model.seg_checkpoint,
-        "joint_step_s": round(step_seconds, 2),
-        "lesion_cache_s": round(step.cache_seconds, 2),
-        "infer_s": None if infer_seconds is None else round(infer_seconds, 2),
-        "peak_memory_gb": round(peak_memory_gb(device), 2),
-        "estimated_peak_gb": None if estimate is None else round(estimate, 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "paper_size",
+                "hr": args.hr,
+                "lr": args.hr // args.scale,
+                "seg_width": trainer.config.model.seg_width,
+                "batch": args.batch,
+                **stamp(device),
+                "dtype": trainer.config.run.amp_dtype if trainer.amp_enabled else "float32",
+                "channels_last": trainer.channels_last,
+                "seg_checkpoint": trainer.config.model.seg_checkpoint,
+                "joint_step_s": round(step_seconds, 2),
+                "lesion_cache_s": round(step.cache_seconds, 2),
+                "infer_s": None if infer_seconds is None else round(infer_seconds, 2),
+                "peak_memory_gb": round(peak_memory_gb(device), 2),
+                "estimated_peak_gb": None if estimate is None else round(estimate, 2),
+            }
+        )
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ and the time per photograph. Decoding threads, panels, thumbnails, CSV and repor
 in predict.py; the network input is the checkpoint's unless ``--hr-size`` makes it smaller (the
 JSON line says which).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,9 @@ def rss_mb() -> float:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
-        raise RuntimeError("neither psutil nor /proc/self/status: cannot read resident memory here") from None
+        raise RuntimeError(
+            "neither psutil nor /proc/self/status: cannot read resident memory here"
+        ) from None
     return psutil.Process().memory_info().rss / 2**20
 
 
@@ -58,14 +61,19 @@ def fundus(height: int, width: int, seed: int) -> np.ndarray:
     inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
     shade = 0.75 + 0.25 * np.cos((yy - cy) / radius * 1.3) * np.cos((xx - cx) / radius * 1.3)
     image = np.stack([200 * shade, 95 * shade, 40 * shade], axis=-1)
-    image[np.abs(np.sin((xx - cx) / radius * (7 + seed % 5) + np.sin((yy - cy) / radius * 4) * 2)) < 0.08] *= 0.55
+    image[
+        np.abs(np.sin((xx - cx) / radius * (7 + seed % 5) + np.sin((yy - cy) / radius * 4) * 2))
+        < 0.08
+    ] *= 0.55
     image += rng.normal(0, 6, size=image.shape)
     out = np.zeros((height, width, 3), np.uint8)
     out[inside] = np.clip(image[inside], 0, 255).astype(np.uint8)
     return out
 
 
-def make_photographs(folder: Path, count: int, size: tuple[int, int], distinct: int = 8) -> list[PhotoInput]:
+def make_photographs(
+    folder: Path, count: int, size: tuple[int, int], distinct: int = 8
+) -> list[PhotoInput]:
     """``count`` JPEGs named photo_00000.jpg ... cycling over ``distinct`` generated images."""
     width, height = size
     bases = [Image.fromarray(fundus(height, width, seed)) for seed in range(distinct)]
@@ -78,21 +86,42 @@ def make_photographs(folder: Path, count: int, size: tuple[int, int], distinct: 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=2000, help="photographs (default 2000)")
-    parser.add_argument("--at", type=int, default=200, help="the first reading compared (default photograph 200)")
-    parser.add_argument("--every", type=int, default=100, help="sample RSS every this many photographs")
-    parser.add_argument("--size", default="320x240", help="photograph WIDTHxHEIGHT (default 320x240)")
-    parser.add_argument("--checkpoint", default=DEFAULT_RELEASE, help=f"release name, checkpoint or run folder (default {DEFAULT_RELEASE})")
-    parser.add_argument("--input", choices=("lr", "hr"), help="as predict.py --input (default: the checkpoint's)")
+    parser.add_argument(
+        "--at", type=int, default=200, help="the first reading compared (default photograph 200)"
+    )
+    parser.add_argument(
+        "--every", type=int, default=100, help="sample RSS every this many photographs"
+    )
+    parser.add_argument(
+        "--size", default="320x240", help="photograph WIDTHxHEIGHT (default 320x240)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=DEFAULT_RELEASE,
+        help=f"release name, checkpoint or run folder (default {DEFAULT_RELEASE})",
+    )
+    parser.add_argument(
+        "--input", choices=("lr", "hr"), help="as predict.py --input (default: the checkpoint's)"
+    )
     parser.add_argument("--no-panels", action="store_true", help="as predict.py --no-panels")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--amp", default="auto", choices=("auto", "on", "off"))
-    parser.add_argument("--hr-size", type=int,
-                        help="grade at this HR size instead of the checkpoint's (LR = HR / scale): the same weights and "
-                        "loop at a smaller network input, for a CPU too slow for --n photographs at the real size")
-    parser.add_argument("--samples-csv", type=Path, help="also write every (photographs, rss_mb, seconds) sample here")
+    parser.add_argument(
+        "--hr-size",
+        type=int,
+        help="grade at this HR size instead of the checkpoint's (LR = HR / scale): the same weights and "
+        "loop at a smaller network input, for a CPU too slow for --n photographs at the real size",
+    )
+    parser.add_argument(
+        "--samples-csv",
+        type=Path,
+        help="also write every (photographs, rss_mb, seconds) sample here",
+    )
     args = parser.parse_args()
     if args.n < args.at:
         parser.error("--n must be at least --at")
@@ -116,8 +145,15 @@ def main() -> int:
                 while state["next"] <= state["done"]:
                     state["next"] += args.every
 
-        settings = PredictSettings(work / "out", args.input, args.batch_size, False, args.amp, not args.no_panels,
-                                   workers=args.workers)
+        settings = PredictSettings(
+            work / "out",
+            args.input,
+            args.batch_size,
+            False,
+            args.amp,
+            not args.no_panels,
+            workers=args.workers,
+        )
         rss_start = rss_mb()
         summary = predict(model, config, photos, settings, on_progress=on_progress)
         seconds = time.perf_counter() - started
@@ -126,30 +162,42 @@ def main() -> int:
     last = samples[-1]
     after = [rss for done, rss, _ in samples if done >= at[0]]
     if args.samples_csv:
-        args.samples_csv.write_text("photographs,rss_mb,seconds\n" + "".join(f"{d},{r:.1f},{s:.1f}\n" for d, r, s in samples))
-    print(json.dumps({
-        "bench": "predict_memory",
-        "photographs": args.n,
-        "graded": summary.graded,
-        "thumbnails_written": written,
-        "photo_size": f"{width}x{height} JPEG q90",
-        "checkpoint": args.checkpoint,
-        "input": args.input or config.test.input,
-        "network_input": f"HR {config.data.hr_size}" + (f" (LR {config.data.hr_size // config.data.scale})" if (args.input or config.test.input) == "lr" else ""),
-        "panels": not args.no_panels,
-        "batch_size": args.batch_size,
-        "workers": args.workers,
-        "rss_mb_before": round(rss_start, 1),
-        "rss_mb_at": {str(at[0]): round(at[1], 1), str(last[0]): round(last[1], 1)},
-        "growth_percent": round(100 * (last[1] - at[1]) / at[1], 2),
-        "rss_mb_range_after_at": [round(min(after), 1), round(max(after), 1)],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "seconds": round(seconds, 1),
-        "seconds_per_photograph": round(seconds / args.n, 3),
-        "load_average_1min_after": round(os.getloadavg()[0], 2),
-        "rss_reader": "psutil" if _has_psutil() else "/proc/self/status VmRSS",
-        **stamp(torch.device("cpu")),
-    }))
+        args.samples_csv.write_text(
+            "photographs,rss_mb,seconds\n"
+            + "".join(f"{d},{r:.1f},{s:.1f}\n" for d, r, s in samples)
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "predict_memory",
+                "photographs": args.n,
+                "graded": summary.graded,
+                "thumbnails_written": written,
+                "photo_size": f"{width}x{height} JPEG q90",
+                "checkpoint": args.checkpoint,
+                "input": args.input or config.test.input,
+                "network_input": f"HR {config.data.hr_size}"
+                + (
+                    f" (LR {config.data.hr_size // config.data.scale})"
+                    if (args.input or config.test.input) == "lr"
+                    else ""
+                ),
+                "panels": not args.no_panels,
+                "batch_size": args.batch_size,
+                "workers": args.workers,
+                "rss_mb_before": round(rss_start, 1),
+                "rss_mb_at": {str(at[0]): round(at[1], 1), str(last[0]): round(last[1], 1)},
+                "growth_percent": round(100 * (last[1] - at[1]) / at[1], 2),
+                "rss_mb_range_after_at": [round(min(after), 1), round(max(after), 1)],
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "seconds": round(seconds, 1),
+                "seconds_per_photograph": round(seconds / args.n, 3),
+                "load_average_1min_after": round(os.getloadavg()[0], 2),
+                "rss_reader": "psutil" if _has_psutil() else "/proc/self/status VmRSS",
+                **stamp(torch.device("cpu")),
+            }
+        )
+    )
     return 0
 
 

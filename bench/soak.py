@@ -13,6 +13,7 @@ the first epoch's end (log.csv's first row) with the median of the last ``--wind
 checkpoint being written lifts single samples). Prints one JSON object; the per-sample series goes
 to ``<out>/soak_samples.csv``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,11 @@ def sample(pid: int) -> dict | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"]), "fds": fds}
+    return {
+        "rss_mib": int(fields["VmRSS"].split()[0]) / 1024,
+        "threads": int(fields["Threads"]),
+        "fds": fds,
+    }
 
 
 def rows_logged(run: Path) -> int:
@@ -51,12 +56,18 @@ def rows_logged(run: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--out", type=Path, default=Path("runs_soak"), help="runs root")
-    parser.add_argument("--growth-limit", type=float, default=5.0, help="RSS growth (%%) that fails the soak")
-    parser.add_argument("--window", type=int, default=6, help="samples in the start and end medians")
+    parser.add_argument(
+        "--growth-limit", type=float, default=5.0, help="RSS growth (%%) that fails the soak"
+    )
+    parser.add_argument(
+        "--window", type=int, default=6, help="samples in the start and end medians"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     run = args.out / "soak"
@@ -65,13 +76,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     argv = ["--quiet", "--name", "soak", *DEFAULTS, *args.overrides, f"run.out_dir={args.out}"]
     with (args.out / "soak.log").open("w") as output:
-        process = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "train.py", *argv], cwd=ROOT, stdout=output, stderr=subprocess.STDOUT
+        )
         started = time.time()
         samples = []
         while time.time() - started < 60 * args.minutes and process.poll() is None:
             current = sample(process.pid)
             if current is not None and current["rss_mib"] > 0:  # 0: not yet exec'd
-                samples.append({"t_s": round(time.time() - started, 1), "epochs": rows_logged(run), **current})
+                samples.append(
+                    {"t_s": round(time.time() - started, 1), "epochs": rows_logged(run), **current}
+                )
             time.sleep(args.interval)
         finished_early = process.poll() is not None
         if not finished_early:
@@ -79,12 +94,23 @@ def main() -> None:
         code = process.wait()
     with (args.out / "soak_samples.csv").open("w") as file:
         file.write("t_s,epochs,rss_mib,threads,fds\n")
-        file.writelines(f"{s['t_s']},{s['epochs']},{s['rss_mib']:.1f},{s['threads']},{s['fds']}\n" for s in samples)
+        file.writelines(
+            f"{s['t_s']},{s['epochs']},{s['rss_mib']:.1f},{s['threads']},{s['fds']}\n"
+            for s in samples
+        )
     after_first_epoch = [s for s in samples if s["epochs"] >= 1]
     base = after_first_epoch[0] if after_first_epoch else None
     last = samples[-1] if samples else None
-    rss_start = statistics.median(s["rss_mib"] for s in after_first_epoch[: args.window]) if after_first_epoch else None
-    rss_end = statistics.median(s["rss_mib"] for s in after_first_epoch[-args.window :]) if after_first_epoch else None
+    rss_start = (
+        statistics.median(s["rss_mib"] for s in after_first_epoch[: args.window])
+        if after_first_epoch
+        else None
+    )
+    rss_end = (
+        statistics.median(s["rss_mib"] for s in after_first_epoch[-args.window :])
+        if after_first_epoch
+        else None
+    )
     growth = 100 * (rss_end / rss_start - 1) if rss_start else None
     result = {
         "minutes": round((time.time() - started) / 60, 1),
@@ -106,7 +132,10 @@ def main() -> None:
         "commit": commit(),
     }
     result["pass"] = bool(
-        growth is not None and growth < args.growth_limit and last["threads"] <= base["threads"] and last["fds"] <= base["fds"]
+        growth is not None
+        and growth < args.growth_limit
+        and last["threads"] <= base["threads"]
+        and last["fds"] <= base["fds"]
         and result["preempted_cleanly"]
     )
     print(json.dumps(result))

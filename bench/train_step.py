@@ -15,6 +15,7 @@ FLOPs are counted by ``torch.utils.flop_counter`` over one step (convolutions an
 forward and backward); achieved TFLOP/s = FLOPs per image x images/s. Peak memory is the GPU's
 allocator peak, or on a CPU the process's peak resident set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,23 +74,44 @@ def build_trainer(args) -> Trainer:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--stage", choices=STAGES, default="joint")
     add_size_args(parser)
-    parser.add_argument("--crop", type=int, default=0, help="HR crop of the isr and seg stages (0: whole image)")
-    parser.add_argument("--amp", action="store_true", help="autocast (bf16 unless --amp-dtype float16)")
+    parser.add_argument(
+        "--crop", type=int, default=0, help="HR crop of the isr and seg stages (0: whole image)"
+    )
+    parser.add_argument(
+        "--amp", action="store_true", help="autocast (bf16 unless --amp-dtype float16)"
+    )
     parser.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
-    parser.add_argument("--compile", action="store_true", help="torch.compile the ISR and segmentation nets")
-    parser.add_argument("--seg-checkpoint", action="store_true", help="activation checkpointing in the frozen segmentation net")
-    parser.add_argument("--naive", action="store_true", help="also time the published per-image step (joint only)")
-    parser.add_argument("--cache", action="store_true",
-                        help="also time the step with the frozen nets' outputs cached (cls, joint: train.cache_frozen)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="further config overrides")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the ISR and segmentation nets"
+    )
+    parser.add_argument(
+        "--seg-checkpoint",
+        action="store_true",
+        help="activation checkpointing in the frozen segmentation net",
+    )
+    parser.add_argument(
+        "--naive", action="store_true", help="also time the published per-image step (joint only)"
+    )
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="also time the step with the frozen nets' outputs cached (cls, joint: train.cache_frozen)",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="further config overrides"
+    )
     args = parser.parse_args()
     if args.naive and args.stage != "joint":
         parser.error("--naive times the joint step; drop --stage or --naive")
     if args.cache and args.stage not in ("cls", "joint"):
-        parser.error("--cache applies to the cls and joint stages, whose segmentation net is frozen")
+        parser.error(
+            "--cache applies to the cls and joint stages, whose segmentation net is frozen"
+        )
 
     trainer = build_trainer(args)
     device, config = trainer.device, trainer.config
@@ -126,9 +148,14 @@ def main() -> None:
         variants["naive"] = naive_step
     if args.cache:
         batch["index"] = torch.arange(args.batch)
+
         def lesion_logits(on_device: dict) -> dict:
             with trainer.autocast():
-                return {"lesion_logits": trainer.model.segment(trainer._batch(on_device, args.stage)["hr"])}
+                return {
+                    "lesion_logits": trainer.model.segment(
+                        trainer._batch(on_device, args.stage)["hr"]
+                    )
+                }
 
         frozen = FrozenOutputs.compute([batch], lesion_logits, device)
         variants["project_cached"] = cached_step
@@ -157,9 +184,13 @@ def main() -> None:
             **throughput_fields(args.batch, seconds, flops, device),
         }
     if args.cache:
-        lines["project_cached"]["speedup_vs_uncached"] = round(lines["project_cached"]["images_per_s"] / lines["project"]["images_per_s"], 2)
+        lines["project_cached"]["speedup_vs_uncached"] = round(
+            lines["project_cached"]["images_per_s"] / lines["project"]["images_per_s"], 2
+        )
     if args.naive:
-        lines["project"]["speedup_vs_naive"] = round(lines["project"]["images_per_s"] / lines["naive"]["images_per_s"], 2)
+        lines["project"]["speedup_vs_naive"] = round(
+            lines["project"]["images_per_s"] / lines["naive"]["images_per_s"], 2
+        )
     for line in lines.values():
         print(json.dumps(line))
 

@@ -19,6 +19,7 @@ host sync:
 The frozen-output maps were computed from the un-augmented image: they follow its geometry
 but not its photometry (the same approximation the flips make, engine/frozen_cache.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,9 @@ GEOMETRY_KEYS = {
 }
 # RGB -> YIQ: a hue shift is a rotation of the (I, Q) chroma plane around the luminance axis.
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)  # once, on the CPU (an inverse on CUDA checks its result on the host)
+_YIQ_TO_RGB = torch.linalg.inv(
+    _RGB_TO_YIQ
+)  # once, on the CPU (an inverse on CUDA checks its result on the host)
 _DRAWS = 8  # random numbers per sample: angle, zoom, brightness, contrast, gamma, hue, blur on/off, blur sigma
 
 
@@ -78,7 +81,11 @@ def augment(
     signed = 2 * draws - 1  # uniform in [-1, 1]
     out = dict(batch)
     with torch.autocast(device.type, enabled=False):
-        theta = _affine(signed[0] * math.radians(settings.rotation), 1 + settings.scale * signed[1], hr.shape[-2:])
+        theta = _affine(
+            signed[0] * math.radians(settings.rotation),
+            1 + settings.scale * signed[1],
+            hr.shape[-2:],
+        )
         grids: dict[tuple[int, int], torch.Tensor] = {}
         for key, (mode, padding) in GEOMETRY_KEYS.items():
             if key not in batch:
@@ -87,7 +94,9 @@ def augment(
             size = tuple(image.shape[-2:])
             if size not in grids:
                 grids[size] = F.affine_grid(theta, [n, 1, *size], align_corners=False)
-            moved = F.grid_sample(image.float(), grids[size], mode=mode, padding_mode=padding, align_corners=False)
+            moved = F.grid_sample(
+                image.float(), grids[size], mode=mode, padding_mode=padding, align_corners=False
+            )
             out[key] = moved.to(image.dtype)
         image = _photometric(out["hr"], signed, settings, out.get("fov"))
         if settings.blur_sigma > 0 and settings.blur_prob > 0:
@@ -113,26 +122,50 @@ def _affine(angle: torch.Tensor, zoom: torch.Tensor, size: torch.Size) -> torch.
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     zero = torch.zeros_like(cos)
     return torch.stack(
-        [torch.stack([cos, sin * height / width, zero], -1), torch.stack([-sin * width / height, cos, zero], -1)], 1
+        [
+            torch.stack([cos, sin * height / width, zero], -1),
+            torch.stack([-sin * width / height, cos, zero], -1),
+        ],
+        1,
     )
 
 
-def _photometric(image: torch.Tensor, signed: torch.Tensor, settings: AugmentSettings, fov: torch.Tensor | None) -> torch.Tensor:
+def _photometric(
+    image: torch.Tensor, signed: torch.Tensor, settings: AugmentSettings, fov: torch.Tensor | None
+) -> torch.Tensor:
     """Brightness, contrast, gamma and hue of ``[N,3,H,W]``, per sample; black outside the FOV stays black."""
     view = (-1, 1, 1, 1)
     image = image * (1 + settings.brightness * signed[2]).view(view)
     inside = fov.float() if fov is not None else torch.ones_like(image[:, :1])
-    grey = (image * _RGB_TO_YIQ[0].to(image.device, non_blocking=True).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    mean = (grey * inside).sum((-2, -1), keepdim=True) / inside.sum((-2, -1), keepdim=True).clamp(min=1.0)
+    grey = (image * _RGB_TO_YIQ[0].to(image.device, non_blocking=True).view(1, 3, 1, 1)).sum(
+        1, keepdim=True
+    )
+    mean = (grey * inside).sum((-2, -1), keepdim=True) / inside.sum((-2, -1), keepdim=True).clamp(
+        min=1.0
+    )
     contrast = (1 + settings.contrast * signed[3]).view(view)
     image = (contrast * image + (1 - contrast) * mean * inside).clamp(0.0, 1.0)
     image = image ** (1 + settings.gamma * signed[4]).view(view)
     angle = 2 * math.pi * settings.hue * signed[5]
-    cos, sin, zero, one = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle), torch.ones_like(angle)
-    rotation = torch.stack(
-        [torch.stack([one, zero, zero], -1), torch.stack([zero, cos, -sin], -1), torch.stack([zero, sin, cos], -1)], 1
+    cos, sin, zero, one = (
+        torch.cos(angle),
+        torch.sin(angle),
+        torch.zeros_like(angle),
+        torch.ones_like(angle),
     )
-    hue = _YIQ_TO_RGB.to(image.device, non_blocking=True) @ rotation @ _RGB_TO_YIQ.to(image.device, non_blocking=True)  # [N,3,3]
+    rotation = torch.stack(
+        [
+            torch.stack([one, zero, zero], -1),
+            torch.stack([zero, cos, -sin], -1),
+            torch.stack([zero, sin, cos], -1),
+        ],
+        1,
+    )
+    hue = (
+        _YIQ_TO_RGB.to(image.device, non_blocking=True)
+        @ rotation
+        @ _RGB_TO_YIQ.to(image.device, non_blocking=True)
+    )  # [N,3,3]
     return torch.einsum("nij,njhw->nihw", hue, image).clamp(0.0, 1.0)
 
 
@@ -141,10 +174,16 @@ def _blur(image: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.T
     n, channels, height, width = image.shape
     radius = math.ceil(3 * max_sigma)
     offsets = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
-    taps = torch.exp(-0.5 * (offsets / sigma.clamp(min=1e-6).view(-1, 1)) ** 2)  # sigma 0: a unit impulse
+    taps = torch.exp(
+        -0.5 * (offsets / sigma.clamp(min=1e-6).view(-1, 1)) ** 2
+    )  # sigma 0: a unit impulse
     taps = (taps / taps.sum(1, keepdim=True)).repeat_interleave(channels, 0)  # [N*C, K]
     size = 2 * radius + 1
-    flat = F.pad(image.reshape(1, n * channels, height, width), (radius, radius, radius, radius), mode="reflect")
+    flat = F.pad(
+        image.reshape(1, n * channels, height, width),
+        (radius, radius, radius, radius),
+        mode="reflect",
+    )
     flat = F.conv2d(flat, taps.view(-1, 1, 1, size), groups=n * channels)
     flat = F.conv2d(flat, taps.view(-1, 1, size, 1), groups=n * channels)
     return flat.view(n, channels, height, width)
@@ -152,6 +191,10 @@ def _blur(image: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.T
 
 def _memory_format(image: torch.Tensor) -> torch.memory_format:
     """Channels-last when ``image`` is (the trainer's images are when the model is), else contiguous."""
-    if image.ndim == 4 and image.is_contiguous(memory_format=torch.channels_last) and not image.is_contiguous():
+    if (
+        image.ndim == 4
+        and image.is_contiguous(memory_format=torch.channels_last)
+        and not image.is_contiguous()
+    ):
         return torch.channels_last
     return torch.contiguous_format

@@ -12,6 +12,7 @@ HR image and one PNG of packed lesion masks + FOV (``data/maskbits.py``)::
 :class:`CachedFundus` reads it and computes the LR input on the fly with ``data/degrade.py``, so one
 cache serves every scale and degradation.
 """
+
 from __future__ import annotations
 
 import csv
@@ -175,7 +176,9 @@ class CachedFundus(torch.utils.data.Dataset):
         settings = read_settings(self.cache_dir) or {}
         self.size = int(settings.get("size", 0))
         if self.size % scale:
-            raise DataError(f"cache {self.cache_dir} has size {self.size}, not divisible by scale {scale}")
+            raise DataError(
+                f"cache {self.cache_dir} has size {self.size}, not divisible by scale {scale}"
+            )
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -192,11 +195,16 @@ class CachedFundus(torch.utils.data.Dataset):
         entry = self.entries[index]
         image = _decode(self.cache_dir / entry.image, cv2.IMREAD_COLOR)
         bits = _decode(self.cache_dir / entry.masks, cv2.IMREAD_UNCHANGED)
-        hr = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1))).float() / 255.0
+        hr = (
+            torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1))).float()
+            / 255.0
+        )
         masks, fov = unpack_planes(torch.from_numpy(bits))
         generator = None
         if self.noise_var > 0:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(entry.image_sha256[:12], 16))
+            generator = torch.Generator().manual_seed(
+                self.seed * 1_000_003 + int(entry.image_sha256[:12], 16)
+            )
         lr = degrade(hr, self.scale, self.blur_kernel, self.blur_sigma, self.noise_var, generator)
         valid = torch.tensor(entry.valid, dtype=torch.bool)
         return make_sample(lr, hr, entry.grade, masks, valid, fov, entry.id)

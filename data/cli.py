@@ -1,4 +1,5 @@
 """What the ``python -m data.*`` commands share: one-line argument errors and exit code 2."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,9 @@ class OneLineParser(argparse.ArgumentParser):
         raise ArgumentError(message)
 
 
-def run(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+def run(
+    prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None
+) -> int:
     """Call ``main(argv)``; a bad argument, a DataError or a held lock prints ``<prog>: error: ...`` and returns 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

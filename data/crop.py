@@ -1,4 +1,5 @@
 """Batched random crops and flips of collated samples: one draw per sample, no Python loop over the batch."""
+
 from __future__ import annotations
 
 import torch
@@ -9,7 +10,9 @@ from data.records import DataError
 HR_KEYS = ("hr", "masks", "fov")
 
 
-def _gather_crops(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
+def _gather_crops(
+    images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int
+) -> torch.Tensor:
     """``images [N,C,H,W]``, per-sample ``top``/``left`` ``[N]`` -> ``[N,C,size,size]`` by advanced indexing."""
     steps = torch.arange(size, device=images.device)
     rows = (top.view(-1, 1) + steps).view(-1, 1, size, 1)
@@ -20,7 +23,11 @@ def _gather_crops(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, s
 
 
 def random_crop(
-    batch: dict, hr_crop: int, scale: int, generator: torch.Generator | None = None, lesion_share: float = 0.0
+    batch: dict,
+    hr_crop: int,
+    scale: int,
+    generator: torch.Generator | None = None,
+    lesion_share: float = 0.0,
 ) -> dict:
     """Crop ``hr``/``masks``/``fov`` to ``hr_crop`` and ``lr`` to ``hr_crop // scale`` at aligned offsets.
 
@@ -71,20 +78,37 @@ def lesion_offsets(
     masks = batch["masks"]
     n, lesions, height, width = masks.shape
     device = masks.device
-    use, type_draw, pixel_draw = torch.rand((3, n), generator=generator).to(device, non_blocking=True)
+    use, type_draw, pixel_draw = torch.rand((3, n), generator=generator).to(
+        device, non_blocking=True
+    )
     present = masks.flatten(2) > 0.5  # [N,L,H*W]
-    valid = batch["mask_valid"].to(device).bool() if "mask_valid" in batch else torch.ones(n, lesions, dtype=torch.bool, device=device)
+    valid = (
+        batch["mask_valid"].to(device).bool()
+        if "mask_valid" in batch
+        else torch.ones(n, lesions, dtype=torch.bool, device=device)
+    )
     usable = valid & present.any(-1)  # [N,L]
     kinds = usable.sum(1)  # lesion types to choose from
     pick = torch.minimum((type_draw * kinds).long(), (kinds - 1).clamp(min=0))
-    lesion = (usable.cumsum(1) <= pick.view(-1, 1)).sum(1).clamp(max=lesions - 1)  # the (pick+1)-th usable type
+    lesion = (
+        (usable.cumsum(1) <= pick.view(-1, 1)).sum(1).clamp(max=lesions - 1)
+    )  # the (pick+1)-th usable type
     pixels = present[torch.arange(n, device=device), lesion].to(torch.int32).cumsum(1)  # [N,H*W]
     count = pixels[:, -1:]
-    target = torch.minimum((pixel_draw.view(-1, 1) * count).to(torch.int32), (count - 1).clamp(min=0)) + 1
-    index = torch.searchsorted(pixels, target).view(-1).clamp(max=height * width - 1)  # the target-th lesion pixel
+    target = (
+        torch.minimum((pixel_draw.view(-1, 1) * count).to(torch.int32), (count - 1).clamp(min=0))
+        + 1
+    )
+    index = (
+        torch.searchsorted(pixels, target).view(-1).clamp(max=height * width - 1)
+    )  # the target-th lesion pixel
     row, col = index // width, index % width
-    centred_top = torch.div(row - hr_crop // 2, scale, rounding_mode="floor").clamp(0, (height - hr_crop) // scale)
-    centred_left = torch.div(col - hr_crop // 2, scale, rounding_mode="floor").clamp(0, (width - hr_crop) // scale)
+    centred_top = torch.div(row - hr_crop // 2, scale, rounding_mode="floor").clamp(
+        0, (height - hr_crop) // scale
+    )
+    centred_left = torch.div(col - hr_crop // 2, scale, rounding_mode="floor").clamp(
+        0, (width - hr_crop) // scale
+    )
     chosen = (use < share) & (kinds > 0)
     return torch.where(chosen, centred_top, top), torch.where(chosen, centred_left, left)
 

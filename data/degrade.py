@@ -35,7 +35,9 @@ def gaussian_blur(images: torch.Tensor, kernel_size: int, sigma: float) -> torch
     if kernel_size < 3 or kernel_size % 2 == 0:
         raise DataError(f"blur_kernel must be 0 (off) or an odd size >= 3, got {kernel_size}")
     channels = images.shape[1]
-    taps = gaussian_kernel1d(kernel_size, sigma, images.dtype).to(images.device, non_blocking=True)  # batches on a GPU too (data/augment.py)
+    taps = gaussian_kernel1d(kernel_size, sigma, images.dtype).to(
+        images.device, non_blocking=True
+    )  # batches on a GPU too (data/augment.py)
     pad = kernel_size // 2
     padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
     horizontal = taps.view(1, 1, 1, -1).expand(channels, 1, 1, kernel_size)

@@ -21,6 +21,7 @@ union; the groups file (CSV ``id,group``, one row per image, ``group`` the small
 group) is what ``data/splits.py`` keeps on one side of every split. The command also prints groups
 whose grades disagree and groups that cross parts or splits (a test photograph also in training).
 """
+
 from __future__ import annotations
 
 import csv
@@ -99,12 +100,16 @@ def fingerprint(record: Record) -> Fingerprint:
         values = signature(image)
     except DataError as error:
         raise DataError(f"{record.image}: {error}") from None
-    return Fingerprint(record.id, record.grade, record.part, record.split, file_sha256(record.image), values)
+    return Fingerprint(
+        record.id, record.grade, record.part, record.split, file_sha256(record.image), values
+    )
 
 
 def fingerprints(records: Iterable[Record], progress: bool = False) -> list[Fingerprint]:
     records = list(records)
-    return [fingerprint(r) for r in tqdm(records, disable=not progress, desc="fingerprint", unit="img")]
+    return [
+        fingerprint(r) for r in tqdm(records, disable=not progress, desc="fingerprint", unit="img")
+    ]
 
 
 def similarity_matrix(prints: Sequence[Fingerprint]) -> np.ndarray:
@@ -129,7 +134,9 @@ def _union_find_groups(count: int, pairs: Iterable[tuple[int, int]]) -> list[int
     return [root(i) for i in range(count)]
 
 
-def copy_pairs(prints: Sequence[Fingerprint], threshold: float = DEFAULT_THRESHOLD) -> list[tuple[int, int]]:
+def copy_pairs(
+    prints: Sequence[Fingerprint], threshold: float = DEFAULT_THRESHOLD
+) -> list[tuple[int, int]]:
     """Index pairs ``(i, j)``, ``i < j``, of images that are the same photograph."""
     scores = similarity_matrix(prints)
     upper = np.triu(scores >= threshold, k=1)
@@ -140,7 +147,9 @@ def copy_pairs(prints: Sequence[Fingerprint], threshold: float = DEFAULT_THRESHO
     return sorted(exact | {(int(i), int(j)) for i, j in zip(*np.nonzero(upper))})
 
 
-def duplicate_groups(prints: Sequence[Fingerprint], threshold: float = DEFAULT_THRESHOLD) -> dict[str, str]:
+def duplicate_groups(
+    prints: Sequence[Fingerprint], threshold: float = DEFAULT_THRESHOLD
+) -> dict[str, str]:
     """``{id: group}`` for every image, ``group`` the smallest id of its copies (itself if none)."""
     order = sorted(range(len(prints)), key=lambda i: prints[i].id)
     ranked = [prints[i] for i in order]
@@ -202,7 +211,9 @@ def read_groups(path: Path) -> dict[str, str]:
     return groups
 
 
-def score_distribution(prints: Sequence[Fingerprint], groups: dict[str, str]) -> dict[str, np.ndarray]:
+def score_distribution(
+    prints: Sequence[Fingerprint], groups: dict[str, str]
+) -> dict[str, np.ndarray]:
     """Similarities of the pairs inside groups (``copies``) and of every other pair (``distinct``)."""
     scores = similarity_matrix(prints)
     same = np.array([[groups[a.id] == groups[b.id] for b in prints] for a in prints])
@@ -225,7 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--root", required=True, help="the dataset as unpacked")
     parser.add_argument("--out", required=True, type=Path, help="groups CSV to write (id,group)")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="signature similarity of a copy")
+    parser.add_argument(
+        "--threshold", type=float, default=DEFAULT_THRESHOLD, help="signature similarity of a copy"
+    )
     args = parser.parse_args(argv)
     if not 0.0 < args.threshold <= 1.0:
         parser.error(f"argument --threshold: {args.threshold} is not in (0, 1]")

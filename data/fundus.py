@@ -13,10 +13,16 @@ import numpy as np
 from data.records import DataError
 
 CORNER_FRACTION = 0.06  # side of the corner patches that estimate the background colour
-THRESHOLD_FRACTION = 0.15  # threshold sits this far from the background towards the FOV's typical distance
-MIN_CONTRAST = 12.0  # on a 0-255 scale; a colour closer than this to the background is background (JPEG noise)
+THRESHOLD_FRACTION = (
+    0.15  # threshold sits this far from the background towards the FOV's typical distance
+)
+MIN_CONTRAST = (
+    12.0  # on a 0-255 scale; a colour closer than this to the background is background (JPEG noise)
+)
 WHITE_LEVEL = 225  # pixels whose every channel exceeds this and that touch the border form a frame
-DETECTION_SIDE = 640  # the FOV is found on a copy whose longer side is at most this (fast on 4288x2848)
+DETECTION_SIDE = (
+    640  # the FOV is found on a copy whose longer side is at most this (fast on 4288x2848)
+)
 
 
 def _to_uint8_scale(image: np.ndarray) -> np.ndarray:
@@ -70,7 +76,10 @@ def _background_colour(pixels: np.ndarray) -> np.ndarray:
     whose FOV touches the top and bottom; one odd corner (a burned-in label) does not move it.
     """
     height, width = pixels.shape[:2]
-    patch_h, patch_w = max(1, round(height * CORNER_FRACTION)), max(1, round(width * CORNER_FRACTION))
+    patch_h, patch_w = (
+        max(1, round(height * CORNER_FRACTION)),
+        max(1, round(width * CORNER_FRACTION)),
+    )
     corners = [
         pixels[:patch_h, :patch_w],
         pixels[:patch_h, -patch_w:],
@@ -107,7 +116,9 @@ def fov_mask(image: np.ndarray) -> np.ndarray:
     factor = DETECTION_SIDE / max(height, width)
     if factor >= 1:
         return _fov_mask_at_native_size(pixels)
-    small = cv2.resize(pixels, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        pixels, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_AREA
+    )
     mask = _fov_mask_at_native_size(small).astype(np.float32)
     return cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5
 

@@ -8,6 +8,7 @@ unlocked, with a warning. Used by train.py (``runs/<name>/train.lock``) and ``py
 data.prepare`` (``<cache>/prepare.lock``); it lives in ``data/`` because ``data/`` may not import
 ``engine/``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -71,7 +72,9 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         if fcntl is None:
-            log.warning("no fcntl on this platform: %s is used without the one-writer lock", self.what)
+            log.warning(
+                "no fcntl on this platform: %s is used without the one-writer lock", self.what
+            )
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
@@ -79,10 +82,19 @@ class FolderLock:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
-                holder = _read_holder(handle) if error.errno in (errno.EWOULDBLOCK, errno.EACCES) else None
+                holder = (
+                    _read_holder(handle)
+                    if error.errno in (errno.EWOULDBLOCK, errno.EACCES)
+                    else None
+                )
                 os.close(handle)
                 if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                    log.warning("cannot lock %s (%s): %s is used without the one-writer lock", self.path, error.strerror, self.what)
+                    log.warning(
+                        "cannot lock %s (%s): %s is used without the one-writer lock",
+                        self.path,
+                        error.strerror,
+                        self.what,
+                    )
                     return self
                 who = _describe(holder) if holder else "another process (starting up)"
                 raise LockError(
@@ -94,7 +106,11 @@ class FolderLock:
             os.close(handle)  # the holder removed the file while we opened it: lock the new one
         previous = _read_holder(handle)
         if previous:
-            log.warning("took over the stale lock %s of %s, which is no longer running", self.path, _describe(previous))
+            log.warning(
+                "took over the stale lock %s of %s, which is no longer running",
+                self.path,
+                _describe(previous),
+            )
         holder = {
             "pid": os.getpid(),
             "host": socket.gethostname(),

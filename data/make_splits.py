@@ -9,6 +9,7 @@ split made without them may put two copies of one photograph on both sides) and 
 ``splits/<dataset>_folds.csv`` (grouped, grade-stratified folds for cross-validation). Both
 files are meant to be committed; each run with the same images and seed writes the same rows.
 """
+
 from __future__ import annotations
 
 from collections import Counter

@@ -3,6 +3,7 @@
 One byte per pixel keeps the embedded dataset's memory cache and the preprocessing cache's mask
 PNGs small; unpacking is a few tensor shifts in the loader.
 """
+
 from __future__ import annotations
 
 import numpy as np

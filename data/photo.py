@@ -7,6 +7,7 @@ Decoding accepts JPEG, PNG, TIFF and BMP in 8 or 16 bits, grey, RGB, RGBA, palet
 and turns EXIF-rotated photographs upright. A file that cannot be graded is not an exception to
 the caller's loop: :class:`PhotoError` carries a ``kind`` (the CSV status) and a one-line reason.
 """
+
 from __future__ import annotations
 
 import csv
@@ -66,7 +67,9 @@ def _folder_images(folder: Path, ignored: list[Path]) -> list[Path]:
     """Image files below ``folder`` (recursive, sorted, hidden files skipped); others go to ``ignored``."""
     found = []
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+        if not path.is_file() or any(
+            part.startswith(".") for part in path.relative_to(folder).parts
+        ):
             continue
         (found if _is_image_name(path) else ignored).append(path)
     return found
@@ -94,7 +97,9 @@ def read_list(path: Path) -> list[PhotoInput]:
             try:
                 grade = int(row[grade_column])
             except ValueError:
-                raise DataError(f"{path} row {number}: grade {row[grade_column]!r} is not an integer") from None
+                raise DataError(
+                    f"{path} row {number}: grade {row[grade_column]!r} is not an integer"
+                ) from None
         entry = Path(row[column].strip()).expanduser()
         photos.append(PhotoInput(entry if entry.is_absolute() else path.parent / entry, grade))
     return photos
@@ -134,7 +139,9 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         return np.repeat(grey[:, :, None], 3, axis=2)
     if image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
-        grey = np.clip(values * (255.0 if values.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8)
+        grey = np.clip(values * (255.0 if values.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(
+            np.uint8
+        )
         return np.repeat(grey[:, :, None], 3, axis=2)
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
@@ -143,7 +150,9 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def read_photo(path: Path, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+def read_photo(
+    path: Path, min_side: int | None = None, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, tuple[int, int]]:
     """A photograph as upright HxWx3 uint8 RGB, and its full-resolution upright ``(height, width)``.
 
     JPEGs are decoded at a reduced DCT scale when the shorter side stays at least ``min_side``
@@ -159,7 +168,10 @@ def read_photo(path: Path, min_side: int | None = None, max_pixels: int = MAX_PI
         with Image.open(path) as image:
             width, height = image.size
             if width * height > max_pixels:
-                raise PhotoError("too_large", f"{path}: {width}x{height} = {width * height} pixels, over the limit of {max_pixels} (--max-pixels)")
+                raise PhotoError(
+                    "too_large",
+                    f"{path}: {width}x{height} = {width * height} pixels, over the limit of {max_pixels} (--max-pixels)",
+                )
             if min_side is not None and image.format == "JPEG":
                 factor = _draft_factor((width, height), min_side)
                 if factor >= 2:
@@ -199,7 +211,9 @@ class PreparedPhoto:
     thumbnail: np.ndarray  # the photograph, longer side THUMBNAIL_SIDE
 
 
-def prepare_photo(image: np.ndarray, hr_size: int, full_size: tuple[int, int] | None = None) -> PreparedPhoto:
+def prepare_photo(
+    image: np.ndarray, hr_size: int, full_size: tuple[int, int] | None = None
+) -> PreparedPhoto:
     """Crop a decoded photograph to its FOV square exactly as the training cache does, resize it
     to ``hr_size`` and assess its quality (``data/quality.py``).
 
@@ -231,7 +245,9 @@ class PhotoDataset(torch.utils.data.Dataset):
     ``quality``, ``thumbnail``, ``hr`` (``[3,S,S]`` uint8 tensor or None) and ``fov`` (``[1,S,S]`` bool).
     """
 
-    def __init__(self, photos: Sequence[PhotoInput], hr_size: int, max_pixels: int = MAX_PIXELS) -> None:
+    def __init__(
+        self, photos: Sequence[PhotoInput], hr_size: int, max_pixels: int = MAX_PIXELS
+    ) -> None:
         self.photos, self.hr_size, self.max_pixels = list(photos), hr_size, max_pixels
 
     def __len__(self) -> int:
@@ -240,15 +256,25 @@ class PhotoDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         started = time.perf_counter()
         photo = self.photos[index]
-        item = {"index": index, "path": str(photo.path), "reference_grade": photo.reference_grade, "status": "ok", "reason": ""}
+        item = {
+            "index": index,
+            "path": str(photo.path),
+            "reference_grade": photo.reference_grade,
+            "status": "ok",
+            "reason": "",
+        }
         try:
             # JPEGs decode at data.prepare's DCT scale whenever the HR size is at least QUALITY_SIDE (512).
-            image, (height, width) = read_photo(photo.path, max(self.hr_size, QUALITY_SIDE), self.max_pixels)
+            image, (height, width) = read_photo(
+                photo.path, max(self.hr_size, QUALITY_SIDE), self.max_pixels
+            )
         except PhotoError as error:
             item.update(status=error.kind, reason=str(error), seconds=time.perf_counter() - started)
             return item
         prepared = prepare_photo(image, self.hr_size, (height, width))
-        item.update(height=height, width=width, quality=prepared.quality, thumbnail=prepared.thumbnail)
+        item.update(
+            height=height, width=width, quality=prepared.quality, thumbnail=prepared.thumbnail
+        )
         if prepared.hr is None:
             item.update(hr=None, fov=None)
         else:
@@ -258,7 +284,6 @@ class PhotoDataset(torch.utils.data.Dataset):
             )
         item["seconds"] = time.perf_counter() - started
         return item
-
 
 
 # The demo's photographs: skimage's public-domain fundus and renders of the embedded dataset's test

@@ -9,6 +9,7 @@ file and a rerun skips what is finished.
 
     python -m data.prepare --dataset idrid --root ../shared/data/idrid --out data_cache/idrid-1024 --size 1024
 """
+
 from __future__ import annotations
 
 import csv
@@ -103,7 +104,9 @@ def preprocess(record: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
     if square_masks is None:
         lesion_planes = np.zeros((len(LESIONS), size, size), dtype=bool)
     else:
-        lesion_planes = np.stack([resize_square(m.astype(np.uint8), size, nearest=True) > 0 for m in square_masks])
+        lesion_planes = np.stack(
+            [resize_square(m.astype(np.uint8), size, nearest=True) > 0 for m in square_masks]
+        )
     return hr, pack_planes(lesion_planes, fov)
 
 
@@ -166,12 +169,18 @@ def _prepare_one(job: _Job) -> _Outcome:
         hr, bits = preprocess(record, job.size)
     except DataError as error:
         return _Outcome(record, None, str(error))
-    image_bytes = _encode(".jpg", np.ascontiguousarray(hr[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, job.jpeg_quality])
+    image_bytes = _encode(
+        ".jpg", np.ascontiguousarray(hr[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, job.jpeg_quality]
+    )
     mask_bytes = _encode(".png", bits, [cv2.IMWRITE_PNG_COMPRESSION, 6])
     image_path, mask_path = _paths(record)
     write_atomic(job.cache_dir / mask_path, mask_bytes)
-    write_atomic(job.cache_dir / image_path, image_bytes)  # written last: its presence marks the record done
-    return _Outcome(record, _entry(record, job.root, _sha256(image_bytes), _sha256(mask_bytes)), None)
+    write_atomic(
+        job.cache_dir / image_path, image_bytes
+    )  # written last: its presence marks the record done
+    return _Outcome(
+        record, _entry(record, job.root, _sha256(image_bytes), _sha256(mask_bytes)), None
+    )
 
 
 def _sha256(data: bytes) -> str:
@@ -195,10 +204,12 @@ def _check_settings(cache_dir: Path, wanted: dict) -> None:
     settings = read_settings(cache_dir)
     if settings is None:
         return
-    differing = {key: settings.get(key) for key, value in wanted.items() if settings.get(key) != value}
+    differing = {
+        key: settings.get(key) for key, value in wanted.items() if settings.get(key) != value
+    }
     if differing:
         raise DataError(
-            f"{cache_dir} holds a cache built with {differing}, not {({k: wanted[k] for k in differing})}: "
+            f"{cache_dir} holds a cache built with {differing}, not { ({k: wanted[k] for k in differing}) }: "
             "choose another --out"
         )
 
@@ -238,22 +249,54 @@ def prepare(
         raise DataError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
     cache_dir = Path(out).expanduser()
     with FolderLock(cache_dir / LOCK_FILE, f"cache {cache_dir}"):  # one builder per cache
-        return _build(dataset, Path(root).expanduser(), cache_dir, size, workers, skip_bad, jpeg_quality, progress)
+        return _build(
+            dataset,
+            Path(root).expanduser(),
+            cache_dir,
+            size,
+            workers,
+            skip_bad,
+            jpeg_quality,
+            progress,
+        )
 
 
 def _build(
-    dataset: str, root: Path, cache_dir: Path, size: int, workers: int, skip_bad: bool, jpeg_quality: int, progress: bool
+    dataset: str,
+    root: Path,
+    cache_dir: Path,
+    size: int,
+    workers: int,
+    skip_bad: bool,
+    jpeg_quality: int,
+    progress: bool,
 ) -> PrepareReport:
     start = time.perf_counter()
     index = load_index(dataset, root)
-    wanted = {"format": CACHE_FORMAT, "dataset": dataset, "size": size, "jpeg_quality": jpeg_quality}
+    wanted = {
+        "format": CACHE_FORMAT,
+        "dataset": dataset,
+        "size": size,
+        "jpeg_quality": jpeg_quality,
+    }
     _check_settings(cache_dir, wanted)
     for folder in ("images", "masks"):
         (cache_dir / folder).mkdir(parents=True, exist_ok=True)
-    settings = {**wanted, "root": str(root.resolve()), "num_classes": index.num_classes, "ungradable": dict(index.ungradable)}
-    write_atomic(cache_dir / SETTINGS, json.dumps(settings, indent=1, sort_keys=True).encode("utf-8"))
+    settings = {
+        **wanted,
+        "root": str(root.resolve()),
+        "num_classes": index.num_classes,
+        "ungradable": dict(index.ungradable),
+    }
+    write_atomic(
+        cache_dir / SETTINGS, json.dumps(settings, indent=1, sort_keys=True).encode("utf-8")
+    )
     _remove_stale_temporaries(cache_dir)
-    previous = {entry.id: entry for entry in read_manifest(cache_dir)} if (cache_dir / MANIFEST).is_file() else {}
+    previous = (
+        {entry.id: entry for entry in read_manifest(cache_dir)}
+        if (cache_dir / MANIFEST).is_file()
+        else {}
+    )
 
     report = PrepareReport(cache_dir)
     entries: list[CacheEntry] = []
@@ -266,13 +309,21 @@ def _build(
                 hashes = (old.image_sha256, old.masks_sha256)
             else:
                 hashes = (file_sha256(cache_dir / image_path), file_sha256(cache_dir / mask_path))
-            entries.append(_entry(record, root, *hashes))  # labels from the index: a fixed CSV is picked up
+            entries.append(
+                _entry(record, root, *hashes)
+            )  # labels from the index: a fixed CSV is picked up
             report.reused += 1
         else:
             todo.append(_Job(record, cache_dir, root, size, jpeg_quality))
     processes = min(workers or os.cpu_count() or 1, len(todo))
     if todo:
-        log.info("%s: preprocessing %d images to %d px with %d worker(s)", dataset, len(todo), size, max(processes, 1))
+        log.info(
+            "%s: preprocessing %d images to %d px with %d worker(s)",
+            dataset,
+            len(todo),
+            size,
+            max(processes, 1),
+        )
     with tqdm(total=len(todo), disable=not progress, desc=f"prepare {dataset}", unit="img") as bar:
         for outcome in process_map(_prepare_one, todo, processes, chunksize=4):
             bar.update()
@@ -293,13 +344,27 @@ def _build(
 
 
 def _build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="python -m data.prepare", description="Build the preprocessing cache of a public dataset.")
+    parser = OneLineParser(
+        prog="python -m data.prepare",
+        description="Build the preprocessing cache of a public dataset.",
+    )
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--root", required=True, type=Path, help="the dataset as unpacked (or a folder one or two levels above)")
+    parser.add_argument(
+        "--root",
+        required=True,
+        type=Path,
+        help="the dataset as unpacked (or a folder one or two levels above)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="cache folder")
     parser.add_argument("--size", type=int, default=1024, help="HR side in pixels (multiple of 16)")
-    parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = one per CPU core)")
-    parser.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (listed in skipped.csv) instead of stopping")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="worker processes (0 = one per CPU core)"
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave unreadable images out (listed in skipped.csv) instead of stopping",
+    )
     parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -308,7 +373,14 @@ def _build_parser() -> OneLineParser:
 def _main(argv: Sequence[str] | None) -> int:
     args = _build_parser().parse_args(argv)
     report = prepare(
-        args.dataset, args.root, args.out, args.size, args.workers, args.skip_bad, args.jpeg_quality, progress=not args.quiet
+        args.dataset,
+        args.root,
+        args.out,
+        args.size,
+        args.workers,
+        args.skip_bad,
+        args.jpeg_quality,
+        progress=not args.quiet,
     )
     print(
         f"{args.dataset}: {report.total} images in {report.cache_dir} "

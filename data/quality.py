@@ -27,6 +27,7 @@ flag               raised when
 
 A flagged photograph is listed as ``ungradable`` with its flags, never given a grade.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -76,7 +77,13 @@ def sharpness(image: np.ndarray, fov: np.ndarray) -> float:
     """1000 x variance of the Laplacian of the mean-normalised green channel inside the shrunk FOV."""
     side = fov.shape[0]
     margin = max(1, round(RIM_FRACTION * side))
-    inner = cv2.erode(fov.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)) > 0
+    inner = (
+        cv2.erode(
+            fov.astype(np.uint8),
+            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2),
+        )
+        > 0
+    )
     if np.count_nonzero(inner) < 16:
         return 0.0
     green = image[..., 1].astype(np.float32)

@@ -10,6 +10,7 @@ A sample is a dict with fixed keys (DESIGN.md section 2):
 - ``fov``        float32 ``[1,H,W]`` field-of-view mask
 - ``id``         str, unique across dataset and split
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,7 +43,9 @@ def make_sample(
 ) -> dict:
     """Assemble one sample dict, checking shapes so a bad loader fails at its source."""
     if hr.ndim != 3 or hr.shape[0] != 3 or lr.ndim != 3 or lr.shape[0] != 3:
-        raise DataError(f"{sample_id}: lr/hr must be [3,h,w], got {tuple(lr.shape)} and {tuple(hr.shape)}")
+        raise DataError(
+            f"{sample_id}: lr/hr must be [3,h,w], got {tuple(lr.shape)} and {tuple(hr.shape)}"
+        )
     size = hr.shape[-2:]
     if masks.shape != (len(LESIONS), *size) or fov.shape != (1, *size):
         raise DataError(

@@ -18,6 +18,7 @@ on the same images) with a SHA-256 of its rows, and read back on every later run
 which a duplicate group crosses roles is refused, naming the group. ``compute_folds`` deals the
 same units into k grade-stratified folds for cross-validation (``splits/<dataset>_folds.csv``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -106,7 +107,10 @@ def excluded_ids(items: Iterable[Labelled], groups: dict[str, str]) -> set[str]:
         if item.part == "grading" and item.grade >= 0:
             graded[groups.get(item.id, item.id)].append(item)
     return {
-        item.id for members in graded.values() if len({m.grade for m in members}) > 1 for item in members
+        item.id
+        for members in graded.values()
+        if len({m.grade for m in members}) > 1
+        for item in members
     }
 
 
@@ -119,7 +123,9 @@ def check_groups(roles: dict[str, str], groups: dict[str, str], where: str | Pat
     for group in sorted(seen):
         if len(set(seen[group].values())) > 1:
             placed = ", ".join(f"{i} in {r}" for i, r in sorted(seen[group].items()))
-            raise DataError(f"{where}: duplicate group {group} crosses sides ({placed}); regenerate the split")
+            raise DataError(
+                f"{where}: duplicate group {group} crosses sides ({placed}); regenerate the split"
+            )
 
 
 def _quotas(sizes: list[int], fraction: float) -> list[int]:
@@ -146,11 +152,16 @@ def _strata(
         strata[(part, max(member.grade for member in members))].append(patient)
     keys = sorted(strata)
     rng = np.random.default_rng(settings.seed)
-    return keys, {key: [sorted(strata[key])[i] for i in rng.permutation(len(strata[key]))] for key in keys}
+    return keys, {
+        key: [sorted(strata[key])[i] for i in rng.permutation(len(strata[key]))] for key in keys
+    }
 
 
 def _carve(
-    items: list[Labelled], fractions: dict[str, float], settings: SplitSettings, groups: dict[str, str]
+    items: list[Labelled],
+    fractions: dict[str, float],
+    settings: SplitSettings,
+    groups: dict[str, str],
 ) -> dict[str, str]:
     """Unit-level (patient and duplicate group) stratified assignment of ``items`` to train and
     the roles in ``fractions``."""
@@ -179,7 +190,9 @@ def _partition(items: list[Labelled]) -> tuple[dict[str, str], dict[str, list[La
         elif item.split in ROLE_OF_SPLIT:
             official[item.id] = ROLE_OF_SPLIT[item.split]
         else:
-            raise DataError(f"{item.id}: unknown split name {item.split!r} (expected train, valid, test or all)")
+            raise DataError(
+                f"{item.id}: unknown split name {item.split!r} (expected train, valid, test or all)"
+            )
     return official, open_items
 
 
@@ -200,7 +213,9 @@ def compute_split(
             fractions["test"] = settings.test_fraction
         roles.update(_carve(open_items["all"], fractions, settings, groups))
     _, open_all = _partition(items)
-    roles.update({item.id: EXCLUDED for group in open_all.values() for item in group if item.id in excluded})
+    roles.update(
+        {item.id: EXCLUDED for group in open_all.values() for item in group if item.id in excluded}
+    )
     return roles
 
 
@@ -230,7 +245,8 @@ def compute_folds(
 def fold_roles(folds: dict[str, int], fold: int) -> dict[str, str]:
     """The split of one cross-validation fold: ``fold`` validates, every other fold trains."""
     return {
-        image_id: EXCLUDED if f < 0 else ("val" if f == fold else "train") for image_id, f in folds.items()
+        image_id: EXCLUDED if f < 0 else ("val" if f == fold else "train")
+        for image_id, f in folds.items()
     }
 
 
@@ -239,7 +255,10 @@ def write_folds_file(path: Path, dataset: str, folds: dict[str, int], k: int, se
     body = "id,fold\n" + "".join(f"{image_id},{folds[image_id]}\n" for image_id in sorted(folds))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(f"# DeepMT-DR folds: dataset={dataset} k={k} seed={seed} sha256={_digest(body)}\n{body}", encoding="utf-8")
+    temporary.write_text(
+        f"# DeepMT-DR folds: dataset={dataset} k={k} seed={seed} sha256={_digest(body)}\n{body}",
+        encoding="utf-8",
+    )
     temporary.replace(path)
 
 
@@ -259,14 +278,18 @@ def read_folds_file(path: Path) -> dict[str, int]:
 
 
 def _body(roles: dict[str, str]) -> str:
-    return "id,split\n" + "".join(f"{sample_id},{roles[sample_id]}\n" for sample_id in sorted(roles))
+    return "id,split\n" + "".join(
+        f"{sample_id},{roles[sample_id]}\n" for sample_id in sorted(roles)
+    )
 
 
 def _digest(body: str) -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
-def write_split_file(path: Path, dataset: str, roles: dict[str, str], settings: SplitSettings) -> None:
+def write_split_file(
+    path: Path, dataset: str, roles: dict[str, str], settings: SplitSettings
+) -> None:
     body = _body(roles)
     header = (
         f"{HEADER_PREFIX} dataset={dataset} seed={settings.seed} val_fraction={settings.val_fraction} "
@@ -284,9 +307,13 @@ def read_split_file(path: Path) -> dict[str, str]:
     header, _, body = text.partition("\n")
     fields = dict(part.split("=", 1) for part in header.split() if "=" in part)
     if not header.startswith(HEADER_PREFIX) or "sha256" not in fields:
-        raise DataError(f"{path} is not a DeepMT-DR split file (first line must start with '{HEADER_PREFIX}')")
+        raise DataError(
+            f"{path} is not a DeepMT-DR split file (first line must start with '{HEADER_PREFIX}')"
+        )
     if _digest(body) != fields["sha256"]:
-        raise DataError(f"{path}: rows do not match the recorded sha256 (edited or corrupt); delete it to make a new split")
+        raise DataError(
+            f"{path}: rows do not match the recorded sha256 (edited or corrupt); delete it to make a new split"
+        )
     roles = {}
     for line_number, line in enumerate(body.splitlines()[1:], start=3):
         sample_id, _, role = line.rpartition(",")
@@ -327,7 +354,11 @@ def assign_roles(
     else:
         carved = compute_split(items, settings, groups)
         write_split_file(path, dataset, carved, settings)
-        log.info("%s: wrote a new split to %s (commit it so every run uses the same images)", dataset, path)
+        log.info(
+            "%s: wrote a new split to %s (commit it so every run uses the same images)",
+            dataset,
+            path,
+        )
     return {**official, **{item.id: carved[item.id] for item in undecided}}
 
 

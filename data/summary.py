@@ -7,6 +7,7 @@ JSON: ``{"dataset": NAME, "parts": {"<part>/<split>": {"n", "grades", "ungradabl
 images with a mask file per lesion. ``--check`` decodes every image: an unreadable one stops the
 report naming the file, or with ``--skip-bad`` is left out and listed under ``"skipped"``.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,17 +54,32 @@ def summarise(index: DatasetIndex) -> dict:
         for record in records:
             if record.grade >= 0:
                 grades[str(record.grade)] += 1
-        entry: dict = {"n": len(records), "grades": grades, "ungradable": int(index.ungradable.get(key, 0))}
+        entry: dict = {
+            "n": len(records),
+            "grades": grades,
+            "ungradable": int(index.ungradable.get(key, 0)),
+        }
         if part == "segmentation":
-            entry["masks"] = {name: sum(record.masks[i] is not None for record in records) for i, name in enumerate(LESIONS)}
+            entry["masks"] = {
+                name: sum(record.masks[i] is not None for record in records)
+                for i, name in enumerate(LESIONS)
+            }
         parts[key] = entry
     return {"dataset": index.name, "parts": parts}
 
 
 def format_table(summary: dict) -> str:
     """A readable fixed-width table of a summary."""
-    grade_keys = sorted({grade for entry in summary["parts"].values() for grade in entry["grades"]}, key=int)
-    header = ["part/split", "n", *[f"grade {grade}" for grade in grade_keys], "ungradable", *[f"mask {name}" for name in LESIONS]]
+    grade_keys = sorted(
+        {grade for entry in summary["parts"].values() for grade in entry["grades"]}, key=int
+    )
+    header = [
+        "part/split",
+        "n",
+        *[f"grade {grade}" for grade in grade_keys],
+        "ungradable",
+        *[f"mask {name}" for name in LESIONS],
+    ]
     rows = []
     for key, entry in summary["parts"].items():
         masks = entry.get("masks")
@@ -79,19 +95,32 @@ def format_table(summary: dict) -> str:
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     lines = [f"dataset: {summary['dataset']}"]
     for row in [header, *rows]:
-        lines.append("  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(
+                cell.rjust(width) if i else cell.ljust(width)
+                for i, (cell, width) in enumerate(zip(row, widths))
+            )
+        )
     for item in summary.get("skipped", []):
         lines.append(f"skipped {item['file']}: {item['reason']}")
     return "\n".join(lines)
 
 
 def _build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="python -m data.summary", description="Report what a dataset root holds.")
+    parser = OneLineParser(
+        prog="python -m data.summary", description="Report what a dataset root holds."
+    )
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    parser.add_argument("--check", action="store_true", help="decode every image to find unreadable ones")
-    parser.add_argument("--skip-bad", action="store_true", help="with --check: leave unreadable images out and list them")
+    parser.add_argument(
+        "--check", action="store_true", help="decode every image to find unreadable ones"
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="with --check: leave unreadable images out and list them",
+    )
     return parser
 
 

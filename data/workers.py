@@ -1,4 +1,5 @@
 """A process pool for offline image work (rendering, preprocessing) that is safe next to torch."""
+
 from __future__ import annotations
 
 import multiprocessing

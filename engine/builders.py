@@ -1,4 +1,5 @@
 """Build the model, datasets, loaders and device a config asks for."""
+
 from __future__ import annotations
 
 import logging
@@ -93,14 +94,25 @@ def ensure_cache(config: Config, progress: bool = False) -> Path:
     path = cache_path(config)
     if not (path / MANIFEST).is_file():
         log.info("no cache at %s: preparing %s from %s", path, data.dataset, data.root)
-        prepare(data.dataset, data.root, path, data.hr_size, data.prepare_workers, data.skip_bad, data.jpeg_quality, progress)
+        prepare(
+            data.dataset,
+            data.root,
+            path,
+            data.hr_size,
+            data.prepare_workers,
+            data.skip_bad,
+            data.jpeg_quality,
+            progress,
+        )
     return path
 
 
 def split_roles(config: Config, entries) -> dict[str, str]:
     """``{id: train|val|test}`` for the cache entries, from the (committed) split file."""
     data = config.data
-    settings = SplitSettings(data.val_fraction, data.test_fraction, data.seed, keep_in_train(data.dataset))
+    settings = SplitSettings(
+        data.val_fraction, data.test_fraction, data.seed, keep_in_train(data.dataset)
+    )
     name = split_name(data.dataset, data.root)
     return assign_roles(entries, name, data.split_file, settings, load_groups(name))
 
@@ -126,7 +138,9 @@ def build_dataset(config: Config, split: str) -> Dataset:
     path = ensure_cache(config)
     classes = (read_settings(path) or {}).get("num_classes", data.num_classes)
     if classes != data.num_classes:
-        raise ConfigError(f"dataset {data.dataset} has {classes} classes: set data.num_classes={classes}")
+        raise ConfigError(
+            f"dataset {data.dataset} has {classes} classes: set data.num_classes={classes}"
+        )
     entries = read_manifest(path)
     roles = split_roles(config, entries)
     chosen = [entry for entry in entries if roles[entry.id] == split]
@@ -135,7 +149,9 @@ def build_dataset(config: Config, split: str) -> Dataset:
             f"{data.dataset}: the {split} split is empty (cache {path}): this copy of the dataset has no "
             f"{split} images (test.py --split val evaluates the validation split)"
         )
-    return CachedFundus(path, chosen, data.scale, data.blur_kernel, data.blur_sigma, data.noise_var, data.seed)
+    return CachedFundus(
+        path, chosen, data.scale, data.blur_kernel, data.blur_sigma, data.noise_var, data.seed
+    )
 
 
 def stage_subset(dataset: Dataset, stage: str) -> Dataset:

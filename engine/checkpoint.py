@@ -23,6 +23,7 @@ so that any tool opens it without this repository: ``NAME.safetensors`` holds th
 :func:`load_checkpoint` reads it (given either file) into the same dict a ``.pt`` release gives;
 writing it is ``engine/export.py``'s.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,17 +61,40 @@ RELEASE_STATE_KEYS = ("stage", "epoch", "step", "best_metric", "best_epoch")
 
 # Config keys a resumed run may change: where things are, how fast and on what it runs, how often it
 # saves, and what to train for how long. Any other difference changes the run and is refused.
-RESUME_MAY_CHANGE = frozenset({
-    "run.name", "run.out_dir", "run.device", "run.threads", "run.keep",
-    "data.root", "data.cache_dir", "data.num_workers", "data.pin_memory", "data.persistent_workers",
-    "data.prefetch_factor", "data.prepare_workers",
-    "train.stage", "train.init_from", "train.init_synthetic_hr_size", "train.checkpoint_every_steps", "train.checkpoint_every_minutes",
-    "train.max_bad_steps", *(f"train.{stage}.epochs" for stage in STAGES),
-    # Speed switches: the same training within float tolerance ("auto" resolves per machine,
-    # so a job requeued on another node may change them).
-    "run.amp", "run.channels_last", "run.compile", "run.compile_backend", "run.compile_mode",
-    "run.optimizer_impl", "run.cudnn_benchmark", "train.cache_frozen", "train.cache_max_gb",
-})
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "run.name",
+        "run.out_dir",
+        "run.device",
+        "run.threads",
+        "run.keep",
+        "data.root",
+        "data.cache_dir",
+        "data.num_workers",
+        "data.pin_memory",
+        "data.persistent_workers",
+        "data.prefetch_factor",
+        "data.prepare_workers",
+        "train.stage",
+        "train.init_from",
+        "train.init_synthetic_hr_size",
+        "train.checkpoint_every_steps",
+        "train.checkpoint_every_minutes",
+        "train.max_bad_steps",
+        *(f"train.{stage}.epochs" for stage in STAGES),
+        # Speed switches: the same training within float tolerance ("auto" resolves per machine,
+        # so a job requeued on another node may change them).
+        "run.amp",
+        "run.channels_last",
+        "run.compile",
+        "run.compile_backend",
+        "run.compile_mode",
+        "run.optimizer_impl",
+        "run.cudnn_benchmark",
+        "train.cache_frozen",
+        "train.cache_max_gb",
+    }
+)
 
 
 class CheckpointError(RuntimeError):
@@ -79,7 +103,9 @@ class CheckpointError(RuntimeError):
 
 def _header(digest: str, size: int) -> bytes:
     """The header line; fixed width, so it is written first as a placeholder and then filled in."""
-    return f"DEEPMTDR-CHECKPOINT {FORMAT_VERSION} sha256={digest} bytes={size:015d}\n".encode("ascii")
+    return f"DEEPMTDR-CHECKPOINT {FORMAT_VERSION} sha256={digest} bytes={size:015d}\n".encode(
+        "ascii"
+    )
 
 
 class _HashingWriter:
@@ -105,7 +131,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp_name = None
     try:
-        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        handle, temp_name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
         with os.fdopen(handle, "wb") as file:
             file.write(_header("0" * 64, 0))
             payload = _HashingWriter(file)
@@ -118,8 +146,14 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     except OSError as error:
         if temp_name is not None:
             Path(temp_name).unlink(missing_ok=True)
-        previous = "the previous checkpoint there is intact" if path.is_file() else "there was no checkpoint there before"
-        raise CheckpointError(f"could not write checkpoint {path}: {error.strerror or error}; {previous}") from error
+        previous = (
+            "the previous checkpoint there is intact"
+            if path.is_file()
+            else "there was no checkpoint there before"
+        )
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {error.strerror or error}; {previous}"
+        ) from error
     except BaseException:
         if temp_name is not None:
             Path(temp_name).unlink(missing_ok=True)
@@ -189,7 +223,10 @@ class _Payload(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return self.file.seek(self.start + offset if whence == os.SEEK_SET else offset, whence) - self.start
+        return (
+            self.file.seek(self.start + offset if whence == os.SEEK_SET else offset, whence)
+            - self.start
+        )
 
     def tell(self) -> int:
         return self.file.tell() - self.start
@@ -205,14 +242,20 @@ def _check_payload(file, path: Path, verify: bool) -> int:
         raise CheckpointError(f"{path} is corrupt: its checksum header is damaged")
     version, digest, size = int(match[1]), match[2].decode("ascii"), int(match[3])
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {version}; this code reads {FORMAT_VERSION} (and {UNVERIFIED_VERSION}, unverified)")
+        raise CheckpointError(
+            f"{path} has checkpoint format {version}; this code reads {FORMAT_VERSION} (and {UNVERIFIED_VERSION}, unverified)"
+        )
     actual = os.fstat(file.fileno()).st_size - match.end()
     if actual != size:
-        raise CheckpointError(f"{path} is corrupt: {actual} bytes after its header, the header says {size} (truncated or appended to)")
+        raise CheckpointError(
+            f"{path} is corrupt: {actual} bytes after its header, the header says {size} (truncated or appended to)"
+        )
     if verify:
         file.seek(match.end())
         if hashlib.file_digest(file, "sha256").hexdigest() != digest:
-            raise CheckpointError(f"{path} is corrupt: its SHA-256 does not match the one written with it")
+            raise CheckpointError(
+                f"{path} is corrupt: its SHA-256 does not match the one written with it"
+            )
     return match.end()
 
 
@@ -229,14 +272,23 @@ def is_safetensors_release(path: str | Path) -> bool:
 def read_sidecar(sidecar: Path) -> dict[str, Any]:
     """A release sidecar's JSON, checked for the keys the loader needs."""
     if not sidecar.is_file():
-        raise CheckpointError(f"release sidecar not found: {sidecar} (a NAME.safetensors release is read with its NAME.json)")
+        raise CheckpointError(
+            f"release sidecar not found: {sidecar} (a NAME.safetensors release is read with its NAME.json)"
+        )
     try:
         facts = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{sidecar} is not a readable release sidecar: {error}") from error
-    if (not isinstance(facts, dict) or facts.get("format") != SIDECAR_FORMAT or not isinstance(facts.get("config"), dict)
-            or not isinstance(facts.get("weights"), dict) or not isinstance(facts["weights"].get("sha256"), str)):
-        raise CheckpointError(f"{sidecar} is not a DeepMT-DR release sidecar (expected format {SIDECAR_FORMAT!r} with config and weights.sha256)")
+    if (
+        not isinstance(facts, dict)
+        or facts.get("format") != SIDECAR_FORMAT
+        or not isinstance(facts.get("config"), dict)
+        or not isinstance(facts.get("weights"), dict)
+        or not isinstance(facts["weights"].get("sha256"), str)
+    ):
+        raise CheckpointError(
+            f"{sidecar} is not a DeepMT-DR release sidecar (expected format {SIDECAR_FORMAT!r} with config and weights.sha256)"
+        )
     return facts
 
 
@@ -251,9 +303,13 @@ def _load_safetensors_release(path: Path, verify: bool) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {weights}")
     facts = read_sidecar(sidecar)
     if facts["weights"].get("file", weights.name) != weights.name:
-        raise CheckpointError(f"{sidecar} describes {facts['weights']['file']}, not {weights.name}: a sidecar belongs next to its own weights file")
+        raise CheckpointError(
+            f"{sidecar} describes {facts['weights']['file']}, not {weights.name}: a sidecar belongs next to its own weights file"
+        )
     if not weights.is_file():
-        raise CheckpointError(f"checkpoint not found: {weights} (the weights {sidecar.name} describes)")
+        raise CheckpointError(
+            f"checkpoint not found: {weights} (the weights {sidecar.name} describes)"
+        )
     try:
         if verify:
             with weights.open("rb") as file:
@@ -265,15 +321,27 @@ def _load_safetensors_release(path: Path, verify: bool) -> dict[str, Any]:
         try:
             from safetensors.torch import load_file
         except ImportError as error:
-            raise CheckpointError(f"{weights} is a safetensors release: install safetensors (pip install -r requirements.txt) to read it") from error
+            raise CheckpointError(
+                f"{weights} is a safetensors release: install safetensors (pip install -r requirements.txt) to read it"
+            ) from error
         try:
             tensors = load_file(str(weights), device="cpu")
         except Exception as error:  # safetensors raises its own SafetensorError (and OSError, ValueError) for bad files
-            raise CheckpointError(f"{weights} is not a readable safetensors file: {type(error).__name__}: {error}") from error
+            raise CheckpointError(
+                f"{weights} is not a readable safetensors file: {type(error).__name__}: {error}"
+            ) from error
     except OSError as error:
         raise CheckpointError(f"{weights} could not be read: {error.strerror or error}") from error
-    state = {key: value for key, value in (facts.get("state") or {}).items() if key in RELEASE_STATE_KEYS}
-    return {"config": facts["config"], "model": tensors, "release": facts.get("release"), **state, "format_version": FORMAT_VERSION}
+    state = {
+        key: value for key, value in (facts.get("state") or {}).items() if key in RELEASE_STATE_KEYS
+    }
+    return {
+        "config": facts["config"],
+        "model": tensors,
+        "release": facts.get("release"),
+        **state,
+        "format_version": FORMAT_VERSION,
+    }
 
 
 def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
@@ -294,7 +362,10 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
             start = file.read(len(MAGIC))
             file.seek(0)
             if start == MAGIC:
-                version, payload = FORMAT_VERSION, _Payload(file, _check_payload(file, path, verify))
+                version, payload = (
+                    FORMAT_VERSION,
+                    _Payload(file, _check_payload(file, path, verify)),
+                )
             elif start.startswith(ZIP_SIGNATURE):
                 version, payload = UNVERIFIED_VERSION, file
             else:
@@ -304,18 +375,24 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
             try:
                 state = torch.load(payload, map_location="cpu", weights_only=True)
             except Exception as error:  # torch raises several types for corrupt or foreign files
-                raise CheckpointError(f"{path} is not a readable checkpoint: {type(error).__name__}: {error}") from error
+                raise CheckpointError(
+                    f"{path} is not a readable checkpoint: {type(error).__name__}: {error}"
+                ) from error
     except OSError as error:
         raise CheckpointError(f"{path} could not be read: {error.strerror or error}") from error
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
-        raise CheckpointError(f"{path} is not a DeepMT-DR checkpoint (expected keys {', '.join(REQUIRED_KEYS)})")
+        raise CheckpointError(
+            f"{path} is not a DeepMT-DR checkpoint (expected keys {', '.join(REQUIRED_KEYS)})"
+        )
     if state["format_version"] != version:
         raise CheckpointError(
             f"{path} has format_version {state['format_version']} in a {'checksummed' if version == FORMAT_VERSION else 'bare torch zip'} "
             f"file; this code reads {FORMAT_VERSION} (with its checksum header) and {UNVERIFIED_VERSION} (bare torch zip, unverified)"
         )
     if version == UNVERIFIED_VERSION:
-        log.warning("%s is a format_version 1 checkpoint, written before checksums: loaded unverified", path)
+        log.warning(
+            "%s is a format_version 1 checkpoint, written before checksums: loaded unverified", path
+        )
     return state
 
 
@@ -346,13 +423,21 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
         if state[key].shape != own[key].shape
     ]
     problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mis_shaped)):
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("shape mismatch", mis_shaped),
+    ):
         if items:
             shown = ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
             problems.append(f"{label}: {shown}")
     if problems:
-        raise CheckpointError(f"{source} does not match the requested model; " + "; ".join(problems))
-    model.load_state_dict(state, strict=False)  # checked above; strict=False lets OPTIONAL_TENSORS be absent
+        raise CheckpointError(
+            f"{source} does not match the requested model; " + "; ".join(problems)
+        )
+    model.load_state_dict(
+        state, strict=False
+    )  # checked above; strict=False lets OPTIONAL_TENSORS be absent
 
 
 def rng_state() -> dict[str, Any]:
@@ -371,7 +456,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` saved."""
     random.setstate((3, tuple(int(v) for v in state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state["numpy_pos"])))
+    np.random.set_state(
+        ("MT19937", state["numpy"].numpy().astype(np.uint32), int(state["numpy_pos"]))
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

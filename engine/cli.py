@@ -1,4 +1,5 @@
 """What the CLI scripts share: logging set-up and turning typed errors into one line + exit code 2."""
+
 from __future__ import annotations
 
 import logging

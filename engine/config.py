@@ -5,6 +5,7 @@ A run's config = dataclass defaults <- YAML preset (``configs/*.yaml``) <- metho
 keys (``data.hr_size=128``, ``train.cls.epochs=3``). Unknown keys, wrong types and impossible
 values raise :class:`ConfigError` naming the key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,14 @@ OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
 # (data.<key>, smallest, largest) of the augmentation strengths: a factor 1 - s must stay positive,
 # the blur kernel (2 * ceil(3 sigma) + 1 taps) small next to the image.
 AUGMENT_RANGES = (
-    ("aug_rotation", 0.0, 180.0), ("aug_scale", 0.0, 0.5), ("aug_brightness", 0.0, 0.9), ("aug_contrast", 0.0, 0.9),
-    ("aug_gamma", 0.0, 0.9), ("aug_hue", 0.0, 0.5), ("aug_blur_sigma", 0.0, 4.0), ("aug_blur_prob", 0.0, 1.0),
+    ("aug_rotation", 0.0, 180.0),
+    ("aug_scale", 0.0, 0.5),
+    ("aug_brightness", 0.0, 0.9),
+    ("aug_contrast", 0.0, 0.9),
+    ("aug_gamma", 0.0, 0.9),
+    ("aug_hue", 0.0, 0.5),
+    ("aug_blur_sigma", 0.0, 4.0),
+    ("aug_blur_prob", 0.0, 1.0),
 )
 DEFAULT_PRESET = "configs/demo.yaml"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -192,9 +199,13 @@ class TrainConfig:
     # What the seg and cls stages learn from: "hr" (published: HR crops / images) or "lr" (the frozen
     # ISR's output of the LR image; the bicubic upsample when model.isr=bicubic).
     input: str = "hr"
-    isr: StageConfig = _stage(epochs=300, batch_size=2, schedule="step", decay_epoch=150, decay_gamma=0.2)
+    isr: StageConfig = _stage(
+        epochs=300, batch_size=2, schedule="step", decay_epoch=150, decay_gamma=0.2
+    )
     seg: StageConfig = _stage(epochs=150, batch_size=2)
-    cls: StageConfig = _stage(epochs=300, batch_size=2, schedule="step", decay_epoch=10, decay_gamma=0.2)
+    cls: StageConfig = _stage(
+        epochs=300, batch_size=2, schedule="step", decay_epoch=10, decay_gamma=0.2
+    )
     joint: StageConfig = _stage(epochs=300, batch_size=1, lr_isr=1e-5, lr_cls=5e-5)
     # Start from another run's weights (a checkpoint .pt, e.g. pre-training on the embedded
     # dataset) instead of random / ImageNet initialisation; ignored when resuming. "synthetic":
@@ -306,9 +317,13 @@ def parse_stages(text: str) -> list[str]:
     allowed = ", ".join((*STAGES, "all"))
     unknown = [stage for stage in stages if stage not in STAGES]
     if unknown:
-        raise ConfigError(f"train.stage must be one of {allowed} or a comma list of stages, got {text!r}")
+        raise ConfigError(
+            f"train.stage must be one of {allowed} or a comma list of stages, got {text!r}"
+        )
     if len(set(stages)) != len(stages) or stages != sorted(stages, key=STAGES.index):
-        raise ConfigError(f"train.stage list must name each stage once, in the order {', '.join(STAGES)}; got {text!r}")
+        raise ConfigError(
+            f"train.stage list must name each stage once, in the order {', '.join(STAGES)}; got {text!r}"
+        )
     return stages
 
 
@@ -317,7 +332,9 @@ _YAML_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a field annotation, converting ints to floats where expected."""
-    hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    hints = (
+        typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    )
     if value is None:
         if type(None) in hints or annotation is Any:
             return None
@@ -345,7 +362,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 def _merge(target: Any, updates: dict, prefix: str = "") -> None:
     """Apply a nested dict of updates onto a dataclass instance, in place."""
     if not isinstance(updates, dict):
-        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {updates!r}")
+        raise ConfigError(
+            f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {updates!r}"
+        )
     fields = {f.name: f for f in dataclasses.fields(target)}
     hints = typing.get_type_hints(type(target))
     for name, value in updates.items():
@@ -438,7 +457,11 @@ def load_config(
         _merge(config, loaded)
     parsed = [parse_override(override) for override in overrides]
     named = [update["method"] for update in parsed if "method" in update]
-    name = method or (named[-1] if named else None) or (loaded.get("method") if isinstance(loaded, dict) else None)
+    name = (
+        method
+        or (named[-1] if named else None)
+        or (loaded.get("method") if isinstance(loaded, dict) else None)
+    )
     if name:
         apply_method(config, name)
     for update in parsed:
@@ -463,10 +486,16 @@ def _require(condition: bool, message: str) -> None:
 def validate(config: Config) -> None:
     """Reject impossible values early, naming the key."""
     data, model, train, loss = config.data, config.model, config.train, config.loss
-    _require(data.scale in SUPPORTED_SCALES, f"data.scale must be one of {SUPPORTED_SCALES}, got {data.scale}")
+    _require(
+        data.scale in SUPPORTED_SCALES,
+        f"data.scale must be one of {SUPPORTED_SCALES}, got {data.scale}",
+    )
     _require(data.hr_size > 0, f"data.hr_size must be positive, got {data.hr_size}")
     # The U-Net needs HR sizes divisible by 16, the ISR net by the scale (2, 4, 8 divide 16).
-    _require(data.hr_size % SEG_DIVISOR == 0, f"data.hr_size {data.hr_size} must be divisible by {SEG_DIVISOR}")
+    _require(
+        data.hr_size % SEG_DIVISOR == 0,
+        f"data.hr_size {data.hr_size} must be divisible by {SEG_DIVISOR}",
+    )
     _require(data.crop_size >= 0, f"data.crop_size must be >= 0, got {data.crop_size}")
     _require(
         data.crop_size % SEG_DIVISOR == 0,
@@ -479,44 +508,94 @@ def validate(config: Config) -> None:
             f"train.{stage}.crop_size {crop} must be 0 or a positive multiple of {SEG_DIVISOR}",
         )
     known = ("synthetic", *PUBLIC_DATASETS)
-    _require(data.dataset in known, f"data.dataset must be one of {', '.join(known)}, got {data.dataset!r}")
+    _require(
+        data.dataset in known,
+        f"data.dataset must be one of {', '.join(known)}, got {data.dataset!r}",
+    )
     _require(
         data.dataset == "synthetic" or bool(data.root),
         f"data.root is required for dataset {data.dataset!r} (train.py --data-root PATH)",
     )
-    _require(0 <= data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
-    _require(0 <= data.test_fraction < 1, f"data.test_fraction must be in [0, 1), got {data.test_fraction}")
+    _require(
+        0 <= data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {data.val_fraction}"
+    )
+    _require(
+        0 <= data.test_fraction < 1,
+        f"data.test_fraction must be in [0, 1), got {data.test_fraction}",
+    )
     _require(
         data.val_fraction + data.test_fraction < 1,
         f"data.val_fraction + data.test_fraction must be < 1, got {data.val_fraction + data.test_fraction}",
     )
-    _require(1 <= data.jpeg_quality <= 100, f"data.jpeg_quality must be in 1..100, got {data.jpeg_quality}")
-    _require(data.prepare_workers >= 0, f"data.prepare_workers must be >= 0, got {data.prepare_workers}")
+    _require(
+        1 <= data.jpeg_quality <= 100,
+        f"data.jpeg_quality must be in 1..100, got {data.jpeg_quality}",
+    )
+    _require(
+        data.prepare_workers >= 0, f"data.prepare_workers must be >= 0, got {data.prepare_workers}"
+    )
     for name in ("n_train", "n_val", "n_test"):
-        _require(getattr(data, name) > 0, f"data.{name} must be positive, got {getattr(data, name)}")
+        _require(
+            getattr(data, name) > 0, f"data.{name} must be positive, got {getattr(data, name)}"
+        )
     _require(data.num_classes >= 2, f"data.num_classes must be >= 2, got {data.num_classes}")
     _require(data.num_workers >= 0, f"data.num_workers must be >= 0, got {data.num_workers}")
-    _require(model.isr_channels > 0, f"model.isr_channels must be positive, got {model.isr_channels}")
+    _require(
+        model.isr_channels > 0, f"model.isr_channels must be positive, got {model.isr_channels}"
+    )
     _require(model.isr_blocks >= 0, f"model.isr_blocks must be >= 0, got {model.isr_blocks}")
     _require(model.seg_width > 0, f"model.seg_width must be positive, got {model.seg_width}")
-    _require(model.seg_prior is None or 0 < model.seg_prior < 1, f"model.seg_prior must be in (0, 1), got {model.seg_prior}")
-    _require(model.cam_target in ("predicted", "any_dr"), f"model.cam_target must be predicted or any_dr, got {model.cam_target!r}")
-    _require(model.isr in ISR_KINDS, f"model.isr must be one of {', '.join(ISR_KINDS)}, got {model.isr!r}")
-    _require(model.grader in GRADERS, f"model.grader must be one of {', '.join(GRADERS)}, got {model.grader!r}")
-    _require(model.cam_stages in CAM_STAGES, f"model.cam_stages must be one of {', '.join(CAM_STAGES)}, got {model.cam_stages!r}")
-    _require(model.grader_hidden > 0, f"model.grader_hidden must be positive, got {model.grader_hidden}")
-    _require(model.grader_head_activation in HEAD_ACTIVATIONS,
-             f"model.grader_head_activation must be one of {', '.join(HEAD_ACTIVATIONS)}, got {model.grader_head_activation!r}")
-    _require(model.grader_head_activation == "relu" or model.grader != "chen_net",
-             "model.grader_head_activation: the chen_net grader has its own head; leave it relu")
-    _require(model.imagenet_weights is None or bool(str(model.imagenet_weights).strip()),
-             "model.imagenet_weights must be a .pth path, imagenet, or null; got an empty value")
-    _require(model.imagenet_weights is None or model.grader != "chen_net",
-             "model.imagenet_weights: the chen_net grader has no ImageNet weights; leave it null")
-    _require(config.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {config.method!r}")
+    _require(
+        model.seg_prior is None or 0 < model.seg_prior < 1,
+        f"model.seg_prior must be in (0, 1), got {model.seg_prior}",
+    )
+    _require(
+        model.cam_target in ("predicted", "any_dr"),
+        f"model.cam_target must be predicted or any_dr, got {model.cam_target!r}",
+    )
+    _require(
+        model.isr in ISR_KINDS,
+        f"model.isr must be one of {', '.join(ISR_KINDS)}, got {model.isr!r}",
+    )
+    _require(
+        model.grader in GRADERS,
+        f"model.grader must be one of {', '.join(GRADERS)}, got {model.grader!r}",
+    )
+    _require(
+        model.cam_stages in CAM_STAGES,
+        f"model.cam_stages must be one of {', '.join(CAM_STAGES)}, got {model.cam_stages!r}",
+    )
+    _require(
+        model.grader_hidden > 0, f"model.grader_hidden must be positive, got {model.grader_hidden}"
+    )
+    _require(
+        model.grader_head_activation in HEAD_ACTIVATIONS,
+        f"model.grader_head_activation must be one of {', '.join(HEAD_ACTIVATIONS)}, got {model.grader_head_activation!r}",
+    )
+    _require(
+        model.grader_head_activation == "relu" or model.grader != "chen_net",
+        "model.grader_head_activation: the chen_net grader has its own head; leave it relu",
+    )
+    _require(
+        model.imagenet_weights is None or bool(str(model.imagenet_weights).strip()),
+        "model.imagenet_weights must be a .pth path, imagenet, or null; got an empty value",
+    )
+    _require(
+        model.imagenet_weights is None or model.grader != "chen_net",
+        "model.imagenet_weights: the chen_net grader has no ImageNet weights; leave it null",
+    )
+    _require(
+        config.method in METHODS,
+        f"method must be one of {', '.join(METHODS)}, got {config.method!r}",
+    )
     _require(loss.pixel in ("mse", "l1"), f"loss.pixel must be mse or l1, got {loss.pixel!r}")
-    _require(0 <= loss.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {loss.label_smoothing}")
-    _require(loss.ordinal_weight >= 0, f"loss.ordinal_weight must be >= 0, got {loss.ordinal_weight}")
+    _require(
+        0 <= loss.label_smoothing < 1,
+        f"loss.label_smoothing must be in [0, 1), got {loss.label_smoothing}",
+    )
+    _require(
+        loss.ordinal_weight >= 0, f"loss.ordinal_weight must be >= 0, got {loss.ordinal_weight}"
+    )
     _require(
         model.grade_decoding in GRADE_DECODINGS,
         f"model.grade_decoding must be one of {', '.join(GRADE_DECODINGS)}, got {model.grade_decoding!r}",
@@ -524,25 +603,50 @@ def validate(config: Config) -> None:
     weights = loss.class_weights
     _require(
         weights in ("auto", "none")
-        or (isinstance(weights, list) and len(weights) == data.num_classes and all(isinstance(w, (int, float)) and w >= 0 for w in weights)),
+        or (
+            isinstance(weights, list)
+            and len(weights) == data.num_classes
+            and all(isinstance(w, (int, float)) and w >= 0 for w in weights)
+        ),
         f"loss.class_weights must be 'auto', 'none' or {data.num_classes} non-negative numbers, got {weights!r}",
     )
     parse_stages(train.stage)
-    _require(train.input in INPUTS, f"train.input must be one of {', '.join(INPUTS)}, got {train.input!r}")
-    _require(config.test.input in INPUTS, f"test.input must be one of {', '.join(INPUTS)}, got {config.test.input!r}")
+    _require(
+        train.input in INPUTS,
+        f"train.input must be one of {', '.join(INPUTS)}, got {train.input!r}",
+    )
+    _require(
+        config.test.input in INPUTS,
+        f"test.input must be one of {', '.join(INPUTS)}, got {config.test.input!r}",
+    )
     for stage in STAGES:
         settings: StageConfig = getattr(train, stage)
         _require(settings.epochs >= 0, f"train.{stage}.epochs must be >= 0, got {settings.epochs}")
-        _require(settings.batch_size > 0, f"train.{stage}.batch_size must be positive, got {settings.batch_size}")
+        _require(
+            settings.batch_size > 0,
+            f"train.{stage}.batch_size must be positive, got {settings.batch_size}",
+        )
         _require(
             settings.schedule in ("step", "cosine", "constant"),
             f"train.{stage}.schedule must be step, cosine or constant, got {settings.schedule!r}",
         )
-        _require(settings.max_steps >= 0, f"train.{stage}.max_steps must be >= 0, got {settings.max_steps}")
+        _require(
+            settings.max_steps >= 0,
+            f"train.{stage}.max_steps must be >= 0, got {settings.max_steps}",
+        )
         for lr in ("lr_isr", "lr_seg", "lr_cls", "lr_fusion"):
-            _require(getattr(settings, lr) > 0, f"train.{stage}.{lr} must be positive, got {getattr(settings, lr)}")
-    _require(train.max_steps_per_epoch >= 0, f"train.max_steps_per_epoch must be >= 0, got {train.max_steps_per_epoch}")
-    _require(train.eval_every >= 0, f"train.eval_every must be >= 0 (0: never validate), got {train.eval_every}")
+            _require(
+                getattr(settings, lr) > 0,
+                f"train.{stage}.{lr} must be positive, got {getattr(settings, lr)}",
+            )
+    _require(
+        train.max_steps_per_epoch >= 0,
+        f"train.max_steps_per_epoch must be >= 0, got {train.max_steps_per_epoch}",
+    )
+    _require(
+        train.eval_every >= 0,
+        f"train.eval_every must be >= 0 (0: never validate), got {train.eval_every}",
+    )
     for key in ("checkpoint_every_steps", "checkpoint_every_minutes", "max_bad_steps"):
         _require(getattr(train, key) >= 0, f"train.{key} must be >= 0, got {getattr(train, key)}")
     _require(config.run.keep >= 0, f"run.keep must be >= 0, got {config.run.keep}")
@@ -558,20 +662,33 @@ def validate(config: Config) -> None:
     _require(0 <= train.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {train.ema_decay}")
     for switch in ("amp", "channels_last"):
         value = getattr(config.run, switch)
-        _require(value == "auto" or isinstance(value, bool),
-                 f"run.{switch} must be auto, true or false, got {value!r}")
+        _require(
+            value == "auto" or isinstance(value, bool),
+            f"run.{switch} must be auto, true or false, got {value!r}",
+        )
     _require(config.run.threads >= 0, f"run.threads must be >= 0, got {config.run.threads}")
-    _require(config.run.amp_dtype in ("bfloat16", "float16"), f"run.amp_dtype must be bfloat16 or float16, got {config.run.amp_dtype!r}")
+    _require(
+        config.run.amp_dtype in ("bfloat16", "float16"),
+        f"run.amp_dtype must be bfloat16 or float16, got {config.run.amp_dtype!r}",
+    )
     _require(
         config.run.optimizer_impl in OPTIMIZER_IMPLS,
         f"run.optimizer_impl must be one of {', '.join(OPTIMIZER_IMPLS)}, got {config.run.optimizer_impl!r}",
     )
-    _require(data.prefetch_factor >= 1, f"data.prefetch_factor must be >= 1, got {data.prefetch_factor}")
+    _require(
+        data.prefetch_factor >= 1, f"data.prefetch_factor must be >= 1, got {data.prefetch_factor}"
+    )
     for key, low, high in AUGMENT_RANGES:
         value = getattr(data, key)
         _require(low <= value <= high, f"data.{key} must be in [{low}, {high}], got {value}")
-    _require(0 <= data.lesion_crop_share <= 1, f"data.lesion_crop_share must be in [0, 1], got {data.lesion_crop_share}")
-    _require(bool(config.run.name) and "/" not in config.run.name, f"run.name must be a plain folder name, got {config.run.name!r}")
+    _require(
+        0 <= data.lesion_crop_share <= 1,
+        f"data.lesion_crop_share must be in [0, 1], got {data.lesion_crop_share}",
+    )
+    _require(
+        bool(config.run.name) and "/" not in config.run.name,
+        f"run.name must be a plain folder name, got {config.run.name!r}",
+    )
 
 
 def save_config(config: Config, path: str | Path, note: str = "") -> None:

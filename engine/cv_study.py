@@ -17,6 +17,7 @@ A row that ``start``s from a shared run begins from its final checkpoint: every 
 model has under the same name and shape is copied, the rest keeps the row's own random
 initialisation (e.g. the no-lesion-maps row keeps the shared ISR net and trains a new grader).
 """
+
 from __future__ import annotations
 
 import csv
@@ -45,11 +46,26 @@ from engine.trainer import Trainer
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_FLAGS_NOTED = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what decides fp32 or bf16 speed here
+CPU_FLAGS_NOTED = (
+    "avx2",
+    "avx512f",
+    "avx512_bf16",
+    "amx_bf16",
+)  # what decides fp32 or bf16 speed here
 WAIT_SECONDS = 60  # how often a process looks again at a shared run another process is training
 # Keys that say where or how fast a run goes, not what it learns: left out of the config hash.
-NOT_HASHED = ("run.name", "run.out_dir", "run.device", "run.threads", "data.num_workers",
-              "data.prepare_workers", "data.split_file", "data.root", "data.cache_dir", "train.init_from")
+NOT_HASHED = (
+    "run.name",
+    "run.out_dir",
+    "run.device",
+    "run.threads",
+    "data.num_workers",
+    "data.prepare_workers",
+    "data.split_file",
+    "data.root",
+    "data.cache_dir",
+    "train.init_from",
+)
 
 
 @dataclass(frozen=True)
@@ -81,7 +97,9 @@ def _run_spec(name: str, values: dict, shared: dict[str, RunSpec], where: Path) 
     overrides = values.get("overrides") or []
     if not isinstance(overrides, list):
         raise ConfigError(f"{where}: {name}.overrides must be a list of key=value strings")
-    return RunSpec(values["method"], tuple(str(o) for o in overrides), start, values.get("summary", ""))
+    return RunSpec(
+        values["method"], tuple(str(o) for o in overrides), start, values.get("summary", "")
+    )
 
 
 def load_study(path: str | Path) -> Study:
@@ -94,12 +112,22 @@ def load_study(path: str | Path) -> Study:
     shared: dict[str, RunSpec] = {}
     for name, spec in (values.get("shared") or {}).items():
         shared[name] = _run_spec(f"shared.{name}", spec, {}, path)
-    rows = {name: _run_spec(f"rows.{name}", spec, shared, path) for name, spec in values["rows"].items()}
+    rows = {
+        name: _run_spec(f"rows.{name}", spec, shared, path) for name, spec in values["rows"].items()
+    }
     reference = values.get("reference") or next(iter(rows))
     if reference not in rows:
         raise ConfigError(f"{path}: reference {reference!r} is not a row")
-    return Study(values.get("title", path.stem), ROOT / values["preset"], ROOT / values["folds_file"], reference,
-                 tuple(str(o) for o in values.get("overrides") or []), shared, rows, path)
+    return Study(
+        values.get("title", path.stem),
+        ROOT / values["preset"],
+        ROOT / values["folds_file"],
+        reference,
+        tuple(str(o) for o in values.get("overrides") or []),
+        shared,
+        rows,
+        path,
+    )
 
 
 def fold_split_file(study: Study, fold: int, out_dir: Path) -> Path:
@@ -117,8 +145,15 @@ def folds_of(study: Study) -> list[int]:
     return sorted({fold for fold in read_folds_file(study.folds_file).values() if fold >= 0})
 
 
-def run_config(study: Study, spec: RunSpec, name: str, fold: int, data_root: str, out_dir: Path,
-               extra: tuple[str, ...] = ()) -> Config:
+def run_config(
+    study: Study,
+    spec: RunSpec,
+    name: str,
+    fold: int,
+    data_root: str,
+    out_dir: Path,
+    extra: tuple[str, ...] = (),
+) -> Config:
     """The resolved config of one run of the study on one fold."""
     overrides = [
         f"data.root={data_root}",
@@ -143,8 +178,13 @@ def config_hash(config: Config) -> str:
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -158,7 +198,9 @@ def transferred_init(source: Path, config: Config, target: Path) -> Path:
     copied = [key for key in own if key in shared and shared[key].shape == own[key].shape]
     own.update({key: shared[key] for key in copied})
     log.info("%s: %d of %d tensors from %s", target.name, len(copied), len(own), source)
-    save_checkpoint({"model": own, "config": config.to_dict(), "transferred_from": str(source)}, target)
+    save_checkpoint(
+        {"model": own, "config": config.to_dict(), "transferred_from": str(source)}, target
+    )
     return target
 
 
@@ -189,8 +231,12 @@ def write_record(records: Path, row: str, fold: int, predictions: Path, provenan
         rows = list(csv.DictReader(handle))
     if not rows:
         raise DataError(f"{predictions}: no predictions to record")
-    columns = ["id", "grade", "predicted", *sorted((c for c in rows[0] if c[:1] == "p" and c[1:].isdigit()),
-                                                   key=lambda c: int(c[1:]))]
+    columns = [
+        "id",
+        "grade",
+        "predicted",
+        *sorted((c for c in rows[0] if c[:1] == "p" and c[1:].isdigit()), key=lambda c: int(c[1:])),
+    ]
     temporary = table.with_name(f".{table.name}.tmp")
     with open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
@@ -216,7 +262,12 @@ class CVRunner:
 
     def pending(self, rows: list[str], folds: list[int]) -> list[tuple[int, str]]:
         """(fold, row) pairs without a record, fold by fold."""
-        return [(fold, row) for fold in folds for row in rows if not is_recorded(self.records, row, fold)]
+        return [
+            (fold, row)
+            for fold in folds
+            for row in rows
+            if not is_recorded(self.records, row, fold)
+        ]
 
     def _train(self, config: Config) -> Path:
         """Train ``config``'s run to its end (resuming what a killed run left) and return its final
@@ -225,11 +276,15 @@ class CVRunner:
         done = run_dir / "checkpoints" / "done"
         while not done.is_file():
             try:
-                with FolderLock(run_dir.with_name(f"{run_dir.name}.lock"), f"cross-validation run {run_dir}"):
+                with FolderLock(
+                    run_dir.with_name(f"{run_dir.name}.lock"), f"cross-validation run {run_dir}"
+                ):
                     if done.is_file():
                         break
                     checkpoints = run_dir / "checkpoints"
-                    resume = (checkpoints / "last.pt").is_file() or (checkpoints / "recovery.pt").is_file()
+                    resume = (checkpoints / "last.pt").is_file() or (
+                        checkpoints / "recovery.pt"
+                    ).is_file()
                     if not resume and run_dir.exists():
                         shutil.rmtree(run_dir)  # started but nothing saved: start again cleanly
                     Trainer(config, progress=self.progress).fit(resume=resume)
@@ -242,8 +297,15 @@ class CVRunner:
     def _start_checkpoint(self, spec: RunSpec, name: str, fold: int, config: Config) -> Path | None:
         if spec.start is None:
             return None
-        shared = run_config(self.study, self.study.shared[spec.start], spec.start, fold, self.data_root,
-                            self.out_dir, self.extra)
+        shared = run_config(
+            self.study,
+            self.study.shared[spec.start],
+            spec.start,
+            fold,
+            self.data_root,
+            self.out_dir,
+            self.extra,
+        )
         source = self._train(shared)
         target = self.out_dir / f"fold{fold}" / f"init_{name}.pt"
         if not target.is_file():
@@ -259,13 +321,26 @@ class CVRunner:
         init = self._start_checkpoint(spec, row, fold, config)
         shared_seconds, started = time.time() - started, time.time()
         if init is not None:
-            config = run_config(self.study, spec, row, fold, self.data_root, self.out_dir,
-                                (*self.extra, f"train.init_from={init}"))
+            config = run_config(
+                self.study,
+                spec,
+                row,
+                fold,
+                self.data_root,
+                self.out_dir,
+                (*self.extra, f"train.init_from={init}"),
+            )
         checkpoint = self._train(config)
-        metrics, run_dir = run_test(checkpoint, "val", config.run.device, 0, self.out_dir / "figures")
-        predictions = sorted(run_dir.glob("predictions_val*.csv"), key=lambda p: p.stat().st_mtime)[-1]
+        metrics, run_dir = run_test(
+            checkpoint, "val", config.run.device, 0, self.out_dir / "figures"
+        )
+        predictions = sorted(run_dir.glob("predictions_val*.csv"), key=lambda p: p.stat().st_mtime)[
+            -1
+        ]
         provenance = {
-            "study": str(self.study.path.relative_to(ROOT)) if self.study.path.is_relative_to(ROOT) else str(self.study.path),
+            "study": str(self.study.path.relative_to(ROOT))
+            if self.study.path.is_relative_to(ROOT)
+            else str(self.study.path),
             "row": row,
             "fold": fold,
             "method": spec.method,
@@ -278,7 +353,9 @@ class CVRunner:
             "threads": torch.get_num_threads(),
             "cpu_flags": [flag for flag in CPU_FLAGS_NOTED if flag in cpu_flags()],
             "wall_seconds": round(time.time() - started, 1),
-            "shared_wall_seconds": round(shared_seconds, 1),  # the shared run, when this call trained it
+            "shared_wall_seconds": round(
+                shared_seconds, 1
+            ),  # the shared run, when this call trained it
             "input": metrics.get("input"),
             "tta": metrics.get("tta"),
             "images": sum(1 for _ in open(predictions)) - 1,

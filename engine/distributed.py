@@ -20,6 +20,7 @@ What this module gives the trainer:
 
 A single process (no torchrun) is world size 1 and every function here is a no-op.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,7 +63,9 @@ def current() -> World:
     """The running process group's world, or a single process."""
     if not (dist.is_available() and dist.is_initialized()):
         return World()
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    return World(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    )
 
 
 def setup(device: torch.device) -> tuple[World, torch.device]:
@@ -100,7 +103,9 @@ def barrier() -> None:
 def local_batch_size(global_batch: int, world: World, key: str) -> int:
     """A config's batch size is the global batch; each process takes an equal share of it."""
     if global_batch % world.size:
-        raise ValueError(f"{key}={global_batch} must be divisible by the {world.size} processes (it is the global batch)")
+        raise ValueError(
+            f"{key}={global_batch} must be divisible by the {world.size} processes (it is the global batch)"
+        )
     return global_batch // world.size
 
 
@@ -132,11 +137,17 @@ class EpochShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         total = self._per_rank() * self.world.size
-        return iter(self._epoch_order(generator, total)[self.world.rank : total : self.world.size][self.start :])
+        return iter(
+            self._epoch_order(generator, total)[self.world.rank : total : self.world.size][
+                self.start :
+            ]
+        )
 
     def _epoch_order(self, generator: torch.Generator, total: int) -> list[int]:
         """The epoch's ``total`` sample indices, dealt round robin by ``__iter__`` (subclasses draw others)."""
-        torch.empty((), dtype=torch.int64).random_(generator=generator)  # the DataLoader's base-seed draw
+        torch.empty((), dtype=torch.int64).random_(
+            generator=generator
+        )  # the DataLoader's base-seed draw
         order = torch.randperm(self.length, generator=generator).tolist()
         return order + order[: total - len(order)]
 

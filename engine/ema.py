@@ -5,6 +5,7 @@ call (``bool(n_averaged == 0)``), and it cannot leave out a step the non-finite 
 reading that flag on the host too. Here an update is three multi-tensor ops on the device, weighted
 by the guard's flag.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -25,7 +26,11 @@ class WeightEMA:
 
     def __init__(self, model: nn.Module, prefixes: Iterable[str], decay: float) -> None:
         starts = tuple(f"{prefix}." for prefix in prefixes)
-        live = {name: tensor.detach() for name, tensor in model.state_dict(keep_vars=True).items() if name.startswith(starts)}
+        live = {
+            name: tensor.detach()
+            for name, tensor in model.state_dict(keep_vars=True).items()
+            if name.startswith(starts)
+        }
         self.decay = decay
         self.names = list(live)
         self.live = list(live.values())  # views of the model's own tensors

@@ -1,4 +1,5 @@
 """Inference over a loader and the metrics of DESIGN.md section 6 (one implementation: evaluation.metrics)."""
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,9 @@ class EvalResult:
     grades: torch.Tensor | None = None
     probs: torch.Tensor | None = None
     seg: SegmentationMetrics | None = None
-    predicted: torch.Tensor | None = None  # grades decoded from probs by the model's rule (models/ordinal.py)
+    predicted: torch.Tensor | None = (
+        None  # grades decoded from probs by the model's rule (models/ordinal.py)
+    )
 
 
 class _PerImageSR:
@@ -47,10 +50,14 @@ class _PerImageSR:
     def __init__(self) -> None:
         self.values: dict[str, list[torch.Tensor]] = {key: [] for key in SR_KEYS}
 
-    def add(self, image: torch.Tensor, hr: torch.Tensor, fov: torch.Tensor, masks: torch.Tensor) -> None:
+    def add(
+        self, image: torch.Tensor, hr: torch.Tensor, fov: torch.Tensor, masks: torch.Tensor
+    ) -> None:
         self.values["psnr"].append(psnr_per_image(image, hr, fov).cpu())
         self.values["ssim"].append(ssim_per_image(image, hr, fov).cpu())
-        self.values["psnr_lesion"].append(psnr_per_image(image, hr, lesion_region(masks, fov)).cpu())
+        self.values["psnr_lesion"].append(
+            psnr_per_image(image, hr, lesion_region(masks, fov)).cpu()
+        )
 
     def gather(self) -> None:
         """Pool every process's per-image values (order does not matter for their means)."""
@@ -98,7 +105,11 @@ def evaluate(
     seen = 0
     for batch in batches:
         hr = batch["hr"].to(device)
-        masks, valid, fov = batch["masks"].to(device), batch["mask_valid"].to(device), batch["fov"].to(device)
+        masks, valid, fov = (
+            batch["masks"].to(device),
+            batch["mask_valid"].to(device),
+            batch["fov"].to(device),
+        )
         with autocast():
             if mode == "lr":
                 lr = batch["lr"].to(device)
@@ -113,14 +124,20 @@ def evaluate(
         seen += hr.shape[0]
         if mode == "lr":
             sr_values["sr"].add(image, hr, fov, masks * valid[:, :, None, None])
-            sr_values["bicubic"].add(bicubic_upsample(lr, model.isr.scale), hr, fov, masks * valid[:, :, None, None])
+            sr_values["bicubic"].add(
+                bicubic_upsample(lr, model.isr.scale), hr, fov, masks * valid[:, :, None, None]
+            )
         if seg is not None:
             seg.update(torch.sigmoid(result.lesion_logits.float()), masks, valid)
         ids += list(batch["id"])
         grades.append(batch["grade"])
         batch_probs = torch.softmax(result.grade_logits.float(), dim=1)
         if tta:
-            batch_probs = flip_averaged_probabilities(partial(_grade_logits, model, mode, autocast), lr if mode == "lr" else hr, batch_probs)
+            batch_probs = flip_averaged_probabilities(
+                partial(_grade_logits, model, mode, autocast),
+                lr if mode == "lr" else hr,
+                batch_probs,
+            )
         probs.append(batch_probs.cpu())
     grades_all = torch.cat(grades) if grades else torch.zeros(0, dtype=torch.long)
     probs_all = torch.cat(probs) if probs else torch.zeros(0)
@@ -141,11 +158,17 @@ def evaluate(
         metrics["sr"] = {name: values.result() for name, values in sr_values.items()}
     if seg is not None:
         metrics["segmentation"] = seg.compute()
-    predicted = decode_grades(probs_all, thresholds) if probs_all.ndim == 2 else torch.zeros(0, dtype=torch.long)
+    predicted = (
+        decode_grades(probs_all, thresholds)
+        if probs_all.ndim == 2
+        else torch.zeros(0, dtype=torch.long)
+    )
     return EvalResult(metrics, ids, grades_all, probs_all, seg, predicted)
 
 
-def _grade_logits(model: DeepMTDR, mode: Mode, autocast: Callable[[], object], source: torch.Tensor) -> torch.Tensor:
+def _grade_logits(
+    model: DeepMTDR, mode: Mode, autocast: Callable[[], object], source: torch.Tensor
+) -> torch.Tensor:
     """The whole pipeline from an input view (LR in ``mode="lr"``, else HR) to grade logits: a TTA view."""
     with autocast():
         image = model.isr(source).float() if mode == "lr" else source
@@ -155,8 +178,12 @@ def _grade_logits(model: DeepMTDR, mode: Mode, autocast: Callable[[], object], s
 def _interleave_rows(per_rank: list[torch.Tensor]) -> torch.Tensor:
     """Rows of each rank's tensor back into dataset order (the inverse of ShardSampler's round robin)."""
     starts = torch.tensor([0] + [len(rows) for rows in per_rank]).cumsum(0).tolist()
-    positions = distributed.interleave([list(range(starts[r], starts[r + 1])) for r in range(len(per_rank))])
-    return torch.cat([rows for rows in per_rank if len(rows)])[torch.tensor(positions, dtype=torch.long)]
+    positions = distributed.interleave(
+        [list(range(starts[r], starts[r + 1])) for r in range(len(per_rank))]
+    )
+    return torch.cat([rows for rows in per_rank if len(rows)])[
+        torch.tensor(positions, dtype=torch.long)
+    ]
 
 
 def selection_metric(stage: str, metrics: dict) -> float:

@@ -26,6 +26,7 @@ The SHA-256 of the release file (and of the sidecar) is entered in the folder's 
 are kept, and ``converted_from`` names the file it came from. The command prints the hash and the
 line for ``pretrained_model/README.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,7 +76,16 @@ DATASET_TERMS = {
     "photographs (CC BY 4.0, Porwal et al. 2018) as backgrounds",
 }
 # What the release card keeps of each metrics file: the numbers a reader compares.
-GRADING_KEYS = ("n", "accuracy", "qwk", "macro_f1", "macro_auc", "referable_auc", "referable_sensitivity", "referable_specificity")
+GRADING_KEYS = (
+    "n",
+    "accuracy",
+    "qwk",
+    "macro_f1",
+    "macro_auc",
+    "referable_auc",
+    "referable_sensitivity",
+    "referable_specificity",
+)
 FORMATS = {".pt": "pt", SAFETENSORS_SUFFIX: "safetensors"}  # --out suffix -> format
 # What a converted release keeps of the one it came from: how it was trained and what it scored.
 CARRIED_OVER = ("data", "trained", "metrics", "train_command", "source", "source_sha256")
@@ -97,7 +107,9 @@ def source_checkpoint(source: str | Path) -> tuple[Path, Path | None]:
     if source.is_dir():
         checkpoint = source / "checkpoints" / "best.pt"
         if not checkpoint.is_file():
-            raise CheckpointError(f"{source} has no checkpoints/best.pt: pass a run folder or a checkpoint file")
+            raise CheckpointError(
+                f"{source} has no checkpoints/best.pt: pass a run folder or a checkpoint file"
+            )
         return checkpoint, source
     if not source.is_file():
         raise CheckpointError(f"checkpoint not found: {source}")
@@ -141,14 +153,23 @@ def _finite(value):
 
 def _summary(metrics: dict) -> dict:
     """The headline numbers of one metrics file (test.py's metrics*.json)."""
-    out = {key: metrics.get(key) for key in ("split", "input", "checkpoint", "dataset", "hr_size", "scale") if key in metrics}
+    out = {
+        key: metrics.get(key)
+        for key in ("split", "input", "checkpoint", "dataset", "hr_size", "scale")
+        if key in metrics
+    }
     if "grading" in metrics:
         out["grading"] = {key: metrics["grading"].get(key) for key in GRADING_KEYS}
         out["grading"]["confusion"] = metrics["grading"].get("confusion")
     if "sr" in metrics:
-        out["sr"] = {name: {key: values.get(key) for key in ("psnr", "ssim", "psnr_lesion")} for name, values in metrics["sr"].items()}
+        out["sr"] = {
+            name: {key: values.get(key) for key in ("psnr", "ssim", "psnr_lesion")}
+            for name, values in metrics["sr"].items()
+        }
     if "segmentation" in metrics:
-        out["segmentation_aupr"] = {name: values.get("aupr") for name, values in metrics["segmentation"].items()}
+        out["segmentation_aupr"] = {
+            name: values.get("aupr") for name, values in metrics["segmentation"].items()
+        }
     return _finite(out)
 
 
@@ -157,7 +178,9 @@ def run_metrics(run_dir: Path | None, checkpoint: Path, state: dict) -> dict:
     ``log.csv`` row of the epoch it was kept at (validation during training)."""
     if run_dir is None:
         return {}
-    own = re.compile(rf"metrics(_(train|val|test)_(lr|hr)(_tta|_no_tta)?)?{re.escape(checkpoint_tag(checkpoint))}\.json")
+    own = re.compile(
+        rf"metrics(_(train|val|test)_(lr|hr)(_tta|_no_tta)?)?{re.escape(checkpoint_tag(checkpoint))}\.json"
+    )
     found: dict = {}
     for path in sorted(run_dir.glob("metrics*.json")):
         if not own.fullmatch(path.name):
@@ -171,9 +194,17 @@ def run_metrics(run_dir: Path | None, checkpoint: Path, state: dict) -> dict:
         with log_path.open(newline="") as file:
             rows = list(csv.DictReader(file))
         epoch = state.get("best_epoch") or state.get("epoch")
-        kept = [row for row in rows if row.get("stage") == state.get("stage") and str(row.get("epoch")) == str(epoch)]
+        kept = [
+            row
+            for row in rows
+            if row.get("stage") == state.get("stage") and str(row.get("epoch")) == str(epoch)
+        ]
         if kept:
-            found["log.csv"] = {key: value for key, value in kept[-1].items() if key in ("stage", "epoch") or key.startswith("val_")}
+            found["log.csv"] = {
+                key: value
+                for key, value in kept[-1].items()
+                if key in ("stage", "epoch") or key.startswith("val_")
+            }
     return found
 
 
@@ -182,20 +213,30 @@ def describe_data(config: Config) -> dict:
     data = config.data
     described = {
         "dataset": data.dataset,
-        "terms": DATASET_TERMS.get(data.dataset, f"{data.dataset}: see data/datasets/README.md for its licence"),
+        "terms": DATASET_TERMS.get(
+            data.dataset, f"{data.dataset}: see data/datasets/README.md for its licence"
+        ),
         "root": data.root,
         "hr_size": data.hr_size,
         "lr_size": data.hr_size // data.scale,
         "scale": data.scale,
-        "degradation": {"blur_kernel": data.blur_kernel, "blur_sigma": data.blur_sigma, "noise_var": data.noise_var},
+        "degradation": {
+            "blur_kernel": data.blur_kernel,
+            "blur_sigma": data.blur_sigma,
+            "noise_var": data.noise_var,
+        },
     }
     if data.dataset == "synthetic":
         described["n_train"] = data.n_train
         described["seed"] = data.seed
     else:
-        split_file = Path(data.split_file) if data.split_file else ROOT / "splits" / f"{data.dataset}.csv"
+        split_file = (
+            Path(data.split_file) if data.split_file else ROOT / "splits" / f"{data.dataset}.csv"
+        )
         if split_file.is_file():
-            described["split_file"] = str(split_file.relative_to(ROOT) if split_file.is_relative_to(ROOT) else split_file)
+            described["split_file"] = str(
+                split_file.relative_to(ROOT) if split_file.is_relative_to(ROOT) else split_file
+            )
             described["split_sha256"] = file_sha256(split_file)
     return described
 
@@ -203,8 +244,15 @@ def describe_data(config: Config) -> dict:
 def git_commit() -> str:
     """HEAD's hash, with ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT, capture_output=True, check=False).returncode != 0
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "diff", "--quiet", "HEAD"], cwd=ROOT, capture_output=True, check=False
+            ).returncode
+            != 0
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("-dirty" if dirty else "")
@@ -252,14 +300,24 @@ def save_safetensors_release(weights: dict[str, torch.Tensor], facts: dict, out:
     tensors = {key: tensor.detach().contiguous() for key, tensor in weights.items()}
     metadata = {"format": SIDECAR_FORMAT, "name": out.stem, "sidecar": sidecar.name}
     _write_atomically(out, lambda temp: save_file(tensors, str(temp), metadata=metadata))
-    facts = {"format": SIDECAR_FORMAT, "weights": {"file": out.name, "sha256": file_sha256(out), "bytes": out.stat().st_size}, **facts}
+    facts = {
+        "format": SIDECAR_FORMAT,
+        "weights": {"file": out.name, "sha256": file_sha256(out), "bytes": out.stat().st_size},
+        **facts,
+    }
     text = json.dumps(facts, indent=2, allow_nan=False) + "\n"
     _write_atomically(sidecar, lambda temp: temp.write_text(text, encoding="utf-8"))
     return sidecar
 
 
-def export_release(source: str | Path, out: str | Path, train_command: str | None = None, command: str | None = None,
-                   tta: bool | None = None, format: str | None = None) -> Exported:
+def export_release(
+    source: str | Path,
+    out: str | Path,
+    train_command: str | None = None,
+    command: str | None = None,
+    tta: bool | None = None,
+    format: str | None = None,
+) -> Exported:
     """Write the release of ``source`` (run folder or checkpoint) to ``out`` and register its SHA-256.
 
     ``out``'s suffix picks the format (``.pt``, or ``.safetensors`` with its sidecar ``.json``);
@@ -286,8 +344,14 @@ def export_release(source: str | Path, out: str | Path, train_command: str | Non
         "float32_tensors": kept,
         "parameters": sum(parameter.numel() for parameter in model.parameters()),
         "method": config.method,
-        "input": {"lr_size": config.data.hr_size // config.data.scale, "hr_size": config.data.hr_size, "scale": config.data.scale,
-                  "test_input": config.test.input, "test_tta": config.test.tta, "num_classes": config.data.num_classes},
+        "input": {
+            "lr_size": config.data.hr_size // config.data.scale,
+            "hr_size": config.data.hr_size,
+            "scale": config.data.scale,
+            "test_input": config.test.input,
+            "test_tta": config.test.tta,
+            "num_classes": config.data.num_classes,
+        },
         "data": describe_data(config),
         "trained": {key: state.get(key) for key in RELEASE_STATE_KEYS},
         "metrics": run_metrics(run_dir, checkpoint, state),
@@ -300,31 +364,55 @@ def export_release(source: str | Path, out: str | Path, train_command: str | Non
         "torch": str(torch.__version__),
     }
     previous = state.get("release")
-    if isinstance(previous, dict) and run_dir is None:  # a release converted: keep what it recorded of its training
-        release["converted_from"] = {"file": str(checkpoint), "sha256": release["source_sha256"],
-                                     "commit": previous.get("commit"), "created": previous.get("created")}
-        release.update({key: previous[key] for key in CARRIED_OVER if previous.get(key) is not None})
+    if (
+        isinstance(previous, dict) and run_dir is None
+    ):  # a release converted: keep what it recorded of its training
+        release["converted_from"] = {
+            "file": str(checkpoint),
+            "sha256": release["source_sha256"],
+            "commit": previous.get("commit"),
+            "created": previous.get("created"),
+        }
+        release.update(
+            {key: previous[key] for key in CARRIED_OVER if previous.get(key) is not None}
+        )
         release["train_command"] = train_command or previous.get("train_command")
     release = _finite(release)
     keep = {key: state[key] for key in RELEASE_STATE_KEYS if key in state}
-    entry = {"lr_size": release["input"]["lr_size"], "hr_size": release["input"]["hr_size"], "dataset": config.data.dataset,
-             "commit": release["commit"], "created": release["created"]}
+    entry = {
+        "lr_size": release["input"]["lr_size"],
+        "hr_size": release["input"]["hr_size"],
+        "dataset": config.data.dataset,
+        "commit": release["commit"],
+        "created": release["created"],
+    }
     sidecar = sidecar_digest = None
     if kind == "safetensors":
         thresholds = weights.get("grade_thresholds")
-        sidecar = save_safetensors_release(weights, {
-            "config": state["config"],
-            "release": release,
-            "state": _finite(keep),
-            # For readers without this repository: the grade is the expected grade cut at these
-            # (model.grade_decoding=thresholds; else the argmax). The weights' own tensor is what loads.
-            "grade_decoding": config.model.grade_decoding,
-            "grade_thresholds": thresholds.tolist() if thresholds is not None else None,
-        }, out)
+        sidecar = save_safetensors_release(
+            weights,
+            {
+                "config": state["config"],
+                "release": release,
+                "state": _finite(keep),
+                # For readers without this repository: the grade is the expected grade cut at these
+                # (model.grade_decoding=thresholds; else the argmax). The weights' own tensor is what loads.
+                "grade_decoding": config.model.grade_decoding,
+                "grade_thresholds": thresholds.tolist() if thresholds is not None else None,
+            },
+            out,
+        )
         sidecar_digest = file_sha256(sidecar)
-        entry = {"format": "safetensors", "sidecar": sidecar.name, "sidecar_sha256": sidecar_digest, **entry}
+        entry = {
+            "format": "safetensors",
+            "sidecar": sidecar.name,
+            "sidecar_sha256": sidecar_digest,
+            **entry,
+        }
     else:
-        save_checkpoint({"config": state["config"], "model": weights, "release": release, **keep}, out)
+        save_checkpoint(
+            {"config": state["config"], "model": weights, "release": release, **keep}, out
+        )
     digest, size = file_sha256(out), out.stat().st_size
     register(out, {"sha256": digest, "bytes": size, **entry})
     return Exported(out, digest, size, release, sidecar, sidecar_digest)
@@ -334,38 +422,76 @@ def readme_line(exported: Exported) -> str:
     """The model card's table row for this file."""
     release = exported.release
     size = release["input"]
-    return (f"| `{exported.path.name}` | {release['data']['dataset']} | LR {size['lr_size']} -> HR {size['hr_size']} (x{size['scale']}) "
-            f"| {exported.bytes / 2**20:.1f} MB | `{exported.sha256}` |")
+    return (
+        f"| `{exported.path.name}` | {release['data']['dataset']} | LR {size['lr_size']} -> HR {size['hr_size']} (x{size['scale']}) "
+        f"| {exported.bytes / 2**20:.1f} MB | `{exported.sha256}` |"
+    )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run folder (its checkpoints/best.pt) or a checkpoint file")
-    parser.add_argument("--out", required=True, help="the release file, e.g. pretrained_model/deepmt_dr_idrid_small.pt; "
-                        "NAME.safetensors writes safetensors weights and the sidecar NAME.json")
-    parser.add_argument("--format", choices=sorted(set(FORMATS.values())),
-                        help="pt or safetensors (default: --out's suffix, which must agree)")
-    parser.add_argument("--train-command", help="the command that trained the run, recorded in the release")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
-                        help="set the release's test.tta: test.py then averages each image's grade over its four "
-                        "flips unless told --no-tta (predict.py only with its --tta; default: the run's test.tta)")
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "source",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run folder (its checkpoints/best.pt) or a checkpoint file",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="the release file, e.g. pretrained_model/deepmt_dr_idrid_small.pt; "
+        "NAME.safetensors writes safetensors weights and the sidecar NAME.json",
+    )
+    parser.add_argument(
+        "--format",
+        choices=sorted(set(FORMATS.values())),
+        help="pt or safetensors (default: --out's suffix, which must agree)",
+    )
+    parser.add_argument(
+        "--train-command", help="the command that trained the run, recorded in the release"
+    )
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="set the release's test.tta: test.py then averages each image's grade over its four "
+        "flips unless told --no-tta (predict.py only with its --tta; default: the run's test.tta)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    command = shlex.join(["python", "-m", "engine.export", *(sys.argv[1:] if argv is None else argv)])
-    exported = export_release(args.source, args.out, args.train_command, command, args.tta, args.format)
+    command = shlex.join(
+        ["python", "-m", "engine.export", *(sys.argv[1:] if argv is None else argv)]
+    )
+    exported = export_release(
+        args.source, args.out, args.train_command, command, args.tta, args.format
+    )
     megabytes = exported.bytes / 2**20
     release = exported.release
     sidecar = f", its sidecar {exported.sidecar}" if exported.sidecar else ""
-    print(f"wrote {exported.path} ({megabytes:.1f} MB, {release['parameters']:,} parameters in float16){sidecar} "
-          f"and its entry in {exported.path.parent / 'RELEASES.json'}")
-    found = ", ".join(release["metrics"]) or "none (run test.py --split val on the run first to record them)"
-    origin = f"carried over from {release['converted_from']['file']}" if "converted_from" in release else "from the run folder"
+    print(
+        f"wrote {exported.path} ({megabytes:.1f} MB, {release['parameters']:,} parameters in float16){sidecar} "
+        f"and its entry in {exported.path.parent / 'RELEASES.json'}"
+    )
+    found = (
+        ", ".join(release["metrics"])
+        or "none (run test.py --split val on the run first to record them)"
+    )
+    origin = (
+        f"carried over from {release['converted_from']['file']}"
+        if "converted_from" in release
+        else "from the run folder"
+    )
     print(f"metrics recorded {origin}: {found}")
     if megabytes > MAX_RELEASE_MB:
-        print(f"warning: {megabytes:.1f} MB is over the {MAX_RELEASE_MB} MB a file in pretrained_model/ may take", file=sys.stderr)
+        print(
+            f"warning: {megabytes:.1f} MB is over the {MAX_RELEASE_MB} MB a file in pretrained_model/ may take",
+            file=sys.stderr,
+        )
     if exported.sidecar:
         print(f"sidecar SHA-256 {exported.sidecar_sha256}")
     print(f"SHA-256 {exported.sha256}")

@@ -9,6 +9,7 @@ Random flips are applied to the looked-up maps with the batch (``data.crop.rando
 flipped image gets the flipped map of the unflipped image: the same map up to the net's own
 (small) lack of flip equivariance.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,9 @@ def weights_fingerprint(modules: Iterable[nn.Module | None]) -> str:
             continue
         for name, tensor in module.state_dict().items():
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(
+                tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+            )
     return digest.hexdigest()
 
 
@@ -56,7 +59,10 @@ class FrozenOutputs:
 
     def lookup(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The rows of ``index`` (a device tensor), on the cache's device."""
-        return {key: values.index_select(0, index.to(values.device, non_blocking=True)) for key, values in self.tensors.items()}
+        return {
+            key: values.index_select(0, index.to(values.device, non_blocking=True))
+            for key, values in self.tensors.items()
+        }
 
     def rows(self, start: int, stop: int) -> dict[str, torch.Tensor]:
         """Rows ``start:stop`` (evaluation batches come in dataset order)."""
@@ -83,7 +89,10 @@ class FrozenOutputs:
         chunks: dict[str, list[torch.Tensor]] = {}
         batches = progress(loader, desc="caching frozen outputs") if progress else loader
         for batch in batches:
-            batch = {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value for key, value in batch.items()}
+            batch = {
+                key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+                for key, value in batch.items()
+            }
             for key, value in outputs(batch).items():
                 chunks.setdefault(key, []).append(value.detach())
         return cls({key: torch.cat(values) for key, values in chunks.items()}, fingerprint)

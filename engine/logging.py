@@ -1,4 +1,5 @@
 """Run logs: a CSV summary per epoch (timm's summary.csv) and TensorBoard scalars."""
+
 from __future__ import annotations
 
 import csv

@@ -11,6 +11,7 @@ mode both CAMs of the loss use):
 
 PSNR inside lesion regions (the SR metrics' ``psnr_lesion``) is the third signal.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,8 +26,9 @@ from models import DeepMTDR
 TOP_FRACTION = 0.10
 
 
-def cam_agreement(sr_cam: torch.Tensor, hr_cam: torch.Tensor, fov: torch.Tensor,
-                  top: float = TOP_FRACTION) -> dict[str, torch.Tensor]:
+def cam_agreement(
+    sr_cam: torch.Tensor, hr_cam: torch.Tensor, fov: torch.Tensor, top: float = TOP_FRACTION
+) -> dict[str, torch.Tensor]:
     """Per-image ``[N]`` agreement of two CAMs ``[N,1,H,W]`` inside ``fov`` ``[N,1,H,W]``: ``mse``,
     ``pearson`` (NaN where a map is flat) and ``top_iou`` (IoU of the pixels at or above each map's
     ``1 - top`` quantile)."""
@@ -37,25 +39,36 @@ def cam_agreement(sr_cam: torch.Tensor, hr_cam: torch.Tensor, fov: torch.Tensor,
     mean_a, mean_b = (a * inside).sum(1) / count, (b * inside).sum(1) / count
     da, db = (a - mean_a[:, None]) * inside, (b - mean_b[:, None]) * inside
     denominator = (da.pow(2).sum(1) * db.pow(2).sum(1)).sqrt()
-    pearson = torch.where(denominator > 0, (da * db).sum(1) / denominator, torch.full_like(denominator, float("nan")))
+    pearson = torch.where(
+        denominator > 0, (da * db).sum(1) / denominator, torch.full_like(denominator, float("nan"))
+    )
     nan = torch.tensor(float("nan"), dtype=a.dtype, device=a.device)
     cut_a = torch.nanquantile(torch.where(inside, a, nan), 1 - top, dim=1, keepdim=True)
     cut_b = torch.nanquantile(torch.where(inside, b, nan), 1 - top, dim=1, keepdim=True)
     top_a, top_b = (a >= cut_a) & inside, (b >= cut_b) & inside
     union = (top_a | top_b).sum(1)
-    top_iou = torch.where(union > 0, (top_a & top_b).sum(1) / union.clamp(min=1), torch.ones_like(mse))
+    top_iou = torch.where(
+        union > 0, (top_a & top_b).sum(1) / union.clamp(min=1), torch.ones_like(mse)
+    )
     return {"mse": mse.float(), "pearson": pearson.float(), "top_iou": top_iou.float()}
 
 
-def _cam_and_logits(model: DeepMTDR, image: torch.Tensor, target: str, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+def _cam_and_logits(
+    model: DeepMTDR, image: torch.Tensor, target: str, autocast
+) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.enable_grad(), autocast():
         result = model.grade_image(image)
         cam = model.attention_map(result, target, retain_graph=False)
     return cam.detach().float(), result.grade_logits.detach().float()
 
 
-def mechanism_signals(model: DeepMTDR, loader: DataLoader, device: torch.device, cam_target: str = "predicted",
-                      autocast: Callable[[], object] = nullcontext) -> dict:
+def mechanism_signals(
+    model: DeepMTDR,
+    loader: DataLoader,
+    device: torch.device,
+    cam_target: str = "predicted",
+    autocast: Callable[[], object] = nullcontext,
+) -> dict:
     """Mean CAM agreement and the task gap over ``loader`` (LR -> SR against HR; module docstring)."""
     model.eval()
     values: dict[str, list[torch.Tensor]] = {"mse": [], "pearson": [], "top_iou": []}
@@ -79,10 +92,11 @@ def mechanism_signals(model: DeepMTDR, loader: DataLoader, device: torch.device,
     y = torch.cat(grades)
     known = y >= 0
     if bool(known.any()):
-        thresholds = model.decision_thresholds.cpu() if model.decision_thresholds is not None else None
+        thresholds = (
+            model.decision_thresholds.cpu() if model.decision_thresholds is not None else None
+        )
         qwk = {}
         for name, probs in (("sr", torch.cat(sr_probs)), ("hr", torch.cat(hr_probs))):
             qwk[name] = grading_metrics(y[known].numpy(), probs[known].numpy(), thresholds)["qwk"]
         out.update({"qwk_sr": qwk["sr"], "qwk_hr": qwk["hr"], "task_gap": qwk["sr"] - qwk["hr"]})
     return out
-

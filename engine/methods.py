@@ -7,6 +7,7 @@ the seg and cls stages learn from (``train.input``) and what ``test.py`` grades
 (``test.input``). Every method shares the data, the engine and the metrics, so table rows differ
 only in these switches. ``Compared Methods/README.md`` lists them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -70,7 +71,12 @@ METHODS: dict[str, Method] = {
     "chen": Method(
         "Chen et al. 2015 CNN (chen_net.py, 4 conv + 2 FC) on the bicubic-upsampled LR image",
         # The published network's own ReLU head, whatever head the preset gives ResNet graders.
-        {**_LR_GRADER, "model.grader": "chen_net", "model.grader_hidden": 256, "model.grader_head_activation": "relu"},
+        {
+            **_LR_GRADER,
+            "model.grader": "chen_net",
+            "model.grader_hidden": 256,
+            "model.grader_head_activation": "relu",
+        },
         pool_grader_epochs=True,
     ),
     "resnet50_cls": Method(

@@ -25,6 +25,7 @@ Text cells of predictions.csv that a spreadsheet would run as a formula (startin
 :func:`restore_cell` (drop one leading ``'``) gives the original text back. report.html escapes
 every file name (``html.escape``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -82,9 +83,26 @@ def restore_cell(text: str) -> str:
 def csv_columns(num_classes: int) -> list[str]:
     """predictions.csv's header (DESIGN.md section 8: path, status, grade, p0.., p_referable first)."""
     return [
-        "path", "status", "grade", *[f"p{c}" for c in range(num_classes)], "p_referable",
-        *[f"area_{name}" for name in LESIONS], "flags", "reason", "grade_name", "reference_grade",
-        "luminance", "saturated", "sharpness", "fov_fraction", "fov_side", "width", "height", "seconds", "panel", "sr",
+        "path",
+        "status",
+        "grade",
+        *[f"p{c}" for c in range(num_classes)],
+        "p_referable",
+        *[f"area_{name}" for name in LESIONS],
+        "flags",
+        "reason",
+        "grade_name",
+        "reference_grade",
+        "luminance",
+        "saturated",
+        "sharpness",
+        "fov_fraction",
+        "fov_side",
+        "width",
+        "height",
+        "seconds",
+        "panel",
+        "sr",
     ]
 
 
@@ -102,8 +120,12 @@ class PredictSettings:
     workers: int = 2  # decoding threads; 0: decode in the calling thread
     max_pixels: int = MAX_PIXELS
     ignore_quality: bool = False  # grade flagged photographs too (their flags stay in the CSV)
-    resume: bool = False  # skip the photographs predictions.csv in ``out`` already lists (final status)
-    checkpoint_sha256: str | None = None  # recorded in predict_run.json; a resume must grade with the same weights
+    resume: bool = (
+        False  # skip the photographs predictions.csv in ``out`` already lists (final status)
+    )
+    checkpoint_sha256: str | None = (
+        None  # recorded in predict_run.json; a resume must grade with the same weights
+    )
 
 
 @dataclass
@@ -129,28 +151,49 @@ class BatchGrader:
     """A loaded model as one batched call: HR squares ``[N,3,S,S]`` uint8 -> probabilities, lesion
     maps, SR and Grad-CAM, all on the device, one host copy per batch."""
 
-    def __init__(self, model: DeepMTDR, config: Config, mode: Mode, tta: bool = False, amp: str = "auto") -> None:
-        self.model = model.eval().requires_grad_(False)  # Grad-CAM differentiates after the last stage only
+    def __init__(
+        self, model: DeepMTDR, config: Config, mode: Mode, tta: bool = False, amp: str = "auto"
+    ) -> None:
+        self.model = model.eval().requires_grad_(
+            False
+        )  # Grad-CAM differentiates after the last stage only
         self.config, self.mode = config, mode
         self.device = next(model.parameters()).device
         self.views = FLIPS if tta else FLIPS[:1]
-        speed = resolve_speed({"auto": "auto", "on": True, "off": False}[amp], "auto", self.device, config.run.amp_dtype)
+        speed = resolve_speed(
+            {"auto": "auto", "on": True, "off": False}[amp],
+            "auto",
+            self.device,
+            config.run.amp_dtype,
+        )
         self.speed = speed
-        self.dtype = torch.bfloat16 if self.device.type == "cpu" or config.run.amp_dtype == "bfloat16" else torch.float16
+        self.dtype = (
+            torch.bfloat16
+            if self.device.type == "cpu" or config.run.amp_dtype == "bfloat16"
+            else torch.float16
+        )
         self.memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
         if speed.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype) if self.speed.amp else nullcontext()
+        return (
+            torch.autocast(self.device.type, dtype=self.dtype) if self.speed.amp else nullcontext()
+        )
 
     def _cam_weights(self, count: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """Score weights: the view-averaged predicted grade, on the identity view's rows only."""
+
         def weights_of(logits: torch.Tensor) -> torch.Tensor:
-            probabilities = mean_over_views(torch.softmax(logits.float(), dim=1).view(len(self.views), count, -1))
+            probabilities = mean_over_views(
+                torch.softmax(logits.float(), dim=1).view(len(self.views), count, -1)
+            )
             weights = torch.zeros_like(logits)
-            weights[:count] = F.one_hot(self.model.predict_grades(probabilities), logits.shape[1]).to(logits.dtype)
+            weights[:count] = F.one_hot(
+                self.model.predict_grades(probabilities), logits.shape[1]
+            ).to(logits.dtype)
             return weights
+
         return weights_of
 
     @torch.no_grad()
@@ -159,24 +202,44 @@ class BatchGrader:
         hr = hr.to(self.device, non_blocking=True).float().div_(255)
         fov = fov.to(self.device)
         data = self.config.data
-        lr = degrade(hr, data.scale, data.blur_kernel, data.blur_sigma) if self.mode == "lr" else None
+        lr = (
+            degrade(hr, data.scale, data.blur_kernel, data.blur_sigma)
+            if self.mode == "lr"
+            else None
+        )
         source = lr if lr is not None else hr
-        batch = torch.cat([flip(source, dims) for dims in self.views]).contiguous(memory_format=self.memory_format)
+        batch = torch.cat([flip(source, dims) for dims in self.views]).contiguous(
+            memory_format=self.memory_format
+        )
         with self._autocast():
             image = self.model.isr(batch) if lr is not None else batch
             lesion_logits = self.model.segment(image)
             logits, cam = gradcam_in_forward(
                 lambda: self.model.grade_with_lesions(image, lesion_logits).grade_logits,
-                self.model.grader.stages()[-1], size, self._cam_weights(count),
+                self.model.grader.stages()[-1],
+                size,
+                self._cam_weights(count),
             )
-        probabilities = mean_over_views(torch.softmax(logits.float(), dim=1).view(len(self.views), count, -1))
-        lesions = torch.sigmoid(lesion_logits.float()).view(len(self.views), count, lesion_logits.shape[1], *size)
-        lesions = mean_over_views(torch.stack([flip(lesions[v], self.views[v]) for v in range(len(self.views))]))
+        probabilities = mean_over_views(
+            torch.softmax(logits.float(), dim=1).view(len(self.views), count, -1)
+        )
+        lesions = torch.sigmoid(lesion_logits.float()).view(
+            len(self.views), count, lesion_logits.shape[1], *size
+        )
+        lesions = mean_over_views(
+            torch.stack([flip(lesions[v], self.views[v]) for v in range(len(self.views))])
+        )
         inside = fov.float()
         lesions = lesions * inside  # outside the field of view there is nothing to find
         areas = (lesions >= LESION_THRESHOLD).float().sum((2, 3)) / inside.sum((2, 3)).clamp_min(1)
-        out = {"probabilities": probabilities, "grades": self.model.predict_grades(probabilities), "lesions": lesions, "areas": areas, "cam": cam[:count, 0].float(),
-               "image": image[:count].float().clamp(0, 1)}
+        out = {
+            "probabilities": probabilities,
+            "grades": self.model.predict_grades(probabilities),
+            "lesions": lesions,
+            "areas": areas,
+            "cam": cam[:count, 0].float(),
+            "image": image[:count].float().clamp(0, 1),
+        }
         if lr is not None:
             out["lr"] = lr
         return {key: value.cpu() for key, value in out.items()}
@@ -195,7 +258,14 @@ def _fmt(value, spec: str = ".5f") -> str:
 class _Outputs:
     """predictions.csv (a row flushed per photograph), panels, thumbnails, SR images and the report."""
 
-    def __init__(self, out: Path, num_classes: int, settings: PredictSettings, report: PredictionReport, kept: Path | None = None) -> None:
+    def __init__(
+        self,
+        out: Path,
+        num_classes: int,
+        settings: PredictSettings,
+        report: PredictionReport,
+        kept: Path | None = None,
+    ) -> None:
         """``kept``: a CSV of an earlier run's rows (same columns) that become the first rows here."""
         self.out, self.settings, self.num_classes = out, settings, num_classes
         self.columns = csv_columns(num_classes)
@@ -220,12 +290,23 @@ class _Outputs:
             status, reason = "ungradable", "quality flags: " + ", ".join(flags)
         stem = f"{item['index'] + 1:05d}_{_safe_stem(item['path'])}"
         reference = item["reference_grade"] if item["reference_grade"] >= 0 else None
-        row: dict = {"path": item["path"], "status": status, "reason": reason, "flags": ";".join(flags),
-                     "reference_grade": "" if reference is None else reference}
+        row: dict = {
+            "path": item["path"],
+            "status": status,
+            "reason": reason,
+            "flags": ";".join(flags),
+            "reference_grade": "" if reference is None else reference,
+        }
         if quality is not None:
-            row.update(luminance=_fmt(quality.luminance, ".2f"), saturated=_fmt(quality.saturated, ".4f"),
-                       sharpness=_fmt(quality.sharpness, ".3f"), fov_fraction=_fmt(quality.fov_fraction, ".4f"),
-                       fov_side=quality.fov_side, width=item["width"], height=item["height"])
+            row.update(
+                luminance=_fmt(quality.luminance, ".2f"),
+                saturated=_fmt(quality.saturated, ".4f"),
+                sharpness=_fmt(quality.sharpness, ".3f"),
+                fov_fraction=_fmt(quality.fov_fraction, ".4f"),
+                fov_side=quality.fov_side,
+                width=item["width"],
+                height=item["height"],
+            )
         thumbnail = None
         if "thumbnail" in item:
             thumbnail = f"thumbs/{stem}.jpg"
@@ -236,30 +317,64 @@ class _Outputs:
             grade = int(result["grades"][row_index])
             referable = float(sum(probabilities[REFERABLE_GRADE:]))
             areas = result["areas"][row_index].tolist() if result["areas"].shape[1] else None
-            row.update(grade=grade, grade_name=GRADE_NAMES[grade] if grade < len(GRADE_NAMES) else "", p_referable=_fmt(referable),
-                       **{f"p{c}": _fmt(p) for c, p in enumerate(probabilities)})
+            row.update(
+                grade=grade,
+                grade_name=GRADE_NAMES[grade] if grade < len(GRADE_NAMES) else "",
+                p_referable=_fmt(referable),
+                **{f"p{c}": _fmt(p) for c, p in enumerate(probabilities)},
+            )
             if areas is not None:
                 row.update({f"area_{name}": _fmt(a, ".6f") for name, a in zip(LESIONS, areas)})
             image = result["image"][row_index]
             if self.settings.panels:
                 panel = f"panels/{stem}.png"
                 lesions = result["lesions"][row_index].numpy()
-                draw_panel(self.out / panel, item["thumbnail"], image.numpy(), lesions if len(lesions) else np.zeros((4, *image.shape[-2:])),
-                           result["cam"][row_index].numpy(), panel_title(Path(item["path"]).name, grade, probabilities, referable, flags, reference),
-                           lr=result["lr"][row_index].numpy() if "lr" in result else None, lesion_areas=areas, cam_grade=grade)
+                draw_panel(
+                    self.out / panel,
+                    item["thumbnail"],
+                    image.numpy(),
+                    lesions if len(lesions) else np.zeros((4, *image.shape[-2:])),
+                    result["cam"][row_index].numpy(),
+                    panel_title(
+                        Path(item["path"]).name, grade, probabilities, referable, flags, reference
+                    ),
+                    lr=result["lr"][row_index].numpy() if "lr" in result else None,
+                    lesion_areas=areas,
+                    cam_grade=grade,
+                )
                 row["panel"] = panel
             if self.settings.save_sr and "lr" in result:
                 row["sr"] = f"sr/{stem}.png"
                 array = (image.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
                 Image.fromarray(array).save(self.out / row["sr"], compress_level=3)
-        row["seconds"] = _fmt(item.get("seconds", 0.0) + extra_seconds + time.perf_counter() - started, ".3f")
-        self.writer.writerow({key: neutralise_cell(value) if key in TEXT_COLUMNS and isinstance(value, str) else value
-                              for key, value in row.items()})
+        row["seconds"] = _fmt(
+            item.get("seconds", 0.0) + extra_seconds + time.perf_counter() - started, ".3f"
+        )
+        self.writer.writerow(
+            {
+                key: neutralise_cell(value)
+                if key in TEXT_COLUMNS and isinstance(value, str)
+                else value
+                for key, value in row.items()
+            }
+        )
         self.file.flush()
-        self.report.add({"index": item["index"], "path": item["path"], "status": status, "reason": reason, "grade": grade,
-                         "probabilities": probabilities, "p_referable": referable, "flags": flags, "areas": areas,
-                         "reference_grade": reference,
-                         "thumbnail": thumbnail, "panel": panel})
+        self.report.add(
+            {
+                "index": item["index"],
+                "path": item["path"],
+                "status": status,
+                "reason": reason,
+                "grade": grade,
+                "probabilities": probabilities,
+                "p_referable": referable,
+                "flags": flags,
+                "areas": areas,
+                "reference_grade": reference,
+                "thumbnail": thumbnail,
+                "panel": panel,
+            }
+        )
         return status
 
     def close(self) -> Path:
@@ -267,14 +382,16 @@ class _Outputs:
         return self.report.close()
 
 
-def prepared_batches(dataset: PhotoDataset, batch_size: int, workers: int, indices: Sequence[int] | None = None) -> Iterator[list[dict]]:
+def prepared_batches(
+    dataset: PhotoDataset, batch_size: int, workers: int, indices: Sequence[int] | None = None
+) -> Iterator[list[dict]]:
     """The dataset's items in order (those of ``indices`` only, if given), ``batch_size`` at a time,
     prepared ``workers`` at a time in threads while the caller grades the previous batch (at most
     two batches ahead)."""
     order = range(len(dataset)) if indices is None else indices
     if workers == 0:
         for start in range(0, len(order), batch_size):
-            yield [dataset[index] for index in order[start:start + batch_size]]
+            yield [dataset[index] for index in order[start : start + batch_size]]
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         pending: deque = deque()
@@ -295,7 +412,9 @@ def check_writable(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise DataError(f"--out {out} is not a writable folder: {error.strerror or error}") from None
+        raise DataError(
+            f"--out {out} is not a writable folder: {error.strerror or error}"
+        ) from None
 
 
 def _number(text: str | None, kind=float):
@@ -314,10 +433,20 @@ def _report_row(row: dict, index: int, out: Path, num_classes: int) -> dict:
         thumbnail = f"thumbs/{Path(panel).stem}.jpg" if panel else None
         thumbnail = thumbnail if thumbnail and (out / thumbnail).is_file() else None
     flags = restore_cell(row["flags"])
-    return {"index": index, "path": path, "status": row["status"], "reason": restore_cell(row["reason"]), "grade": grade,
-            "probabilities": probabilities, "p_referable": _number(row["p_referable"]), "flags": flags.split(";") if flags else [],
-            "areas": areas if all(area is not None for area in areas) else None, "reference_grade": _number(row["reference_grade"], int),
-            "thumbnail": thumbnail, "panel": panel}
+    return {
+        "index": index,
+        "path": path,
+        "status": row["status"],
+        "reason": restore_cell(row["reason"]),
+        "grade": grade,
+        "probabilities": probabilities,
+        "p_referable": _number(row["p_referable"]),
+        "flags": flags.split(";") if flags else [],
+        "areas": areas if all(area is not None for area in areas) else None,
+        "reference_grade": _number(row["reference_grade"], int),
+        "thumbnail": thumbnail,
+        "panel": panel,
+    }
 
 
 def _check_run_file(out: Path, identity: dict) -> None:
@@ -329,11 +458,19 @@ def _check_run_file(out: Path, identity: dict) -> None:
     try:
         before = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"cannot --resume: {path} is not readable ({error}); grade into a new --out") from None
-    changed = [f"{key} {before.get(key)!r} -> {value!r}" for key, value in identity.items() if before.get(key) != value]
+        raise DataError(
+            f"cannot --resume: {path} is not readable ({error}); grade into a new --out"
+        ) from None
+    changed = [
+        f"{key} {before.get(key)!r} -> {value!r}"
+        for key, value in identity.items()
+        if before.get(key) != value
+    ]
     if changed:
-        raise DataError(f"cannot --resume in {out}: its predictions were made with other settings ({'; '.join(changed)}); "
-                        "use the first run's or a new --out")
+        raise DataError(
+            f"cannot --resume in {out}: its predictions were made with other settings ({'; '.join(changed)}); "
+            "use the first run's or a new --out"
+        )
 
 
 def _write_run_file(out: Path, identity: dict) -> None:
@@ -352,8 +489,14 @@ def _ends_a_line(path: Path) -> bool:
         return file.read(1) == b"\n"
 
 
-def _earlier_rows(out: Path, columns: list[str], photos: Sequence[PhotoInput], report: PredictionReport,
-                  num_classes: int, summary: Summary) -> tuple[Path, set[int]]:
+def _earlier_rows(
+    out: Path,
+    columns: list[str],
+    photos: Sequence[PhotoInput],
+    report: PredictionReport,
+    num_classes: int,
+    summary: Summary,
+) -> tuple[Path, set[int]]:
     """Read an earlier run's predictions.csv, streamed (memory holds input paths and positions only).
 
     Its rows with a final status go to a fresh CSV (returned: it becomes predictions.csv) and to
@@ -368,12 +511,17 @@ def _earlier_rows(out: Path, columns: list[str], photos: Sequence[PhotoInput], r
     kept_path = out / ".predictions.csv.resume.tmp"
     extra = len(photos)  # report positions for rows of photographs not among this run's inputs
     try:
-        with source.open(newline="", encoding="utf-8") as file, kept_path.open("w", newline="", encoding="utf-8") as kept:
+        with (
+            source.open(newline="", encoding="utf-8") as file,
+            kept_path.open("w", newline="", encoding="utf-8") as kept,
+        ):
             reader = csv.reader(file)
             header = next(reader, None)
             if header is not None and header != columns:
-                raise DataError(f"cannot --resume: {source} has other columns than this model writes (another model or version); "
-                                "grade into a new --out")
+                raise DataError(
+                    f"cannot --resume: {source} has other columns than this model writes (another model or version); "
+                    "grade into a new --out"
+                )
             writer = csv.DictWriter(kept, columns)
             writer.writeheader()
             row = next(reader, None)
@@ -393,7 +541,9 @@ def _earlier_rows(out: Path, columns: list[str], photos: Sequence[PhotoInput], r
                         if report_row is not None:
                             if waiting:
                                 done.add(waiting.popleft())
-                                summary.counts[cells["status"]] = summary.counts.get(cells["status"], 0) + 1
+                                summary.counts[cells["status"]] = (
+                                    summary.counts.get(cells["status"], 0) + 1
+                                )
                             else:  # a photograph not among this run's inputs: its row stays as it was
                                 extra += 1
                             writer.writerow(cells)
@@ -401,7 +551,9 @@ def _earlier_rows(out: Path, columns: list[str], photos: Sequence[PhotoInput], r
                 row = following
     except (UnicodeDecodeError, csv.Error) as error:
         kept_path.unlink(missing_ok=True)
-        raise DataError(f"cannot --resume: {source} is not a readable predictions.csv ({error}); grade into a new --out") from None
+        raise DataError(
+            f"cannot --resume: {source} is not a readable predictions.csv ({error}); grade into a new --out"
+        ) from None
     except BaseException:
         kept_path.unlink(missing_ok=True)
         raise
@@ -420,16 +572,34 @@ def predict(
     started = time.perf_counter()
     out = Path(settings.out)
     check_writable(out)
-    for folder in ("thumbs", *(["panels"] if settings.panels else []), *(["sr"] if settings.save_sr else [])):
+    for folder in (
+        "thumbs",
+        *(["panels"] if settings.panels else []),
+        *(["sr"] if settings.save_sr else []),
+    ):
         (out / folder).mkdir(exist_ok=True)
     mode = settings.input or config.test.input
     grader = BatchGrader(model, config, mode, settings.tta, settings.amp)
-    size = f"LR {config.data.hr_size // config.data.scale} px -> SR {config.data.hr_size} px" if mode == "lr" else f"HR {config.data.hr_size} px"
-    facts = [*facts, ("graded", f"FOV square {size}"),
-             ("test-time augmentation", "4 flips" if settings.tta else "off"),
-             ("precision", "bf16 autocast" if grader.speed.amp else "fp32"), ("device", str(grader.device))]
-    identity = {"checkpoint_sha256": settings.checkpoint_sha256, "input": mode, "tta": settings.tta,
-                "ignore_quality": settings.ignore_quality, "hr_size": config.data.hr_size, "num_classes": config.data.num_classes}
+    size = (
+        f"LR {config.data.hr_size // config.data.scale} px -> SR {config.data.hr_size} px"
+        if mode == "lr"
+        else f"HR {config.data.hr_size} px"
+    )
+    facts = [
+        *facts,
+        ("graded", f"FOV square {size}"),
+        ("test-time augmentation", "4 flips" if settings.tta else "off"),
+        ("precision", "bf16 autocast" if grader.speed.amp else "fp32"),
+        ("device", str(grader.device)),
+    ]
+    identity = {
+        "checkpoint_sha256": settings.checkpoint_sha256,
+        "input": mode,
+        "tta": settings.tta,
+        "ignore_quality": settings.ignore_quality,
+        "hr_size": config.data.hr_size,
+        "num_classes": config.data.num_classes,
+    }
     resuming = settings.resume and (out / "predictions.csv").is_file()
     if resuming:
         _check_run_file(out, identity)
@@ -438,7 +608,14 @@ def predict(
     report = PredictionReport(out / "report.html", "DeepMT-DR predictions", facts)
     if resuming:
         try:
-            kept, done = _earlier_rows(out, csv_columns(config.data.num_classes), photos, report, config.data.num_classes, summary)
+            kept, done = _earlier_rows(
+                out,
+                csv_columns(config.data.num_classes),
+                photos,
+                report,
+                config.data.num_classes,
+                summary,
+            )
         except BaseException:
             report.body.close()
             report.body_path.unlink(missing_ok=True)
@@ -453,16 +630,29 @@ def predict(
     try:
         for items in prepared_batches(dataset, settings.batch_size, settings.workers, remaining):
             batch_started = time.perf_counter()
-            gradable = [item for item in items if item["status"] == "ok" and item.get("hr") is not None
-                        and (settings.ignore_quality or item["quality"].gradable)]
+            gradable = [
+                item
+                for item in items
+                if item["status"] == "ok"
+                and item.get("hr") is not None
+                and (settings.ignore_quality or item["quality"].gradable)
+            ]
             result = None
             if gradable:
-                result = grader(torch.stack([item["hr"] for item in gradable]), torch.stack([item["fov"] for item in gradable]))
+                result = grader(
+                    torch.stack([item["hr"] for item in gradable]),
+                    torch.stack([item["fov"] for item in gradable]),
+                )
             share = (time.perf_counter() - batch_started) / max(len(gradable), 1)
             positions = {id(item): position for position, item in enumerate(gradable)}
             for item in items:
                 position = positions.get(id(item))
-                status = outputs.write(item, result if position is not None else None, position or 0, share if position is not None else 0.0)
+                status = outputs.write(
+                    item,
+                    result if position is not None else None,
+                    position or 0,
+                    share if position is not None else 0.0,
+                )
                 summary.counts[status] = summary.counts.get(status, 0) + 1
             if on_progress is not None:
                 on_progress(len(items))
@@ -471,4 +661,3 @@ def predict(
     summary.csv = out / "predictions.csv"
     summary.seconds = time.perf_counter() - started
     return summary
-

@@ -8,6 +8,7 @@ and runs where and as fast as the real run does (device, threads, speed switches
 with the same pre-training shares one folder: built once, resumed if interrupted, then reused
 (engine/trainer.py ``Trainer._synthetic_init``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,10 +24,26 @@ RUN_PREFIX = "synthetic_"
 SYNTHETIC_GRADES = 5  # the embedded dataset grades ICDR 0-4
 # Taken from the real run: where and how fast the pre-training runs, not what it learns.
 RUNTIME_KEYS = (
-    "run.device", "run.threads", "run.deterministic", "run.amp", "run.amp_dtype", "run.channels_last", "run.compile",
-    "run.compile_backend", "run.compile_mode", "run.cudnn_benchmark", "run.optimizer_impl", "run.sync_batchnorm",
-    "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.prefetch_factor",
-    "train.cache_frozen", "train.cache_max_gb", "train.checkpoint_every_steps", "train.checkpoint_every_minutes",
+    "run.device",
+    "run.threads",
+    "run.deterministic",
+    "run.amp",
+    "run.amp_dtype",
+    "run.channels_last",
+    "run.compile",
+    "run.compile_backend",
+    "run.compile_mode",
+    "run.cudnn_benchmark",
+    "run.optimizer_impl",
+    "run.sync_batchnorm",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "data.prefetch_factor",
+    "train.cache_frozen",
+    "train.cache_max_gb",
+    "train.checkpoint_every_steps",
+    "train.checkpoint_every_minutes",
     "train.max_bad_steps",
 )
 # Keys left out of the folder's hash: those a resume may change, except what and how long it trains.
@@ -68,5 +85,9 @@ def pretraining_hash(pre: Config) -> str:
     """8 hex digits of the SHA-256 of the keys that differ from the defaults, less :data:`HASH_IGNORES`
     (so a new config key whose default keeps today's behaviour leaves existing folders valid)."""
     defaults = flat_keys(Config().to_dict())
-    changed = {key: value for key, value in flat_keys(pre.to_dict()).items() if key not in HASH_IGNORES and defaults[key] != value}
+    changed = {
+        key: value
+        for key, value in flat_keys(pre.to_dict()).items()
+        if key not in HASH_IGNORES and defaults[key] != value
+    }
     return hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -12,6 +12,7 @@ both files' SHA-256 in its entry (``sha256`` and ``sidecar_sha256``); both are c
 mismatch names the file that differs. A name without a registry entry is looked for as
 ``NAME.pt``, then ``NAME.safetensors``.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,13 @@ def read_registry(folder: str | Path) -> dict[str, dict]:
         registry = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path} is not a readable release registry: {error}") from error
-    if not isinstance(registry, dict) or not all(isinstance(entry, dict) and "file" in entry and "sha256" in entry for entry in registry.values()):
-        raise CheckpointError(f"{path} is not a release registry (expected {{name: {{file, sha256, ...}}}})")
+    if not isinstance(registry, dict) or not all(
+        isinstance(entry, dict) and "file" in entry and "sha256" in entry
+        for entry in registry.values()
+    ):
+        raise CheckpointError(
+            f"{path} is not a release registry (expected {{name: {{file, sha256, ...}}}})"
+        )
     return registry
 
 
@@ -69,18 +75,26 @@ def verify_release(path: str | Path) -> dict | None:
     """The registry entry of ``path`` after checking its SHA-256 (and its sidecar's, for a
     safetensors release, given by either file), or None if no registry lists it."""
     path = Path(path)
-    entries = [entry for entry in read_registry(path.parent).values() if path.name in (entry["file"], entry.get("sidecar"))]
+    entries = [
+        entry
+        for entry in read_registry(path.parent).values()
+        if path.name in (entry["file"], entry.get("sidecar"))
+    ]
     if not entries:
         return None
     entry = entries[0]
     pinned = [(path.parent / entry["file"], entry["sha256"])]
     if entry.get("sidecar"):
         if not entry.get("sidecar_sha256"):
-            raise CheckpointError(f"{path.parent / REGISTRY} lists the sidecar {entry['sidecar']} without its sidecar_sha256: export the release again")
+            raise CheckpointError(
+                f"{path.parent / REGISTRY} lists the sidecar {entry['sidecar']} without its sidecar_sha256: export the release again"
+            )
         pinned.append((path.parent / entry["sidecar"], entry["sidecar_sha256"]))
     for file, expected in pinned:
         if not file.is_file():
-            raise CheckpointError(f"{file} is absent: {path.parent / REGISTRY} releases it with SHA-256 {expected} (download or export it again)")
+            raise CheckpointError(
+                f"{file} is absent: {path.parent / REGISTRY} releases it with SHA-256 {expected} (download or export it again)"
+            )
         actual = file_sha256(file)
         if actual != expected:
             raise CheckpointError(
@@ -92,7 +106,9 @@ def verify_release(path: str | Path) -> dict | None:
 
 def _absent_release(name: str, path: Path) -> CheckpointError:
     how = RELEASE_RECIPE.get(name, (f"python -m engine.export RUN_FOLDER --out {path}",))
-    return CheckpointError(f"{path} is absent: make it with `" + "` then `".join(how) + "`, or pass --checkpoint FILE")
+    return CheckpointError(
+        f"{path} is absent: make it with `" + "` then `".join(how) + "`, or pass --checkpoint FILE"
+    )
 
 
 def _shown(path: Path) -> Path:
@@ -112,24 +128,35 @@ def resolve_checkpoint(name_or_path: str | Path, release_dir: str | Path | None 
     if candidate.is_dir():
         candidate = candidate / "checkpoints" / "best.pt"
         if not candidate.is_file():
-            raise CheckpointError(f"{candidate.parent.parent} is a folder without checkpoints/best.pt: pass a checkpoint file or a run folder")
+            raise CheckpointError(
+                f"{candidate.parent.parent} is a folder without checkpoints/best.pt: pass a checkpoint file or a run folder"
+            )
     elif not candidate.is_file():
         name = str(name_or_path)
         looks_like_name = candidate.suffix == "" and len(candidate.parts) == 1
         if not looks_like_name:
-            if candidate.stem in RELEASE_RECIPE and candidate.parent.resolve() == release_dir.resolve():
+            if (
+                candidate.stem in RELEASE_RECIPE
+                and candidate.parent.resolve() == release_dir.resolve()
+            ):
                 raise _absent_release(candidate.stem, candidate)
             raise CheckpointError(f"checkpoint not found: {candidate}")
         registry = read_registry(release_dir)
         if name in registry:
             candidate = _shown(release_dir / registry[name]["file"])
         else:  # an unregistered release: the .pt, else the safetensors weights
-            found = [release_dir / f"{name}{suffix}" for suffix in (".pt", SAFETENSORS_SUFFIX) if (release_dir / f"{name}{suffix}").is_file()]
+            found = [
+                release_dir / f"{name}{suffix}"
+                for suffix in (".pt", SAFETENSORS_SUFFIX)
+                if (release_dir / f"{name}{suffix}").is_file()
+            ]
             candidate = _shown(found[0] if found else release_dir / f"{name}.pt")
         if not candidate.is_file():
             if name in registry or name in RELEASE_RECIPE:
                 raise _absent_release(name, candidate)
             known = ", ".join(sorted(set(registry) | set(RELEASE_RECIPE)))
-            raise CheckpointError(f"unknown checkpoint {name!r}: not a file, a run folder or a release in {release_dir / REGISTRY} (releases: {known})")
+            raise CheckpointError(
+                f"unknown checkpoint {name!r}: not a file, a run folder or a release in {release_dir / REGISTRY} (releases: {known})"
+            )
     verify_release(candidate)
     return candidate

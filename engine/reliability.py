@@ -1,5 +1,6 @@
 """What keeps a long run going, or stops it cleanly: preemption signals, the non-finite step guard,
 and the errors that end a run with one clear line (docs/RELIABILITY.md)."""
+
 from __future__ import annotations
 
 import logging
@@ -45,13 +46,18 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+            self._previous = {
+                signum: signal.signal(signum, self._handle) for signum in self.SIGNALS
+            }
         return self
 
     def _handle(self, signum: int, _frame) -> None:
         self.received = signum
         self._restore()
-        log.warning("%s: saving at the next step boundary, then stopping (send it again to stop at once)", self.name)
+        log.warning(
+            "%s: saving at the next step boundary, then stopping (send it again to stop at once)",
+            self.name,
+        )
 
     @property
     def name(self) -> str:
@@ -89,11 +95,15 @@ class NonFiniteGuard:
         groups: dict[tuple, list[torch.Tensor]] = {}
         for grad in grads:
             groups.setdefault((grad.device, grad.dtype), []).append(grad)
-        for group in groups.values():  # sets ``found`` to 1 on any inf or NaN; multiplying by 1 changes nothing
+        for group in (
+            groups.values()
+        ):  # sets ``found`` to 1 on any inf or NaN; multiplying by 1 changes nothing
             torch._amp_foreach_non_finite_check_and_unscale_(group, found, self.one)
         losses = torch.stack([loss.detach().float().reshape(()) for loss in losses])
         found = torch.maximum(found, (~torch.isfinite(losses)).any().float())
-        found = (distributed.all_reduce_sum(found) > 0).float()  # every process skips the same steps
+        found = (
+            distributed.all_reduce_sum(found) > 0
+        ).float()  # every process skips the same steps
         self.skipped += found
         self.in_a_row = (self.in_a_row + 1) * found
         self.longest = torch.maximum(self.longest, self.in_a_row)

@@ -7,6 +7,7 @@ fp32. ``run.channels_last=auto`` follows the same rule: channels-last feeds the 
 tensor-core kernels, and changed nothing measurable in fp32 on an AVX-512 CPU
 (docs/BENCHMARKS.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,19 @@ from pathlib import Path
 import torch
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) under which bf16 matrix kernels are native.
-BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512",
-             "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT")
+BF16_ISAS = (
+    "AVX512_CORE_BF16",
+    "AVX512_CORE_FP16",
+    "AVX512_CORE_AMX",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512",
+    "AVX10_1_512_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX10_2_512",
+    "AVX10_2_512_AMX_2",
+    "ALL",
+    "DEFAULT",
+)
 # /proc/cpuinfo flags of native bf16 dot products.
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -56,7 +68,10 @@ def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
         if quota_file.is_file():
             quota, period = quota_file.read_text().split()[:2]
             return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
-        quota_file, period_file = root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us"
+        quota_file, period_file = (
+            root / "cpu" / "cpu.cfs_quota_us",
+            root / "cpu" / "cpu.cfs_period_us",
+        )
         if quota_file.is_file() and period_file.is_file():
             quota, period = int(quota_file.read_text()), int(period_file.read_text())
             return None if quota <= 0 else max(1, math.ceil(quota / period))
@@ -72,7 +87,9 @@ def available_cpus(environ: dict | None = None) -> int:
     omp = environ.get("OMP_NUM_THREADS", "").strip()
     if omp.isdigit() and int(omp) > 0:
         return int(omp)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     limit = cgroup_cpu_limit()
     return max(1, min(cpus, limit) if limit else cpus)
 
@@ -89,7 +106,9 @@ def cpu_bf16_native(flags: frozenset[str] | set[str], environ: dict | None = Non
     """Whether bf16 convolutions and matmuls run on hardware units here (AMX or AVX-512 BF16),
     and oneDNN is not capped below them (``ONEDNN_MAX_CPU_ISA``/``DNNL_MAX_CPU_ISA``)."""
     environ = os.environ if environ is None else environ
-    cap = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    cap = (
+        (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    )
     if cap and cap not in BF16_ISAS:
         return False
     return any(flag in flags for flag in BF16_FLAGS)
@@ -104,12 +123,20 @@ class SpeedChoice:
     reason: str
 
     def describe(self, threads: int) -> str:
-        return (f"run.amp={'bf16' if self.amp else 'fp32'}, run.channels_last={str(self.channels_last).lower()}, "
-                f"run.threads={threads} ({self.reason})")
+        return (
+            f"run.amp={'bf16' if self.amp else 'fp32'}, run.channels_last={str(self.channels_last).lower()}, "
+            f"run.threads={threads} ({self.reason})"
+        )
 
 
-def resolve_speed(amp, channels_last, device: torch.device, amp_dtype: str = "bfloat16",
-                  flags: frozenset[str] | set[str] | None = None, environ: dict | None = None) -> SpeedChoice:
+def resolve_speed(
+    amp,
+    channels_last,
+    device: torch.device,
+    amp_dtype: str = "bfloat16",
+    flags: frozenset[str] | set[str] | None = None,
+    environ: dict | None = None,
+) -> SpeedChoice:
     """Turn ``"auto"`` settings into booleans for ``device``; explicit booleans pass through."""
     if device.type == "cuda":
         native = amp_dtype == "float16" or torch.cuda.is_bf16_supported()
@@ -123,5 +150,9 @@ def resolve_speed(amp, channels_last, device: torch.device, amp_dtype: str = "bf
     else:
         native, reason = False, f"{device.type}: fp32"
     amp_on = native if amp == "auto" else bool(amp)
-    channels_last_on = (device.type == "cuda" or amp_on and native) if channels_last == "auto" else bool(channels_last)
+    channels_last_on = (
+        (device.type == "cuda" or amp_on and native)
+        if channels_last == "auto"
+        else bool(channels_last)
+    )
     return SpeedChoice(amp_on, channels_last_on, reason)

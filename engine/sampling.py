@@ -6,6 +6,7 @@ equally often. Class weights in the loss (``loss.class_weights=auto``) correct t
 imbalance a second time: with both on, the rare grades count about ``max count / min count``
 times more than the common ones instead of equally (the trainer logs a warning).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,11 +36,22 @@ class BalancedSampler(EpochShuffleSampler):
     rank), dealt round robin by :class:`engine.distributed.EpochShuffleSampler`: same epoch length,
     same ``set_epoch(epoch, start)`` for a run resumed inside an epoch."""
 
-    def __init__(self, weights: Sequence[float] | torch.Tensor, seed: int, world: World = SINGLE_PROCESS) -> None:
+    def __init__(
+        self, weights: Sequence[float] | torch.Tensor, seed: int, world: World = SINGLE_PROCESS
+    ) -> None:
         self.weights = torch.as_tensor(weights, dtype=torch.float64)
-        if self.weights.ndim != 1 or len(self.weights) == 0 or not bool((self.weights >= 0).all()) or not bool(self.weights.sum() > 0):
-            raise ValueError("sampling weights must be a non-empty list of non-negative numbers, not all zero")
+        if (
+            self.weights.ndim != 1
+            or len(self.weights) == 0
+            or not bool((self.weights >= 0).all())
+            or not bool(self.weights.sum() > 0)
+        ):
+            raise ValueError(
+                "sampling weights must be a non-empty list of non-negative numbers, not all zero"
+            )
         super().__init__(len(self.weights), seed, world)
 
     def _epoch_order(self, generator: torch.Generator, total: int) -> list[int]:
-        return torch.multinomial(self.weights, total, replacement=True, generator=generator).tolist()
+        return torch.multinomial(
+            self.weights, total, replacement=True, generator=generator
+        ).tolist()

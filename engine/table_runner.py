@@ -23,6 +23,7 @@ On a 2-core CPU two single-thread runs finish sooner than one two-thread run, an
 process also avoids OpenMP oversubscription when other jobs share the machine (two-thread runs
 were measured up to 30x slower on a loaded 2-core machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,7 +77,11 @@ QUICK = (
     "model.seg_width=0.25",
     "model.grader_hidden=32",
     "train.max_steps_per_epoch=2",
-    *[f"train.{stage}.{key}={value}" for stage in ("isr", "seg", "cls", "joint") for key, value in (("epochs", 1), ("batch_size", 4))],
+    *[
+        f"train.{stage}.{key}={value}"
+        for stage in ("isr", "seg", "cls", "joint")
+        for key, value in (("epochs", 1), ("batch_size", 4))
+    ],
 )
 # Settings that do not change results: a rerun may differ in them.
 NOT_COMPARED = ("run.device", "run.threads", "data.num_workers", "data.prepare_workers")
@@ -112,15 +117,26 @@ def load_table(path: str | Path) -> TableSpec:
         raise ConfigError(f"{path}: expected a mapping with 'title' and a non-empty 'rows' mapping")
     shared = spec.get("overrides") or []
     if not _is_override_list(shared):
-        raise ConfigError(f"{path}: overrides (for every row) must be a list of 'key=value' strings")
+        raise ConfigError(
+            f"{path}: overrides (for every row) must be a list of 'key=value' strings"
+        )
     rows = []
     for name, entry in spec["rows"].items():
         entry = entry or {}
         method = entry.get("method", "deepmt_dr")
         overrides = entry.get("overrides") or []
         if not _is_override_list(overrides):
-            raise ConfigError(f"{path}: row {name!r}: overrides must be a list of 'key=value' strings")
-        rows.append(Row(str(name), method, (*shared, *overrides), entry.get("summary") or get_method(method).summary))
+            raise ConfigError(
+                f"{path}: row {name!r}: overrides must be a list of 'key=value' strings"
+            )
+        rows.append(
+            Row(
+                str(name),
+                method,
+                (*shared, *overrides),
+                entry.get("summary") or get_method(method).summary,
+            )
+        )
     reference = spec.get("reference")
     if reference is not None and reference not in spec["rows"]:
         raise ConfigError(f"{path}: reference row {reference!r} is not one of the rows")
@@ -139,7 +155,9 @@ def select_rows(spec: TableSpec, names: str | None) -> list[Row]:
     known = {row.name for row in spec.rows}
     unknown = [name for name in wanted if name not in known]
     if unknown:
-        raise ConfigError(f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(row.name for row in spec.rows)}")
+        raise ConfigError(
+            f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(row.name for row in spec.rows)}"
+        )
     return [row for row in spec.rows if row.name in wanted]
 
 
@@ -151,9 +169,13 @@ def parse_seeds(text: str) -> list[int]:
         else:
             seeds = list(range(int(text)))
     except ValueError as error:
-        raise ConfigError(f"--seeds must be a count or a comma list of integers, got {text!r}") from error
+        raise ConfigError(
+            f"--seeds must be a count or a comma list of integers, got {text!r}"
+        ) from error
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ConfigError(f"--seeds must give at least one distinct non-negative seed, got {text!r}")
+        raise ConfigError(
+            f"--seeds must give at least one distinct non-negative seed, got {text!r}"
+        )
     return seeds
 
 
@@ -161,13 +183,21 @@ def run_name(row: str, seed: int) -> str:
     return f"{row}_seed{seed}"
 
 
-def row_config(row: Row, seed: int, preset: str | Path, overrides: Sequence[str], out_dir: Path) -> Config:
+def row_config(
+    row: Row, seed: int, preset: str | Path, overrides: Sequence[str], out_dir: Path
+) -> Config:
     """Preset <- row's method <- row's overrides <- the command line's <- seed and run folder."""
-    runner = [f"run.seed={seed}", f"run.out_dir={out_dir / 'runs'}", f"run.name={run_name(row.name, seed)}"]
+    runner = [
+        f"run.seed={seed}",
+        f"run.out_dir={out_dir / 'runs'}",
+        f"run.name={run_name(row.name, seed)}",
+    ]
     return load_config(preset, [*row.overrides, *overrides, *runner], method=row.method)
 
 
-def differing_settings(saved_path: Path, config: Config, ignored: Sequence[str] = NOT_COMPARED) -> list[str]:
+def differing_settings(
+    saved_path: Path, config: Config, ignored: Sequence[str] = NOT_COMPARED
+) -> list[str]:
     """``key: saved -> wanted`` for every setting in which a run's saved config.yaml differs from ``config``."""
     saved = flat_keys(yaml.safe_load(saved_path.read_text()) or {})
     wanted = flat_keys(config.to_dict())
@@ -185,7 +215,9 @@ def check_same_settings(config: Config) -> None:
         return
     differing = differing_settings(saved_path, config)
     if differing:
-        shown = "; ".join(differing[:4]) + (f" (+{len(differing) - 4} more)" if len(differing) > 4 else "")
+        shown = "; ".join(differing[:4]) + (
+            f" (+{len(differing) - 4} more)" if len(differing) > 4 else ""
+        )
         raise ConfigError(
             f"{config.run_dir} was trained with other settings ({shown}): use another --out, or delete that folder to retrain it"
         )
@@ -223,7 +255,9 @@ def copy_reused_run(source: Path, config: Config, figures_root: Path) -> None:
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     saved = yaml.safe_load(text)
     saved["run"]["name"], saved["run"]["out_dir"] = config.run.name, config.run.out_dir
-    saved_path.write_text(header + f"# reused from {source}\n" + yaml.safe_dump(saved, sort_keys=False))
+    saved_path.write_text(
+        header + f"# reused from {source}\n" + yaml.safe_dump(saved, sort_keys=False)
+    )
     source_figures = source.parent.parent / "figures" / source.name
     if source_figures.is_dir():
         shutil.copytree(source_figures, figures_root / config.run.name, dirs_exist_ok=True)
@@ -252,11 +286,19 @@ class _Datasets:
         return self.cache[key]
 
 
-def train_and_test(config: Config, datasets: _Datasets, figures_root: Path, progress: Callable | None = None, split: str = "test") -> dict:
+def train_and_test(
+    config: Config,
+    datasets: _Datasets,
+    figures_root: Path,
+    progress: Callable | None = None,
+    split: str = "test",
+) -> dict:
     """Train ``config``'s run (resuming a checkpoint if there is one) and test it on ``split``; returns its metrics."""
     run_dir = config.run_dir
     last = run_dir / "checkpoints" / "last.pt"
-    resume = last.is_file() or (run_dir / "checkpoints" / "recovery.pt").is_file()  # killed inside its first epoch
+    resume = (
+        last.is_file() or (run_dir / "checkpoints" / "recovery.pt").is_file()
+    )  # killed inside its first epoch
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # started but no checkpoint yet: start again cleanly
     trainer = Trainer(config, progress=progress)
@@ -265,7 +307,9 @@ def train_and_test(config: Config, datasets: _Datasets, figures_root: Path, prog
     trainer.fit(resume=resume)
     best = run_dir / "checkpoints" / "best.pt"
     checkpoint = best if best.is_file() else last
-    metrics, _ = run_test(checkpoint, split, config.run.device, 0, figures_root, dataset=datasets.get(config, split))
+    metrics, _ = run_test(
+        checkpoint, split, config.run.device, 0, figures_root, dataset=datasets.get(config, split)
+    )
     return metrics
 
 
@@ -279,7 +323,9 @@ def machine_note(jobs: int = 1) -> str:
 def _train_and_test_in_worker(config_values: dict, figures_root: str, split: str) -> float:
     """A pool worker's job: train and test one run; returns its wall seconds (metrics are on disk)."""
     started = time.perf_counter()
-    train_and_test(config_from_dict(config_values), _WORKER_DATASETS, Path(figures_root), split=split)
+    train_and_test(
+        config_from_dict(config_values), _WORKER_DATASETS, Path(figures_root), split=split
+    )
     return time.perf_counter() - started
 
 
@@ -312,7 +358,11 @@ def run_table(
     results_path = out_dir / "results.csv"
     results = read_results(results_path)
     done = {(result["row"], int(result["seed"])) for result in results}
-    configs = [(row, seed, row_config(row, seed, preset, overrides, out_dir)) for row in rows for seed in seeds]
+    configs = [
+        (row, seed, row_config(row, seed, preset, overrides, out_dir))
+        for row in rows
+        for seed in seeds
+    ]
     for _, _, config in configs:  # fail before hours of training, not after
         check_same_settings(config)
     notes = [f"Command: `{command}`" if command else "", f"Machine: {machine_note(jobs)}"]
@@ -320,18 +370,40 @@ def run_table(
     def metrics_of(config: Config) -> Path:
         return metrics_file(config.run_dir, split, config.test.input, config.test.input)
 
-    labels = {run_name(row.name, seed): f"[{index}/{len(configs)}] {row.name} seed {seed}" for index, (row, seed, _) in enumerate(configs, 1)}
+    labels = {
+        run_name(row.name, seed): f"[{index}/{len(configs)}] {row.name} seed {seed}"
+        for index, (row, seed, _) in enumerate(configs, 1)
+    }
 
     def record(row: Row, seed: int, config: Config, wall: float | None) -> None:
         metrics = json.loads(metrics_of(config).read_text())
-        result = result_row(row.name, row.method, seed, metrics, config, _epoch_seconds(config.run_dir), wall, config.run_dir)
+        result = result_row(
+            row.name,
+            row.method,
+            seed,
+            metrics,
+            config,
+            _epoch_seconds(config.run_dir),
+            wall,
+            config.run_dir,
+        )
         results.append(result)
         write_results(results, results_path)
         write_outputs(spec, read_results(results_path), out_dir, notes, split)
-        log.info("%s: QWK %s, accuracy %s%s", labels[config.run.name], _short(result.get("qwk")),
-                 _short(result.get("accuracy")), f" ({wall / 60:.1f} min)" if wall else "")
+        log.info(
+            "%s: QWK %s, accuracy %s%s",
+            labels[config.run.name],
+            _short(result.get("qwk")),
+            _short(result.get("accuracy")),
+            f" ({wall / 60:.1f} min)" if wall else "",
+        )
 
-    reusable = sorted(folder for root in reuse_from for folder in (Path(root) / "runs").glob("*") if folder.is_dir())
+    reusable = sorted(
+        folder
+        for root in reuse_from
+        for folder in (Path(root) / "runs").glob("*")
+        if folder.is_dir()
+    )
     todo = []
     for row, seed, config in configs:
         label = labels[config.run.name]
@@ -362,7 +434,11 @@ def run_table(
                 if not config.run.threads:
                     config.run.threads = threads
                 log.info("%s: training %s", labels[config.run.name], config.run_dir)
-                futures[pool.submit(_train_and_test_in_worker, config.to_dict(), str(out_dir / "figures"), split)] = (row, seed, config)
+                futures[
+                    pool.submit(
+                        _train_and_test_in_worker, config.to_dict(), str(out_dir / "figures"), split
+                    )
+                ] = (row, seed, config)
             for future in as_completed(futures):
                 record(*futures[future], future.result())
     write_outputs(spec, read_results(results_path), out_dir, notes, split)
@@ -373,48 +449,98 @@ def _short(value) -> str:
     return "n/a" if value is None else f"{float(value):.3f}"
 
 
-def write_outputs(spec: TableSpec, results: Sequence[dict], out_dir: Path, notes: Sequence[str] = (), split: str = "test") -> None:
+def write_outputs(
+    spec: TableSpec,
+    results: Sequence[dict],
+    out_dir: Path,
+    notes: Sequence[str] = (),
+    split: str = "test",
+) -> None:
     """table.md and table.png from the results so far."""
     if not results:
         return
     descriptions = {row.name: row.summary for row in spec.rows}
-    write_markdown(results, out_dir / "table.md", spec.title, descriptions, spec.reference, [note for note in notes if note], split)
+    write_markdown(
+        results,
+        out_dir / "table.md",
+        spec.title,
+        descriptions,
+        spec.reference,
+        [note for note in notes if note],
+        split,
+    )
     plot_bars(results, out_dir / "table.png", spec.title, list(descriptions), split)
 
 
 # ------------------------------------------------------------------------------------------- CLI
 def default_jobs(device: str | None) -> int:
     """Two single-thread runs at once on a CPU with 2+ cores; one run at a time on a GPU."""
-    on_gpu = (device or "auto") != "cpu" and (torch.cuda.is_available() or (device or "").startswith("cuda"))
+    on_gpu = (device or "auto") != "cpu" and (
+        torch.cuda.is_available() or (device or "").startswith("cuda")
+    )
     return 1 if on_gpu else min(2, available_cpus())
 
 
 def get_args_parser(description: str, default_out: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
-    parser.add_argument("--seeds", default=str(DEFAULT_SEEDS), help=f"seed count (run.seed 0..N-1) or comma list (default {DEFAULT_SEEDS})")
+    parser.add_argument(
+        "--seeds",
+        default=str(DEFAULT_SEEDS),
+        help=f"seed count (run.seed 0..N-1) or comma list (default {DEFAULT_SEEDS})",
+    )
     parser.add_argument("--rows", help="comma list of rows to run (default: all)")
-    parser.add_argument("--config", help="YAML preset (default configs/table.yaml; configs/<dataset>.yaml with --dataset)")
-    parser.add_argument("--dataset", choices=DATASETS, help="a public dataset instead of the embedded one")
+    parser.add_argument(
+        "--config",
+        help="YAML preset (default configs/table.yaml; configs/<dataset>.yaml with --dataset)",
+    )
+    parser.add_argument(
+        "--dataset", choices=DATASETS, help="a public dataset instead of the embedded one"
+    )
     parser.add_argument("--data-root", help="the public dataset's folder, as unpacked")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run of every row (64 px, 2 steps per stage)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny smoke run of every row (64 px, 2 steps per stage)",
+    )
     parser.add_argument("--device", help="cuda, cpu, mps ... (default: auto)")
-    parser.add_argument("--jobs", type=int,
-                        help="runs trained at once, each with cores/jobs torch threads (default: 1 with a GPU, "
-                        "else 2 on a CPU with 2 or more cores)")
-    parser.add_argument("--split", default="test", choices=("test", "val"),
-                        help="split every run is tested on (default test; val for a dataset copy without its test set)")
-    parser.add_argument("--reuse-from", action="append", default=[], metavar="TABLE_DIR",
-                        help="another table's output folder (repeatable): runs trained there with exactly a row's "
-                        "settings are copied instead of trained, e.g. the ablation's full rows for deepmt_dr")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="runs trained at once, each with cores/jobs torch threads (default: 1 with a GPU, "
+        "else 2 on a CPU with 2 or more cores)",
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val"),
+        help="split every run is tested on (default test; val for a dataset copy without its test set)",
+    )
+    parser.add_argument(
+        "--reuse-from",
+        action="append",
+        default=[],
+        metavar="TABLE_DIR",
+        help="another table's output folder (repeatable): runs trained there with exactly a row's "
+        "settings are copied instead of trained, e.g. the ablation's full rows for deepmt_dr",
+    )
     parser.add_argument("--list", action="store_true", help="print the rows and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every row")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides for every row"
+    )
     return parser
 
 
 def table_main(
-    argv: list[str] | None, rows_file: str | Path, description: str, default_out: str, script: str, defaults: Sequence[str] = ()
+    argv: list[str] | None,
+    rows_file: str | Path,
+    description: str,
+    default_out: str,
+    script: str,
+    defaults: Sequence[str] = (),
 ) -> int:
     """The body of a table's ``run.py`` (``script``: its path, for the command line in table.md).
 
@@ -427,10 +553,16 @@ def table_main(
     rows = select_rows(spec, args.rows)
     if args.list:
         for row in rows:
-            print(f"{row.name:<16} --method {row.method} {' '.join(row.overrides)}\n{'':<16} {row.summary}")
+            print(
+                f"{row.name:<16} --method {row.method} {' '.join(row.overrides)}\n{'':<16} {row.summary}"
+            )
         return 0
     overrides = list(QUICK) if args.quick else []
-    for flag, key in ((args.dataset, "data.dataset"), (args.data_root, "data.root"), (args.device, "run.device")):
+    for flag, key in (
+        (args.dataset, "data.dataset"),
+        (args.data_root, "data.root"),
+        (args.device, "run.device"),
+    ):
         if flag:
             overrides.append(f"{key}={flag}")
     overrides += args.overrides
@@ -448,8 +580,21 @@ def table_main(
     jobs = args.jobs if args.jobs is not None else default_jobs(args.device)
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
-    out_dir = run_table(spec, rows, seeds, args.out, preset, overrides, None if jobs > 1 else progress, command, jobs, args.split,
-                        args.reuse_from)
-    print(f"{spec.title}: {len(rows)} rows x {len(seeds)} seeds in {(time.perf_counter() - started) / 60:.1f} min; "
-          f"{out_dir / 'table.md'}, {out_dir / 'table.png'}, {out_dir / 'results.csv'}")
+    out_dir = run_table(
+        spec,
+        rows,
+        seeds,
+        args.out,
+        preset,
+        overrides,
+        None if jobs > 1 else progress,
+        command,
+        jobs,
+        args.split,
+        args.reuse_from,
+    )
+    print(
+        f"{spec.title}: {len(rows)} rows x {len(seeds)} seeds in {(time.perf_counter() - started) / 60:.1f} min; "
+        f"{out_dir / 'table.md'}, {out_dir / 'table.png'}, {out_dir / 'results.csv'}"
+    )
     return 0

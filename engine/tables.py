@@ -7,6 +7,7 @@ for (PSNR without an ISR net, lesion AUPR without segmentation) are empty in the
 in the table. The bar chart follows ``evaluation/report.py``: a ``Figure`` on an Agg canvas,
 never pyplot.
 """
+
 from __future__ import annotations
 
 import csv
@@ -94,23 +95,44 @@ def _number(text: str | None) -> float | None:
     return None if math.isnan(value) else value
 
 
-def result_row(row: str, method: str, seed: int, metrics: dict, config, epoch_seconds: float | None, wall_seconds: float | None, run_dir: Path) -> dict:
+def result_row(
+    row: str,
+    method: str,
+    seed: int,
+    metrics: dict,
+    config,
+    epoch_seconds: float | None,
+    wall_seconds: float | None,
+    run_dir: Path,
+) -> dict:
     """One ``results.csv`` row from a run's ``metrics.json`` and resolved config.
 
     PSNR/SSIM only where the method has a learned ISR net and is tested on LR (the bicubic values
     are always kept, as the reference); lesion AUPR where it has a segmentation net.
     """
     grading = metrics.get("grading", {})
-    out = {"row": row, "method": method, "seed": seed, **{key: grading.get(key) for key in ("accuracy", "qwk", "macro_f1", "macro_auc", "referable_auc")}}
+    out = {
+        "row": row,
+        "method": method,
+        "seed": seed,
+        **{
+            key: grading.get(key)
+            for key in ("accuracy", "qwk", "macro_f1", "macro_auc", "referable_auc")
+        },
+    }
     sr = metrics.get("sr")
     if sr:
         if config.model.isr == "net":
-            out.update(psnr=sr["sr"]["psnr"], ssim=sr["sr"]["ssim"], psnr_lesion=sr["sr"]["psnr_lesion"])
+            out.update(
+                psnr=sr["sr"]["psnr"], ssim=sr["sr"]["ssim"], psnr_lesion=sr["sr"]["psnr_lesion"]
+            )
         out.update(psnr_bicubic=sr["bicubic"]["psnr"], ssim_bicubic=sr["bicubic"]["ssim"])
     segmentation = metrics.get("segmentation")
     if segmentation:
         out["lesion_aupr"] = segmentation["mean"]["aupr"]
-        out.update({f"aupr_{name}": segmentation[name]["aupr"] for name in LESIONS if name in segmentation})
+        out.update(
+            {f"aupr_{name}": segmentation[name]["aupr"] for name in LESIONS if name in segmentation}
+        )
     out.update(
         test_input=metrics.get("input"),
         scale=config.data.scale,
@@ -119,17 +141,28 @@ def result_row(row: str, method: str, seed: int, metrics: dict, config, epoch_se
         wall_seconds=wall_seconds,
         run_dir=str(run_dir),
     )
-    return {key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in out.items()}
+    return {
+        key: (None if isinstance(value, float) and math.isnan(value) else value)
+        for key, value in out.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------- summary
-def summarise(results: Sequence[dict[str, str]], order: Sequence[str] | None = None) -> dict[str, dict]:
+def summarise(
+    results: Sequence[dict[str, str]], order: Sequence[str] | None = None
+) -> dict[str, dict]:
     """``{row: {"seeds": [..], key: [values...]}}`` per table row, rows in ``order`` (else first seen)."""
     summary: dict[str, dict] = {}
     for result in results:
         entry = summary.setdefault(result["row"], {"seeds": [], "qwk_by_seed": {}})
         entry["seeds"].append(int(result["seed"]))
-        for key in (*[key for key, _, _ in METRICS], "epoch_seconds", "wall_seconds", "psnr_bicubic", "ssim_bicubic"):
+        for key in (
+            *[key for key, _, _ in METRICS],
+            "epoch_seconds",
+            "wall_seconds",
+            "psnr_bicubic",
+            "ssim_bicubic",
+        ):
             value = _number(result.get(key))
             if value is not None:
                 entry.setdefault(key, []).append(value)
@@ -137,7 +170,9 @@ def summarise(results: Sequence[dict[str, str]], order: Sequence[str] | None = N
         if qwk is not None:
             entry["qwk_by_seed"][int(result["seed"])] = qwk
         entry["scale"] = result.get("scale", "")
-    names = [name for name in (order or []) if name in summary] + [name for name in summary if name not in (order or [])]
+    names = [name for name in (order or []) if name in summary] + [
+        name for name in summary if name not in (order or [])
+    ]
     return {name: summary[name] for name in names}
 
 
@@ -168,7 +203,11 @@ def markdown_table(summary: dict[str, dict], reference: str | None = None) -> li
         cells = [name, str(len(entry["seeds"]))]
         cells += [_format(entry.get(key), digits) for key, _, digits in METRICS]
         if reference:
-            differences = paired_difference(entry, summary[reference]) if reference in summary and name != reference else []
+            differences = (
+                paired_difference(entry, summary[reference])
+                if reference in summary and name != reference
+                else []
+            )
             cells.append(_format(differences, 3, sign="+"))
         minutes = [seconds / 60 for seconds in entry.get("epoch_seconds", [])]
         cells.append(f"{statistics.fmean(minutes):.1f}" if minutes else "-")
@@ -191,21 +230,33 @@ def write_markdown(
     summary = summarise(results, list(descriptions))
     lines = [f"# {title}", "", *header_notes, "", *markdown_table(summary, reference), ""]
     seeds = sorted({seed for entry in summary.values() for seed in entry["seeds"]})
-    lines.append(f"Mean ± sample standard deviation over seeds (run.seed {', '.join(map(str, seeds))}); "
-                 f"every row sees the same training, validation and test images. {split.capitalize()} split, graded from the LR "
-                 "image (from the HR image for rows tested on HR, e.g. hr_cls). PSNR/SSIM inside the field of view, for methods with a "
-                 "learned ISR net; PSNR lesions: inside the lesion masks dilated by 4 px at 1024 (images with masks); "
-                 "referable AUC: grade >= 2 against the rest; lesion AUPR: mean over the four lesions, on the image the grader sees. "
-                 "`train min`: training epochs incl. validation, mean per run.")
+    lines.append(
+        f"Mean ± sample standard deviation over seeds (run.seed {', '.join(map(str, seeds))}); "
+        f"every row sees the same training, validation and test images. {split.capitalize()} split, graded from the LR "
+        "image (from the HR image for rows tested on HR, e.g. hr_cls). PSNR/SSIM inside the field of view, for methods with a "
+        "learned ISR net; PSNR lesions: inside the lesion masks dilated by 4 px at 1024 (images with masks); "
+        "referable AUC: grade >= 2 against the rest; lesion AUPR: mean over the four lesions, on the image the grader sees. "
+        "`train min`: training epochs incl. validation, mean per run."
+    )
     if reference:
-        lines.append(f"ΔQWK: QWK minus {reference}'s QWK of the same seed, mean ± standard deviation over seeds.")
+        lines.append(
+            f"ΔQWK: QWK minus {reference}'s QWK of the same seed, mean ± standard deviation over seeds."
+        )
     bicubic = {}
     for entry in summary.values():
         if entry.get("psnr_bicubic"):
-            bicubic.setdefault(entry["scale"], (statistics.fmean(entry["psnr_bicubic"]), statistics.fmean(entry["ssim_bicubic"])))
+            bicubic.setdefault(
+                entry["scale"],
+                (statistics.fmean(entry["psnr_bicubic"]), statistics.fmean(entry["ssim_bicubic"])),
+            )
     if bicubic:
-        parts = [f"x{scale}: {psnr:.2f} dB / {ssim:.3f}" for scale, (psnr, ssim) in sorted(bicubic.items(), key=lambda item: int(item[0] or 0))]
-        lines.append(f"Bicubic upsampling of the same LR {split} images, PSNR / SSIM: {'; '.join(parts)}.")
+        parts = [
+            f"x{scale}: {psnr:.2f} dB / {ssim:.3f}"
+            for scale, (psnr, ssim) in sorted(bicubic.items(), key=lambda item: int(item[0] or 0))
+        ]
+        lines.append(
+            f"Bicubic upsampling of the same LR {split} images, PSNR / SSIM: {'; '.join(parts)}."
+        )
     total = sum(seconds for entry in summary.values() for seconds in entry.get("wall_seconds", []))
     if total:
         lines.append(f"Wall time of all runs (training, rendering, testing): {total / 60:.0f} min.")
@@ -218,13 +269,19 @@ def write_markdown(
 
 
 def plot_bars(
-    results: Sequence[dict[str, str]], path: str | Path, title: str, order: Sequence[str] | None = None, split: str = "test"
+    results: Sequence[dict[str, str]],
+    path: str | Path,
+    title: str,
+    order: Sequence[str] | None = None,
+    split: str = "test",
 ) -> Path:
     """Grouped bars: accuracy, QWK, macro F1 and macro AUC per row, mean with std error bars."""
     summary = summarise(results, order)
     names = list(summary)
     width = 0.8 / max(len(names), 1)
-    figure = Figure(figsize=(2.0 + 1.6 * len(BAR_METRICS) + 0.25 * len(names), 4.2), layout="constrained")
+    figure = Figure(
+        figsize=(2.0 + 1.6 * len(BAR_METRICS) + 0.25 * len(names), 4.2), layout="constrained"
+    )
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
     colours = [f"C{index % 10}" for index in range(len(names))]
@@ -238,14 +295,27 @@ def plot_bars(
             errors.append(std or 0.0)
             if not math.isnan(mean):
                 lowest = min(lowest, mean - (std or 0.0))
-        positions = [metric + (index - (len(names) - 1) / 2) * width for metric in range(len(BAR_METRICS))]
+        positions = [
+            metric + (index - (len(names) - 1) / 2) * width for metric in range(len(BAR_METRICS))
+        ]
         ax.bar(positions, means, width, yerr=errors, capsize=2, label=name, color=colours[index])
-    ax.set_xticks(range(len(BAR_METRICS)), [header for key, header, _ in METRICS if key in BAR_METRICS])
+    ax.set_xticks(
+        range(len(BAR_METRICS)), [header for key, header, _ in METRICS if key in BAR_METRICS]
+    )
     # QWK below chance is negative: show it rather than clip it at 0.
-    ax.set(ylim=(lowest - 0.05 if lowest < 0 else 0, 1), ylabel=f"{split} split (mean ± std over seeds)", title=title)
+    ax.set(
+        ylim=(lowest - 0.05 if lowest < 0 else 0, 1),
+        ylabel=f"{split} split (mean ± std over seeds)",
+        title=title,
+    )
     ax.axhline(0, color="black", linewidth=0.6)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", ncols=2 if len(names) > 5 else 1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(
+        fontsize="small",
+        ncols=2 if len(names) > 5 else 1,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI)

@@ -1,4 +1,5 @@
 """Evaluate a trained checkpoint on a split: metrics.json, predictions CSV and figures."""
+
 from __future__ import annotations
 
 import csv
@@ -67,11 +68,15 @@ def write_predictions(result: EvalResult, path: Path) -> None:
         writer = csv.writer(file)
         classes = result.probs.shape[1]
         writer.writerow(["id", "grade", "predicted", *[f"p{c}" for c in range(classes)]])
-        for sample_id, grade, predicted, probs in zip(result.ids, result.grades.tolist(), result.predicted.tolist(), result.probs.tolist()):
+        for sample_id, grade, predicted, probs in zip(
+            result.ids, result.grades.tolist(), result.predicted.tolist(), result.probs.tolist()
+        ):
             writer.writerow([sample_id, grade, predicted, *[f"{p:.5f}" for p in probs]])
 
 
-def sample_panels(model: DeepMTDR, dataset, device: torch.device, count: int, out_dir: Path, mode: Mode = "lr") -> list[Path]:
+def sample_panels(
+    model: DeepMTDR, dataset, device: torch.device, count: int, out_dir: Path, mode: Mode = "lr"
+) -> list[Path]:
     """LR, bicubic, SR, HR, lesion maps vs ground truth and Grad-CAM for the first ``count`` samples.
 
     Lesion maps, grade and Grad-CAM (last grader stage) are of the image graded in ``mode``: SR or HR.
@@ -95,16 +100,29 @@ def sample_panels(model: DeepMTDR, dataset, device: torch.device, count: int, ou
         paths.append(
             report.plot_sample_panel(
                 out_dir / f"sample_{sample_id}.png",
-                lr[i].cpu(), bicubic[i].cpu(), sr[i].cpu(), hr[i].cpu(),
-                lesion_probs[i].cpu(), batch["masks"][i], cam=cam[i].cpu(), title=title,
+                lr[i].cpu(),
+                bicubic[i].cpu(),
+                sr[i].cpu(),
+                hr[i].cpu(),
+                lesion_probs[i].cpu(),
+                batch["masks"][i],
+                cam=cam[i].cpu(),
+                title=title,
                 lesion_valid=batch["mask_valid"][i].tolist(),
             )
         )
     return paths
 
 
-def metrics_file(run_dir: Path, split: str, mode: Mode, test_input: Mode, checkpoint: str | Path = "best.pt",
-                 tta: bool = False, test_tta: bool = False) -> Path:
+def metrics_file(
+    run_dir: Path,
+    split: str,
+    mode: Mode,
+    test_input: Mode,
+    checkpoint: str | Path = "best.pt",
+    tta: bool = False,
+    test_tta: bool = False,
+) -> Path:
     """``metrics.json`` for the test split in the run's own mode (and its own ``test.tta``), else
     ``metrics_<split>_<mode>.json``; flip TTA other than the run's adds ``_tta`` / ``_no_tta`` and a
     stage checkpoint (``isr_best.pt``) its name (``metrics_val_lr_tta_isr_best.json``), so one
@@ -137,11 +155,17 @@ def checkpoint_tag(checkpoint: str | Path) -> str:
     return "" if stem in ("best", "last") else f"_{stem}"
 
 
-REPORT_FIGURES = (("confusion matrix", "confusion_matrix.png"), ("ROC curves", "roc_curves.png"),
-                  ("reliability diagram", "reliability.png"), ("lesion precision-recall curves", "lesion_pr_curves.png"))
+REPORT_FIGURES = (
+    ("confusion matrix", "confusion_matrix.png"),
+    ("ROC curves", "roc_curves.png"),
+    ("reliability diagram", "reliability.png"),
+    ("lesion precision-recall curves", "lesion_pr_curves.png"),
+)
 
 
-def use_dataset(config: Config, checkpoint: str | Path, name: str | None = None, root: str | None = None) -> None:
+def use_dataset(
+    config: Config, checkpoint: str | Path, name: str | None = None, root: str | None = None
+) -> None:
     """Point ``config`` at dataset ``name`` under ``root`` (test.py --dataset/--data-root); a public
     dataset whose folder is not here (and not cached) stops with the flag to pass."""
     data = config.data
@@ -151,17 +175,31 @@ def use_dataset(config: Config, checkpoint: str | Path, name: str | None = None,
         data.root = str(root)
     cache = cache_path(config)
     if data.dataset == "synthetic" or (cache / MANIFEST).is_file():
-        built_from = (read_settings(cache) or {}).get("root") if data.dataset != "synthetic" else None
+        built_from = (
+            (read_settings(cache) or {}).get("root") if data.dataset != "synthetic" else None
+        )
         if root and built_from and Path(built_from) != Path(root).expanduser().resolve():
-            log.warning("evaluating the cache %s, built from %s, not from --data-root %s (remove the cache to rebuild it from there)",
-                        cache, built_from, root)
+            log.warning(
+                "evaluating the cache %s, built from %s, not from --data-root %s (remove the cache to rebuild it from there)",
+                cache,
+                built_from,
+                root,
+            )
         validate(config)
         return
     if not data.root:
-        raise DataError(f"{checkpoint} was not trained on {data.dataset}: pass --data-root PATH (your copy of {data.dataset})")
+        raise DataError(
+            f"{checkpoint} was not trained on {data.dataset}: pass --data-root PATH (your copy of {data.dataset})"
+        )
     if not Path(data.root).expanduser().exists():
-        where = f"--data-root {data.root}" if root else f"{data.root}, the {data.dataset} folder recorded in {checkpoint},"
-        raise DataError(f"{where} does not exist here: pass --data-root PATH (your copy of {data.dataset})")
+        where = (
+            f"--data-root {data.root}"
+            if root
+            else f"{data.root}, the {data.dataset} folder recorded in {checkpoint},"
+        )
+        raise DataError(
+            f"{where} does not exist here: pass --data-root PATH (your copy of {data.dataset})"
+        )
     validate(config)
 
 
@@ -199,16 +237,28 @@ def run_test(
     mode = mode or config.test.input
     device_ = next(model.parameters()).device
     dataset = dataset if dataset is not None else build_dataset(config, split)
-    loader = build_loader(dataset, max(8, config.train.joint.batch_size), False, 0, config.data.num_workers)
+    loader = build_loader(
+        dataset, max(8, config.train.joint.batch_size), False, 0, config.data.num_workers
+    )
     tta = config.test.tta if tta is None else tta
     result = evaluate(model, loader, device_, mode, progress=progress, tta=tta)
     if mode == "lr":
         # The task-aware loss's signals (engine/mechanism.py): SR-vs-HR CAM agreement and the task gap.
-        result.metrics["mechanism"] = mechanism_signals(model, loader, device_, config.model.cam_target)
-    if "grading" in result.metrics:  # ECE, reliability, 95% intervals, operating points (evaluation/uncertainty.py)
+        result.metrics["mechanism"] = mechanism_signals(
+            model, loader, device_, config.model.cam_target
+        )
+    if (
+        "grading" in result.metrics
+    ):  # ECE, reliability, 95% intervals, operating points (evaluation/uncertainty.py)
         groups = load_groups(split_name(config.data.dataset, config.data.root))
-        result.metrics.update(uncertainty_report(result.grades.numpy(), result.predicted.numpy(), result.probs.numpy(),
-                                                 [groups.get(i, i) for i in result.ids] if groups else None))
+        result.metrics.update(
+            uncertainty_report(
+                result.grades.numpy(),
+                result.predicted.numpy(),
+                result.probs.numpy(),
+                [groups.get(i, i) for i in result.ids] if groups else None,
+            )
+        )
     metrics = {
         **result.metrics,
         "split": split,
@@ -224,7 +274,9 @@ def run_test(
     }
     run_dir = results_dir(checkpoint, config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = metrics_file(run_dir, split, mode, config.test.input, checkpoint, tta, config.test.tta)
+    metrics_path = metrics_file(
+        run_dir, split, mode, config.test.input, checkpoint, tta, config.test.tta
+    )
     suffix = metrics_path.stem.removeprefix("metrics")
     figures = Path(figures_root) / config.run.name / suffix.lstrip("_")
     metrics["report"] = str(figures / "report.html")
@@ -233,11 +285,15 @@ def run_test(
     write_predictions(result, run_dir / predictions)
     if "grading" in metrics:
         report.plot_confusion(metrics["grading"]["confusion"], figures / "confusion_matrix.png")
-        report.plot_roc(roc_curves(result.grades.numpy(), result.probs.numpy()), figures / "roc_curves.png")
+        report.plot_roc(
+            roc_curves(result.grades.numpy(), result.probs.numpy()), figures / "roc_curves.png"
+        )
         report.plot_reliability(metrics["calibration"]["reliability"], figures / "reliability.png")
     if result.seg is not None:
         report.plot_lesion_pr(result.seg.curves(), figures / "lesion_pr_curves.png")
     panels = sample_panels(model, dataset, device_, samples, figures / "samples", mode)
-    drawn = [(title, figures / name) for title, name in REPORT_FIGURES if (figures / name).is_file()]
+    drawn = [
+        (title, figures / name) for title, name in REPORT_FIGURES if (figures / name).is_file()
+    ]
     report.write_test_report(figures / "report.html", metrics, drawn, panels)
     return metrics, run_dir

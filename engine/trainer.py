@@ -18,6 +18,7 @@ is a parameter-free bicubic upsampler, so the isr stage is skipped and joint tra
 Every gradient of a step is computed before any optimiser steps (upstream stepped one optimiser
 and then back-propagated through its modified weights).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -99,18 +100,29 @@ from models.losses import (
 log = logging.getLogger(__name__)
 
 # Which sub-nets each stage trains; the others are frozen and kept in eval mode.
-TRAINABLE = {"isr": ("isr", "seg"), "seg": ("seg",), "cls": ("grader", "cam_fusion"), "joint": ("isr", "grader")}
+TRAINABLE = {
+    "isr": ("isr", "seg"),
+    "seg": ("seg",),
+    "cls": ("grader", "cam_fusion"),
+    "joint": ("isr", "grader"),
+}
 LR_FIELD = {"isr": "lr_isr", "seg": "lr_seg", "grader": "lr_cls", "cam_fusion": "lr_fusion"}
 RECOVERY_FILE = "recovery.pt"  # checkpoints/: the one checkpoint written inside an epoch
 LOCK_FILE = "train.lock"  # runs/<name>/: held by the run folder's one writer (data/lock.py)
-LOCK_POLL_SECONDS = 30  # train.init_from=synthetic: how often to look again at a pre-training another run holds
+LOCK_POLL_SECONDS = (
+    30  # train.init_from=synthetic: how often to look again at a pre-training another run holds
+)
 
 
 def _lr_lambda(settings: StageConfig) -> Callable[[int], float]:
     if settings.schedule == "step":
-        return lambda epoch: settings.decay_gamma if settings.decay_epoch and epoch >= settings.decay_epoch else 1.0
+        return lambda epoch: (
+            settings.decay_gamma if settings.decay_epoch and epoch >= settings.decay_epoch else 1.0
+        )
     if settings.schedule == "cosine":
-        return lambda epoch: 0.5 * (1 + math.cos(math.pi * min(epoch, settings.epochs) / max(1, settings.epochs)))
+        return lambda epoch: (
+            0.5 * (1 + math.cos(math.pi * min(epoch, settings.epochs) / max(1, settings.epochs)))
+        )
     return lambda epoch: 1.0
 
 
@@ -121,7 +133,9 @@ class Trainer:
     signals: StopSignals | None = None
     guard: NonFiniteGuard | None = None
     latest_checkpoint: Path | None = None
-    ema: WeightEMA | None = None  # train.ema_decay: the stage's average of its trained sub-nets (train_stage)
+    ema: WeightEMA | None = (
+        None  # train.ema_decay: the stage's average of its trained sub-nets (train_stage)
+    )
     saved_at: float = 0.0  # time.monotonic() of the last checkpoint written (recovery timer)
     # The joint stage's val_psnr floor (train.joint_max_psnr_drop_db), kept in its checkpoints for --resume.
     psnr_floor: float | None = None
@@ -133,9 +147,13 @@ class Trainer:
         seed_everything(config.run.seed, config.run.deterministic)
         self.world, self.device = distributed.setup(select_device(config.run.device))
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = config.run.cudnn_benchmark and not config.run.deterministic
+            torch.backends.cudnn.benchmark = (
+                config.run.cudnn_benchmark and not config.run.deterministic
+            )
         # run.amp / run.channels_last "auto" resolved for this device (engine/runtime.py).
-        self.speed = resolve_speed(config.run.amp, config.run.channels_last, self.device, config.run.amp_dtype)
+        self.speed = resolve_speed(
+            config.run.amp, config.run.channels_last, self.device, config.run.amp_dtype
+        )
         self.channels_last = self.speed.channels_last
         self.model = build_model(config).to(self.device)
         self._apply_fast_paths()
@@ -144,7 +162,9 @@ class Trainer:
         self.amp_enabled = self.speed.amp
         log.info("speed: %s", self.speed.describe(self.threads))
         self.amp_dtype = torch.bfloat16 if config.run.amp_dtype == "bfloat16" else torch.float16
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_enabled and self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_enabled and self.amp_dtype == torch.float16
+        )
         self.global_step = 0
         self.crop_generator: torch.Generator | None = None  # reseeded per epoch (train_one_epoch)
         # Frozen nets' outputs of the training / validation images (train.cache_frozen).
@@ -192,7 +212,9 @@ class Trainer:
         if setting == "none":
             return None
         if setting == "auto":
-            weights = class_weights_from_counts(grade_counts(self.train_set, self.config.data.num_classes))
+            weights = class_weights_from_counts(
+                grade_counts(self.train_set, self.config.data.num_classes)
+            )
         else:
             weights = torch.tensor(setting, dtype=torch.float32)
         return weights.to(self.device)
@@ -207,13 +229,27 @@ class Trainer:
         impl = self.config.run.optimizer_impl
         if impl == "auto":
             impl = "fused" if self.device.type == "cuda" else "default"
-        options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}.get(impl, {})
-        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=self.config.train.weight_decay, **options)
+        options = {
+            "fused": {"fused": True},
+            "foreach": {"foreach": True},
+            "for_loop": {"foreach": False},
+        }.get(impl, {})
+        return torch.optim.Adam(
+            params,
+            lr=lr,
+            betas=(0.9, 0.999),
+            weight_decay=self.config.train.weight_decay,
+            **options,
+        )
 
     def _submodules(self, names: tuple[str, ...]) -> dict[str, nn.Module]:
         """The named sub-nets that exist and have parameters (an ablated or bicubic one has none)."""
         modules = {name: getattr(self.model, name) for name in names}
-        return {name: module for name, module in modules.items() if module is not None and any(True for _ in module.parameters())}
+        return {
+            name: module
+            for name, module in modules.items()
+            if module is not None and any(True for _ in module.parameters())
+        }
 
     def untrainable(self, stage: str) -> str | None:
         """Why the model gives ``stage`` nothing to train (no epochs, no such sub-net), or None."""
@@ -228,7 +264,10 @@ class Trainer:
     def _skip_reason(self, stage: str) -> str | None:
         """Why ``stage`` is skipped: nothing to train, or no image with its labels; None to run it."""
         reason = self.untrainable(stage)
-        if reason is None and (len(stage_subset(self.train_set, stage)) == 0 or len(stage_subset(self.val_set, stage)) == 0):
+        if reason is None and (
+            len(stage_subset(self.train_set, stage)) == 0
+            or len(stage_subset(self.val_set, stage)) == 0
+        ):
             reason = "no training or validation image carries its labels"
         return reason
 
@@ -250,7 +289,11 @@ class Trainer:
         ``data.lesion_crop_share``)."""
         images_format = torch.channels_last if self.channels_last else torch.preserve_format
         batch = {
-            key: value.to(self.device, non_blocking=True, memory_format=images_format if key in ("hr", "lr") else torch.preserve_format)
+            key: value.to(
+                self.device,
+                non_blocking=True,
+                memory_format=images_format if key in ("hr", "lr") else torch.preserve_format,
+            )
             if torch.is_tensor(value)
             else value
             for key, value in batch.items()
@@ -264,7 +307,13 @@ class Trainer:
         if stage in ("isr", "seg"):
             crop = getattr(self.config.train, stage).crop_size
             crop = self.config.data.crop_size if crop is None else crop
-            batch = random_crop(batch, crop, self.config.data.scale, self.crop_generator, self.config.data.lesion_crop_share)
+            batch = random_crop(
+                batch,
+                crop,
+                self.config.data.scale,
+                self.crop_generator,
+                self.config.data.lesion_crop_share,
+            )
         return batch
 
     def _augment(self, batch: dict) -> dict:
@@ -281,7 +330,15 @@ class Trainer:
             blur_sigma=data.aug_blur_sigma,
             blur_prob=data.aug_blur_prob,
         )
-        return augment(batch, settings, data.scale, self.crop_generator, data.blur_kernel, data.blur_sigma, data.noise_var)
+        return augment(
+            batch,
+            settings,
+            data.scale,
+            self.crop_generator,
+            data.blur_kernel,
+            data.blur_sigma,
+            data.noise_var,
+        )
 
     def step_isr(self, batch: dict) -> dict[str, torch.Tensor]:
         weights, model = self.config.loss, self.model
@@ -294,7 +351,11 @@ class Trainer:
                 hr_lesions = model.seg(batch["hr"])
             losses["seg"] = segmentation_loss(sr_lesions, batch["masks"], batch["mask_valid"])
             losses["seg_aware"] = seg_aware_loss(sr_lesions, hr_lesions)
-            total = total + weights.seg_weight * losses["seg"] + weights.seg_aware_weight * losses["seg_aware"]
+            total = (
+                total
+                + weights.seg_weight * losses["seg"]
+                + weights.seg_aware_weight * losses["seg_aware"]
+            )
         self.scaler.scale(total).backward()
         return {"loss": total, **losses}
 
@@ -315,11 +376,15 @@ class Trainer:
             return self.model.segment(image)
 
     def step_seg(self, batch: dict) -> dict[str, torch.Tensor]:
-        loss = segmentation_loss(self.model.seg(self._stage_image(batch)), batch["masks"], batch["mask_valid"])
+        loss = segmentation_loss(
+            self.model.seg(self._stage_image(batch)), batch["masks"], batch["mask_valid"]
+        )
         self.scaler.scale(loss).backward()
         return {"loss": loss, "seg": loss}
 
-    def _grading_losses(self, logits: torch.Tensor, grades: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _grading_losses(
+        self, logits: torch.Tensor, grades: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The grading loss the grader learns from and its logged parts: cross entropy ("ce", with
         loss.label_smoothing) plus loss.ordinal_weight times the ordinal loss ("ordinal", when on)."""
         weights = self.config.loss
@@ -339,14 +404,24 @@ class Trainer:
         if model.use_lesions and fusion_used and weights.cam_fusion_weight > 0:
             # Train the CAM fusion towards the lesion map; the CAMs are constants here, so this
             # loss does not reach the grader.
-            cams = stage_cams(result.grade_logits, result.features, target_weights(result.grade_logits, self.config.model.cam_target, model.decision_thresholds))
+            cams = stage_cams(
+                result.grade_logits,
+                result.features,
+                target_weights(
+                    result.grade_logits, self.config.model.cam_target, model.decision_thresholds
+                ),
+            )
             attention = model.cam_fusion([cam.detach() for cam in cams], image.shape[-2:])
-            losses["cam_fusion"] = F.mse_loss(attention, any_lesion_map(torch.sigmoid(lesion_logits)))
+            losses["cam_fusion"] = F.mse_loss(
+                attention, any_lesion_map(torch.sigmoid(lesion_logits))
+            )
             total = total + weights.cam_fusion_weight * losses["cam_fusion"]
         self.scaler.scale(total).backward()
         return {"loss": total, **losses}
 
-    def _eval_attention(self, image: torch.Tensor, lesion_logits: torch.Tensor, keep_graph: bool) -> torch.Tensor:
+    def _eval_attention(
+        self, image: torch.Tensor, lesion_logits: torch.Tensor, keep_graph: bool
+    ) -> torch.Tensor:
         """The grader's fused CAM ``[N,1,H,W]`` of ``image`` + its lesion logits, in eval mode.
 
         Both CAMs of the task-aware loss come from here, so SR and HR are explained by the same
@@ -359,13 +434,17 @@ class Trainer:
         """
         grader = self.model.grader
         trainable = [p for p in grader.parameters() if p.requires_grad]
-        start_graph = None if keep_graph else grader.stages()[0].register_forward_hook(_start_graph_here)
+        start_graph = (
+            None if keep_graph else grader.stages()[0].register_forward_hook(_start_graph_here)
+        )
         try:
             with _eval_mode(grader):
                 for param in trainable:
                     param.requires_grad_(False)
                 result = self.model.grade_with_lesions(image, lesion_logits)
-                attention = self.model.attention_map(result, self.config.model.cam_target, retain_graph=keep_graph)
+                attention = self.model.attention_map(
+                    result, self.config.model.cam_target, retain_graph=keep_graph
+                )
         finally:
             for param in trainable:
                 param.requires_grad_(True)
@@ -383,7 +462,9 @@ class Trainer:
         SR == HR), differentiable back to the ISR net through ``sr`` and ``sr_lesions``."""
         return self._eval_attention(sr, sr_lesions, keep_graph=True)
 
-    def joint_isr_terms(self, batch: dict, sr: torch.Tensor, result, grading: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def joint_isr_terms(
+        self, batch: dict, sr: torch.Tensor, result, grading: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The ISR net's joint-stage loss as its weighted terms, and the unweighted losses to log.
 
         ``sr`` is the ISR net's output of ``batch["lr"]``, ``result`` the train-mode
@@ -394,7 +475,11 @@ class Trainer:
         """
         weights, model, hr = self.config.loss, self.model, batch["hr"]
         losses = {"pixel": pixel_loss(sr, hr, weights.pixel), "tv": tv_loss(sr)}
-        terms = {"pixel": weights.pixel_weight * losses["pixel"], "tv": weights.tv_weight * losses["tv"], "grading": weights.cls_weight * grading}
+        terms = {
+            "pixel": weights.pixel_weight * losses["pixel"],
+            "tv": weights.tv_weight * losses["tv"],
+            "grading": weights.cls_weight * grading,
+        }
         hr_lesions = self._frozen_lesions(batch, hr)
         if model.use_lesions and weights.seg_aware_weight > 0:
             losses["seg_aware"] = seg_aware_loss(result.lesion_logits, hr_lesions)
@@ -424,7 +509,9 @@ class Trainer:
         # Two gradients, both computed before any step: the ISR net follows its whole loss, the
         # grader only the grading loss (the task-aware loss is feedback to the ISR net).
         isr_grads = torch.autograd.grad(self.scaler.scale(isr_total), isr_params, retain_graph=True)
-        grader_grads = torch.autograd.grad(self.scaler.scale(weights.cls_weight * grading), grader_params)
+        grader_grads = torch.autograd.grad(
+            self.scaler.scale(weights.cls_weight * grading), grader_params
+        )
         for param, grad in zip(isr_params + grader_params, isr_grads + grader_grads):
             param.grad = grad
         return {"loss": isr_total, **losses}
@@ -436,7 +523,9 @@ class Trainer:
     def train_loader(self, stage: str) -> DataLoader:
         """The stage's training loader, built once (workers persist); its sampler is set per epoch."""
         data = self.config.data
-        batch = distributed.local_batch_size(getattr(self.config.train, stage).batch_size, self.world, f"train.{stage}.batch_size")
+        batch = distributed.local_batch_size(
+            getattr(self.config.train, stage).batch_size, self.world, f"train.{stage}.batch_size"
+        )
         subset = stage_subset(self.train_set, stage)
         return build_loader(
             IndexedDataset(subset),  # "index": the row of the frozen-output cache
@@ -456,8 +545,10 @@ class Trainer:
         if not self.config.data.balanced_sampling or stage not in ("cls", "joint"):
             return None
         if self.config.loss.class_weights == "auto":
-            log.warning("data.balanced_sampling with loss.class_weights=auto corrects the grade imbalance twice "
-                        "(rare grades then outweigh common ones); loss.class_weights=none balances it once")
+            log.warning(
+                "data.balanced_sampling with loss.class_weights=auto corrects the grade imbalance twice "
+                "(rare grades then outweigh common ones); loss.class_weights=none balances it once"
+            )
         return balanced_weights(dataset_grades(subset))
 
     def train_one_epoch(
@@ -481,7 +572,9 @@ class Trainer:
         self.crop_generator = torch.Generator().manual_seed(self._stage_seed(stage) + epoch)
         loader = loader if loader is not None else self.train_loader(stage)
         loader.sampler.set_epoch(epoch)
-        total = min(settings.max_steps or self.config.train.max_steps_per_epoch or len(loader), len(loader))
+        total = min(
+            settings.max_steps or self.config.train.max_steps_per_epoch or len(loader), len(loader)
+        )
         guard = self.guard if self.guard is not None else NonFiniteGuard(self.device)
         guard.new_epoch()
         done, since_save, sums, good = 0, 0, {}, torch.zeros((), device=self.device)
@@ -492,10 +585,18 @@ class Trainer:
             sums = {key: value.to(self.device) for key, value in position["sums"].items()}
             good = position["good_steps"].to(self.device)
             guard.load_state_dict(position["guard"])
-        params = [p for opt in optimizers.values() for group in opt.param_groups for p in group["params"]]
+        params = [
+            p for opt in optimizers.values() for group in opt.param_groups for p in group["params"]
+        ]
         step_fn = getattr(self, f"step_{stage}")
         resumed = {"initial": done} if done else {}
-        batches = self.progress(loader, total=total, desc=f"{stage} {epoch + 1}/{settings.epochs}", **resumed) if self.progress else loader
+        batches = (
+            self.progress(
+                loader, total=total, desc=f"{stage} {epoch + 1}/{settings.epochs}", **resumed
+            )
+            if self.progress
+            else loader
+        )
         for batch in batches:
             if done >= total:
                 break
@@ -503,40 +604,62 @@ class Trainer:
                 with self.autocast():
                     losses = step_fn(self._batch(batch, stage))
             except torch.OutOfMemoryError:
-                raise TrainingError(self._out_of_memory_message(stage, first=self.global_step == 0)) from None
+                raise TrainingError(
+                    self._out_of_memory_message(stage, first=self.global_step == 0)
+                ) from None
             found_inf = self._apply_gradients(optimizers, params, losses, guard)
             if self.ema is not None:
                 self.ema.update(found_inf)  # a skipped step leaves the average as it is
-            for key, value in losses.items():  # a skipped step's losses stay out of the epoch's means
-                sums[key] = sums.get(key, 0) + torch.where(found_inf > 0, 0.0, value.detach().float())
+            for (
+                key,
+                value,
+            ) in losses.items():  # a skipped step's losses stay out of the epoch's means
+                sums[key] = sums.get(key, 0) + torch.where(
+                    found_inf > 0, 0.0, value.detach().float()
+                )
             good = good + (1 - found_inf)
             done, since_save = done + 1, since_save + 1
             self.global_step += 1
             if done % SYNC_EVERY_STEPS == 0:
                 self._check_guard(guard, stage, epoch)
             stop = self._stop_requested(done)
-            due = done < total and self.world.is_main and self._recovery_due(since_save)  # rank 0 alone writes
+            due = (
+                done < total and self.world.is_main and self._recovery_due(since_save)
+            )  # rank 0 alone writes
             if save_recovery is not None and (stop or due):
-                save_recovery({
-                    "batches": done,
-                    "crop_generator": self.crop_generator.get_state(),
-                    "sums": {key: value.cpu() for key, value in sums.items()},
-                    "good_steps": good.cpu(),
-                    "guard": guard.state_dict(),
-                })
+                save_recovery(
+                    {
+                        "batches": done,
+                        "crop_generator": self.crop_generator.get_state(),
+                        "sums": {key: value.cpu() for key, value in sums.items()},
+                        "good_steps": good.cpu(),
+                        "guard": guard.state_dict(),
+                    }
+                )
                 since_save = 0
             if stop:
                 distributed.barrier()  # rank 0's recovery checkpoint is on disk before any process exits
-                raise Preempted(f"stopped by {self._signal_name()} in stage {stage}, epoch {epoch + 1}, after batch {done}; "
-                                f"{self._where_saved()}")
+                raise Preempted(
+                    f"stopped by {self._signal_name()} in stage {stage}, epoch {epoch + 1}, after batch {done}; "
+                    f"{self._where_saved()}"
+                )
         skipped = self._check_guard(guard, stage, epoch)
         # Mean over the processes' applied steps (one all-reduce per epoch, not per step).
         totals = distributed.all_reduce_sum(torch.stack([sums[key] for key in sums] + [good]))
         steps_all = float(totals[-1])
-        row = {f"train_{key}": float(value) / steps_all if steps_all else math.nan for key, value in zip(sums, totals[:-1])}
+        row = {
+            f"train_{key}": float(value) / steps_all if steps_all else math.nan
+            for key, value in zip(sums, totals[:-1])
+        }
         return {**row, "skipped_steps": skipped}
 
-    def _apply_gradients(self, optimizers: dict[str, torch.optim.Optimizer], params: list, losses: dict, guard: NonFiniteGuard) -> torch.Tensor:
+    def _apply_gradients(
+        self,
+        optimizers: dict[str, torch.optim.Optimizer],
+        params: list,
+        losses: dict,
+        guard: NonFiniteGuard,
+    ) -> torch.Tensor:
         """Average, check, clip and apply one step's gradients; returns the step's 0/1 non-finite flag.
 
         A step with a non-finite loss or gradient changes no weight and no optimiser state. Adam
@@ -554,7 +677,9 @@ class Trainer:
             if self.scaler.is_enabled():
                 self.scaler.step(optimizer)  # skips on its own found-inf
             elif getattr(optimizer, "_step_supports_amp_scaling", False):
-                optimizer.found_inf = found_inf  # read by fused Adam on the device (as GradScaler does)
+                optimizer.found_inf = (
+                    found_inf  # read by fused Adam on the device (as GradScaler does)
+                )
                 optimizer.step()
                 del optimizer.found_inf
             else:
@@ -589,7 +714,9 @@ class Trainer:
         return distributed.any_rank(received, self.device)
 
     def _signal_name(self) -> str:
-        return (self.signals.name if self.signals is not None else "") or "a signal to another process"
+        return (
+            self.signals.name if self.signals is not None else ""
+        ) or "a signal to another process"
 
     def _where_saved(self) -> str:
         if self.latest_checkpoint is None:
@@ -600,12 +727,19 @@ class Trainer:
         train = self.config.train
         if train.checkpoint_every_steps and steps_since_save >= train.checkpoint_every_steps:
             return True
-        return train.checkpoint_every_minutes > 0 and time.monotonic() - self.saved_at >= 60 * train.checkpoint_every_minutes
+        return (
+            train.checkpoint_every_minutes > 0
+            and time.monotonic() - self.saved_at >= 60 * train.checkpoint_every_minutes
+        )
 
     def _out_of_memory_message(self, stage: str, first: bool) -> str:
         """What ran out, and the switches that cut memory which are not on yet."""
         batch = getattr(self.config.train, stage).batch_size
-        switches = [] if self.config.model.seg_checkpoint else ["model.seg_checkpoint=true (recomputes the segmentation net's activations)"]
+        switches = (
+            []
+            if self.config.model.seg_checkpoint
+            else ["model.seg_checkpoint=true (recomputes the segmentation net's activations)"]
+        )
         if not self.amp_enabled:
             switches.append("run.amp=true (bf16 autocast)")
         switches.append(f"a smaller train.{stage}.batch_size")
@@ -619,7 +753,15 @@ class Trainer:
         """The stage's validation images, each evaluated by exactly one process."""
         batch = max(getattr(self.config.train, stage).batch_size // self.world.size, 8)
         pin = self.config.data.pin_memory and self.device.type == "cuda"
-        return build_loader(stage_subset(self.val_set, stage), batch, False, 0, self.config.data.num_workers, self.world, pin_memory=pin)
+        return build_loader(
+            stage_subset(self.val_set, stage),
+            batch,
+            False,
+            0,
+            self.config.data.num_workers,
+            self.world,
+            pin_memory=pin,
+        )
 
     def validate(self, stage: str) -> dict:
         """The stage's validation metrics, of the EMA weights when train.ema_decay is on, with test.tta;
@@ -631,7 +773,15 @@ class Trainer:
             if self.config.model.grade_decoding == "thresholds" and stage in ("cls", "joint"):
                 self._fit_grade_thresholds(stage, mode)
             frozen = self._frozen_val_lesions(stage, mode, loader)
-            return evaluate(self.model, loader, self.device, mode, self.autocast, frozen=frozen, tta=self.config.test.tta).metrics
+            return evaluate(
+                self.model,
+                loader,
+                self.device,
+                mode,
+                self.autocast,
+                frozen=frozen,
+                tta=self.config.test.tta,
+            ).metrics
 
     def _fit_stage_thresholds(self, stage: str) -> None:
         """train.eval_every=0: the grade thresholds a validation would have fitted (training images only)."""
@@ -646,20 +796,43 @@ class Trainer:
         augmentation or gradients; no validation label reaches them."""
         batch = max(getattr(self.config.train, stage).batch_size // self.world.size, 8)
         pin = self.config.data.pin_memory and self.device.type == "cuda"
-        loader = build_loader(stage_subset(self.train_set, stage), batch, False, 0, self.config.data.num_workers, self.world, pin_memory=pin)
+        loader = build_loader(
+            stage_subset(self.train_set, stage),
+            batch,
+            False,
+            0,
+            self.config.data.num_workers,
+            self.world,
+            pin_memory=pin,
+        )
         # The cls stage's cached lesion maps of these images are in this loader's order when one process reads them all.
         frozen = self.frozen_train if stage == "cls" and not self.world.distributed else None
-        result = evaluate(self.model, loader, self.device, mode, self.autocast, frozen=frozen, tta=self.config.test.tta)
+        result = evaluate(
+            self.model,
+            loader,
+            self.device,
+            mode,
+            self.autocast,
+            frozen=frozen,
+            tta=self.config.test.tta,
+        )
         thresholds = fit_thresholds(result.probs, result.grades)
         self.model.grade_thresholds.copy_(thresholds)
-        log.info("grade thresholds fitted on %d training images: %s", int((result.grades >= 0).sum()),
-                 ", ".join(f"{value:.3f}" for value in thresholds.tolist()))
+        log.info(
+            "grade thresholds fitted on %d training images: %s",
+            int((result.grades >= 0).sum()),
+            ", ".join(f"{value:.3f}" for value in thresholds.tolist()),
+        )
 
     # ----------------------------------------------------------------- frozen outputs, once per stage
     def _cache_plan(self, stage: str) -> tuple[str, list[nn.Module | None]] | None:
         """What the stage's frozen nets compute from each training image ("hr" or "lr": its
         lesion maps, plus the SR image for "lr") and which nets that depends on; None: no cache."""
-        if not self.config.train.cache_frozen or not self.model.use_lesions or stage not in ("cls", "joint"):
+        if (
+            not self.config.train.cache_frozen
+            or not self.model.use_lesions
+            or stage not in ("cls", "joint")
+        ):
             return None
         if stage == "cls" and self.config.train.input == "lr":
             return "lr", [self.model.isr, self.model.seg]
@@ -669,8 +842,12 @@ class Trainer:
         dtype = self.amp_dtype if self.amp_enabled else torch.float32
         needed = FrozenOutputs.bytes_needed(count, shapes, dtype)
         if needed > self.config.train.cache_max_gb * 2**30:
-            log.info("not caching %s: %.2f GB > train.cache_max_gb=%g; computing them every step", what, needed / 2**30,
-                     self.config.train.cache_max_gb)
+            log.info(
+                "not caching %s: %.2f GB > train.cache_max_gb=%g; computing them every step",
+                what,
+                needed / 2**30,
+                self.config.train.cache_max_gb,
+            )
             return False
         return True
 
@@ -690,25 +867,41 @@ class Trainer:
         self.frozen_train = None
         dataset = IndexedDataset(subset)
         size, lesions = self.config.data.hr_size, self.model.seg.num_lesions
-        shapes = {"lesion_logits": (lesions, size, size), **({"stage_image": (3, size, size)} if kind == "lr" else {})}
+        shapes = {
+            "lesion_logits": (lesions, size, size),
+            **({"stage_image": (3, size, size)} if kind == "lr" else {}),
+        }
         if not self._fits_cache(len(dataset), shapes, f"the {stage} stage's frozen outputs"):
             return
         batch = getattr(self.config.train, stage).batch_size
-        loader = build_loader(dataset, batch, False, 0, self.config.data.num_workers)  # every process: every image
+        loader = build_loader(
+            dataset, batch, False, 0, self.config.data.num_workers
+        )  # every process: every image
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
 
         def outputs(batch: dict) -> dict[str, torch.Tensor]:
             with self.autocast():
                 if kind == "hr":
-                    return {"lesion_logits": self.model.segment(batch["hr"].contiguous(memory_format=memory_format))}
+                    return {
+                        "lesion_logits": self.model.segment(
+                            batch["hr"].contiguous(memory_format=memory_format)
+                        )
+                    }
                 image = self.model.isr(batch["lr"].contiguous(memory_format=memory_format))
                 return {"lesion_logits": self.model.segment(image), "stage_image": image}
 
         started = time.perf_counter()
         self.frozen_train = FrozenOutputs.compute(loader, outputs, self.device, key, self.progress)
-        log.info("cached the frozen nets' outputs of %d %s images in %.1f s", len(dataset), kind.upper(), time.perf_counter() - started)
+        log.info(
+            "cached the frozen nets' outputs of %d %s images in %.1f s",
+            len(dataset),
+            kind.upper(),
+            time.perf_counter() - started,
+        )
 
-    def _frozen_val_lesions(self, stage: str, mode: str, loader: DataLoader) -> FrozenOutputs | None:
+    def _frozen_val_lesions(
+        self, stage: str, mode: str, loader: DataLoader
+    ) -> FrozenOutputs | None:
         """The validation images' lesion logits while the segmentation net (and, in LR mode, the
         ISR net) is frozen: the cls stage. Computed at the stage's first validation."""
         if stage != "cls" or not self.config.train.cache_frozen or not self.model.use_lesions:
@@ -719,7 +912,11 @@ class Trainer:
             return self.frozen_val
         self.frozen_val = None
         size = self.config.data.hr_size
-        if not self._fits_cache(len(loader.sampler), {"lesion_logits": (self.model.seg.num_lesions, size, size)}, "validation lesion maps"):
+        if not self._fits_cache(
+            len(loader.sampler),
+            {"lesion_logits": (self.model.seg.num_lesions, size, size)},
+            "validation lesion maps",
+        ):
             return None
         self.model.eval()
 
@@ -739,7 +936,9 @@ class Trainer:
             return {"model": raw}
         return {"model": self.ema.weights(raw), "raw_model": raw}
 
-    def _state(self, stage: str, epoch: int, optimizers, schedulers, best: float, best_epoch: int) -> dict:
+    def _state(
+        self, stage: str, epoch: int, optimizers, schedulers, best: float, best_epoch: int
+    ) -> dict:
         return {
             "config": self.config.to_dict(),
             **self._model_weights(),
@@ -765,15 +964,22 @@ class Trainer:
         optimizers = self._prepare_stage(stage)
         self._cache_frozen_outputs(stage)
         schedulers = {
-            name: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(settings)) for name, opt in optimizers.items()
+            name: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(settings))
+            for name, opt in optimizers.items()
         }
         start_epoch, best, best_epoch, position = 0, -math.inf, 0, None
         self.guard = NonFiniteGuard(self.device)
         # The stage's EMA starts at its incoming weights (on resume: the checkpoint's average).
         decay = self.config.train.ema_decay
-        self.ema = WeightEMA(self.model, self._submodules(TRAINABLE[stage]), decay) if decay > 0 else None
+        self.ema = (
+            WeightEMA(self.model, self._submodules(TRAINABLE[stage]), decay) if decay > 0 else None
+        )
         if resume is not None:
-            start_epoch, best, best_epoch = resume["epoch"], resume["best_metric"], resume["best_epoch"]
+            start_epoch, best, best_epoch = (
+                resume["epoch"],
+                resume["best_metric"],
+                resume["best_epoch"],
+            )
             position = resume.get("position")
             if "optimizers" in resume:
                 for name, opt in optimizers.items():
@@ -789,17 +995,38 @@ class Trainer:
             set_rng_state(resume["rng"])
             self.global_step = resume["step"]
             if self.ema is not None and "raw_model" in resume:
-                load_model_state(self.model, resume["raw_model"], "the checkpoint's raw weights (raw_model)")
+                load_model_state(
+                    self.model, resume["raw_model"], "the checkpoint's raw weights (raw_model)"
+                )
         self.psnr_floor = resume.get("psnr_floor") if resume is not None else None
-        if resume is None and stage == "joint" and self.config.train.joint_max_psnr_drop_db is not None:
+        if (
+            resume is None
+            and stage == "joint"
+            and self.config.train.joint_max_psnr_drop_db is not None
+        ):
             best = self._validate_incoming(stage, optimizers, schedulers)
         self.saved_at = time.monotonic()
         loader = self.train_loader(stage)
         for epoch in range(start_epoch, settings.epochs):
             started = time.perf_counter()
-            row = {"stage": stage, "epoch": epoch + 1, "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"]}
-            save_recovery = partial(self._write_recovery, stage, epoch, optimizers, schedulers, best, best_epoch)
-            row.update(self.train_one_epoch(stage, epoch, optimizers, loader, position if epoch == start_epoch else None, save_recovery))
+            row = {
+                "stage": stage,
+                "epoch": epoch + 1,
+                "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
+            }
+            save_recovery = partial(
+                self._write_recovery, stage, epoch, optimizers, schedulers, best, best_epoch
+            )
+            row.update(
+                self.train_one_epoch(
+                    stage,
+                    epoch,
+                    optimizers,
+                    loader,
+                    position if epoch == start_epoch else None,
+                    save_recovery,
+                )
+            )
             for scheduler in schedulers.values():
                 scheduler.step()
             is_last = epoch + 1 == settings.epochs
@@ -814,8 +1041,15 @@ class Trainer:
                 if self.psnr_floor is not None:
                     row["val_psnr_floor"] = self.psnr_floor
                     if below_psnr_floor(metrics, self.psnr_floor):
-                        log.info("%s epoch %d cannot be the best checkpoint: val_psnr %.3f dB is under the floor %.3f dB "
-                                 "(val_selection %.4g)", stage, epoch + 1, row.get("val_psnr", math.nan), self.psnr_floor, metric)
+                        log.info(
+                            "%s epoch %d cannot be the best checkpoint: val_psnr %.3f dB is under the floor %.3f dB "
+                            "(val_selection %.4g)",
+                            stage,
+                            epoch + 1,
+                            row.get("val_psnr", math.nan),
+                            self.psnr_floor,
+                            metric,
+                        )
                 if is_new_best(metric, best, metrics, self.psnr_floor):
                     best, best_epoch = metric, epoch + 1
                     row["is_best"] = 1
@@ -825,10 +1059,16 @@ class Trainer:
                 state = self._state(stage, epoch + 1, optimizers, schedulers, best, best_epoch)
                 self._write_epoch(stage, row, state, keep_optimizers=final or not is_last)
             if not (final and is_last) and self._stop_requested():
-                raise Preempted(f"stopped by {self._signal_name()} after stage {stage}, epoch {epoch + 1}; {self._where_saved()}")
+                raise Preempted(
+                    f"stopped by {self._signal_name()} after stage {stage}, epoch {epoch + 1}; {self._where_saved()}"
+                )
         if self.psnr_floor is not None and best_epoch == 0:
-            log.info("%s stage: no epoch at or above the PSNR floor %.3f dB graded better than the incoming weights: "
-                     "its best checkpoint is the incoming weights (epoch 0)", stage, self.psnr_floor)
+            log.info(
+                "%s stage: no epoch at or above the PSNR floor %.3f dB graded better than the incoming weights: "
+                "its best checkpoint is the incoming weights (epoch 0)",
+                stage,
+                self.psnr_floor,
+            )
         distributed.barrier()  # rank 0's best checkpoint is on disk before anyone reads it
         best_path = self.checkpoint_dir / f"{stage}_best.pt"
         if best_path.is_file():
@@ -847,27 +1087,60 @@ class Trainer:
         psnr = metrics.get("sr", {}).get("sr", {}).get("psnr", math.nan)
         self.psnr_floor = psnr - drop
         metric = selection_metric(stage, metrics)
-        log.info("%s stage: the incoming weights validate at val_psnr %.3f dB, val_selection %.4g; PSNR floor %.3f dB "
-                 "(train.joint_max_psnr_drop_db=%g)", stage, psnr, metric, self.psnr_floor, drop)
+        log.info(
+            "%s stage: the incoming weights validate at val_psnr %.3f dB, val_selection %.4g; PSNR floor %.3f dB "
+            "(train.joint_max_psnr_drop_db=%g)",
+            stage,
+            psnr,
+            metric,
+            self.psnr_floor,
+            drop,
+        )
         best = metric if math.isfinite(metric) else -math.inf
-        row = {"stage": stage, "epoch": 0, "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
-               **_flat_val_metrics(metrics), "val_selection": metric, "val_psnr_floor": self.psnr_floor, "is_best": 1,
-               "seconds": round(time.perf_counter() - started, 2)}
+        row = {
+            "stage": stage,
+            "epoch": 0,
+            "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
+            **_flat_val_metrics(metrics),
+            "val_selection": metric,
+            "val_psnr_floor": self.psnr_floor,
+            "is_best": 1,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
         if self.world.is_main:
             self._write_epoch(stage, row, self._state(stage, 0, optimizers, schedulers, best, 0))
         return best
 
-    def _write_recovery(self, stage: str, epoch: int, optimizers, schedulers, best: float, best_epoch: int, position: dict) -> None:
+    def _write_recovery(
+        self,
+        stage: str,
+        epoch: int,
+        optimizers,
+        schedulers,
+        best: float,
+        best_epoch: int,
+        position: dict,
+    ) -> None:
         """The recovery checkpoint (rank 0): the stage's state inside epoch ``epoch`` at ``position``;
         one file, replaced each time, removed at the epoch's end."""
         if not self.world.is_main:
             return
-        state = {**self._state(stage, epoch, optimizers, schedulers, best, best_epoch), "position": position}
+        state = {
+            **self._state(stage, epoch, optimizers, schedulers, best, best_epoch),
+            "position": position,
+        }
         self.latest_checkpoint = save_checkpoint(state, self.checkpoint_dir / RECOVERY_FILE)
         self.saved_at = time.monotonic()
-        log.info("recovery checkpoint: stage %s, epoch %d, batch %d", stage, epoch + 1, position["batches"])
+        log.info(
+            "recovery checkpoint: stage %s, epoch %d, batch %d",
+            stage,
+            epoch + 1,
+            position["batches"],
+        )
 
-    def _write_epoch(self, stage: str, row: dict, state: dict, keep_optimizers: bool = True) -> None:
+    def _write_epoch(
+        self, stage: str, row: dict, state: dict, keep_optimizers: bool = True
+    ) -> None:
         """CSV row, TensorBoard scalars and log line, then the checkpoints (docs/RELIABILITY.md).
 
         The row comes first: a resumed run drops rows past its checkpoint and writes them again.
@@ -876,8 +1149,17 @@ class Trainer:
         epoch snapshots. The recovery file is stale after that and goes.
         """
         self.csv.write(row)
-        self.tensorboard.scalars({k: v for k, v in row.items() if k not in ("stage", "epoch")}, self.global_step, f"{stage}/")
-        log.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        self.tensorboard.scalars(
+            {k: v for k, v in row.items() if k not in ("stage", "epoch")},
+            self.global_step,
+            f"{stage}/",
+        )
+        log.info(
+            "%s",
+            " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            ),
+        )
         folder = self.checkpoint_dir
         weights = without_optimizers(state)
         best, last = folder / f"{stage}_best.pt", folder / f"{stage}_last.pt"
@@ -896,7 +1178,10 @@ class Trainer:
                 link_checkpoint(best, snapshot)
             else:
                 save_checkpoint(weights, snapshot)
-            snapshots = sorted(folder.glob(f"{stage}_epoch*.pt"), key=lambda path: int(path.stem.rsplit("epoch", 1)[1]))
+            snapshots = sorted(
+                folder.glob(f"{stage}_epoch*.pt"),
+                key=lambda path: int(path.stem.rsplit("epoch", 1)[1]),
+            )
             for old in snapshots[: -self.config.run.keep]:
                 old.unlink()
         (folder / RECOVERY_FILE).unlink(missing_ok=True)
@@ -941,7 +1226,9 @@ class Trainer:
             except LockError as caught:
                 error = caught
         if distributed.any_rank(error is not None, self.device):
-            raise error or LockError(f"run folder {self.run_dir} is in use by another run (rank 0 could not lock it)")
+            raise error or LockError(
+                f"run folder {self.run_dir} is in use by another run (rank 0 could not lock it)"
+            )
         if self.world.is_main:
             for stale in remove_stale_temporaries(self.checkpoint_dir):
                 log.info("removed %s, half-written by a run that was killed", stale)
@@ -968,22 +1255,46 @@ class Trainer:
         distributed.barrier()  # every process has checked the folder before rank 0 writes to it
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.config, self.run_dir / "config.yaml", note=f"resolved here: {self.speed.describe(self.threads)}")
+            save_config(
+                self.config,
+                self.run_dir / "config.yaml",
+                note=f"resolved here: {self.speed.describe(self.threads)}",
+            )
             self._load_datasets()  # a missing cache is built here, by rank 0 alone
         distributed.barrier()
         self._load_datasets()
         if self.world.is_main:
             self.csv = CSVLog(self.run_dir / "log.csv")
             # Rows past the checkpoint (written just before a kill) are trained and written again.
-            reached = (STAGES.index(resume_state["stage"]), resume_state["epoch"]) if resume_state is not None else (-1, 0)
-            self.csv.keep_rows(lambda row: (STAGES.index(row["stage"]), int(row["epoch"])) <= reached)
+            reached = (
+                (STAGES.index(resume_state["stage"]), resume_state["epoch"])
+                if resume_state is not None
+                else (-1, 0)
+            )
+            self.csv.keep_rows(
+                lambda row: (STAGES.index(row["stage"]), int(row["epoch"])) <= reached
+            )
             self.tensorboard = TensorBoardLog(self.run_dir)
         if resume_state is not None:
             position = resume_state.get("position")
-            where = f"inside epoch {resume_state['epoch'] + 1} after batch {position['batches']}" if position else f"after epoch {resume_state['epoch']}"
-            log.info("resuming from %s: stage %s, %s (step %d)", source, resume_state["stage"], where, resume_state["step"])
+            where = (
+                f"inside epoch {resume_state['epoch'] + 1} after batch {position['batches']}"
+                if position
+                else f"after epoch {resume_state['epoch']}"
+            )
+            log.info(
+                "resuming from %s: stage %s, %s (step %d)",
+                source,
+                resume_state["stage"],
+                where,
+                resume_state["step"],
+            )
         else:
-            log.info("%sstarting the run in %s", f"no checkpoint in {self.checkpoint_dir}: " if resume else "", self.run_dir)
+            log.info(
+                "%sstarting the run in %s",
+                f"no checkpoint in {self.checkpoint_dir}: " if resume else "",
+                self.run_dir,
+            )
         planned = []
         for stage in stages[first:]:
             reason = self._skip_reason(stage)
@@ -992,7 +1303,9 @@ class Trainer:
             else:
                 log.info("skipping stage %s: %s", stage, reason)
         for stage in planned:
-            self.train_stage(stage, resume_state if stage == stages[first] else None, final=stage == planned[-1])
+            self.train_stage(
+                stage, resume_state if stage == stages[first] else None, final=stage == planned[-1]
+            )
 
     def _init_checkpoint(self) -> Path:
         """The checkpoint train.init_from names: a file, or the synthetic pre-training's best.pt."""
@@ -1000,8 +1313,10 @@ class Trainer:
         if value == SYNTHETIC:
             return self._synthetic_init()
         if not Path(value).is_file():
-            raise CheckpointError(f"train.init_from={value}: no such checkpoint file; pass a checkpoint .pt or "
-                                  f"{SYNTHETIC} (pre-train this model on the embedded dataset first)")
+            raise CheckpointError(
+                f"train.init_from={value}: no such checkpoint file; pass a checkpoint .pt or "
+                f"{SYNTHETIC} (pre-train this model on the embedded dataset first)"
+            )
         return Path(value)
 
     def _synthetic_init(self) -> Path:
@@ -1014,10 +1329,18 @@ class Trainer:
         while True:
             status = run_status(pre)
             if status == "finished":
-                log.info("train.init_from=%s: reusing the finished pre-training run %s", SYNTHETIC, pre.run_dir)
+                log.info(
+                    "train.init_from=%s: reusing the finished pre-training run %s",
+                    SYNTHETIC,
+                    pre.run_dir,
+                )
                 break
-            log.info("train.init_from=%s: %s pre-training run %s", SYNTHETIC,
-                     "resuming the interrupted" if status == "interrupted" else "starting the", pre.run_dir)
+            log.info(
+                "train.init_from=%s: %s pre-training run %s",
+                SYNTHETIC,
+                "resuming the interrupted" if status == "interrupted" else "starting the",
+                pre.run_dir,
+            )
             try:
                 Trainer(pre, self.progress).fit(resume=True)
                 break
@@ -1027,7 +1350,9 @@ class Trainer:
         set_rng_state(rng)
         best = pre.run_dir / "checkpoints" / "best.pt"
         if not best.is_file():
-            raise CheckpointError(f"train.init_from={SYNTHETIC}: the pre-training run {pre.run_dir} wrote no best.pt")
+            raise CheckpointError(
+                f"train.init_from={SYNTHETIC}: the pre-training run {pre.run_dir} wrote no best.pt"
+            )
         return best
 
     def _latest_checkpoint(self, verify: bool) -> tuple[dict, Path] | None:
@@ -1037,7 +1362,13 @@ class Trainer:
         for path in (self.checkpoint_dir / RECOVERY_FILE, self.checkpoint_dir / "last.pt"):
             if path.is_file():
                 state = load_checkpoint(path, verify)
-                found.append(((STAGES.index(state["stage"]), state["step"], "position" not in state), state, path))
+                found.append(
+                    (
+                        (STAGES.index(state["stage"]), state["step"], "position" not in state),
+                        state,
+                        path,
+                    )
+                )
         if not found:
             return None
         _, state, path = max(found, key=lambda item: item[0])
@@ -1047,10 +1378,20 @@ class Trainer:
         """A resumed run must be the checkpoint's run: its stage requested, its config unchanged
         except for the keys of RESUME_MAY_CHANGE (run-time switches, epochs, checkpoint cadence)."""
         if state["stage"] not in stages:
-            raise CheckpointError(f"{source} is from stage {state['stage']!r}, not one of the requested stages {stages}")
-        differences = config_differences(config_from_dict(state["config"]).to_dict(), self.config.to_dict())
+            raise CheckpointError(
+                f"{source} is from stage {state['stage']!r}, not one of the requested stages {stages}"
+            )
+        differences = config_differences(
+            config_from_dict(state["config"]).to_dict(), self.config.to_dict()
+        )
         if differences:
-            allowed = ", ".join(sorted(key for key in RESUME_MAY_CHANGE if not key.startswith("train.") or key.count(".") == 1))
+            allowed = ", ".join(
+                sorted(
+                    key
+                    for key in RESUME_MAY_CHANGE
+                    if not key.startswith("train.") or key.count(".") == 1
+                )
+            )
             raise CheckpointError(
                 f"{source} was trained with another config: {'; '.join(differences)}; resume with the checkpoint's "
                 f"values (only {allowed} and train.<stage>.epochs may change) or start a new --name"
@@ -1058,7 +1399,9 @@ class Trainer:
 
     def _load_datasets(self) -> None:
         for dataset in (self.train_set, self.val_set):
-            if hasattr(dataset, "materialize"):  # render an in-memory dataset once, before timing epochs
+            if hasattr(
+                dataset, "materialize"
+            ):  # render an in-memory dataset once, before timing epochs
                 dataset.materialize(progress=self.progress is not None and self.world.is_main)
 
 
@@ -1073,7 +1416,11 @@ def run_status(config: Config) -> str:
         return "new"
     state = load_checkpoint(last)
     stages = [stage for stage in config.stages_to_run() if getattr(config.train, stage).epochs > 0]
-    finished = bool(stages) and state["stage"] == stages[-1] and state["epoch"] >= getattr(config.train, stages[-1]).epochs
+    finished = (
+        bool(stages)
+        and state["stage"] == stages[-1]
+        and state["epoch"] >= getattr(config.train, stages[-1]).epochs
+    )
     return "finished" if finished else "interrupted"
 
 
@@ -1103,7 +1450,9 @@ def _flat_val_metrics(metrics: dict) -> dict[str, float]:
     row = {}
     grading = metrics.get("grading")
     if grading:
-        row.update({f"val_{key}": grading[key] for key in ("accuracy", "qwk", "macro_f1", "macro_auc")})
+        row.update(
+            {f"val_{key}": grading[key] for key in ("accuracy", "qwk", "macro_f1", "macro_auc")}
+        )
     if "sr" in metrics:
         row["val_psnr"] = metrics["sr"]["sr"]["psnr"]
         row["val_psnr_bicubic"] = metrics["sr"]["bicubic"]["psnr"]

@@ -6,13 +6,19 @@ The views are the four flips a fundus photograph can take without changing its g
 left-right (a left eye seen as a right one), top-bottom, and both; ``data.flip`` trains on the same
 flips. The input is flipped before anything runs (the LR image before the ISR net in LR mode).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import torch
 
-FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # identity, left-right, top-bottom, both
+FLIPS: tuple[tuple[int, ...], ...] = (
+    (),
+    (-1,),
+    (-2,),
+    (-2, -1),
+)  # identity, left-right, top-bottom, both
 
 
 def flip(images: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:

@@ -10,6 +10,7 @@ The referable operating point of fold k is fixed without fold k's labels: the th
 p(grade >= 2) that gives specificity 0.90 on the row's out-of-fold predictions of the *other*
 finished folds (themselves held-out predictions), so no image's own label sets its threshold.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,8 +32,15 @@ from evaluation.statistics import (
 
 TARGET_SPECIFICITY = 0.90
 SHOWN = ("qwk", "accuracy", "macro_auc", "referable_auc", "sensitivity", "specificity", "ece")
-LABELS = {"qwk": "QWK", "accuracy": "accuracy", "macro_auc": "macro AUC", "referable_auc": "referable AUC",
-          "sensitivity": "sensitivity", "specificity": "specificity", "ece": "ECE"}
+LABELS = {
+    "qwk": "QWK",
+    "accuracy": "accuracy",
+    "macro_auc": "macro AUC",
+    "referable_auc": "referable AUC",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "ece": "ECE",
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,9 @@ def read_fold(csv_path: Path) -> FoldRecord:
     """One (row, fold) record: its predictions CSV and the provenance JSON beside it."""
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    classes = sorted((c for c in rows[0] if c[:1] == "p" and c[1:].isdigit()), key=lambda c: int(c[1:]))
+    classes = sorted(
+        (c for c in rows[0] if c[:1] == "p" and c[1:].isdigit()), key=lambda c: int(c[1:])
+    )
     meta = json.loads(csv_path.with_suffix(".json").read_text())
     return FoldRecord(
         [r["id"] for r in rows],
@@ -111,7 +121,14 @@ def pool(records: dict[int, FoldRecord], folds: list[int]) -> Pooled:
         fold_of.append(np.full(len(record.ids), fold))
     order = np.argsort(np.array(ids))
     cat = lambda parts: np.concatenate(parts)[order]  # noqa: E731
-    return Pooled([ids[i] for i in order], cat(grades), cat(predicted), cat(probs), cat(thresholds), cat(fold_of))
+    return Pooled(
+        [ids[i] for i in order],
+        cat(grades),
+        cat(predicted),
+        cat(probs),
+        cat(thresholds),
+        cat(fold_of),
+    )
 
 
 def _interval(entry: dict, digits: int = 3) -> str:
@@ -122,8 +139,9 @@ def _difference(entry: dict) -> str:
     return f"{entry['difference']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}], p = {entry['p_value']:.3f}"
 
 
-def study_summary(records: Path, rows: list[str], reference: str, groups: dict[str, str],
-                  n_resamples: int = 2000) -> dict:
+def study_summary(
+    records: Path, rows: list[str], reference: str, groups: dict[str, str], n_resamples: int = 2000
+) -> dict:
     """Everything the tables show, as plain numbers (see module docstring)."""
     found = read_records(records, rows)
     folds = common_folds(found)
@@ -138,21 +156,39 @@ def study_summary(records: Path, rows: list[str], reference: str, groups: dict[s
     summary: dict = {"folds": folds, "images": len(ids), "rows": {}, "differences": {}}
     ref = pooled[reference]
     for row, data in pooled.items():
-        per_fold = [summary_metrics(data.grades[data.folds == f], data.predicted[data.folds == f],
-                                    data.probs[data.folds == f], data.thresholds[data.folds == f])["qwk"]
-                    for f in folds]
+        per_fold = [
+            summary_metrics(
+                data.grades[data.folds == f],
+                data.predicted[data.folds == f],
+                data.probs[data.folds == f],
+                data.thresholds[data.folds == f],
+            )["qwk"]
+            for f in folds
+        ]
         summary["rows"][row] = {
-            "intervals": bootstrap_intervals(data.grades, data.predicted, data.probs, data.thresholds,
-                                             group_of, n_resamples),
+            "intervals": bootstrap_intervals(
+                data.grades, data.predicted, data.probs, data.thresholds, group_of, n_resamples
+            ),
             "fold_qwk": fold_spread(per_fold),
-            "wall_seconds": sum(found[row][f].meta.get("wall_seconds", 0.0)
-                                + found[row][f].meta.get("shared_wall_seconds", 0.0) for f in folds),
+            "wall_seconds": sum(
+                found[row][f].meta.get("wall_seconds", 0.0)
+                + found[row][f].meta.get("shared_wall_seconds", 0.0)
+                for f in folds
+            ),
             "cpus": sorted({found[row][f].meta.get("cpu", "?") for f in folds}),
         }
         if row != reference:
             summary["differences"][row] = paired_difference(
-                ref.grades, ref.predicted, ref.probs, data.predicted, data.probs, ref.thresholds, data.thresholds,
-                group_of, n_resamples)
+                ref.grades,
+                ref.predicted,
+                ref.probs,
+                data.predicted,
+                data.probs,
+                ref.thresholds,
+                data.thresholds,
+                group_of,
+                n_resamples,
+            )
     return summary
 
 
@@ -166,18 +202,30 @@ def markdown(summary: dict, rows: dict[str, str], reference: str) -> str:
         entry = summary["rows"][row]
         spread = entry["fold_qwk"]
         sd = "" if np.isnan(spread["sd"]) else f" ± {spread['sd']:.3f}"
-        lines.append(f"| {row} | " + " | ".join(_interval(entry["intervals"][m]) for m in SHOWN)
-                     + f" | {spread['mean']:.3f}{sd} |")
-    lines += ["", f"| {reference} minus | ΔQWK | Δ referable AUC | Δ accuracy |", "|---|---|---|---|"]
+        lines.append(
+            f"| {row} | "
+            + " | ".join(_interval(entry["intervals"][m]) for m in SHOWN)
+            + f" | {spread['mean']:.3f}{sd} |"
+        )
+    lines += [
+        "",
+        f"| {reference} minus | ΔQWK | Δ referable AUC | Δ accuracy |",
+        "|---|---|---|---|",
+    ]
     for row, diff in summary["differences"].items():
-        lines.append(f"| {row} | {_difference(diff['qwk'])} | {_difference(diff['referable_auc'])} "
-                     f"| {_difference(diff['accuracy'])} |")
+        lines.append(
+            f"| {row} | {_difference(diff['qwk'])} | {_difference(diff['referable_auc'])} "
+            f"| {_difference(diff['accuracy'])} |"
+        )
     hours = sum(entry["wall_seconds"] for entry in summary["rows"].values()) / 3600
     cpus = sorted({cpu for entry in summary["rows"].values() for cpu in entry["cpus"]})
-    lines += ["", f"Folds {', '.join(map(str, summary['folds']))} of {summary.get('total_folds', '?')} ({summary['images']} held-out images per row); "
-              f"95% intervals: bootstrap over images, whole duplicate groups resampled, 2,000 resamples; "
-              f"referable operating point: specificity {TARGET_SPECIFICITY:.2f} on the other folds' out-of-fold "
-              f"predictions. Training and grading: {hours:.1f} h of wall time on {', '.join(cpus)}."]
+    lines += [
+        "",
+        f"Folds {', '.join(map(str, summary['folds']))} of {summary.get('total_folds', '?')} ({summary['images']} held-out images per row); "
+        f"95% intervals: bootstrap over images, whole duplicate groups resampled, 2,000 resamples; "
+        f"referable operating point: specificity {TARGET_SPECIFICITY:.2f} on the other folds' out-of-fold "
+        f"predictions. Training and grading: {hours:.1f} h of wall time on {', '.join(cpus)}.",
+    ]
     for row, summary_line in rows.items():
         lines.append(f"- `{row}`: {summary_line}")
     return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ pixels), the SR image, the four lesion maps over SR in distinct colours with a l
 Grad-CAM of the predicted grade over SR. With ``--input hr`` the LR and SR tiles give way to the
 graded HR image. A header line names the file, the grade and the referable-DR probability.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -53,7 +54,9 @@ def _fit(image: np.ndarray, nearest: bool = False) -> Image.Image:
     picture = Image.fromarray(image)
     factor = TILE / max(picture.size)
     size = (max(1, round(picture.width * factor)), max(1, round(picture.height * factor)))
-    picture = picture.resize(size, Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS)
+    picture = picture.resize(
+        size, Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS
+    )
     tile = Image.new("RGB", (TILE, TILE))
     tile.paste(picture, ((TILE - size[0]) // 2, (TILE - size[1]) // 2))
     return tile
@@ -108,13 +111,24 @@ def draw_panel(
     tiles = [("photograph", _fit(to_uint8(photograph)))]
     if lr is not None:
         lr_rgb = to_uint8(lr)
-        tiles.append((f"model input (LR {lr_rgb.shape[1]}x{lr_rgb.shape[0]})", _fit(lr_rgb, nearest=True)))
-        tiles.append((f"super-resolved (SR {graded_rgb.shape[1]}x{graded_rgb.shape[0]})", _fit(graded_rgb)))
+        tiles.append(
+            (f"model input (LR {lr_rgb.shape[1]}x{lr_rgb.shape[0]})", _fit(lr_rgb, nearest=True))
+        )
+        tiles.append(
+            (f"super-resolved (SR {graded_rgb.shape[1]}x{graded_rgb.shape[0]})", _fit(graded_rgb))
+        )
         over = "SR"
     else:
-        tiles.append((f"graded image (HR {graded_rgb.shape[1]}x{graded_rgb.shape[0]})", _fit(graded_rgb)))
+        tiles.append(
+            (f"graded image (HR {graded_rgb.shape[1]}x{graded_rgb.shape[0]})", _fit(graded_rgb))
+        )
         over = "HR"
-    tiles.append((f"lesions on {over} (p >= {LESION_THRESHOLD})", _fit(lesion_overlay(graded_rgb, np.asarray(lesion_probs)))))
+    tiles.append(
+        (
+            f"lesions on {over} (p >= {LESION_THRESHOLD})",
+            _fit(lesion_overlay(graded_rgb, np.asarray(lesion_probs))),
+        )
+    )
     target = f"grade {cam_grade}" if cam_grade is not None else "predicted grade"
     tiles.append((f"Grad-CAM of {target}", _fit(cam_overlay(graded_rgb, np.asarray(cam)))))
     width = MARGIN + len(tiles) * (TILE + MARGIN)
@@ -135,12 +149,20 @@ def draw_panel(
     return path
 
 
-def panel_title(name: str, grade: int | None, probabilities: Sequence[float] | None, referable: float | None,
-                flags: Sequence[str] = (), reference: int | None = None) -> str:
+def panel_title(
+    name: str,
+    grade: int | None,
+    probabilities: Sequence[float] | None,
+    referable: float | None,
+    flags: Sequence[str] = (),
+    reference: int | None = None,
+) -> str:
     """``IMG.jpg;  grade 2 (moderate), p = 0.61;  referable DR p = 0.83;  reference grade 2;  quality flags: ...``."""
     parts = [name]
     if grade is not None and probabilities is not None:
-        parts.append(f"grade {grade} ({GRADE_NAMES[grade] if grade < len(GRADE_NAMES) else grade}), p = {probabilities[grade]:.2f}")
+        parts.append(
+            f"grade {grade} ({GRADE_NAMES[grade] if grade < len(GRADE_NAMES) else grade}), p = {probabilities[grade]:.2f}"
+        )
     if referable is not None:
         parts.append(f"referable DR p = {referable:.2f}")
     if reference is not None:

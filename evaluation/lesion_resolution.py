@@ -7,6 +7,7 @@ the lesion's contrast there is divided by its contrast at full size: 1 means the
 lesion as visible as the source does, 0 that it is gone. This measures what an input at that size
 can show, independently of any trained network (docs/RESULTS.md, issue 14).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -25,7 +26,11 @@ def resample_views(green: np.ndarray, sizes: Sequence[int]) -> dict[int, np.ndar
     """``green`` (``N x N``) shrunk to each size (area) and brought back to ``N`` (bicubic)."""
     n = green.shape[0]
     return {
-        size: cv2.resize(cv2.resize(green, (size, size), interpolation=cv2.INTER_AREA), (n, n), interpolation=cv2.INTER_CUBIC)
+        size: cv2.resize(
+            cv2.resize(green, (size, size), interpolation=cv2.INTER_AREA),
+            (n, n),
+            interpolation=cv2.INTER_CUBIC,
+        )
         for size in sizes
     }
 
@@ -36,8 +41,15 @@ def contrast_retention(
     """Per lesion component of ``lesion`` (``N x N`` bool), its contrast at each size over its
     contrast at ``N``: ``{size: ratios}``. ``background`` marks pixels a ring may use (inside the
     FOV, no lesion of any type)."""
-    if green.ndim != 2 or green.shape[0] != green.shape[1] or lesion.shape != green.shape or background.shape != green.shape:
-        raise ValueError(f"expected square N x N green, lesion and background planes, got {green.shape}, {lesion.shape}, {background.shape}")
+    if (
+        green.ndim != 2
+        or green.shape[0] != green.shape[1]
+        or lesion.shape != green.shape
+        or background.shape != green.shape
+    ):
+        raise ValueError(
+            f"expected square N x N green, lesion and background planes, got {green.shape}, {lesion.shape}, {background.shape}"
+        )
     green = green.astype(np.float32)
     views = resample_views(green, sizes)
     labels, _ = ndimage.label(lesion, structure=np.ones((3, 3), dtype=bool))
@@ -48,8 +60,11 @@ def contrast_retention(
             continue
         window = tuple(slice(max(part.start - reach, 0), part.stop + reach) for part in box)
         component = labels[window] == index
-        ring = (ndimage.binary_dilation(component, iterations=RING_GAP + RING_WIDTH)
-                & ~ndimage.binary_dilation(component, iterations=RING_GAP) & background[window])
+        ring = (
+            ndimage.binary_dilation(component, iterations=RING_GAP + RING_WIDTH)
+            & ~ndimage.binary_dilation(component, iterations=RING_GAP)
+            & background[window]
+        )
         if ring.sum() < MIN_RING_PIXELS:
             continue
         full = green[window][ring].mean() - green[window][component].mean()

@@ -149,7 +149,9 @@ def _referable_metrics(y: np.ndarray, p: np.ndarray, pred: np.ndarray) -> dict:
 
 
 def grading_metrics(
-    y_true: np.ndarray | torch.Tensor, probs: np.ndarray | torch.Tensor, thresholds: torch.Tensor | None = None
+    y_true: np.ndarray | torch.Tensor,
+    probs: np.ndarray | torch.Tensor,
+    thresholds: torch.Tensor | None = None,
 ) -> dict:
     """Grading metrics of class probabilities against ICDR grades.
 
@@ -510,7 +512,9 @@ class SegmentationMetrics:
         import torch.distributed as dist
 
         if self._hist is None:
-            self._init_state(torch.device(device) if device is not None else self.device or torch.device("cpu"))
+            self._init_state(
+                torch.device(device) if device is not None else self.device or torch.device("cpu")
+            )
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             for state in (self._hist, self._dice_sum, self._dice_count, self._n_images):
                 dist.all_reduce(state)

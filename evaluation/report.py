@@ -219,12 +219,29 @@ def plot_reliability(bins: dict, path: str | Path) -> Path:
     lower, upper = np.asarray(bins["lower"]), np.asarray(bins["upper"])
     accuracy, count = np.asarray(bins["accuracy"], dtype=float), np.asarray(bins["count"])
     filled = count > 0
-    ax.bar(lower[filled], accuracy[filled], width=(upper - lower)[filled], align="edge", edgecolor="k", alpha=0.7, label="accuracy")
+    ax.bar(
+        lower[filled],
+        accuracy[filled],
+        width=(upper - lower)[filled],
+        align="edge",
+        edgecolor="k",
+        alpha=0.7,
+        label="accuracy",
+    )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect calibration")
-    for left, width, height, n in zip(lower[filled], (upper - lower)[filled], accuracy[filled], count[filled]):
-        ax.text(left + width / 2, min(height + 0.02, 0.97), str(int(n)), ha="center", fontsize="x-small")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="confidence (top grade probability)", ylabel="accuracy",
-           title="Reliability (numbers: images per bin)")
+    for left, width, height, n in zip(
+        lower[filled], (upper - lower)[filled], accuracy[filled], count[filled]
+    ):
+        ax.text(
+            left + width / 2, min(height + 0.02, 0.97), str(int(n)), ha="center", fontsize="x-small"
+        )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="confidence (top grade probability)",
+        ylabel="accuracy",
+        title="Reliability (numbers: images per bin)",
+    )
     ax.legend(loc="upper left", fontsize="small")
     return _save(figure, path)
 
@@ -410,7 +427,7 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 
 def _page_head(title: str) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{REPORT_STYLE}</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n"
     )
@@ -421,17 +438,30 @@ def _page_tail() -> str:
 
 
 def _facts(facts: Sequence[tuple[str, object]]) -> str:
-    items = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts if v is not None)
-    return f"<dl class=\"facts\">{items}</dl>\n"
+    items = "".join(
+        f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>"
+        for k, v in facts
+        if v is not None
+    )
+    return f'<dl class="facts">{items}</dl>\n'
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[object]], css_class: str = "") -> str:
+def _html_table(
+    header: Sequence[str], rows: Sequence[Sequence[object]], css_class: str = ""
+) -> str:
     head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
     body = "".join(
-        "<tr>" + "".join(f"<td class=\"num\">{html.escape(str(c))}</td>" if i else f"<td>{html.escape(str(c))}</td>" for i, c in enumerate(row)) + "</tr>\n"
+        "<tr>"
+        + "".join(
+            f'<td class="num">{html.escape(str(c))}</td>'
+            if i
+            else f"<td>{html.escape(str(c))}</td>"
+            for i, c in enumerate(row)
+        )
+        + "</tr>\n"
         for row in rows
     )
-    return f"<table class=\"{css_class}\"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n"
+    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n'
 
 
 def _data_uri(path: str | Path) -> str:
@@ -445,52 +475,161 @@ DISCLAIMER = (
 )
 
 
-def write_test_report(path: str | Path, metrics: dict, figures: Sequence[tuple[str, Path]], samples: Sequence[Path] = ()) -> Path:
+def write_test_report(
+    path: str | Path,
+    metrics: dict,
+    figures: Sequence[tuple[str, Path]],
+    samples: Sequence[Path] = (),
+) -> Path:
     """test.py's ``report.html``: metric tables, confusion matrix, figures and sample panels, every
     image embedded (one file to move or mail)."""
     path = Path(path)
-    facts = [(key, metrics.get(key)) for key in ("checkpoint", "method", "stage", "epoch", "dataset", "split", "input", "hr_size", "scale")]
-    parts = [_page_head(f"DeepMT-DR evaluation: {metrics.get('dataset', '')} {metrics.get('split', '')} ({metrics.get('input', '')} input)"), _facts(facts)]
+    facts = [
+        (key, metrics.get(key))
+        for key in (
+            "checkpoint",
+            "method",
+            "stage",
+            "epoch",
+            "dataset",
+            "split",
+            "input",
+            "hr_size",
+            "scale",
+        )
+    ]
+    parts = [
+        _page_head(
+            f"DeepMT-DR evaluation: {metrics.get('dataset', '')} {metrics.get('split', '')} ({metrics.get('input', '')} input)"
+        ),
+        _facts(facts),
+    ]
     grading = metrics.get("grading")
     if grading:
-        labels = [("n", "n"), ("accuracy", "accuracy"), ("QWK", "qwk"), ("macro F1", "macro_f1"), ("macro AUC", "macro_auc"),
-                  ("referable AUC", "referable_auc"), ("referable sensitivity", "referable_sensitivity"), ("referable specificity", "referable_specificity")]
-        parts.append("<h2>Grading</h2>\n" + _html_table(["metric", "value"], [(label, _fmt(grading.get(key), ".4f") if key != "n" else grading.get(key)) for label, key in labels]))
+        labels = [
+            ("n", "n"),
+            ("accuracy", "accuracy"),
+            ("QWK", "qwk"),
+            ("macro F1", "macro_f1"),
+            ("macro AUC", "macro_auc"),
+            ("referable AUC", "referable_auc"),
+            ("referable sensitivity", "referable_sensitivity"),
+            ("referable specificity", "referable_specificity"),
+        ]
+        parts.append(
+            "<h2>Grading</h2>\n"
+            + _html_table(
+                ["metric", "value"],
+                [
+                    (label, _fmt(grading.get(key), ".4f") if key != "n" else grading.get(key))
+                    for label, key in labels
+                ],
+            )
+        )
         confusion = grading.get("confusion")
         if confusion:
             rows = [[f"true {r}", *row] for r, row in enumerate(confusion)]
-            parts.append("<p>Confusion matrix (rows: true grade, columns: predicted grade)</p>\n" + _html_table(["", *[f"pred {c}" for c in range(len(confusion))]], rows, "confusion"))
+            parts.append(
+                "<p>Confusion matrix (rows: true grade, columns: predicted grade)</p>\n"
+                + _html_table(
+                    ["", *[f"pred {c}" for c in range(len(confusion))]], rows, "confusion"
+                )
+            )
     if "intervals" in metrics:
-        names = [("QWK", "qwk"), ("accuracy", "accuracy"), ("macro AUC", "macro_auc"), ("referable AUC", "referable_auc"), ("ECE", "ece")]
-        rows = [(label, _fmt(metrics["intervals"][key].get("value")), _fmt(metrics["intervals"][key].get("low")), _fmt(metrics["intervals"][key].get("high")))
-                for label, key in names if key in metrics["intervals"]]
-        rows.append(("referable ECE", _fmt(metrics.get("calibration", {}).get("referable_ece")), "", ""))
-        parts.append("<h2>Intervals and calibration (95% bootstrap over images)</h2>\n" + _html_table(["metric", "value", "low", "high"], rows))
-        points = [(p["name"], _fmt(p["threshold"]), _fmt(p["sensitivity"]), _fmt(p["specificity"])) for p in metrics.get("operating_points", [])]
+        names = [
+            ("QWK", "qwk"),
+            ("accuracy", "accuracy"),
+            ("macro AUC", "macro_auc"),
+            ("referable AUC", "referable_auc"),
+            ("ECE", "ece"),
+        ]
+        rows = [
+            (
+                label,
+                _fmt(metrics["intervals"][key].get("value")),
+                _fmt(metrics["intervals"][key].get("low")),
+                _fmt(metrics["intervals"][key].get("high")),
+            )
+            for label, key in names
+            if key in metrics["intervals"]
+        ]
+        rows.append(
+            ("referable ECE", _fmt(metrics.get("calibration", {}).get("referable_ece")), "", "")
+        )
+        parts.append(
+            "<h2>Intervals and calibration (95% bootstrap over images)</h2>\n"
+            + _html_table(["metric", "value", "low", "high"], rows)
+        )
+        points = [
+            (p["name"], _fmt(p["threshold"]), _fmt(p["sensitivity"]), _fmt(p["specificity"]))
+            for p in metrics.get("operating_points", [])
+        ]
         if points:
-            parts.append("<p>Referable DR (p(grade >= 2) at or above the threshold)</p>\n" + _html_table(["operating point", "threshold", "sensitivity", "specificity"], points))
+            parts.append(
+                "<p>Referable DR (p(grade >= 2) at or above the threshold)</p>\n"
+                + _html_table(
+                    ["operating point", "threshold", "sensitivity", "specificity"], points
+                )
+            )
     if "sr" in metrics:
-        rows = [("SR" if name == "sr" else name, _fmt(m.get("psnr"), ".2f"), _fmt(m.get("ssim")), _fmt(m.get("psnr_lesion"), ".2f")) for name, m in metrics["sr"].items()]
-        parts.append("<h2>Super-resolution (inside the FOV, mean over images)</h2>\n" + _html_table(["method", "PSNR (dB)", "SSIM", "lesion PSNR (dB)"], rows))
+        rows = [
+            (
+                "SR" if name == "sr" else name,
+                _fmt(m.get("psnr"), ".2f"),
+                _fmt(m.get("ssim")),
+                _fmt(m.get("psnr_lesion"), ".2f"),
+            )
+            for name, m in metrics["sr"].items()
+        ]
+        parts.append(
+            "<h2>Super-resolution (inside the FOV, mean over images)</h2>\n"
+            + _html_table(["method", "PSNR (dB)", "SSIM", "lesion PSNR (dB)"], rows)
+        )
     if "mechanism" in metrics:
         m = metrics["mechanism"]
-        rows = [("SR vs HR Grad-CAM: mean squared difference", _fmt(m.get("cam_mse"))),
-                ("SR vs HR Grad-CAM: Pearson correlation", _fmt(m.get("cam_pearson"))),
-                ("SR vs HR Grad-CAM: IoU of the top 10% pixels", _fmt(m.get("cam_top_iou"))),
-                ("QWK graded from SR", _fmt(m.get("qwk_sr"))), ("QWK graded from HR", _fmt(m.get("qwk_hr"))),
-                ("task gap (QWK SR minus HR)", _fmt(m.get("task_gap")))]
-        parts.append("<h2>Task-aware mechanism (eval-mode grader, single pass)</h2>\n" + _html_table(["signal", "value"], rows))
+        rows = [
+            ("SR vs HR Grad-CAM: mean squared difference", _fmt(m.get("cam_mse"))),
+            ("SR vs HR Grad-CAM: Pearson correlation", _fmt(m.get("cam_pearson"))),
+            ("SR vs HR Grad-CAM: IoU of the top 10% pixels", _fmt(m.get("cam_top_iou"))),
+            ("QWK graded from SR", _fmt(m.get("qwk_sr"))),
+            ("QWK graded from HR", _fmt(m.get("qwk_hr"))),
+            ("task gap (QWK SR minus HR)", _fmt(m.get("task_gap"))),
+        ]
+        parts.append(
+            "<h2>Task-aware mechanism (eval-mode grader, single pass)</h2>\n"
+            + _html_table(["signal", "value"], rows)
+        )
     if "segmentation" in metrics:
-        rows = [(name, _fmt(m.get("aupr")), _fmt(m.get("auc")), _fmt(m.get("dice")), _fmt(m.get("prevalence"), ".2e"), m.get("n_images", ""))
-                for name, m in metrics["segmentation"].items()]
-        parts.append("<h2>Lesion segmentation (pixels pooled over images)</h2>\n" + _html_table(["lesion", "AUPR", "ROC AUC", "Dice at 0.5", "prevalence", "images"], rows))
+        rows = [
+            (
+                name,
+                _fmt(m.get("aupr")),
+                _fmt(m.get("auc")),
+                _fmt(m.get("dice")),
+                _fmt(m.get("prevalence"), ".2e"),
+                m.get("n_images", ""),
+            )
+            for name, m in metrics["segmentation"].items()
+        ]
+        parts.append(
+            "<h2>Lesion segmentation (pixels pooled over images)</h2>\n"
+            + _html_table(
+                ["lesion", "AUPR", "ROC AUC", "Dice at 0.5", "prevalence", "images"], rows
+            )
+        )
     if figures:
         parts.append("<h2>Figures</h2>\n")
-        parts += [f"<figure><img class=\"figure\" src=\"{_data_uri(p)}\" alt=\"{html.escape(name)}\"><figcaption>{html.escape(name)}</figcaption></figure>\n" for name, p in figures]
+        parts += [
+            f'<figure><img class="figure" src="{_data_uri(p)}" alt="{html.escape(name)}"><figcaption>{html.escape(name)}</figcaption></figure>\n'
+            for name, p in figures
+        ]
     if samples:
         parts.append("<h2>Sample panels</h2>\n")
-        parts += [f"<figure><img class=\"figure\" src=\"{_data_uri(p)}\" alt=\"{html.escape(p.stem)}\"><figcaption>{html.escape(p.stem)}</figcaption></figure>\n" for p in samples]
-    parts.append(f"<p class=\"note\">{html.escape(DISCLAIMER)}</p>\n" + _page_tail())
+        parts += [
+            f'<figure><img class="figure" src="{_data_uri(p)}" alt="{html.escape(p.stem)}"><figcaption>{html.escape(p.stem)}</figcaption></figure>\n'
+            for p in samples
+        ]
+    parts.append(f'<p class="note">{html.escape(DISCLAIMER)}</p>\n' + _page_tail())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(parts), encoding="utf-8")
     return path
@@ -503,7 +642,17 @@ class PredictionReport:
     Images are linked relative to the report's folder (thumbnails and evidence panels next to it).
     """
 
-    COLUMNS = ("#", "photograph", "file", "status", "grade", "referable DR p", "quality flags", *(f"{name} % of FOV" for name in LESIONS), "reference grade")
+    COLUMNS = (
+        "#",
+        "photograph",
+        "file",
+        "status",
+        "grade",
+        "referable DR p",
+        "quality flags",
+        *(f"{name} % of FOV" for name in LESIONS),
+        "reference grade",
+    )
 
     def __init__(self, path: str | Path, title: str, facts: Sequence[tuple[str, object]]) -> None:
         self.path = Path(path)
@@ -521,30 +670,36 @@ class PredictionReport:
         css = "ok" if status == "ok" else "ungradable" if status == "ungradable" else "skipped"
         name = html.escape(str(row["path"]))
         thumb = row.get("thumbnail")
-        image = f"<img class=\"thumb\" src=\"{html.escape(thumb)}\" alt=\"{name}\">" if thumb else ""
+        image = f'<img class="thumb" src="{html.escape(thumb)}" alt="{name}">' if thumb else ""
         if row.get("panel"):
-            image = f"<a href=\"{html.escape(row['panel'])}\">{image or 'panel'}</a>"
+            image = f'<a href="{html.escape(row["panel"])}">{image or "panel"}</a>'
         grade, referable = row.get("grade"), row.get("p_referable")
         if grade is not None:
-            grade_cell = f"<td data-sort=\"{grade}\">{grade} {GRADE_LABELS.get(grade, '')} <small>(p = {row['probabilities'][grade]:.2f})</small></td>"
+            grade_cell = f'<td data-sort="{grade}">{grade} {GRADE_LABELS.get(grade, "")} <small>(p = {row["probabilities"][grade]:.2f})</small></td>'
         else:
-            grade_cell = "<td data-sort=\"-1\">not graded</td>"
+            grade_cell = '<td data-sort="-1">not graded</td>'
         if referable is not None:
             self.referable += referable >= 0.5
-            referable_cell = (f"<td class=\"num\" data-sort=\"{referable:.4f}\"><span class=\"bar\"><span style=\"width:{100 * referable:.0f}%\"></span></span>"
-                              f"{referable:.3f}</td>")
+            referable_cell = (
+                f'<td class="num" data-sort="{referable:.4f}"><span class="bar"><span style="width:{100 * referable:.0f}%"></span></span>'
+                f"{referable:.3f}</td>"
+            )
         else:
-            referable_cell = "<td data-sort=\"-1\"></td>"
+            referable_cell = '<td data-sort="-1"></td>'
         areas = row.get("areas")
-        area_cells = "".join(f"<td class=\"num\" data-sort=\"{a:.6f}\">{100 * a:.2f}</td>" for a in areas) if areas else "<td data-sort=\"-1\"></td>" * len(LESIONS)
+        area_cells = (
+            "".join(f'<td class="num" data-sort="{a:.6f}">{100 * a:.2f}</td>' for a in areas)
+            if areas
+            else '<td data-sort="-1"></td>' * len(LESIONS)
+        )
         reason = f"<br><small>{html.escape(row['reason'])}</small>" if row.get("reason") else ""
         reference = row.get("reference_grade")
         self.body.write(
-            f"<tr><td class=\"num\" data-sort=\"{row['index']}\">{row['index'] + 1}</td><td>{image}</td>"
-            f"<td class=\"file\" data-sort=\"{name}\">{name}</td><td class=\"{css}\" data-sort=\"{status}\">{status}{reason}</td>{grade_cell}{referable_cell}"
-            f"<td data-sort=\"{html.escape(', '.join(row.get('flags', ())))}\">{html.escape(', '.join(row.get('flags', ())))}</td>"
+            f'<tr><td class="num" data-sort="{row["index"]}">{row["index"] + 1}</td><td>{image}</td>'
+            f'<td class="file" data-sort="{name}">{name}</td><td class="{css}" data-sort="{status}">{status}{reason}</td>{grade_cell}{referable_cell}'
+            f'<td data-sort="{html.escape(", ".join(row.get("flags", ())))}">{html.escape(", ".join(row.get("flags", ())))}</td>'
             f"{area_cells}"
-            f"<td class=\"num\" data-sort=\"{reference if reference is not None else -1}\">{'' if reference is None else reference}</td></tr>\n"
+            f'<td class="num" data-sort="{reference if reference is not None else -1}">{"" if reference is None else reference}</td></tr>\n'
         )
 
     def close(self) -> Path:
@@ -553,17 +708,29 @@ class PredictionReport:
         total = sum(self.counts.values())
         graded = self.counts.get("ok", 0)
         skipped = total - graded - self.counts.get("ungradable", 0)
-        summary = [("inputs", total), ("graded", graded), ("referable DR (p >= 0.5)", self.referable),
-                   ("ungradable (quality flags)", self.counts.get("ungradable", 0)), ("not read (see status)", skipped)]
-        head = "".join(f"<th data-sortable>{html.escape(c)}</th>" if c != "photograph" else f"<th>{html.escape(c)}</th>" for c in self.COLUMNS)
+        summary = [
+            ("inputs", total),
+            ("graded", graded),
+            ("referable DR (p >= 0.5)", self.referable),
+            ("ungradable (quality flags)", self.counts.get("ungradable", 0)),
+            ("not read (see status)", skipped),
+        ]
+        head = "".join(
+            f"<th data-sortable>{html.escape(c)}</th>"
+            if c != "photograph"
+            else f"<th>{html.escape(c)}</th>"
+            for c in self.COLUMNS
+        )
         temp = self.path.with_name(f".{self.path.name}.tmp")
         with temp.open("w", encoding="utf-8") as out:
             out.write(_page_head(self.title))
-            out.write(f"<p class=\"note\">{html.escape(DISCLAIMER)}</p>\n")
+            out.write(f'<p class="note">{html.escape(DISCLAIMER)}</p>\n')
             out.write(_facts(self.facts + summary))
-            out.write("<p>Click a thumbnail for its evidence panel (photograph, model input, SR, lesion maps, Grad-CAM); "
-                      "with JavaScript, click a column header to sort.</p>\n")
-            out.write(f"<table class=\"sortable\"><thead><tr>{head}</tr></thead><tbody>\n")
+            out.write(
+                "<p>Click a thumbnail for its evidence panel (photograph, model input, SR, lesion maps, Grad-CAM); "
+                "with JavaScript, click a column header to sort.</p>\n"
+            )
+            out.write(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>\n')
             with self.body_path.open(encoding="utf-8") as rows:
                 shutil.copyfileobj(rows, out)
             out.write("</tbody></table>\n" + _page_tail())

@@ -158,9 +158,7 @@ def _binned_sums(
     index = np.minimum((score * n_bins).astype(np.int64), n_bins - 1)
     member = np.zeros((score.size, n_bins))
     member[np.arange(score.size), index] = 1.0
-    features = np.concatenate(
-        [member, member * score[:, None], member * outcome[:, None]], axis=1
-    )
+    features = np.concatenate([member, member * score[:, None], member * outcome[:, None]], axis=1)
     sums = weights @ features
     return sums[:, :n_bins], sums[:, n_bins : 2 * n_bins], sums[:, 2 * n_bins :]
 

@@ -5,6 +5,7 @@ the thresholds that maximise quadratic weighted kappa on the training prediction
 coordinate search, one threshold at a time. The kappa is this project's one implementation
 (``evaluation.metrics._quadratic_kappa``, scikit-learn's ``cohen_kappa_score(weights="quadratic")``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,12 +32,16 @@ def _candidates(expected: np.ndarray, low: float, high: float) -> np.ndarray:
     middles = _as_float32((edges[:-1] + edges[1:]) / 2)
     middles = np.unique(middles[(middles > low) & (middles < high)])
     if middles.size > MAX_CANDIDATES:
-        middles = middles[np.unique(np.linspace(0, middles.size - 1, MAX_CANDIDATES).round().astype(int))]
+        middles = middles[
+            np.unique(np.linspace(0, middles.size - 1, MAX_CANDIDATES).round().astype(int))
+        ]
     return middles
 
 
 def fit_thresholds(
-    probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, initial: np.ndarray | torch.Tensor | None = None
+    probs: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    initial: np.ndarray | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Thresholds ``[C-1]`` (float32, strictly increasing) that maximise the QWK of the cut expected grade.
 
@@ -53,7 +58,11 @@ def fit_thresholds(
     known = labels != UNKNOWN_GRADE
     expected = expected_grade(probs[known]).numpy()
     y = labels[known].numpy()
-    start = default_thresholds(num_classes) if initial is None else torch.as_tensor(initial, dtype=torch.float32)
+    start = (
+        default_thresholds(num_classes)
+        if initial is None
+        else torch.as_tensor(initial, dtype=torch.float32)
+    )
     thresholds = start.double().numpy().copy()
     if np.unique(y).size < 2:
         return start.clone()

@@ -6,6 +6,7 @@ One call turns an evaluation's reference grades, decoded grades and grade probab
 ``operating_points`` (referable sensitivity and specificity at a named threshold). The referable
 probability is p(grade >= 2) (evaluation/statistics.py).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,16 +26,32 @@ TARGET_SPECIFICITY = 0.90
 
 
 def _plain(values: dict) -> dict:
-    return {key: (value.tolist() if isinstance(value, np.ndarray) else value) for key, value in values.items()}
+    return {
+        key: (value.tolist() if isinstance(value, np.ndarray) else value)
+        for key, value in values.items()
+    }
 
 
-def operating_point(p_referable: np.ndarray, truth: np.ndarray, threshold: float, name: str) -> dict:
+def operating_point(
+    p_referable: np.ndarray, truth: np.ndarray, threshold: float, name: str
+) -> dict:
     sensitivity, specificity = sensitivity_specificity(p_referable, truth, threshold)
-    return {"name": name, "threshold": float(threshold), "sensitivity": sensitivity, "specificity": specificity}
+    return {
+        "name": name,
+        "threshold": float(threshold),
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+    }
 
 
-def uncertainty_report(grades: np.ndarray, predicted: np.ndarray, probs: np.ndarray, groups=None,
-                       release_threshold: float | None = None, n_resamples: int = 2000) -> dict:
+def uncertainty_report(
+    grades: np.ndarray,
+    predicted: np.ndarray,
+    probs: np.ndarray,
+    groups=None,
+    release_threshold: float | None = None,
+    n_resamples: int = 2000,
+) -> dict:
     """The three blocks (module docstring) for the images with a known grade.
 
     Operating points: ``specificity 0.90`` (the threshold that reaches it on these images: a
@@ -48,8 +65,14 @@ def uncertainty_report(grades: np.ndarray, predicted: np.ndarray, probs: np.ndar
     p_referable, truth = referable_probability(p), referable_labels(y)
     points = []
     if (~truth).any():
-        points.append(operating_point(p_referable, truth, threshold_at_specificity(p_referable, truth, TARGET_SPECIFICITY),
-                                      f"specificity {TARGET_SPECIFICITY:.2f} on these images"))
+        points.append(
+            operating_point(
+                p_referable,
+                truth,
+                threshold_at_specificity(p_referable, truth, TARGET_SPECIFICITY),
+                f"specificity {TARGET_SPECIFICITY:.2f} on these images",
+            )
+        )
     if release_threshold is not None:
         points.append(operating_point(p_referable, truth, release_threshold, "fixed at release"))
     threshold = points[0]["threshold"] if points else 0.5
@@ -60,7 +83,11 @@ def uncertainty_report(grades: np.ndarray, predicted: np.ndarray, probs: np.ndar
             "referable_ece": binary_ece(p_referable, truth),
             "reliability": _plain(reliability_bins(p, y)),
         },
-        "intervals": {"confidence": 0.95, "resamples": n_resamples, "grouped": groups is not None,
-                      **bootstrap_intervals(y, pred, p, threshold, group_ids, n_resamples)},
+        "intervals": {
+            "confidence": 0.95,
+            "resamples": n_resamples,
+            "grouped": groups is not None,
+            **bootstrap_intervals(y, pred, p, threshold, group_ids, n_resamples),
+        },
         "operating_points": points,
     }

@@ -7,6 +7,7 @@ SR + lesion maps and outputs the grade; the HR branch gives the targets of the
 segmentation-aware and task-aware (Grad-CAM) losses. The SR panel is the bicubic upsample (an
 untrained ISR net starts as bicubic); the lesion panel shows the ground-truth masks.
 """
+
 from __future__ import annotations
 
 import sys
@@ -46,16 +47,30 @@ def draw(path: Path) -> Path:
     axes.axis("off")
 
     def picture(key, x, y, caption, size=1.6):
-        axes.imshow(images[key], extent=(x, x + size, y, y + size), interpolation="nearest" if key == "lr" else "bilinear")
+        axes.imshow(
+            images[key],
+            extent=(x, x + size, y, y + size),
+            interpolation="nearest" if key == "lr" else "bilinear",
+        )
         axes.text(x + size / 2, y - 0.15, caption, ha="center", va="top", fontsize=10)
 
     def box(x, y, w, h, text, colour):
-        axes.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=colour, ec="black", lw=1))
+        axes.add_patch(
+            FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=colour, ec="black", lw=1)
+        )
         axes.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=10, weight="bold")
 
     def arrow(x0, y0, x1, y1, style="-|>", colour="black", dashed=False):
         axes.add_patch(
-            FancyArrowPatch((x0, y0), (x1, y1), arrowstyle=style, mutation_scale=14, color=colour, lw=1.4, linestyle="--" if dashed else "-")
+            FancyArrowPatch(
+                (x0, y0),
+                (x1, y1),
+                arrowstyle=style,
+                mutation_scale=14,
+                color=colour,
+                lw=1.4,
+                linestyle="--" if dashed else "-",
+            )
         )
 
     picture("lr", 0.2, 2.9, "LR fundus (256 px)")
@@ -75,11 +90,20 @@ def draw(path: Path) -> Path:
     picture("hr", 0.2, 0.35, "HR (training only)")
     box(2.2, 0.75, 2.9, 0.75, "pixel (MSE/L1) + TV loss\nSR vs HR", "#eeeeee")
     box(5.5, 0.75, 3.2, 0.75, "segmentation-aware loss\nseg(SR) vs seg(HR)", "#eeeeee")
-    box(9.1, 0.75, 3.6, 0.75, "task-aware loss: fused Grad-CAM\nof 4 grader stages, SR vs HR", "#eeeeee")
+    box(
+        9.1,
+        0.75,
+        3.6,
+        0.75,
+        "task-aware loss: fused Grad-CAM\nof 4 grader stages, SR vs HR",
+        "#eeeeee",
+    )
     arrow(1.8, 1.1, 2.2, 1.1)
     for x in (3.6, 7.1, 10.9):
         arrow(x, 1.5, x, 2.55, colour="#cc0000", dashed=True)
-    axes.text(5.35, 2.0, "gradients flow back into the ISR net", color="#cc0000", ha="center", fontsize=9)
+    axes.text(
+        5.35, 2.0, "gradients flow back into the ISR net", color="#cc0000", ha="center", fontsize=9
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path

@@ -2,6 +2,7 @@
 
 Knows nothing of datasets, stages, optimisers or metrics (BasicSR's archs/ vs models/ split).
 """
+
 from models.deepmt_dr import DeepMTDR, Outputs
 from models.grading import GradingNet
 from models.isr import ISRNet

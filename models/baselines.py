@@ -2,6 +2,7 @@
 upsampler. (Their graders: the torchvision ResNet-50 of ``models.grading.ResNetGrader`` and
 Chen et al.'s net, top-level ``chen_net.py`` as the design card keeps it.)
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,4 +22,6 @@ class BicubicUpsampler(nn.Module):
         self.scale = scale
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
+        return F.interpolate(
+            lr, scale_factor=self.scale, mode="bicubic", align_corners=False
+        ).clamp(0, 1)

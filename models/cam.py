@@ -13,6 +13,7 @@ Grad-CAM (Selvaraju et al. 2017) weights a layer's activations ``A_k`` by the sp
   constants (as in the published code), so the CAM stays differentiable through the
   activations, which is the path the task-aware loss needs to reach the ISR net.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -43,7 +44,9 @@ def weighted_activation_map(activation: torch.Tensor, gradient: torch.Tensor) ->
     return F.relu((weights * activation).sum(dim=1, keepdim=True))
 
 
-def target_weights(logits: torch.Tensor, mode: CamTarget = "predicted", thresholds: torch.Tensor | None = None) -> torch.Tensor:
+def target_weights(
+    logits: torch.Tensor, mode: CamTarget = "predicted", thresholds: torch.Tensor | None = None
+) -> torch.Tensor:
     """``[N,C]`` weights whose dot product with the logits is each sample's Grad-CAM score.
 
     ``predicted``: one-hot of the predicted grade (``models/ordinal.py``: argmax, or the expected
@@ -128,7 +131,9 @@ def gradcam(
             if target is None:
                 target_index = logits.argmax(dim=1)
             else:
-                target_index = torch.as_tensor(target, device=logits.device).long().expand(logits.shape[0])
+                target_index = (
+                    torch.as_tensor(target, device=logits.device).long().expand(logits.shape[0])
+                )
             score = logits.gather(1, target_index.view(-1, 1)).sum()
             (gradient,) = torch.autograd.grad(score, captured[-1])
     finally:
@@ -136,7 +141,9 @@ def gradcam(
     return cam_at_size(captured[-1].detach(), gradient, size or tuple(x.shape[-2:]))
 
 
-def cam_at_size(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def cam_at_size(
+    activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
     """Grad-CAM ``[N,1,*size]`` in [0,1] from a layer's activation and the score's gradient there:
     ReLU of the weighted sum, bilinear resize, per-image min-max (pytorch-grad-cam's convention)."""
     cam = weighted_activation_map(activation, gradient)
@@ -169,7 +176,11 @@ def gradcam_in_forward(
     try:
         with torch.enable_grad():
             logits = forward()
-            weights = target_weights(logits, "predicted") if weights_of is None else weights_of(logits.detach())
+            weights = (
+                target_weights(logits, "predicted")
+                if weights_of is None
+                else weights_of(logits.detach())
+            )
             (gradient,) = torch.autograd.grad((logits * weights).sum(), captured[-1])
     finally:
         handle.remove()

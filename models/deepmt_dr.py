@@ -1,4 +1,5 @@
 """DeepMT-DR: ISR -> lesion segmentation on SR -> grading on SR + lesion maps, in one graph."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -61,11 +62,15 @@ class DeepMTDR(nn.Module):
         super().__init__()
         expected = seg.num_lesions if seg is not None else 0
         if grader.num_lesions != expected:
-            raise ValueError(f"grader takes {grader.num_lesions} lesion channels but the seg net gives {expected}")
+            raise ValueError(
+                f"grader takes {grader.num_lesions} lesion channels but the seg net gives {expected}"
+            )
         if cam_stages not in CAM_STAGES:
             raise ValueError(f"cam_stages must be one of {CAM_STAGES}, got {cam_stages!r}")
         if grade_decoding not in GRADE_DECODINGS:
-            raise ValueError(f"grade_decoding must be one of {GRADE_DECODINGS}, got {grade_decoding!r}")
+            raise ValueError(
+                f"grade_decoding must be one of {GRADE_DECODINGS}, got {grade_decoding!r}"
+            )
         self.isr = isr
         self.seg = seg
         self.grader = grader
@@ -109,13 +114,19 @@ class DeepMTDR(nn.Module):
         result = self.grade_image(sr)
         return Outputs(sr, result.lesion_logits, result.grade_logits)
 
-    def attention_map(self, result: GradeResult, target: CamTarget = "predicted", retain_graph: bool = True) -> torch.Tensor:
+    def attention_map(
+        self, result: GradeResult, target: CamTarget = "predicted", retain_graph: bool = True
+    ) -> torch.Tensor:
         """Fused multi-stage Grad-CAM ``[N,1,H,W]`` in [0,1] of a :meth:`grade_image` result
         (with ``cam_stages="last"``: the last stage's Grad-CAM, resized and min-max normalised)."""
         weights = target_weights(result.grade_logits, target, self.decision_thresholds)
         size = result.lesion_logits.shape[-2:]
         if self.cam_stages == "last":
-            (cam,) = stage_cams(result.grade_logits, result.features[-1:], weights, retain_graph=retain_graph)
-            return minmax_normalise(F.interpolate(cam, size=size, mode="bilinear", align_corners=False))
+            (cam,) = stage_cams(
+                result.grade_logits, result.features[-1:], weights, retain_graph=retain_graph
+            )
+            return minmax_normalise(
+                F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+            )
         cams = stage_cams(result.grade_logits, result.features, weights, retain_graph=retain_graph)
         return self.cam_fusion(cams, size)

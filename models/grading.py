@@ -6,6 +6,7 @@ from the published KeNet_v1 (README lists them): a ReLU between the two Linear l
 normalisation of the image channels, one head used for training and test alike, and SPP by
 adaptive max pooling so it also works on feature maps smaller than 4x4.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,7 +28,9 @@ SPP_LEVELS = (4, 2, 1)
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-def spatial_pyramid_pool(features: torch.Tensor, levels: tuple[int, ...] = SPP_LEVELS) -> torch.Tensor:
+def spatial_pyramid_pool(
+    features: torch.Tensor, levels: tuple[int, ...] = SPP_LEVELS
+) -> torch.Tensor:
     """``[N,C,h,w]`` -> ``[N, C * sum(n*n)]``: max over an n x n grid per level, any h, w >= 1."""
     return torch.cat([F.adaptive_max_pool2d(features, n).flatten(1) for n in levels], dim=1)
 
@@ -36,7 +39,10 @@ def spatial_pyramid_pool(features: torch.Tensor, levels: tuple[int, ...] = SPP_L
 # gradient on units the first large steps push negative for every image: on IDRiD at 512 px
 # with ReLU, 255 of the 256 hidden units of the SPP head were dead after the cls stage
 # (docs/RESULTS.md), leaving a one-number grader. No parameters: checkpoints load either way.
-HEAD_ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True)}
+HEAD_ACTIVATIONS = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True),
+}
 
 
 class ResNetGrader(nn.Module):
@@ -67,7 +73,9 @@ class ResNetGrader(nn.Module):
         if pool not in ("spp", "gap"):
             raise ValueError(f"grader pooling must be spp or gap, got {pool!r}")
         if head_activation not in HEAD_ACTIVATIONS:
-            raise ValueError(f"grader head activation must be one of {', '.join(HEAD_ACTIVATIONS)}, got {head_activation!r}")
+            raise ValueError(
+                f"grader head activation must be one of {', '.join(HEAD_ACTIVATIONS)}, got {head_activation!r}"
+            )
         backbone = getattr(tv_models, arch)(weights=None)
         if pretrained_path is not None:
             state = load_torchvision_state(pretrained_path, arch)
@@ -75,13 +83,22 @@ class ResNetGrader(nn.Module):
             backbone.load_state_dict(state)
         self.arch, self.pool, self.num_lesions = arch, pool, num_lesions
         old = backbone.conv1
-        self.stem = nn.Conv2d(3 + num_lesions, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+        self.stem = nn.Conv2d(
+            3 + num_lesions, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False
+        )
         with torch.no_grad():
             self.stem.weight.zero_()
             self.stem.weight[:, :3] = old.weight
         self.bn1, self.relu, self.maxpool = backbone.bn1, backbone.relu, backbone.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4
-        features = backbone.fc.in_features * (sum(n * n for n in SPP_LEVELS) if pool == "spp" else 1)
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            backbone.layer1,
+            backbone.layer2,
+            backbone.layer3,
+            backbone.layer4,
+        )
+        features = backbone.fc.in_features * (
+            sum(n * n for n in SPP_LEVELS) if pool == "spp" else 1
+        )
         self.head = nn.Sequential(
             nn.Linear(features, hidden),
             HEAD_ACTIVATIONS[head_activation](),
@@ -98,7 +115,9 @@ class ResNetGrader(nn.Module):
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x ``[N,3+L,H,W]`` (image in [0,1], lesion maps in [0,1]) -> (logits ``[N,C]``, stage outputs)."""
         if x.shape[1] != 3 + self.num_lesions:
-            raise ValueError(f"{self.arch} grader expects {3 + self.num_lesions} input channels, got {x.shape[1]}")
+            raise ValueError(
+                f"{self.arch} grader expects {3 + self.num_lesions} input channels, got {x.shape[1]}"
+            )
         x = torch.cat([(x[:, :3] - self.mean) / self.std, x[:, 3:]], dim=1)
         x = self.maxpool(self.relu(self.bn1(self.stem(x))))
         features = []
@@ -124,7 +143,16 @@ class GradingNet(ResNetGrader):
         pretrained_path: str | Path | None = None,
         head_activation: str = "relu",
     ) -> None:
-        super().__init__(num_classes, num_lesions, hidden, dropout, pretrained_path, arch="resnet18", pool="spp", head_activation=head_activation)
+        super().__init__(
+            num_classes,
+            num_lesions,
+            hidden,
+            dropout,
+            pretrained_path,
+            arch="resnet18",
+            pool="spp",
+            head_activation=head_activation,
+        )
 
 
 # torchvision (torch.hub) names weight files NAME-<first hex digits of their SHA-256>.pth.
@@ -155,7 +183,7 @@ def check_hash_prefix(path: Path) -> bool:
             digest.update(chunk)
     if not digest.hexdigest().startswith(match[1]):
         raise ImageNetWeightsError(
-            f"model.imagenet_weights: {path} is corrupt: its SHA-256 {digest.hexdigest()[:len(match[1])]}... does not start "
+            f"model.imagenet_weights: {path} is corrupt: its SHA-256 {digest.hexdigest()[: len(match[1])]}... does not start "
             f"with {match[1]}, as its name says (download it again)"
         )
     return True
@@ -163,7 +191,11 @@ def check_hash_prefix(path: Path) -> bool:
 
 def hub_file(arch: str) -> Path:
     """Where torch.hub keeps torchvision's ``arch`` ImageNet weights: ``torch.hub.get_dir()/checkpoints/<file>``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(IMAGENET_WEIGHTS[arch].url).path).name
+    return (
+        Path(torch.hub.get_dir())
+        / "checkpoints"
+        / Path(urlparse(IMAGENET_WEIGHTS[arch].url).path).name
+    )
 
 
 def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
@@ -173,22 +205,31 @@ def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
     No network and no cached file: :class:`ImageNetWeightsError` saying which file to put where.
     """
     if arch not in IMAGENET_WEIGHTS:
-        raise ImageNetWeightsError(f"model.imagenet_weights={IMAGENET}: torchvision has no ImageNet weights wired here for {arch}")
+        raise ImageNetWeightsError(
+            f"model.imagenet_weights={IMAGENET}: torchvision has no ImageNet weights wired here for {arch}"
+        )
     weights, cached = IMAGENET_WEIGHTS[arch], hub_file(arch)
     if cached.is_file():
         check_hash_prefix(cached)  # torch.hub checks a download, not a file already in its cache
     else:
         log.info("downloading torchvision's %s ImageNet weights to %s", arch, cached)
     try:
-        state = weights.get_state_dict(progress=False, check_hash=True, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as error:  # offline: URLError (an OSError); a bad download: RuntimeError
+        state = weights.get_state_dict(
+            progress=False, check_hash=True, map_location="cpu", weights_only=True
+        )
+    except (
+        OSError,
+        RuntimeError,
+    ) as error:  # offline: URLError (an OSError); a bad download: RuntimeError
         reason = " ".join(f"{type(error).__name__}: {error}".split())
         raise ImageNetWeightsError(
             f"model.imagenet_weights={IMAGENET}: torchvision's {arch} ImageNet weights are not in torch's hub cache and "
             f"could not be downloaded ({reason}); download {weights.url} on a machine with internet and put "
             f"{cached.name} in {cached.parent}, or pass model.imagenet_weights=PATH"
         ) from None
-    log.info("ImageNet weights: torchvision's %s IMAGENET1K_V1 from %s (hash-checked)", arch, cached)
+    log.info(
+        "ImageNet weights: torchvision's %s IMAGENET1K_V1 from %s (hash-checked)", arch, cached
+    )
     return state
 
 
@@ -208,25 +249,48 @@ def load_torchvision_state(path: str | Path, arch: str) -> dict[str, torch.Tenso
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or "conv1.weight" not in state:
-        raise ImageNetWeightsError(f"model.imagenet_weights: {path} is not a torchvision {arch} state dict (no 'conv1.weight')")
-    official = arch in IMAGENET_WEIGHTS and path.name == Path(urlparse(IMAGENET_WEIGHTS[arch].url).path).name
+        raise ImageNetWeightsError(
+            f"model.imagenet_weights: {path} is not a torchvision {arch} state dict (no 'conv1.weight')"
+        )
+    official = (
+        arch in IMAGENET_WEIGHTS
+        and path.name == Path(urlparse(IMAGENET_WEIGHTS[arch].url).path).name
+    )
     if not hashed:
         how = "not hash-checked (no torch.hub hash prefix in its name); only its keys and shapes are checked"
     else:
-        how = "hash-checked" + ("" if official else f" against its name (not torchvision's IMAGENET1K_V1 {arch} file)")
+        how = "hash-checked" + (
+            "" if official else f" against its name (not torchvision's IMAGENET1K_V1 {arch} file)"
+        )
     log.info("ImageNet weights: %s, %s", path, how)
     return state
 
 
-def check_backbone_state(state: dict[str, torch.Tensor], backbone: nn.Module, source: str | Path, arch: str) -> None:
+def check_backbone_state(
+    state: dict[str, torch.Tensor], backbone: nn.Module, source: str | Path, arch: str
+) -> None:
     """The weights must be a torchvision ``arch``'s: every key, no other, each of the same shape."""
     own = backbone.state_dict()
     # BatchNorm fills in a missing num_batches_tracked (older torchvision files lack it).
-    missing = sorted(key for key in set(own) - set(state) if not key.endswith("num_batches_tracked"))
+    missing = sorted(
+        key for key in set(own) - set(state) if not key.endswith("num_batches_tracked")
+    )
     unexpected = sorted(set(state) - set(own))
-    mis_shaped = [f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}" for key in sorted(set(own) & set(state))
-                  if tuple(state[key].shape) != tuple(own[key].shape)]
-    problems = [f"{label}: {', '.join(items[:3])}{f' (+{len(items) - 3} more)' if len(items) > 3 else ''}"
-                for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mis_shaped)) if items]
+    mis_shaped = [
+        f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
+        for key in sorted(set(own) & set(state))
+        if tuple(state[key].shape) != tuple(own[key].shape)
+    ]
+    problems = [
+        f"{label}: {', '.join(items[:3])}{f' (+{len(items) - 3} more)' if len(items) > 3 else ''}"
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", mis_shaped),
+        )
+        if items
+    ]
     if problems:
-        raise ImageNetWeightsError(f"model.imagenet_weights: {source} is not a torchvision {arch} state dict; {'; '.join(problems)}")
+        raise ImageNetWeightsError(
+            f"model.imagenet_weights: {source} is not a torchvision {arch} state dict; {'; '.join(problems)}"
+        )

@@ -6,6 +6,7 @@ factor of two, 3x3 tail) with two departures, both listed in README:
   the whole image (the published net had none and started from PyTorch's default init);
 - the unused BatchNorm layers of the published residual blocks are left out.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,12 +34,16 @@ class ResidualBlock(nn.Module):
 class ISRNet(nn.Module):
     """Super-resolves a low-resolution fundus photograph by ``scale`` (2, 4 or 8)."""
 
-    def __init__(self, scale: int = 4, channels: int = 32, num_blocks: int = 5, bicubic_skip: bool = True) -> None:
+    def __init__(
+        self, scale: int = 4, channels: int = 32, num_blocks: int = 5, bicubic_skip: bool = True
+    ) -> None:
         super().__init__()
         if scale not in SUPPORTED_SCALES:
             raise ValueError(f"ISR scale must be one of {SUPPORTED_SCALES}, got {scale}")
         if channels <= 0 or num_blocks < 0:
-            raise ValueError(f"ISR channels must be > 0 and num_blocks >= 0, got {channels}, {num_blocks}")
+            raise ValueError(
+                f"ISR channels must be > 0 and num_blocks >= 0, got {channels}, {num_blocks}"
+            )
         self.scale = scale
         self.bicubic_skip = bicubic_skip
         self.head = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.LeakyReLU(0.01))
@@ -48,7 +53,9 @@ class ISRNet(nn.Module):
                 layer
                 for _ in range(int(math.log2(scale)))
                 for layer in (
-                    nn.ConvTranspose2d(channels, channels, 3, stride=2, padding=1, output_padding=1),
+                    nn.ConvTranspose2d(
+                        channels, channels, 3, stride=2, padding=1, output_padding=1
+                    ),
                     nn.LeakyReLU(0.01),
                 )
             ]

@@ -9,6 +9,7 @@ bilinearly, and the lesions are four independent sigmoid channels (they overlap,
 with a background channel, which upstream trained with sigmoid and consumed with softmax, is
 not used).
 """
+
 from __future__ import annotations
 
 import math
@@ -92,12 +93,19 @@ class LesionSegNet(nn.Module):
         widths = _level_widths(width)
         self.num_lesions = num_lesions
         self.encoders = nn.ModuleList(
-            [ConvBlock(in_channels if i == 0 else widths[i - 1], widths[i]) for i in range(NUM_LEVELS)]
+            [
+                ConvBlock(in_channels if i == 0 else widths[i - 1], widths[i])
+                for i in range(NUM_LEVELS)
+            ]
         )
         # Decoder level i (0 = full resolution) takes the level below, upsampled, plus the skip.
         self.ups = nn.ModuleList([UpBlock(widths[i + 1], widths[i]) for i in range(NUM_LEVELS - 1)])
-        self.decoders = nn.ModuleList([ConvBlock(2 * widths[i], widths[i]) for i in range(NUM_LEVELS - 1)])
-        self.heads = nn.ModuleList([nn.Conv2d(widths[i], num_lesions, 1) for i in range(NUM_LEVELS)])
+        self.decoders = nn.ModuleList(
+            [ConvBlock(2 * widths[i], widths[i]) for i in range(NUM_LEVELS - 1)]
+        )
+        self.heads = nn.ModuleList(
+            [nn.Conv2d(widths[i], num_lesions, 1) for i in range(NUM_LEVELS)]
+        )
         self.register_buffer("head_weights", torch.tensor(HEAD_WEIGHTS[::-1]), persistent=False)
         # Activation checkpointing (model.seg_checkpoint): recompute each block in the backward
         # pass. Used only while the net is frozen (eval mode: the joint step, where gradients
@@ -125,7 +133,9 @@ class LesionSegNet(nn.Module):
         """image ``[N,C,H,W]`` (H, W divisible by 16) -> lesion logits ``[N,4,H,W]``."""
         size = image.shape[-2:]
         if size[0] % 2 ** (NUM_LEVELS - 1) or size[1] % 2 ** (NUM_LEVELS - 1):
-            raise ValueError(f"segmentation input size {tuple(size)} must be divisible by {2 ** (NUM_LEVELS - 1)}")
+            raise ValueError(
+                f"segmentation input size {tuple(size)} must be divisible by {2 ** (NUM_LEVELS - 1)}"
+            )
         skips = []
         x = image
         for level, encoder in enumerate(self.encoders):
@@ -134,10 +144,15 @@ class LesionSegNet(nn.Module):
         # Decode from the bottleneck; features[level] is the decoder output at that level.
         features = {NUM_LEVELS - 1: x}
         for level in reversed(range(NUM_LEVELS - 1)):
-            x = self._block(self.decoders[level], torch.cat([skips[level], self._block(self.ups[level], x)], dim=1))
+            x = self._block(
+                self.decoders[level],
+                torch.cat([skips[level], self._block(self.ups[level], x)], dim=1),
+            )
             features[level] = x
         logits = self.heads[0](features[0]) * self.head_weights[0]
         for level in range(1, NUM_LEVELS):
-            head = F.interpolate(self.heads[level](features[level]), size=size, mode="bilinear", align_corners=False)
+            head = F.interpolate(
+                self.heads[level](features[level]), size=size, mode="bilinear", align_corners=False
+            )
             logits = logits + head * self.head_weights[level]
         return logits

@@ -5,6 +5,7 @@ the factor 2 (upstream's per-pixel form had its optimum at p=0.73), computed per
 batch on the device; invalid lesion channels (no ground truth) are ignored; the
 segmentation-aware loss compares probabilities, not logits.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,11 +31,15 @@ def tv_loss(image: torch.Tensor) -> torch.Tensor:
 def _valid_weights(masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``[N,L]`` float weights from ``valid [N,L]`` bool, broadcastable to ``[N,L,1,1]``."""
     if valid.shape != masks.shape[:2]:
-        raise ValueError(f"mask_valid shape {tuple(valid.shape)} does not match masks {tuple(masks.shape[:2])}")
+        raise ValueError(
+            f"mask_valid shape {tuple(valid.shape)} does not match masks {tuple(masks.shape[:2])}"
+        )
     return valid.to(masks.dtype)
 
 
-def dice_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+def dice_loss(
+    logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, smooth: float = 1.0
+) -> torch.Tensor:
     """Soft Dice ``1 - (2|P.G| + s) / (|P| + |G| + s)`` per lesion over the batch's valid images, mean over lesions.
 
     Pooling the batch (rather than scoring each image) keeps images without a lesion from pulling
@@ -51,7 +56,11 @@ def dice_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, sm
 
 
 def focal_loss(
-    logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    valid: torch.Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
 ) -> torch.Tensor:
     """Sigmoid focal loss (Lin et al. 2017), mean over pixels of valid lesion channels."""
     bce = F.binary_cross_entropy_with_logits(logits, masks, reduction="none")
@@ -62,7 +71,9 @@ def focal_loss(
     return (loss * weights).sum() / weights.sum().clamp_min(1)
 
 
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
     """Dice + focal on the lesion channels that have ground truth."""
     return dice_loss(logits, masks, valid) + focal_loss(logits, masks, valid)
 
@@ -78,15 +89,26 @@ def task_aware_loss(sr_attention: torch.Tensor, hr_attention: torch.Tensor) -> t
 
 
 def grading_loss(
-    logits: torch.Tensor, grades: torch.Tensor, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0
+    logits: torch.Tensor,
+    grades: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Class-weighted cross entropy, with ``label_smoothing`` (torch's convention: the target is
     ``1 - s`` on the grade plus ``s / C`` everywhere); grade -1 (unknown) is ignored. Zero if no
     sample is graded."""
     known = grades >= 0
     # Multiplying by 0 rather than branching on known.any() avoids a host synchronisation.
-    loss = F.cross_entropy(logits, grades.clamp_min(0), weight=class_weights, reduction="none", label_smoothing=label_smoothing)
-    weights = known.to(logits.dtype) * (class_weights[grades.clamp_min(0)] if class_weights is not None else 1)
+    loss = F.cross_entropy(
+        logits,
+        grades.clamp_min(0),
+        weight=class_weights,
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )
+    weights = known.to(logits.dtype) * (
+        class_weights[grades.clamp_min(0)] if class_weights is not None else 1
+    )
     return (loss * known).sum() / weights.sum().clamp_min(1e-12)
 
 

@@ -6,6 +6,7 @@ expected grade ``sum_k p_k * k`` cut at C-1 increasing thresholds (``thresholds`
 optimise quadratic weighted kappa, which penalises a grade by its squared distance). The
 thresholds live on the model (``DeepMTDR.grade_thresholds``); ``evaluation/thresholds.py`` fits them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,7 +28,9 @@ def expected_grade(probs: torch.Tensor) -> torch.Tensor:
 def grades_from_expected(expected: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """Expected grades ``[N]`` -> int64 grades ``[N]``: how many of the increasing ``thresholds`` ``[C-1]``
     are <= each value (a value on a threshold goes up, as rounding half up does)."""
-    return torch.bucketize(expected.double(), thresholds.to(expected.device, torch.float64), right=True)
+    return torch.bucketize(
+        expected.double(), thresholds.to(expected.device, torch.float64), right=True
+    )
 
 
 def decode_grades(probs: torch.Tensor, thresholds: torch.Tensor | None = None) -> torch.Tensor:

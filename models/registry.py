@@ -1,7 +1,8 @@
 """Model registry: ``create_model(name, **kwargs)`` (timm's pattern), so baselines and ablations are entries."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -45,24 +46,62 @@ def list_models() -> list[str]:
 
 
 @register_model("resnet18_spp")
-def resnet18_spp(num_classes: int = 5, num_lesions: int = 4, hidden: int = 512, dropout: float = 0.5, pretrained_path=None,
-                 head_activation: str = "relu") -> nn.Module:
+def resnet18_spp(
+    num_classes: int = 5,
+    num_lesions: int = 4,
+    hidden: int = 512,
+    dropout: float = 0.5,
+    pretrained_path=None,
+    head_activation: str = "relu",
+) -> nn.Module:
     """DeepMT-DR's grader (the published KeNet_v1): ResNet-18 + spatial pyramid pooling."""
-    return GradingNet(num_classes=num_classes, num_lesions=num_lesions, hidden=hidden, dropout=dropout, pretrained_path=pretrained_path,
-                      head_activation=head_activation)
+    return GradingNet(
+        num_classes=num_classes,
+        num_lesions=num_lesions,
+        hidden=hidden,
+        dropout=dropout,
+        pretrained_path=pretrained_path,
+        head_activation=head_activation,
+    )
 
 
 @register_model("chen_net")
-def chen_net(num_classes: int = 5, num_lesions: int = 0, hidden: int = 256, dropout: float = 0.5, pretrained_path=None) -> nn.Module:
+def chen_net(
+    num_classes: int = 5,
+    num_lesions: int = 0,
+    hidden: int = 256,
+    dropout: float = 0.5,
+    pretrained_path=None,
+) -> nn.Module:
     """Chen et al. (EMBC 2015) 4 conv + 2 FC CNN, top-level ``chen_net.py``."""
-    return ChenNet(num_classes=num_classes, num_lesions=num_lesions, hidden=hidden, dropout=dropout, pretrained_path=pretrained_path)
+    return ChenNet(
+        num_classes=num_classes,
+        num_lesions=num_lesions,
+        hidden=hidden,
+        dropout=dropout,
+        pretrained_path=pretrained_path,
+    )
 
 
 @register_model("resnet50")
-def resnet50(num_classes: int = 5, num_lesions: int = 0, hidden: int = 512, dropout: float = 0.5, pretrained_path=None,
-             head_activation: str = "relu") -> nn.Module:
+def resnet50(
+    num_classes: int = 5,
+    num_lesions: int = 0,
+    hidden: int = 512,
+    dropout: float = 0.5,
+    pretrained_path=None,
+    head_activation: str = "relu",
+) -> nn.Module:
     """torchvision ResNet-50 with global average pooling and a two-layer head."""
-    return ResNetGrader(num_classes, num_lesions, hidden, dropout, pretrained_path, arch="resnet50", head_activation=head_activation)
+    return ResNetGrader(
+        num_classes,
+        num_lesions,
+        hidden,
+        dropout,
+        pretrained_path,
+        arch="resnet50",
+        head_activation=head_activation,
+    )
 
 
 @register_model("deepmt_dr")
@@ -105,5 +144,16 @@ def deepmt_dr(
         pretrained_path=imagenet_weights,
         **({"head_activation": grader_head_activation} if grader_head_activation != "relu" else {}),
     )
-    isr_net = ISRNet(scale, isr_channels, isr_blocks, isr_bicubic_skip) if isr == "net" else BicubicUpsampler(scale)
-    return DeepMTDR(isr_net, seg, grading_net, cam_stages=cam_stages, num_classes=num_classes, grade_decoding=grade_decoding)
+    isr_net = (
+        ISRNet(scale, isr_channels, isr_blocks, isr_bicubic_skip)
+        if isr == "net"
+        else BicubicUpsampler(scale)
+    )
+    return DeepMTDR(
+        isr_net,
+        seg,
+        grading_net,
+        cam_stages=cam_stages,
+        num_classes=num_classes,
+        grade_decoding=grade_decoding,
+    )

@@ -6,6 +6,7 @@ compared method's plain ``nn.Module`` (e.g. a torchvision ResNet). Its output ap
 to the logits, the "any DR" score, so that every method, Captum's included, explains a
 per-sample column index and nothing else.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -57,7 +58,9 @@ class SaliencyModel(nn.Module):
         if layer_names is None:
             layer_names = [name for name, child in children if _contains_conv(child)]
         if randomisation_order is None:
-            randomisation_order = [name for name, child in reversed(children) if any(True for _ in child.parameters())]
+            randomisation_order = [
+                name for name, child in reversed(children) if any(True for _ in child.parameters())
+            ]
         if not layer_names:
             raise SaliencyError("the model has no convolutional layer to explain")
         self.layer_names = list(layer_names)
@@ -88,7 +91,9 @@ class SaliencyModel(nn.Module):
         logits = self.classifier(image)
         return torch.cat([logits, logits[:, 1:].sum(dim=1, keepdim=True)], dim=1)
 
-    def targets(self, scores: torch.Tensor, target: str | int | torch.Tensor = "predicted") -> torch.Tensor:
+    def targets(
+        self, scores: torch.Tensor, target: str | int | torch.Tensor = "predicted"
+    ) -> torch.Tensor:
         """Per-sample column indices ``[N]`` into :meth:`forward`'s scores.
 
         ``predicted``: each sample's predicted grade (the model's decoding). ``any_dr``: as ``models/cam.py``, grade 0
@@ -96,18 +101,24 @@ class SaliencyModel(nn.Module):
         that grade for all or per sample.
         """
         num_classes = scores.shape[1] - 1
-        predicted = decode_grades(torch.softmax(scores[:, :num_classes].float(), dim=1), self.grade_thresholds)
+        predicted = decode_grades(
+            torch.softmax(scores[:, :num_classes].float(), dim=1), self.grade_thresholds
+        )
         if isinstance(target, str):
             if target == "predicted":
                 return predicted
             if target == "any_dr":
                 return torch.where(predicted == 0, 0, num_classes)
             if not target.lstrip("-").isdigit():
-                raise SaliencyError(f"unknown target {target!r}; use {', '.join(TARGET_CHOICES)} or a grade 0..{num_classes - 1}")
+                raise SaliencyError(
+                    f"unknown target {target!r}; use {', '.join(TARGET_CHOICES)} or a grade 0..{num_classes - 1}"
+                )
             target = int(target)
         index = torch.as_tensor(target, device=scores.device).long().expand(scores.shape[0])
         if index.min() < 0 or index.max() >= num_classes:
-            raise SaliencyError(f"target grade {sorted(set(index.tolist()))} outside 0..{num_classes - 1}")
+            raise SaliencyError(
+                f"target grade {sorted(set(index.tolist()))} outside 0..{num_classes - 1}"
+            )
         return index.clone()
 
 
@@ -132,7 +143,13 @@ def for_deepmt_dr(model: DeepMTDR) -> SaliencyModel:
     """
     names = {id(module): name for name, module in model.named_modules()}
     stages = [names[id(stage)] for stage in model.grader.stages()]
-    children = [f"grader.{name}" for name, child in model.grader.named_children() if any(True for _ in child.parameters())]
-    explained = SaliencyModel(GraderOnImage(model), root=model, layer_names=stages, randomisation_order=children[::-1])
+    children = [
+        f"grader.{name}"
+        for name, child in model.grader.named_children()
+        if any(True for _ in child.parameters())
+    ]
+    explained = SaliencyModel(
+        GraderOnImage(model), root=model, layer_names=stages, randomisation_order=children[::-1]
+    )
     explained.grade_thresholds = model.decision_thresholds
     return explained

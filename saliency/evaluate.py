@@ -10,6 +10,7 @@ the FOV, and the per-image ROC AUC of the map as a detector of lesion-region pix
 means over images. A uniform map scores the lesion area fraction and AUC 0.5 (row "uniform"); the
 segmentation net's any-lesion probability map is a reference row ("lesion net"), where there is one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,9 @@ from saliency.methods import TITLES, Options, display_map, parse_methods, raw_sa
 UNIFORM, LESION_NET = "uniform", "lesion net"
 
 
-def agreement_per_image(maps: torch.Tensor, region: torch.Tensor, fov: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def agreement_per_image(
+    maps: torch.Tensor, region: torch.Tensor, fov: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
     """Mass fraction in the region and ROC AUC, each ``[N]`` (NaN where undefined).
 
     maps: ``[N,1,H,W]`` >= 0; region, fov: ``[N,1,H,W]`` {0,1}. Mass fraction: sum of the map over
@@ -50,9 +53,17 @@ def agreement_per_image(maps: torch.Tensor, region: torch.Tensor, fov: torch.Ten
     mass_lesion = (maps * lesion).flatten(1).sum(1)
     mass = torch.where(mass_fov > 0, mass_lesion / mass_fov.clamp_min(1e-12), torch.nan)
     aucs = []
-    for score, positive, valid in zip(maps.flatten(1).cpu().numpy(), lesion.flatten(1).cpu().numpy(), inside.flatten(1).cpu().numpy()):
+    for score, positive, valid in zip(
+        maps.flatten(1).cpu().numpy(),
+        lesion.flatten(1).cpu().numpy(),
+        inside.flatten(1).cpu().numpy(),
+    ):
         labels = positive[valid]
-        aucs.append(float(roc_auc_score(labels, score[valid])) if 0 < labels.sum() < labels.size else math.nan)
+        aucs.append(
+            float(roc_auc_score(labels, score[valid]))
+            if 0 < labels.sum() < labels.size
+            else math.nan
+        )
     return mass.double().cpu().numpy(), np.asarray(aucs)
 
 
@@ -82,7 +93,9 @@ def lesion_agreement(
     explained.layer(layer)
     explained.targets(torch.zeros(1, config.data.num_classes + 1), target)  # check the target now
     loader = build_loader(build_dataset(config, split), batch_size, False, 0)
-    references = [UNIFORM, LESION_NET] if model.use_lesions else [UNIFORM]  # no lesion map without a seg net
+    references = (
+        [UNIFORM, LESION_NET] if model.use_lesions else [UNIFORM]
+    )  # no lesion map without a seg net
     names = [*references, *methods]
     mass: dict[str, list[np.ndarray]] = {name: [] for name in names}
     auc: dict[str, list[np.ndarray]] = {name: [] for name in names}
@@ -106,12 +119,16 @@ def lesion_agreement(
             with torch.no_grad():
                 maps[LESION_NET] = any_lesion_map(torch.sigmoid(model.segment(image)))
         for method in methods:
-            maps[method] = display_map(raw_saliency(explained, image, method, target_index, layer, options))
+            maps[method] = display_map(
+                raw_saliency(explained, image, method, target_index, layer, options)
+            )
         for name, saliency in maps.items():
             m, a = agreement_per_image(saliency, region, fov)
             mass[name].append(m)
             auc[name].append(a)
-        area.append(((region * fov).flatten(1).sum(1) / fov.flatten(1).sum(1)).double().cpu().numpy())
+        area.append(
+            ((region * fov).flatten(1).sum(1) / fov.flatten(1).sum(1)).double().cpu().numpy()
+        )
         counted += int(keep.sum())
         if counted >= n:
             break
@@ -126,8 +143,14 @@ def lesion_agreement(
             "zero_maps": int(np.isnan(masses).sum()),
         }
     return {
-        "checkpoint": str(checkpoint), "split": split, "images": counted, "input": mode, "target": target,
-        "layer": layer, "lesion_area_fraction": float(np.concatenate(area).mean()), "methods": rows,
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "images": counted,
+        "input": mode,
+        "target": target,
+        "layer": layer,
+        "lesion_area_fraction": float(np.concatenate(area).mean()),
+        "methods": rows,
     }
 
 
@@ -145,21 +168,31 @@ def format_table(result: dict) -> str:
     ]
     for name, row in result["methods"].items():
         ratio = row["mass_in_lesions"] / result["lesion_area_fraction"]
-        lines.append(f"| {TITLES.get(name, name)} | {100 * row['mass_in_lesions']:.2f} % | {ratio:.2f} | "
-                     f"{row['auc']:.3f} | {row['zero_maps']} |")
+        lines.append(
+            f"| {TITLES.get(name, name)} | {100 * row['mass_in_lesions']:.2f} % | {ratio:.2f} | "
+            f"{row['auc']:.3f} | {row['zero_maps']} |"
+        )
     return "\n".join(lines)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--methods", default="all", help="comma-separated, or all (default)")
     parser.add_argument("--n", type=int, default=64, help="images with lesions to use (default 64)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--target", default="predicted", help="predicted (default), any_dr or a grade")
+    parser.add_argument(
+        "--target", default="predicted", help="predicted (default), any_dr or a grade"
+    )
     parser.add_argument("--layer", help="layer of the Grad-CAM family (default grader.layer4)")
-    parser.add_argument("--input", choices=("lr", "hr"), help="lr: maps on SR (the system), hr: on HR "
-                        "(default: how the checkpoint's run is tested, else lr)")
+    parser.add_argument(
+        "--input",
+        choices=("lr", "hr"),
+        help="lr: maps on SR (the system), hr: on HR "
+        "(default: how the checkpoint's run is tested, else lr)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="also write the result as JSON here")
@@ -173,9 +206,23 @@ def main(argv: list[str] | None = None) -> int:
         methods = parse_methods(args.methods)
         if args.n <= 0 or args.batch_size <= 0:
             raise ConfigError("--n and --batch-size must be positive")
-        progress = None if args.quiet else (lambda loader: tqdm(loader, desc="lesion agreement", unit="batch"))
-        result = lesion_agreement(args.checkpoint, methods, args.n, args.split, args.target, args.layer,
-                                  args.input, args.batch_size, args.device, progress=progress)
+        progress = (
+            None
+            if args.quiet
+            else (lambda loader: tqdm(loader, desc="lesion agreement", unit="batch"))
+        )
+        result = lesion_agreement(
+            args.checkpoint,
+            methods,
+            args.n,
+            args.split,
+            args.target,
+            args.layer,
+            args.input,
+            args.batch_size,
+            args.device,
+            progress=progress,
+        )
     except SaliencyError as error:
         raise ConfigError(str(error)) from error
     print(format_table(result))

@@ -28,6 +28,7 @@ any raw map into [0,1]: the positive part, then per-image min-max (pytorch-grad-
 a map that is numerically flat (range below 1e-5 of its maximum, e.g. all zeros) becomes all
 zeros, never NaN. Overlays and metrics use display maps; ``.npy`` files keep raw maps.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -52,7 +53,9 @@ from saliency.adapters import SaliencyError, SaliencyModel
 
 GRADCAM_PP_EPS = 1e-6  # pytorch-grad-cam's eps in the Grad-CAM++ alpha denominator
 FLAT_RTOL = 1e-5  # a map whose range is below this fraction of its maximum is flat -> zeros
-OCCLUSION_ROUNDING_RTOL = 1e-5  # occlusion maps varying less than this fraction of the scores are flat
+OCCLUSION_ROUNDING_RTOL = (
+    1e-5  # occlusion maps varying less than this fraction of the scores are flat
+)
 
 
 @dataclass(frozen=True)
@@ -138,12 +141,24 @@ def _upsample(cam: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def gradcam(model: SaliencyModel, image: torch.Tensor, target: torch.Tensor, layer: nn.Module, options: Options) -> torch.Tensor:
+def gradcam(
+    model: SaliencyModel,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    layer: nn.Module,
+    options: Options,
+) -> torch.Tensor:
     activation, gradient = layer_activation_and_gradient(model, layer, image, target)
     return _upsample(weighted_activation_map(activation, gradient), image)
 
 
-def gradcam_plus_plus(model: SaliencyModel, image: torch.Tensor, target: torch.Tensor, layer: nn.Module, options: Options) -> torch.Tensor:
+def gradcam_plus_plus(
+    model: SaliencyModel,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    layer: nn.Module,
+    options: Options,
+) -> torch.Tensor:
     activation, gradient = layer_activation_and_gradient(model, layer, image, target)
     squared = gradient.square()
     activation_sum = activation.sum(dim=(2, 3), keepdim=True)
@@ -155,19 +170,35 @@ def gradcam_plus_plus(model: SaliencyModel, image: torch.Tensor, target: torch.T
     return _upsample(cam, image)
 
 
-def guided_backprop(model: SaliencyModel, image: torch.Tensor, target: torch.Tensor, layer: nn.Module, options: Options) -> torch.Tensor:
+def guided_backprop(
+    model: SaliencyModel,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    layer: nn.Module,
+    options: Options,
+) -> torch.Tensor:
     with _quiet_relu_hooks():
         attribution = GuidedBackprop(model).attribute(_grad_input(image), target=target)
     return attribution.abs().amax(dim=1, keepdim=True).detach()
 
 
-def guided_gradcam(model: SaliencyModel, image: torch.Tensor, target: torch.Tensor, layer: nn.Module, options: Options) -> torch.Tensor:
+def guided_gradcam(
+    model: SaliencyModel,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    layer: nn.Module,
+    options: Options,
+) -> torch.Tensor:
     with _quiet_relu_hooks():
-        attribution = GuidedGradCam(model, layer).attribute(_grad_input(image), target=target, interpolate_mode="bilinear")
+        attribution = GuidedGradCam(model, layer).attribute(
+            _grad_input(image), target=target, interpolate_mode="bilinear"
+        )
     return attribution.abs().amax(dim=1, keepdim=True).detach()
 
 
-def ig_completeness_error(model: SaliencyModel, image: torch.Tensor, target: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+def ig_completeness_error(
+    model: SaliencyModel, image: torch.Tensor, target: torch.Tensor, raw: torch.Tensor
+) -> torch.Tensor:
     """``[N]`` relative completeness error of an IG map: ``|sum(raw) - (S(x) - S(black))| / |S(x) - S(black)|``.
 
     The denominator is floored at 1e-3 so that a score the baseline does not change reads as an
@@ -181,7 +212,11 @@ def ig_completeness_error(model: SaliencyModel, image: torch.Tensor, target: tor
 
 
 def integrated_gradients(
-    model: SaliencyModel, image: torch.Tensor, target: torch.Tensor, layer: nn.Module, options: Options
+    model: SaliencyModel,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    layer: nn.Module,
+    options: Options,
 ) -> torch.Tensor:
     """IG with ``ig_steps`` nodes; images whose completeness error exceeds ``ig_tolerance`` are
     recomputed with twice the nodes, up to ``ig_max_steps`` (ReLU nets are not smooth along the path)."""
@@ -218,7 +253,13 @@ def _seeded(seed: int, device: torch.device):
         yield
 
 
-def smoothgrad(model: SaliencyModel, image: torch.Tensor, target: torch.Tensor, layer: nn.Module, options: Options) -> torch.Tensor:
+def smoothgrad(
+    model: SaliencyModel,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    layer: nn.Module,
+    options: Options,
+) -> torch.Tensor:
     with _seeded(options.seed, image.device):
         attribution = NoiseTunnel(Saliency(model)).attribute(
             _grad_input(image),
@@ -232,20 +273,33 @@ def smoothgrad(model: SaliencyModel, image: torch.Tensor, target: torch.Tensor, 
     return attribution.amax(dim=1, keepdim=True).detach()
 
 
-def occlusion_geometry(height: int, width: int, options: Options) -> tuple[tuple[int, int], tuple[int, int]]:
+def occlusion_geometry(
+    height: int, width: int, options: Options
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """(window, stride) in pixels for an image of that size; at least 1 px, stride <= window."""
     window = tuple(max(1, round(side * options.occlusion_window)) for side in (height, width))
-    stride = tuple(min(w, max(1, round(side * options.occlusion_stride))) for w, side in zip(window, (height, width)))
+    stride = tuple(
+        min(w, max(1, round(side * options.occlusion_stride)))
+        for w, side in zip(window, (height, width))
+    )
     return window, stride
 
 
-def occlusion(model: SaliencyModel, image: torch.Tensor, target: torch.Tensor, layer: nn.Module, options: Options) -> torch.Tensor:
+def occlusion(
+    model: SaliencyModel,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    layer: nn.Module,
+    options: Options,
+) -> torch.Tensor:
     """Captum occlusion; a map whose variation is below float32 rounding of the scores (range at most
     1e-5 of the largest score magnitude) is replaced by its mean, so that rounding is not shown as evidence."""
     window, stride = occlusion_geometry(*image.shape[-2:], options)
     with torch.no_grad():
         score_scale = model(image).abs().amax(dim=1).view(-1, 1, 1, 1)
-        attribution = Occlusion(model).attribute(
+        attribution = Occlusion(
+            model
+        ).attribute(
             image.detach(),
             sliding_window_shapes=(image.shape[1], *window),
             strides=(image.shape[1], *stride),
@@ -279,18 +333,26 @@ TITLES = {
     "smoothgrad": "SmoothGrad",
     "occlusion": "occlusion",
 }
-PIXEL_METHODS = frozenset({"guided_backprop", "guided_gradcam", "ig", "smoothgrad"})  # per-pixel detail
+PIXEL_METHODS = frozenset(
+    {"guided_backprop", "guided_gradcam", "ig", "smoothgrad"}
+)  # per-pixel detail
 ALIASES = {"gradcam++": "gradcampp", "gbp": "guided_backprop", "integrated_gradients": "ig"}
 
 
 def parse_methods(text: str) -> list[str]:
     """``"gradcam,ig"`` or ``"all"`` -> canonical names, in the given order, without repeats."""
-    names = list(METHODS) if text.strip() == "all" else [part.strip() for part in text.split(",") if part.strip()]
+    names = (
+        list(METHODS)
+        if text.strip() == "all"
+        else [part.strip() for part in text.split(",") if part.strip()]
+    )
     resolved = []
     for name in names:
         canonical = ALIASES.get(name, name)
         if canonical not in METHODS:
-            raise SaliencyError(f"unknown saliency method {name!r}; valid: {', '.join(METHODS)} (or all)")
+            raise SaliencyError(
+                f"unknown saliency method {name!r}; valid: {', '.join(METHODS)} (or all)"
+            )
         if canonical not in resolved:
             resolved.append(canonical)
     if not resolved:
@@ -316,6 +378,10 @@ def raw_saliency(
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"expected an image batch [N,3,H,W], got {tuple(image.shape)}")
     if target.shape != (image.shape[0],):
-        raise ValueError(f"expected one target per image ({image.shape[0]}), got shape {tuple(target.shape)}")
+        raise ValueError(
+            f"expected one target per image ({image.shape[0]}), got shape {tuple(target.shape)}"
+        )
     module = model.layer(layer or model.default_layer)
-    return METHODS[method](model, image, target.to(image.device).long(), module, options or Options())
+    return METHODS[method](
+        model, image, target.to(image.device).long(), module, options or Options()
+    )

@@ -6,6 +6,7 @@ colours). The heat map's opacity grows with the saliency (``alpha * map``): wher
 the overlay is the image itself. Pixel-level maps are shown saturated at their 99th percentile
 (:func:`saturate`); the ``.npy`` files and the metrics use the maps unclipped.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -43,7 +44,9 @@ def to_rgb_array(image: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.clip(array, 0.0, 1.0)
 
 
-def overlay(image: np.ndarray | torch.Tensor, saliency: np.ndarray | torch.Tensor, alpha: float = ALPHA) -> np.ndarray:
+def overlay(
+    image: np.ndarray | torch.Tensor, saliency: np.ndarray | torch.Tensor, alpha: float = ALPHA
+) -> np.ndarray:
     """RGB image ``[3,H,W]`` in [0,1] and a display map ``[H,W]`` (or ``[1,H,W]``) in [0,1] ->
     ``[H,W,3]`` uint8 RGB: ``(1 - alpha*m) * image + alpha*m * jet(m)``."""
     rgb = to_rgb_array(image)
@@ -54,7 +57,9 @@ def overlay(image: np.ndarray | torch.Tensor, saliency: np.ndarray | torch.Tenso
     return np.round(blended * 255.0).astype(np.uint8)
 
 
-def saturate(saliency: np.ndarray | torch.Tensor, percentile: float = SATURATION_PERCENTILE) -> np.ndarray:
+def saturate(
+    saliency: np.ndarray | torch.Tensor, percentile: float = SATURATION_PERCENTILE
+) -> np.ndarray:
     """A display map divided by its ``percentile``-th percentile and clipped to [0,1], for overlays
     of pixel-level maps, where a few extreme pixels would otherwise leave the rest invisible (as
     Captum's ``outlier_perc``). Maps whose percentile is 0 are returned unchanged."""
@@ -85,7 +90,9 @@ class SheetRow:
 def contact_sheet(path: str | Path, rows: Sequence[SheetRow], title: str = "") -> Path:
     """A grid, one row per image: the image, then each method's overlay. Written as PNG."""
     cols = 1 + max(len(row.panels) for row in rows)
-    figure = Figure(figsize=(PANEL_INCHES * cols, PANEL_INCHES * len(rows) + 0.5), layout="constrained")
+    figure = Figure(
+        figsize=(PANEL_INCHES * cols, PANEL_INCHES * len(rows) + 0.5), layout="constrained"
+    )
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(rows), cols, squeeze=False)
     for ax in axes.flat:

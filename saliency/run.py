@@ -12,6 +12,7 @@ and <method>.npy (raw map, float32 HxW; signed for ig and occlusion; overlays of
 are saturated at their 99th percentile), and for all images
 <out>/summary.csv and <out>/contact_sheet.png. Conventions: saliency/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,31 +57,67 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="DeepMT-DR checkpoint (e.g. runs/demo/checkpoints/best.pt)")
-    parser.add_argument("--images", nargs="+", required=True, help="image files and/or folders of images")
-    parser.add_argument("--methods", default="all", help="comma-separated, or all (default): gradcam, gradcampp, "
-                        "guided_backprop, guided_gradcam, ig, smoothgrad, occlusion")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="DeepMT-DR checkpoint (e.g. runs/demo/checkpoints/best.pt)",
+    )
+    parser.add_argument(
+        "--images", nargs="+", required=True, help="image files and/or folders of images"
+    )
+    parser.add_argument(
+        "--methods",
+        default="all",
+        help="comma-separated, or all (default): gradcam, gradcampp, "
+        "guided_backprop, guided_gradcam, ig, smoothgrad, occlusion",
+    )
     parser.add_argument("--out", default="visualization_result/saliency", help="output folder")
-    parser.add_argument("--target", default="predicted",
-                        help="predicted (default), any_dr, or a grade 0..C-1: the score each map explains")
+    parser.add_argument(
+        "--target",
+        default="predicted",
+        help="predicted (default), any_dr, or a grade 0..C-1: the score each map explains",
+    )
     parser.add_argument("--layer", help="layer of the Grad-CAM family (default grader.layer4)")
-    parser.add_argument("--input", choices=("lr", "hr"),
-                        help="lr: explain the grader on the SR image of the LR-resized photograph; hr: on the "
-                        "photograph resized to the HR size (default: how the checkpoint's run is tested, else lr)")
-    parser.add_argument("--size", type=int, help="HR side in pixels (default: the checkpoint's data.hr_size)")
-    parser.add_argument("--no-crop", action="store_true", help="images are already cropped to the field of view")
+    parser.add_argument(
+        "--input",
+        choices=("lr", "hr"),
+        help="lr: explain the grader on the SR image of the LR-resized photograph; hr: on the "
+        "photograph resized to the HR size (default: how the checkpoint's run is tested, else lr)",
+    )
+    parser.add_argument(
+        "--size", type=int, help="HR side in pixels (default: the checkpoint's data.hr_size)"
+    )
+    parser.add_argument(
+        "--no-crop", action="store_true", help="images are already cropped to the field of view"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--ig-steps", type=int, default=Options.ig_steps,
-                        help="integrated gradients nodes (default 32), doubled for images whose completeness error "
-                        "exceeds 1 %% up to --ig-max-steps")
-    parser.add_argument("--ig-max-steps", type=int, default=Options.ig_max_steps, help="default 256")
+    parser.add_argument(
+        "--ig-steps",
+        type=int,
+        default=Options.ig_steps,
+        help="integrated gradients nodes (default 32), doubled for images whose completeness error "
+        "exceeds 1 %% up to --ig-max-steps",
+    )
+    parser.add_argument(
+        "--ig-max-steps", type=int, default=Options.ig_max_steps, help="default 256"
+    )
     parser.add_argument("--smoothgrad-samples", type=int, default=Options.smoothgrad_samples)
-    parser.add_argument("--occlusion-window", type=float, default=Options.occlusion_window,
-                        help="occlusion window side as a fraction of the image side (default 1/8)")
-    parser.add_argument("--occlusion-stride", type=float, default=Options.occlusion_stride,
-                        help="occlusion stride as a fraction of the image side (default 1/16)")
+    parser.add_argument(
+        "--occlusion-window",
+        type=float,
+        default=Options.occlusion_window,
+        help="occlusion window side as a fraction of the image side (default 1/8)",
+    )
+    parser.add_argument(
+        "--occlusion-stride",
+        type=float,
+        default=Options.occlusion_stride,
+        help="occlusion stride as a fraction of the image side (default 1/16)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -91,7 +128,9 @@ def find_images(paths: list[str]) -> list[Path]:
     for text in paths:
         path = Path(text)
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            images = sorted(
+                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
             if not images:
                 raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
             found += images
@@ -106,15 +145,21 @@ def load_fundus(path: Path, side: int, crop: bool = True) -> torch.Tensor:
     """A photograph -> ``[3,side,side]`` uint8 RGB: FOV-cropped to a square, resized (area)."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise DataError(f"cannot read image {path} (not an image, or a format OpenCV does not decode)")
+        raise DataError(
+            f"cannot read image {path} (not an image, or a format OpenCV does not decode)"
+        )
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if crop:
         try:
             image, _, _ = crop_to_fov_square(image)
         except DataError as error:
-            raise DataError(f"{path}: {error} (pass --no-crop for images already cropped)") from error
+            raise DataError(
+                f"{path}: {error} (pass --no-crop for images already cropped)"
+            ) from error
     elif image.shape[0] != image.shape[1]:
-        raise DataError(f"{path}: --no-crop needs square images, got {image.shape[1]}x{image.shape[0]}")
+        raise DataError(
+            f"{path}: --no-crop needs square images, got {image.shape[1]}x{image.shape[0]}"
+        )
     image = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
     return torch.from_numpy(image).permute(2, 0, 1)
 
@@ -131,14 +176,22 @@ def unique_names(paths: list[Path]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(get_args_parser().parse_args(argv))
-    except SaliencyError as error:  # a bad method, layer or target name: a user error like the others
+    except (
+        SaliencyError
+    ) as error:  # a bad method, layer or target name: a user error like the others
         raise ConfigError(str(error)) from error
 
 
 def _main(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
-    if args.batch_size <= 0 or (args.size is not None and args.size <= 0) or min(args.ig_steps, args.smoothgrad_samples) <= 0:
-        raise ConfigError("--batch-size, --size, --ig-steps and --smoothgrad-samples must be positive")
+    if (
+        args.batch_size <= 0
+        or (args.size is not None and args.size <= 0)
+        or min(args.ig_steps, args.smoothgrad_samples) <= 0
+    ):
+        raise ConfigError(
+            "--batch-size, --size, --ig-steps and --smoothgrad-samples must be positive"
+        )
     if not (0 < args.occlusion_stride <= args.occlusion_window <= 1):
         raise ConfigError("occlusion needs 0 < --occlusion-stride <= --occlusion-window <= 1")
     paths = find_images(args.images)
@@ -147,16 +200,25 @@ def _main(args: argparse.Namespace) -> int:
     explained = for_deepmt_dr(model)
     layer = args.layer or explained.default_layer
     explained.layer(layer)
-    explained.targets(torch.zeros(1, config.data.num_classes + 1), args.target)  # check the target now
+    explained.targets(
+        torch.zeros(1, config.data.num_classes + 1), args.target
+    )  # check the target now
     mode = args.input or default_input(config)
     scale = model.isr.scale
     side = args.size or config.data.hr_size
     if mode == "lr" and side % scale:
         raise ConfigError(f"--size {side} must be divisible by the model's SR scale {scale}")
     load_side = side // scale if mode == "lr" else side
-    images = [load_fundus(path, load_side, crop=not args.no_crop) for path in paths]  # all read before any work
-    options = Options(ig_steps=args.ig_steps, ig_max_steps=args.ig_max_steps, smoothgrad_samples=args.smoothgrad_samples,
-                      occlusion_window=args.occlusion_window, occlusion_stride=args.occlusion_stride)
+    images = [
+        load_fundus(path, load_side, crop=not args.no_crop) for path in paths
+    ]  # all read before any work
+    options = Options(
+        ig_steps=args.ig_steps,
+        ig_max_steps=args.ig_max_steps,
+        smoothgrad_samples=args.smoothgrad_samples,
+        occlusion_window=args.occlusion_window,
+        occlusion_stride=args.occlusion_stride,
+    )
     out = Path(args.out)
     names = unique_names(paths)
     num_classes = config.data.num_classes
@@ -169,13 +231,20 @@ def _main(args: argparse.Namespace) -> int:
             image = model.isr(batch).clamp(0, 1) if mode == "lr" else batch
             scores = explained(image)
         target = explained.targets(scores, args.target)
-        maps = {method: raw_saliency(explained, image, method, target, layer, options) for method in methods}
-        ig_error = ig_completeness_error(explained, image, target, maps["ig"]) if "ig" in maps else None
+        maps = {
+            method: raw_saliency(explained, image, method, target, layer, options)
+            for method in methods
+        }
+        ig_error = (
+            ig_completeness_error(explained, image, target, maps["ig"]) if "ig" in maps else None
+        )
         probs = torch.softmax(scores[:, :num_classes], dim=1)
         predicted_grades = model.predict_grades(probs)
         for i, name in enumerate(names[start : start + len(batch)]):
             folder = out / name
-            write_rgb_png(folder / "input.png", np.round(to_rgb_array(image[i]) * 255).astype(np.uint8))
+            write_rgb_png(
+                folder / "input.png", np.round(to_rgb_array(image[i]) * 255).astype(np.uint8)
+            )
             panels = []
             for method, raw in maps.items():
                 np.save(folder / f"{method}.npy", raw[i, 0].cpu().numpy().astype(np.float32))
@@ -185,21 +254,39 @@ def _main(args: argparse.Namespace) -> int:
                 panels.append((TITLES[method], rgb))
             predicted = int(predicted_grades[i])
             label = target_label(int(target[i]), num_classes)
-            rows.append(SheetRow(f"{name}\npredicted {predicted} (p={float(probs[i, predicted]):.2f}), map: {label}",
-                                 to_rgb_array(image[i]), panels))
-            summary.append({
-                "image": name, "path": str(paths[start + i]), "predicted": predicted, "target": label,
-                **{f"p{c}": f"{float(p):.4f}" for c, p in enumerate(probs[i])},
-                **({"ig_completeness_error": f"{float(ig_error[i]):.4f}"} if ig_error is not None else {}),
-            })
-            if len(rows) == ROWS_PER_SHEET or start + i + 1 == len(images):  # one sheet at a time: bounded memory
+            rows.append(
+                SheetRow(
+                    f"{name}\npredicted {predicted} (p={float(probs[i, predicted]):.2f}), map: {label}",
+                    to_rgb_array(image[i]),
+                    panels,
+                )
+            )
+            summary.append(
+                {
+                    "image": name,
+                    "path": str(paths[start + i]),
+                    "predicted": predicted,
+                    "target": label,
+                    **{f"p{c}": f"{float(p):.4f}" for c, p in enumerate(probs[i])},
+                    **(
+                        {"ig_completeness_error": f"{float(ig_error[i]):.4f}"}
+                        if ig_error is not None
+                        else {}
+                    ),
+                }
+            )
+            if len(rows) == ROWS_PER_SHEET or start + i + 1 == len(
+                images
+            ):  # one sheet at a time: bounded memory
                 sheets.append(contact_sheet(out / sheet_name(len(sheets) + 1), rows, title))
                 rows = []
     with (out / "summary.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
-    print(f"{len(paths)} images x {len(methods)} methods -> {out} ({', '.join(p.name for p in sheets)}, summary.csv)")
+    print(
+        f"{len(paths)} images x {len(methods)} methods -> {out} ({', '.join(p.name for p in sheets)}, summary.csv)"
+    )
     return 0
 
 

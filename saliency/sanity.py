@@ -11,6 +11,7 @@ Constant input: the display maps of a black and of a grey image must be finite; 
 zero wherever the raw map is flat (with zero-padded convolutions a constant image still gives
 the borders their own values, so a real grader's map of it need not be flat).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,12 @@ def cascading_randomisation(
     model is deep-copied; the caller's weights are untouched. Images whose map became constant
     have no rank correlation and are left out of the mean (NaN if all are).
     """
+
     def maps(explained: SaliencyModel) -> dict[str, torch.Tensor]:
-        return {m: display_map(raw_saliency(explained, image, m, target, layer, options)) for m in methods}
+        return {
+            m: display_map(raw_saliency(explained, image, m, target, layer, options))
+            for m in methods
+        }
 
     reference = maps(model)
     result = {"none": {m: 1.0 for m in methods}}
@@ -82,12 +87,19 @@ def cascading_randomisation(
         result[name] = {}
         for method in methods:
             correlation = rank_correlation(reference[method], current[method])
-            result[name][method] = float(np.nanmean(correlation)) if np.isfinite(correlation).any() else math.nan
+            result[name][method] = (
+                float(np.nanmean(correlation)) if np.isfinite(correlation).any() else math.nan
+            )
     return result
 
 
 def constant_input_check(
-    model: SaliencyModel, methods: list[str], size: int, value: float, layer: str | None = None, options: Options | None = None
+    model: SaliencyModel,
+    methods: list[str],
+    size: int,
+    value: float,
+    layer: str | None = None,
+    options: Options | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per method, for a batch of 2 constant images of ``value``: NaN count and max of the display map."""
     image = torch.full((2, 3, size, size), value, device=next(model.parameters()).device)
@@ -96,34 +108,58 @@ def constant_input_check(
     result = {}
     for method in methods:
         shown = display_map(raw_saliency(model, image, method, target, layer, options))
-        result[method] = {"nan": int(torch.isnan(shown).sum()), "max": float(torch.nan_to_num(shown).max())}
+        result[method] = {
+            "nan": int(torch.isnan(shown).sum()),
+            "max": float(torch.nan_to_num(shown).max()),
+        }
     return result
 
 
 def format_tables(randomisation: dict, constant: dict[str, dict]) -> str:
     methods = list(randomisation["none"])
     header = "| randomised up to | " + " | ".join(TITLES[m] for m in methods) + " |"
-    lines = ["Spearman rank correlation with the trained model's maps (1 = unchanged)", "", header,
-             "|---|" + "---|" * len(methods)]
+    lines = [
+        "Spearman rank correlation with the trained model's maps (1 = unchanged)",
+        "",
+        header,
+        "|---|" + "---|" * len(methods),
+    ]
     for step, row in randomisation.items():
         lines.append(f"| {step} | " + " | ".join(f"{row[m]:.3f}" for m in methods) + " |")
-    lines += ["", "Constant input: NaN pixels / max of the display map", "",
-              "| input | " + " | ".join(TITLES[m] for m in methods) + " |", "|---|" + "---|" * len(methods)]
+    lines += [
+        "",
+        "Constant input: NaN pixels / max of the display map",
+        "",
+        "| input | " + " | ".join(TITLES[m] for m in methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
     for name, row in constant.items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[m]['nan']} / {row[m]['max']:.3f}" for m in methods) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{row[m]['nan']} / {row[m]['max']:.3f}" for m in methods)
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--methods", default="all", help="comma-separated, or all (default)")
     parser.add_argument("--n", type=int, default=8, help="test images (default 8)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--target", default="predicted", help="predicted (default), any_dr or a grade")
+    parser.add_argument(
+        "--target", default="predicted", help="predicted (default), any_dr or a grade"
+    )
     parser.add_argument("--layer", help="layer of the Grad-CAM family (default grader.layer4)")
-    parser.add_argument("--input", choices=("lr", "hr"), help="lr: maps on SR (the system), hr: on HR "
-                        "(default: how the checkpoint's run is tested, else lr)")
+    parser.add_argument(
+        "--input",
+        choices=("lr", "hr"),
+        help="lr: maps on SR (the system), hr: on HR "
+        "(default: how the checkpoint's run is tested, else lr)",
+    )
     parser.add_argument("--device", default="auto")
     return parser
 
@@ -146,8 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             target = explained.targets(explained(image), args.target)
         randomisation = cascading_randomisation(explained, image, target, methods, args.layer)
         constant = {
-            f"black {image.shape[-1]} px": constant_input_check(explained, methods, image.shape[-1], 0.0, args.layer),
-            f"grey 0.5 {image.shape[-1]} px": constant_input_check(explained, methods, image.shape[-1], 0.5, args.layer),
+            f"black {image.shape[-1]} px": constant_input_check(
+                explained, methods, image.shape[-1], 0.0, args.layer
+            ),
+            f"grey 0.5 {image.shape[-1]} px": constant_input_check(
+                explained, methods, image.shape[-1], 0.5, args.layer
+            ),
         }
     except SaliencyError as error:
         raise ConfigError(str(error)) from error

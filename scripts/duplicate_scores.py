@@ -8,6 +8,7 @@ quality 70, brightness x1.1 + 8 inside the field of view), then writes the simil
 (c) every other pair, as histograms and extremes to ``docs/records/duplicates/<dataset>.json``.
 The threshold is sound when (c)'s maximum lies below it and (a)'s and (b)'s minima above it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 from data.datasets import load_index  # noqa: E402
 from data.datasets.base import read_image  # noqa: E402
-from data.duplicates import DEFAULT_THRESHOLD, SIGNATURE_SIDE, fingerprints, read_groups, score_distribution, signature  # noqa: E402
+from data.duplicates import (  # noqa: E402
+    DEFAULT_THRESHOLD,
+    SIGNATURE_SIDE,
+    fingerprints,
+    read_groups,
+    score_distribution,
+    signature,
+)
 from data.splits import default_groups_file  # noqa: E402
 from engine.runtime import cpu_model  # noqa: E402
 
@@ -34,7 +42,9 @@ BINS = [-1.0, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.
 def planted_copy(image: np.ndarray) -> np.ndarray:
     """The photograph resized to 60%, re-encoded at JPEG quality 70 and brightened."""
     height, width = image.shape[:2]
-    small = cv2.resize(image, (round(width * 0.6), round(height * 0.6)), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        image, (round(width * 0.6), round(height * 0.6)), interpolation=cv2.INTER_AREA
+    )
     brighter = np.clip(small.astype(np.float32) * 1.1 + 8.0, 0, 255).astype(np.uint8)
     brighter[small.max(axis=2) < 10] = small[small.max(axis=2) < 10]  # the dark surround stays dark
     ok, buffer = cv2.imencode(".jpg", brighter, [cv2.IMWRITE_JPEG_QUALITY, 70])
@@ -44,7 +54,12 @@ def planted_copy(image: np.ndarray) -> np.ndarray:
 
 def _histogram(values: np.ndarray) -> dict:
     counts, _ = np.histogram(values, bins=BINS)
-    return {"n": int(values.size), "min": float(values.min()), "max": float(values.max()), "counts": counts.tolist()}
+    return {
+        "n": int(values.size),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "counts": counts.tolist(),
+    }
 
 
 def main() -> int:
@@ -55,10 +70,15 @@ def main() -> int:
     start = time.time()
     records = load_index(args.dataset, args.root).records
     prints = fingerprints(records, progress=True)
-    planted = np.array([
-        float(signature(planted_copy(read_image(r.image, min_side=4 * SIGNATURE_SIDE))) @ p.signature)
-        for r, p in zip(records, prints)
-    ])
+    planted = np.array(
+        [
+            float(
+                signature(planted_copy(read_image(r.image, min_side=4 * SIGNATURE_SIDE)))
+                @ p.signature
+            )
+            for r, p in zip(records, prints)
+        ]
+    )
     scores = score_distribution(prints, read_groups(default_groups_file(args.dataset)))
     record = {
         "dataset": args.dataset,

@@ -9,6 +9,7 @@ docs/records/idrid_cv/<row>/ (commit it); a record already there is skipped, so 
 continues where it stopped, on any machine with the IDRiD training parts. Checkpoints go to
 --out (runs/idrid_cv) and are never committed. Tables: python scripts/results_tables.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,9 @@ def _names(text: str | None, known: list, what: str) -> list:
     chosen = [type(known[0])(name.strip()) for name in text.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in known]
     if unknown:
-        raise ConfigError(f"--{what}: unknown {what} {unknown} (known: {', '.join(map(str, known))})")
+        raise ConfigError(
+            f"--{what}: unknown {what} {unknown} (known: {', '.join(map(str, known))})"
+        )
     return chosen
 
 
@@ -39,23 +42,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared/data/idrid"))
     parser.add_argument("--rows", help="comma-separated rows (default: all, in the study's order)")
     parser.add_argument("--folds", help="comma-separated folds (default: all)")
-    parser.add_argument("--out", default="runs/idrid_cv", help="run folders (checkpoints; not committed)")
-    parser.add_argument("--records", default=str(ROOT / "docs/records/idrid_cv"), help="record folder (committed)")
+    parser.add_argument(
+        "--out", default="runs/idrid_cv", help="run folders (checkpoints; not committed)"
+    )
+    parser.add_argument(
+        "--records", default=str(ROOT / "docs/records/idrid_cv"), help="record folder (committed)"
+    )
     parser.add_argument("--list", action="store_true", help="print what is left and stop")
-    parser.add_argument("overrides", nargs="*", help="extra key=value overrides for every run (a smoke test)")
+    parser.add_argument(
+        "overrides", nargs="*", help="extra key=value overrides for every run (a smoke test)"
+    )
     args = parser.parse_args(argv)
     study = load_study(args.study)
     rows = _names(args.rows, list(study.rows), "rows")
     folds = _names(args.folds, folds_of(study), "folds")
-    runner = CVRunner(study, args.data_root, Path(args.out), Path(args.records), tuple(args.overrides))
+    runner = CVRunner(
+        study, args.data_root, Path(args.out), Path(args.records), tuple(args.overrides)
+    )
     pending = runner.pending(rows, folds)
-    print(f"{len(pending)} of {len(rows) * len(folds)} (row, fold) runs left: "
-          + ", ".join(f"{row}/fold{fold}" for fold, row in pending))
+    print(
+        f"{len(pending)} of {len(rows) * len(folds)} (row, fold) runs left: "
+        + ", ".join(f"{row}/fold{fold}" for fold, row in pending)
+    )
     if args.list:
         return 0
     for fold, row in pending:
         provenance = runner.run_one(row, fold)
-        print(f"recorded {row}/fold{fold}: {provenance['images']} images, {provenance['wall_seconds']:.0f} s")
+        print(
+            f"recorded {row}/fold{fold}: {provenance['images']} images, {provenance['wall_seconds']:.0f} s"
+        )
     return 0
 
 

@@ -7,6 +7,7 @@ Every row trains only the cls stage, from the same isr + seg run (idrid_levers.y
 ``overrides`` for every row), and is graded from the true HR image, so the rows differ by their
 lever alone. Defaults as scripts/idrid_results.py, output runs/idrid_levers.
 """
+
 import sys
 from pathlib import Path
 
@@ -19,7 +20,14 @@ from scripts.idrid_results import DEFAULTS
 
 
 def main(argv: list[str] | None = None) -> int:
-    return table_main(argv, Path(__file__).with_name("idrid_levers.yaml"), __doc__, "runs/idrid_levers", "scripts/idrid_levers.py", DEFAULTS)
+    return table_main(
+        argv,
+        Path(__file__).with_name("idrid_levers.yaml"),
+        __doc__,
+        "runs/idrid_levers",
+        "scripts/idrid_levers.py",
+        DEFAULTS,
+    )
 
 
 if __name__ == "__main__":

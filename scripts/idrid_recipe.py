@@ -8,6 +8,7 @@ shared by the seeds; docs/RESULTS.md has the command that makes it); lr_cls and 
 their own pre-training on the embedded dataset (train.init_from=synthetic). Rows are in
 idrid_recipe.yaml; defaults as scripts/idrid_results.py.
 """
+
 import sys
 from pathlib import Path
 
@@ -20,7 +21,14 @@ from scripts.idrid_results import DEFAULTS
 
 
 def main(argv: list[str] | None = None) -> int:
-    return table_main(argv, Path(__file__).with_name("idrid_recipe.yaml"), __doc__, "runs/idrid_recipe", "scripts/idrid_recipe.py", DEFAULTS)
+    return table_main(
+        argv,
+        Path(__file__).with_name("idrid_recipe.yaml"),
+        __doc__,
+        "runs/idrid_recipe",
+        "scripts/idrid_recipe.py",
+        DEFAULTS,
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Defaults: --dataset idrid --data-root ../shared/data/idrid --config configs/idri
 --split val --seeds 0 --out runs/idrid_small (each can be given again to override it). Rows are in
 idrid_rows.yaml next to this script; the options are those of "Compared Methods/run.py".
 """
+
 import sys
 from pathlib import Path
 
@@ -18,16 +19,28 @@ from engine.cli import run_cli
 from engine.table_runner import table_main
 
 DEFAULTS = [
-    "--dataset", "idrid",
-    "--data-root", str(ROOT.parent / "shared" / "data" / "idrid"),
-    "--config", str(ROOT / "configs" / "idrid_small.yaml"),
-    "--split", "val",
-    "--seeds", "1",
+    "--dataset",
+    "idrid",
+    "--data-root",
+    str(ROOT.parent / "shared" / "data" / "idrid"),
+    "--config",
+    str(ROOT / "configs" / "idrid_small.yaml"),
+    "--split",
+    "val",
+    "--seeds",
+    "1",
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return table_main(argv, Path(__file__).with_name("idrid_rows.yaml"), __doc__, "runs/idrid_small", "scripts/idrid_results.py", DEFAULTS)
+    return table_main(
+        argv,
+        Path(__file__).with_name("idrid_rows.yaml"),
+        __doc__,
+        "runs/idrid_small",
+        "scripts/idrid_results.py",
+        DEFAULTS,
+    )
 
 
 if __name__ == "__main__":

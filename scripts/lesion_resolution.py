@@ -8,6 +8,7 @@ its green-channel contrast that survives the image at each size (evaluation/lesi
 Prints a markdown table of median (and quartile) retention per lesion type and size, with the
 median lesion diameter at each size.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,17 @@ from evaluation.lesion_resolution import contrast_retention
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", default="idrid")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "idrid"))
-    parser.add_argument("--sizes", default="128,256,512,1024", help="comma list of square image sizes")
-    parser.add_argument("--lesions", default="MA,HE,EX,SE", help=f"comma list of {', '.join(LESIONS)}")
+    parser.add_argument(
+        "--sizes", default="128,256,512,1024", help="comma list of square image sizes"
+    )
+    parser.add_argument(
+        "--lesions", default="MA,HE,EX,SE", help=f"comma list of {', '.join(LESIONS)}"
+    )
     args = parser.parse_args(argv)
     try:
         args.sizes = [int(part) for part in args.sizes.split(",")]
@@ -43,13 +50,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.lesions = [part.strip() for part in args.lesions.split(",")]
     unknown = [name for name in args.lesions if name not in LESIONS]
     if unknown or any(size < 8 for size in args.sizes):
-        parser.error(f"--lesions must name {', '.join(LESIONS)} and --sizes be at least 8, got {unknown or args.sizes}")
+        parser.error(
+            f"--lesions must name {', '.join(LESIONS)} and --sizes be at least 8, got {unknown or args.sizes}"
+        )
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    records = [record for record in load_index(args.dataset, args.data_root).records if any(record.mask_valid)]
+    records = [
+        record
+        for record in load_index(args.dataset, args.data_root).records
+        if any(record.mask_valid)
+    ]
     if not records:
         raise DataError(f"{args.data_root}: no {args.dataset} image has lesion masks")
     chosen = [LESIONS.index(name) for name in args.lesions]
@@ -66,14 +79,24 @@ def main(argv: list[str] | None = None) -> int:
             name = LESIONS[index]
             if not record.mask_valid[index] or not square_masks[index].any():
                 continue
-            for size, values in contrast_retention(square[..., 1], square_masks[index], background, args.sizes).items():
+            for size, values in contrast_retention(
+                square[..., 1], square_masks[index], background, args.sizes
+            ).items():
                 ratios[name][size].extend(values.tolist())
             labels, _ = ndimage.label(square_masks[index], structure=np.ones((3, 3), dtype=bool))
-            widths[name].extend(2 * np.sqrt(np.bincount(labels.ravel())[1:] / np.pi))  # equivalent diameters
+            widths[name].extend(
+                2 * np.sqrt(np.bincount(labels.ravel())[1:] / np.pi)
+            )  # equivalent diameters
     side = float(np.median(sides))
-    print(f"{len(records)} images with masks, FOV square median {side:.0f} px; contrast kept at each size, "
-          "median [quartiles] over lesions")
-    print("| lesion | lesions | median diameter | " + " | ".join(f"{size} px" for size in args.sizes) + " |")
+    print(
+        f"{len(records)} images with masks, FOV square median {side:.0f} px; contrast kept at each size, "
+        "median [quartiles] over lesions"
+    )
+    print(
+        "| lesion | lesions | median diameter | "
+        + " | ".join(f"{size} px" for size in args.sizes)
+        + " |"
+    )
     print("|---|---|---|" + "---|" * len(args.sizes))
     for name in args.lesions:
         if not widths[name]:
@@ -82,12 +105,20 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for size in args.sizes:
             kept = np.asarray(ratios[name][size])
-            if kept.size == 0:  # every lesion of this type too faint or without background around it
+            if (
+                kept.size == 0
+            ):  # every lesion of this type too faint or without background around it
                 cells.append("n/a")
                 continue
-            cells.append(f"{np.median(kept):.0%} [{np.quantile(kept, 0.25):.0%}, {np.quantile(kept, 0.75):.0%}], "
-                         f"{diameter * size / side:.1f} px wide")
-        print(f"| {name} | {len(ratios[name][args.sizes[0]])} | {diameter:.1f} px at {side:.0f} | " + " | ".join(cells) + " |")
+            cells.append(
+                f"{np.median(kept):.0%} [{np.quantile(kept, 0.25):.0%}, {np.quantile(kept, 0.75):.0%}], "
+                f"{diameter * size / side:.1f} px wide"
+            )
+        print(
+            f"| {name} | {len(ratios[name][args.sizes[0]])} | {diameter:.1f} px at {side:.0f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return 0
 
 

@@ -1,8 +1,9 @@
 """Regenerate every results table in the docs from committed records (evaluation/results_tables.py).
 
-    python scripts/results_tables.py            # rewrite the tables in place
-    python scripts/results_tables.py --check    # exit 1, naming the file, if a table is stale
+python scripts/results_tables.py            # rewrite the tables in place
+python scripts/results_tables.py --check    # exit 1, naming the file, if a table is stale
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,9 @@ DOCS = ("README.md", "docs/RESULTS.md")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="change nothing; fail if a table is stale")
+    parser.add_argument(
+        "--check", action="store_true", help="change nothing; fail if a table is stale"
+    )
     args = parser.parse_args(argv)
     stale = []
     for name in DOCS:
@@ -31,9 +34,21 @@ def main(argv: list[str] | None = None) -> int:
             if not args.check:
                 path.write_text(fresh, encoding="utf-8")
     if args.check and stale:
-        print(f"stale tables in {', '.join(stale)}: run python scripts/results_tables.py", file=sys.stderr)
+        print(
+            f"stale tables in {', '.join(stale)}: run python scripts/results_tables.py",
+            file=sys.stderr,
+        )
         return 1
-    print("tables " + ("stale: " + ", ".join(stale) if stale and args.check else "up to date" if not stale else "rewritten: " + ", ".join(stale)))
+    print(
+        "tables "
+        + (
+            "stale: " + ", ".join(stale)
+            if stale and args.check
+            else "up to date"
+            if not stale
+            else "rewritten: " + ", ".join(stale)
+        )
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny CPU configuration so end-to-end runs take seconds."""
+
 import pytest
 
 TINY = [
@@ -16,7 +17,11 @@ TINY = [
     # The plain fp32 path on every CPU kind (run.amp=auto would pick bf16 only on some).
     "run.amp=false",
     "run.channels_last=false",
-    *[f"train.{stage}.{key}={value}" for stage in ("isr", "seg", "cls", "joint") for key, value in (("epochs", 1), ("batch_size", 4), ("schedule", "constant"))],
+    *[
+        f"train.{stage}.{key}={value}"
+        for stage in ("isr", "seg", "cls", "joint")
+        for key, value in (("epochs", 1), ("batch_size", 4), ("schedule", "constant"))
+    ],
 ]
 
 

@@ -1,4 +1,5 @@
 """Tiny fundus-like images and masks for dataset fixture trees built inside tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,9 @@ import numpy as np
 from PIL import Image
 
 
-def fundus_array(height: int = 48, width: int = 64, seed: int = 0, background: int = 0) -> np.ndarray:
+def fundus_array(
+    height: int = 48, width: int = 64, seed: int = 0, background: int = 0
+) -> np.ndarray:
     """An HxWx3 uint8 orange disc (the FOV) on a uniform background, with a little noise."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:height, :width]
@@ -20,16 +23,22 @@ def fundus_array(height: int = 48, width: int = 64, seed: int = 0, background: i
     return image
 
 
-def write_image(path: Path, height: int = 48, width: int = 64, seed: int = 0, background: int = 0) -> Path:
+def write_image(
+    path: Path, height: int = 48, width: int = 64, seed: int = 0, background: int = 0
+) -> Path:
     """Write a tiny fundus image; the format follows the suffix (.jpg, .jpeg, .png, .tif, upper case too)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     array = fundus_array(height, width, seed, background)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}[path.suffix.lower()]
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}[
+        path.suffix.lower()
+    ]
     Image.fromarray(array).save(path, format=fmt)
     return path
 
 
-def lesion_array(height: int = 48, width: int = 64, box: tuple[int, int, int, int] = (10, 20, 14, 26)) -> np.ndarray:
+def lesion_array(
+    height: int = 48, width: int = 64, box: tuple[int, int, int, int] = (10, 20, 14, 26)
+) -> np.ndarray:
     """An HxW bool array, True inside ``box = (top, left, bottom, right)``."""
     mask = np.zeros((height, width), dtype=bool)
     top, left, bottom, right = box
@@ -48,7 +57,11 @@ def write_mask(
     index 1 = red, the shared IDRiD copy), ``binary`` (L, 0/255), ``ones`` (L, 0/1),
     ``soft`` (L with anti-aliased values 1-254 and a core of 255, FGADR). ``box=None``: all zero."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    mask = lesion_array(height, width, box) if box is not None else np.zeros((height, width), dtype=bool)
+    mask = (
+        lesion_array(height, width, box)
+        if box is not None
+        else np.zeros((height, width), dtype=bool)
+    )
     fmt = {".tif": "TIFF", ".tiff": "TIFF", ".png": "PNG"}[path.suffix.lower()]
     if style == "red":
         rgb = np.zeros((height, width, 3), dtype=np.uint8)

@@ -1,5 +1,6 @@
 """Worker of tests/test_reliability.py: one process of a 2-process Gloo run in which rank 1 alone
 gets SIGTERM (spawned, CPU)."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,13 @@ from pathlib import Path
 
 def run(rank: int, world_size: int, port: int, overrides: list[str], out: str) -> None:
     """Train; rank 1 signals itself in its first step. Writes ``rank<r>.json``: preempted?, at which step."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
     from engine import distributed
     from engine import trainer as trainer_module
     from engine.config import load_config

@@ -1,5 +1,6 @@
 """Ablation study: every row of `Ablation study/rows.yaml` resolves to DeepMT-DR with one switch,
 builds, trains one tiny step per stage and evaluates; the switches do what the rows say."""
+
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,17 @@ def _config(tmp_path, name):
 
 def test_rows_are_deepmt_dr_with_at_most_one_switch():
     assert TABLE.reference == "full" and BY_NAME["full"].overrides == ()
-    assert set(BY_NAME) >= {"full", "no_isr", "no_seg", "no_task_aware", "no_seg_aware", "last_stage_cam", "cam_any_dr", "scale_x2", "scale_x8"}
+    assert set(BY_NAME) >= {
+        "full",
+        "no_isr",
+        "no_seg",
+        "no_task_aware",
+        "no_seg_aware",
+        "last_stage_cam",
+        "cam_any_dr",
+        "scale_x2",
+        "scale_x8",
+    }
     for row in TABLE.rows:
         assert row.method == "deepmt_dr" and len(row.overrides) <= 1 and row.summary
 
@@ -32,7 +43,9 @@ def test_ablation_trains_one_step_per_stage_and_evaluates(tmp_path, name):
     config = _config(tmp_path, name)
     trainer, trained, metrics = steps.one_step_per_stage_then_evaluate(config)
     model = trainer.model
-    expected = {"no_isr": ["seg", "cls", "joint"], "no_seg": ["isr", "cls", "joint"]}.get(name, ["isr", "seg", "cls", "joint"])
+    expected = {"no_isr": ["seg", "cls", "joint"], "no_seg": ["isr", "cls", "joint"]}.get(
+        name, ["isr", "seg", "cls", "joint"]
+    )
     assert trained == expected
     assert isinstance(model.isr, BicubicUpsampler) == (name == "no_isr")
     assert model.use_lesions == (name != "no_seg")
@@ -53,7 +66,10 @@ def test_loss_switches_remove_exactly_their_loss(tmp_path):
     assert {"ce", "pixel", "tv", "seg_aware", "task_aware"} <= set(full)
     assert "task_aware" not in _joint_losses(tmp_path, "no_task_aware")
     assert "seg_aware" not in _joint_losses(tmp_path, "no_seg_aware")
-    assert set(_joint_losses(tmp_path, "no_isr")) == {"loss", "ce"}  # no ISR net: the grader's CE alone
+    assert set(_joint_losses(tmp_path, "no_isr")) == {
+        "loss",
+        "ce",
+    }  # no ISR net: the grader's CE alone
 
 
 def test_last_stage_cam_is_the_last_stages_gradcam_and_reaches_the_isr(tmp_path):
@@ -62,7 +78,9 @@ def test_last_stage_cam_is_the_last_stages_gradcam_and_reaches_the_isr(tmp_path)
     lr = torch.rand(2, 3, 16, 16, requires_grad=True)
     result = model.grade_image(model.isr(lr))
     attention = model.attention_map(result)
-    assert attention.shape == (2, 1, 64, 64) and 0 <= attention.min() and attention.max() <= 1 + 1e-6
+    assert (
+        attention.shape == (2, 1, 64, 64) and 0 <= attention.min() and attention.max() <= 1 + 1e-6
+    )
     model.cam_stages = "all"  # same weights and forward, fused multi-scale CAM: a different map
     assert not torch.allclose(model.attention_map(result), attention)
     (gradient,) = torch.autograd.grad(attention.square().sum(), lr)

@@ -1,6 +1,7 @@
 """Batched augmentation (data.augment) keeps image, masks, FOV, cached maps and LR aligned,
 leaves masks alone in its photometric part, is the identity at zero strength, reproducible from
 its generator and free of host syncs."""
+
 import pytest
 import torch
 
@@ -11,8 +12,12 @@ from tests.test_fast_paths import _no_host_transfers, _trainer
 from tests.test_trainer_steps import _batch
 
 SCALE = 4
-GEOMETRY_ONLY = AugmentSettings(rotation=180.0, scale=0.1, brightness=0.0, contrast=0.0, gamma=0.0, hue=0.0, blur_sigma=0.0)
-NOTHING = AugmentSettings(rotation=0.0, scale=0.0, brightness=0.0, contrast=0.0, gamma=0.0, hue=0.0, blur_sigma=0.0)
+GEOMETRY_ONLY = AugmentSettings(
+    rotation=180.0, scale=0.1, brightness=0.0, contrast=0.0, gamma=0.0, hue=0.0, blur_sigma=0.0
+)
+NOTHING = AugmentSettings(
+    rotation=0.0, scale=0.0, brightness=0.0, contrast=0.0, gamma=0.0, hue=0.0, blur_sigma=0.0
+)
 
 
 def _square_batch(n: int = 8, size: int = 64) -> dict:
@@ -37,7 +42,9 @@ def _square_batch(n: int = 8, size: int = 64) -> dict:
 
 def _assert_same(actual: torch.Tensor, expected: torch.Tensor, key: str) -> None:
     """Equal up to float32 rounding of resampling at the pixel centres, relative to the values' size."""
-    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5 * float(expected.abs().max()), msg=key)
+    torch.testing.assert_close(
+        actual, expected, rtol=0, atol=1e-5 * float(expected.abs().max()), msg=key
+    )
 
 
 def _centroids(maps: torch.Tensor) -> torch.Tensor:
@@ -45,7 +52,9 @@ def _centroids(maps: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(maps.shape[-2], dtype=maps.dtype).view(1, -1, 1)
     cols = torch.arange(maps.shape[-1], dtype=maps.dtype).view(1, 1, -1)
     total = maps.sum((-2, -1))
-    return torch.stack([(maps * rows).sum((-2, -1)) / total, (maps * cols).sum((-2, -1)) / total], -1)
+    return torch.stack(
+        [(maps * rows).sum((-2, -1)) / total, (maps * cols).sum((-2, -1)) / total], -1
+    )
 
 
 def test_geometry_moves_image_masks_fov_cached_maps_and_lr_together():
@@ -64,17 +73,25 @@ def test_geometry_moves_image_masks_fov_cached_maps_and_lr_together():
     # LR pixel j covers HR pixels SCALE*j .. SCALE*j + SCALE - 1.
     lr_centre = _centroids(out["lr"].mean(1)) * SCALE + (SCALE - 1) / 2
     assert (lr_centre - lesion).norm(dim=-1).max() < 1.5
-    assert torch.all(out["masks"][:, 1] <= out["fov"][:, 0])  # one grid: the lesion stays inside its FOV
-    assert set(out["masks"].unique().tolist()) <= {0.0, 1.0} and set(out["fov"].unique().tolist()) <= {0.0, 1.0}
+    assert torch.all(
+        out["masks"][:, 1] <= out["fov"][:, 0]
+    )  # one grid: the lesion stays inside its FOV
+    assert set(out["masks"].unique().tolist()) <= {0.0, 1.0} and set(
+        out["fov"].unique().tolist()
+    ) <= {0.0, 1.0}
     assert out["masks"][:, [0, 2, 3]].sum() == 0
-    assert torch.equal(out["grade"], batch["grade"]) and torch.equal(out["mask_valid"], batch["mask_valid"])
+    assert torch.equal(out["grade"], batch["grade"]) and torch.equal(
+        out["mask_valid"], batch["mask_valid"]
+    )
 
 
 def test_lr_is_the_degradation_of_the_augmented_hr():
     batch = _square_batch()
     out = augment(batch, AugmentSettings(), SCALE, torch.Generator().manual_seed(1))
     torch.testing.assert_close(out["lr"], degrade(out["hr"], SCALE))
-    noisy = augment(batch, AugmentSettings(), SCALE, torch.Generator().manual_seed(1), noise_var=1e-3)
+    noisy = augment(
+        batch, AugmentSettings(), SCALE, torch.Generator().manual_seed(1), noise_var=1e-3
+    )
     torch.testing.assert_close(noisy["hr"], out["hr"])
     assert 0.01 < (noisy["lr"] - out["lr"]).std() < 0.05  # noise of standard deviation ~0.03 on top
 
@@ -86,12 +103,18 @@ def test_photometric_ops_change_the_image_but_not_masks_or_fov():
     out = augment(batch, photometric, SCALE, torch.Generator().manual_seed(2))
     for key in ("masks", "fov"):
         assert torch.equal(out[key], batch[key]), key
-    _assert_same(out["lesion_logits"], batch["lesion_logits"], "lesion_logits")  # bilinear at the pixel centres
+    _assert_same(
+        out["lesion_logits"], batch["lesion_logits"], "lesion_logits"
+    )  # bilinear at the pixel centres
     change = (out["hr"] - batch["hr"]).abs().mean((1, 2, 3))
     assert torch.all(change > 1e-3)
     assert out["hr"].min() >= 0 and out["hr"].max() <= 1
-    near_fov = torch.nn.functional.max_pool2d(batch["fov"], 7, stride=1, padding=3)  # the blur's reach: 3 px
-    assert out["hr"].mul(1 - near_fov).max() < 1e-6  # black outside the FOV stays black (up to the conv's round-off)
+    near_fov = torch.nn.functional.max_pool2d(
+        batch["fov"], 7, stride=1, padding=3
+    )  # the blur's reach: 3 px
+    assert (
+        out["hr"].mul(1 - near_fov).max() < 1e-6
+    )  # black outside the FOV stays black (up to the conv's round-off)
 
 
 def test_zero_strengths_are_the_identity():
@@ -110,7 +133,10 @@ def test_reproducible_from_the_generator():
     first = augment(batch, AugmentSettings(), SCALE, torch.Generator().manual_seed(4))
     second = augment(batch, AugmentSettings(), SCALE, torch.Generator().manual_seed(4))
     other = augment(batch, AugmentSettings(), SCALE, torch.Generator().manual_seed(5))
-    assert all(torch.equal(first[key], second[key]) for key in ("hr", "lr", "masks", "fov", "lesion_logits"))
+    assert all(
+        torch.equal(first[key], second[key])
+        for key in ("hr", "lr", "masks", "fov", "lesion_logits")
+    )
     assert not torch.equal(first["hr"], other["hr"])
 
 
@@ -132,13 +158,21 @@ def test_float32_under_autocast_and_channels_last_kept():
 
 
 def test_augment_and_lesion_crops_do_not_synchronise_with_the_host(tmp_path):
-    trainer = _trainer(tmp_path, "data.flip=true", "data.augment=true", "data.lesion_crop_share=0.5", "data.noise_var=0.001")
+    trainer = _trainer(
+        tmp_path,
+        "data.flip=true",
+        "data.augment=true",
+        "data.lesion_crop_share=0.5",
+        "data.noise_var=0.001",
+    )
     for stage in ("isr", "cls"):
         batch = _batch()
         with _no_host_transfers():
             out = trainer._batch(batch, stage)
         assert out["hr"].shape[-1] == (32 if stage == "isr" else 64)
-        assert not torch.equal(out["hr"], batch["hr"][..., : out["hr"].shape[-2], : out["hr"].shape[-1]])
+        assert not torch.equal(
+            out["hr"], batch["hr"][..., : out["hr"].shape[-2], : out["hr"].shape[-1]]
+        )
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,48 @@
 """bench/train_step.py and bench/infer.py run on the CPU and print the documented JSON fields."""
+
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIELDS = {"device", "commit", "date", "hr", "lr", "batch", "dtype", "images_per_s", "peak_memory_gb", "gflop_per_image", "achieved_tflop_s"}
-TINY = ["--hr", "64", "--batch", "2", "--steps", "1", "--warmup", "0", "run.threads=1", "model.isr_blocks=1", "model.seg_width=0.25"]
+FIELDS = {
+    "device",
+    "commit",
+    "date",
+    "hr",
+    "lr",
+    "batch",
+    "dtype",
+    "images_per_s",
+    "peak_memory_gb",
+    "gflop_per_image",
+    "achieved_tflop_s",
+}
+TINY = [
+    "--hr",
+    "64",
+    "--batch",
+    "2",
+    "--steps",
+    "1",
+    "--warmup",
+    "0",
+    "run.threads=1",
+    "model.isr_blocks=1",
+    "model.seg_width=0.25",
+]
 
 
 def _lines(script, *args):
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
@@ -20,7 +52,9 @@ def test_train_step_prints_project_and_naive_lines_with_the_ratio():
     assert FIELDS <= project.keys() and FIELDS <= naive.keys()
     assert (project["variant"], naive["variant"]) == ("project", "naive")
     assert project["hr"] == 64 and project["lr"] == 16 and project["gflop_per_image"] > 0
-    assert project["gflop_per_image"] == naive["gflop_per_image"]  # the same math, computed two ways
+    assert (
+        project["gflop_per_image"] == naive["gflop_per_image"]
+    )  # the same math, computed two ways
     assert project["speedup_vs_naive"] == round(project["images_per_s"] / naive["images_per_s"], 2)
 
 

@@ -1,4 +1,5 @@
 """Grad-CAM: the figure API against pytorch-grad-cam, the batched training path against a per-sample reference."""
+
 import pytest
 import torch
 from torchvision.models import resnet18
@@ -26,7 +27,9 @@ def _reference_cam(model, layer, image, cls):
         handle.remove()
     activation, gradient = store["a"][0].detach(), store["a"].grad[0]
     cam = torch.relu((gradient.mean(dim=(1, 2))[:, None, None] * activation).sum(0))
-    cam = torch.nn.functional.interpolate(cam[None, None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    cam = torch.nn.functional.interpolate(
+        cam[None, None], size=image.shape[-2:], mode="bilinear", align_corners=False
+    )[0, 0]
     return (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
 
 
@@ -63,8 +66,12 @@ def test_gradcam_size_and_all_negative_map_gives_zeros(resnet):
 
 def test_target_weights():
     logits = torch.tensor([[3.0, 1, 0, 0, 0], [0, 0, 0, 5, 1]])
-    torch.testing.assert_close(target_weights(logits, "predicted"), torch.tensor([[1.0, 0, 0, 0, 0], [0, 0, 0, 1, 0]]))
-    torch.testing.assert_close(target_weights(logits, "any_dr"), torch.tensor([[1.0, 0, 0, 0, 0], [0, 1, 1, 1, 1]]))
+    torch.testing.assert_close(
+        target_weights(logits, "predicted"), torch.tensor([[1.0, 0, 0, 0, 0], [0, 0, 0, 1, 0]])
+    )
+    torch.testing.assert_close(
+        target_weights(logits, "any_dr"), torch.tensor([[1.0, 0, 0, 0, 0], [0, 1, 1, 1, 1]])
+    )
     with pytest.raises(ValueError, match="CAM target"):
         target_weights(logits, "bogus")
 
@@ -91,7 +98,9 @@ def test_stage_cams_layer4_equals_figure_api():
     x = torch.rand(2, 7, 64, 64)
     logits, features = grader.forward_features(x)
     cam4 = stage_cams(logits, features, target_weights(logits))[-1]
-    upsampled = minmax_normalise(torch.nn.functional.interpolate(cam4, size=(64, 64), mode="bilinear", align_corners=False))
+    upsampled = minmax_normalise(
+        torch.nn.functional.interpolate(cam4, size=(64, 64), mode="bilinear", align_corners=False)
+    )
     torch.testing.assert_close(upsampled, gradcam(grader, grader.layer4, x), atol=1e-4, rtol=0)
 
 

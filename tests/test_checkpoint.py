@@ -1,14 +1,24 @@
 """Checkpoints: atomic write, identical outputs after a round trip, clear errors for bad files."""
+
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from models import create_model
 
 
 def _model(**kw):
     torch.manual_seed(0)
-    return create_model("deepmt_dr", scale=4, isr_channels=8, isr_blocks=1, seg_width=0.25, **kw).eval()
+    return create_model(
+        "deepmt_dr", scale=4, isr_channels=8, isr_blocks=1, seg_width=0.25, **kw
+    ).eval()
 
 
 def test_round_trip_restores_identical_outputs(tmp_path):
@@ -17,7 +27,9 @@ def test_round_trip_restores_identical_outputs(tmp_path):
         p.data.add_(torch.randn_like(p) * 0.01)
     lr = torch.rand(2, 3, 16, 16)
     expected = model(lr)
-    path = save_checkpoint({"config": {"any": 1}, "model": model.state_dict()}, tmp_path / "ck" / "best.pt")
+    path = save_checkpoint(
+        {"config": {"any": 1}, "model": model.state_dict()}, tmp_path / "ck" / "best.pt"
+    )
     assert not list(path.parent.glob("*.tmp"))
     restored = _model()
     restored.load_state_dict(load_checkpoint(path)["model"])
@@ -81,9 +93,13 @@ def test_rng_state_round_trip(tmp_path):
 def test_link_checkpoint_is_a_snapshot(tmp_path):
     from engine.checkpoint import link_checkpoint
 
-    first = save_checkpoint({"config": {}, "model": {"w": torch.zeros(2)}}, tmp_path / "stage_last.pt")
+    first = save_checkpoint(
+        {"config": {}, "model": {"w": torch.zeros(2)}}, tmp_path / "stage_last.pt"
+    )
     link_checkpoint(first, tmp_path / "best.pt")
-    save_checkpoint({"config": {}, "model": {"w": torch.ones(2)}}, tmp_path / "stage_last.pt")  # next epoch
+    save_checkpoint(
+        {"config": {}, "model": {"w": torch.ones(2)}}, tmp_path / "stage_last.pt"
+    )  # next epoch
     assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.zeros(2))
     assert torch.equal(load_checkpoint(tmp_path / "stage_last.pt")["model"]["w"], torch.ones(2))
     link_checkpoint(tmp_path / "stage_last.pt", tmp_path / "best.pt")  # replacing an existing file
@@ -98,11 +114,20 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, tiny_ove
     first = Trainer(load_config(None, [*tiny_overrides, "train.stage=isr", "run.name=pre"]))
     first.fit()
     source = tmp_path / "runs" / "pre" / "checkpoints" / "best.pt"
-    second = Trainer(load_config(None, [*tiny_overrides, "train.stage=seg", "run.name=fine", f"train.init_from={source}"]))
+    second = Trainer(
+        load_config(
+            None, [*tiny_overrides, "train.stage=seg", "run.name=fine", f"train.init_from={source}"]
+        )
+    )
     second.fit()
     started = second.model.isr.state_dict()  # the seg stage does not touch the ISR net
     for name, value in first.model.isr.state_dict().items():
         assert torch.equal(started[name], value), name
-    wrong = Trainer(load_config(None, [*tiny_overrides, "run.name=bad", "model.isr_channels=4", f"train.init_from={source}"]))
+    wrong = Trainer(
+        load_config(
+            None,
+            [*tiny_overrides, "run.name=bad", "model.isr_channels=4", f"train.init_from={source}"],
+        )
+    )
     with pytest.raises(CheckpointError, match="pre/checkpoints/best.pt does not match"):
         wrong.fit()

@@ -1,4 +1,5 @@
 """Config: defaults are the paper's, YAML and overrides merge, bad keys and values are named."""
+
 import pytest
 
 from engine.config import ConfigError, config_from_dict, load_config, parse_override
@@ -15,7 +16,10 @@ def test_defaults_are_the_papers():
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  hr_size: 128\ntrain:\n  cls:\n    epochs: 3\n")
-    config = load_config(path, ["train.cls.epochs=5", "loss.class_weights=[1, 2, 3, 4, 5]", "model.imagenet_weights=null"])
+    config = load_config(
+        path,
+        ["train.cls.epochs=5", "loss.class_weights=[1, 2, 3, 4, 5]", "model.imagenet_weights=null"],
+    )
     assert config.data.hr_size == 128 and config.train.cls.epochs == 5
     assert config.loss.class_weights == [1, 2, 3, 4, 5]
     assert config_from_dict(config.to_dict()) == config

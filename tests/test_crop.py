@@ -1,4 +1,5 @@
 """Batched random crops keep LR and HR aligned."""
+
 import pytest
 import torch
 
@@ -9,7 +10,14 @@ from data.records import DataError
 def test_crops_are_aligned_and_per_sample():
     hr = torch.rand(4, 3, 64, 64)
     lr = torch.nn.functional.avg_pool2d(hr, 4)
-    batch = {"hr": hr, "lr": lr, "masks": hr[:, :1].repeat(1, 4, 1, 1), "fov": hr[:, :1], "grade": torch.arange(4), "id": list("abcd")}
+    batch = {
+        "hr": hr,
+        "lr": lr,
+        "masks": hr[:, :1].repeat(1, 4, 1, 1),
+        "fov": hr[:, :1],
+        "grade": torch.arange(4),
+        "id": list("abcd"),
+    }
     out = random_crop(batch, 32, 4, torch.Generator().manual_seed(0))
     assert out["hr"].shape == (4, 3, 32, 32) and out["lr"].shape == (4, 3, 8, 8)
     assert out["masks"].shape == (4, 4, 32, 32) and out["fov"].shape == (4, 1, 32, 32)
@@ -17,17 +25,29 @@ def test_crops_are_aligned_and_per_sample():
     torch.testing.assert_close(out["masks"][:, 0], out["hr"][:, 0])
     assert out["id"] == list("abcd") and torch.equal(out["grade"], torch.arange(4))
     # Each sample gets its own offset: the crops are not all taken at one place.
-    offsets = {tuple(torch.nonzero(hr[i, 0] == out["hr"][i, 0, 0, 0])[0].tolist()) for i in range(4)}
+    offsets = {
+        tuple(torch.nonzero(hr[i, 0] == out["hr"][i, 0, 0, 0])[0].tolist()) for i in range(4)
+    }
     assert len(offsets) > 1
 
 
 def test_no_crop_when_size_is_zero_or_too_large():
-    batch = {"hr": torch.rand(1, 3, 16, 16), "lr": torch.rand(1, 3, 4, 4), "masks": torch.rand(1, 4, 16, 16), "fov": torch.rand(1, 1, 16, 16)}
+    batch = {
+        "hr": torch.rand(1, 3, 16, 16),
+        "lr": torch.rand(1, 3, 4, 4),
+        "masks": torch.rand(1, 4, 16, 16),
+        "fov": torch.rand(1, 1, 16, 16),
+    }
     assert random_crop(batch, 0, 4) is batch and random_crop(batch, 16, 4) is batch
 
 
 def test_crop_must_divide_by_scale():
-    batch = {"hr": torch.rand(1, 3, 64, 64), "lr": torch.rand(1, 3, 16, 16), "masks": torch.rand(1, 4, 64, 64), "fov": torch.rand(1, 1, 64, 64)}
+    batch = {
+        "hr": torch.rand(1, 3, 64, 64),
+        "lr": torch.rand(1, 3, 16, 16),
+        "masks": torch.rand(1, 4, 64, 64),
+        "fov": torch.rand(1, 1, 64, 64),
+    }
     with pytest.raises(DataError, match="crop size 30"):
         random_crop(batch, 30, 4)
 

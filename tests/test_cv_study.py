@@ -1,4 +1,5 @@
 """Cross-validation study: spec, fold split files, weight transfer, records, resume-by-record, tables."""
+
 from __future__ import annotations
 
 import csv
@@ -9,11 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from data.splits import SplitSettings, read_split_file, write_folds_file
+from data.splits import read_split_file, write_folds_file
 from engine.builders import build_model
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import ConfigError, load_config
-from engine.cv_study import CVRunner, config_hash, fold_split_file, load_study, transferred_init, write_record
+from engine.cv_study import (
+    CVRunner,
+    config_hash,
+    fold_split_file,
+    load_study,
+    transferred_init,
+    write_record,
+)
 from evaluation.cv_results import markdown, read_records, study_summary
 from evaluation.statistics import summary_metrics
 
@@ -28,7 +36,7 @@ def _study_file(tmp_path: Path, rows: str) -> Path:
     text = (
         f"preset: configs/demo.yaml\nfolds_file: {tmp_path / 'folds.csv'}\nreference: a\n"
         "overrides: [train.eval_every=1000]\n"
-        "shared:\n  base:\n    method: deepmt_dr\n    overrides: [\"train.stage=isr,seg,cls\"]\n"
+        'shared:\n  base:\n    method: deepmt_dr\n    overrides: ["train.stage=isr,seg,cls"]\n'
         f"rows:\n{rows}"
     )
     (tmp_path / "study.yaml").write_text(text)
@@ -51,7 +59,9 @@ def test_study_spec_and_its_errors(tmp_path):
 def test_fold_split_files_hold_out_one_fold_and_exclude_conflicts(tmp_path):
     study = load_study(_study_file(tmp_path, ROWS))
     roles = read_split_file(fold_split_file(study, 2, tmp_path / "out"))
-    assert sorted(i for i, r in roles.items() if r == "val") == [f"toy/grading/train/{i:03d}" for i in (2, 6, 10, 14, 18)]
+    assert sorted(i for i, r in roles.items() if r == "val") == [
+        f"toy/grading/train/{i:03d}" for i in (2, 6, 10, 14, 18)
+    ]
     assert roles["toy/grading/train/019"] == "excluded"
     assert sum(r == "train" for r in roles.values()) == 14
 
@@ -60,21 +70,32 @@ def test_shared_weights_are_transferred_by_name_and_shape(tmp_path):
     base = load_config(ROOT / "configs/demo.yaml", ["data.hr_size=32", "data.crop_size=32"])
     torch.manual_seed(1)
     source_model = build_model(base)
-    save_checkpoint({"model": source_model.state_dict(), "config": base.to_dict()}, tmp_path / "base.pt")
-    no_lesions = load_config(ROOT / "configs/demo.yaml", ["data.hr_size=32", "data.crop_size=32", "model.use_lesions=false"])
-    state = load_checkpoint(transferred_init(tmp_path / "base.pt", no_lesions, tmp_path / "init.pt"))["model"]
+    save_checkpoint(
+        {"model": source_model.state_dict(), "config": base.to_dict()}, tmp_path / "base.pt"
+    )
+    no_lesions = load_config(
+        ROOT / "configs/demo.yaml",
+        ["data.hr_size=32", "data.crop_size=32", "model.use_lesions=false"],
+    )
+    state = load_checkpoint(
+        transferred_init(tmp_path / "base.pt", no_lesions, tmp_path / "init.pt")
+    )["model"]
     source = source_model.state_dict()
     isr_keys = [k for k in state if k.startswith("isr.")]
     assert isr_keys and all(torch.equal(state[k], source[k]) for k in isr_keys)
     first_conv = next(k for k in state if k.startswith("grader.") and state[k].dim() == 4)
-    assert state[first_conv].shape[1] == 3 and source[first_conv].shape[1] > 3  # a new grader: image only
+    assert (
+        state[first_conv].shape[1] == 3 and source[first_conv].shape[1] > 3
+    )  # a new grader: image only
     assert not any(k.startswith("seg.") for k in state)
     build_model(no_lesions).load_state_dict(state)  # exactly the row's model
 
 
 def test_config_hash_ignores_where_and_how_fast(tmp_path):
     config = load_config(ROOT / "configs/demo.yaml")
-    moved = load_config(ROOT / "configs/demo.yaml", ["run.out_dir=/elsewhere", "run.threads=2", "run.name=x"])
+    moved = load_config(
+        ROOT / "configs/demo.yaml", ["run.out_dir=/elsewhere", "run.threads=2", "run.name=x"]
+    )
     changed = load_config(ROOT / "configs/demo.yaml", ["loss.task_aware_weight=0"])
     assert config_hash(config) == config_hash(moved) != config_hash(changed)
 
@@ -108,9 +129,20 @@ def test_records_pool_into_paired_intervals_and_skip_what_is_done(tmp_path):
         _, probs_b, pred_b = _predictions(60, fold + 10, signal=0.0)
         _fake_record(records, "a", fold, ids, grades, probs_a, pred_a)
         _fake_record(records, "b", fold, ids, grades, probs_b, pred_b)
-    _fake_record(records, "a", 2, rng_ids[:5], [0] * 5, np.full((5, 5), 0.2), [0] * 5)  # b has no fold 2
+    _fake_record(
+        records, "a", 2, rng_ids[:5], [0] * 5, np.full((5, 5), 0.2), [0] * 5
+    )  # b has no fold 2
     with open(records / "a" / "fold0.csv") as handle:
-        assert next(csv.reader(handle)) == ["id", "grade", "predicted", "p0", "p1", "p2", "p3", "p4"]
+        assert next(csv.reader(handle)) == [
+            "id",
+            "grade",
+            "predicted",
+            "p0",
+            "p1",
+            "p2",
+            "p3",
+            "p4",
+        ]
     runner = CVRunner(study, "unused", tmp_path / "runs", records)
     assert runner.pending(["a", "b"], [0, 1, 2, 3]) == [(2, "b"), (3, "a"), (3, "b")]
     summary = study_summary(records, ["a", "b"], "a", groups={}, n_resamples=300)
@@ -120,7 +152,9 @@ def test_records_pool_into_paired_intervals_and_skip_what_is_done(tmp_path):
     probs = np.concatenate([found["a"][f].probs for f in (0, 1)])
     predicted = np.concatenate([found["a"][f].predicted for f in (0, 1)])
     expected = summary_metrics(grades, predicted, probs, 0.5)
-    assert summary["rows"]["a"]["intervals"]["qwk"]["value"] == pytest.approx(expected["qwk"], abs=1e-9)
+    assert summary["rows"]["a"]["intervals"]["qwk"]["value"] == pytest.approx(
+        expected["qwk"], abs=1e-9
+    )
     difference = summary["differences"]["b"]["qwk"]
     assert difference["low"] > 0 and difference["p_value"] < 0.01  # a informative, b at chance
     table = markdown(summary, {"a": "row a", "b": "row b"}, "a")
@@ -146,7 +180,11 @@ def test_a_run_another_process_trains_is_waited_for_not_touched(tmp_path, monkey
         other.release()
 
     monkeypatch.setattr(cv.time, "sleep", other_finishes)
-    monkeypatch.setattr(cv, "Trainer", lambda *a, **k: pytest.fail("must not train a run another process holds"))
-    runner = CVRunner(load_study(_study_file(tmp_path, ROWS)), "unused", tmp_path, tmp_path / "records")
+    monkeypatch.setattr(
+        cv, "Trainer", lambda *a, **k: pytest.fail("must not train a run another process holds")
+    )
+    runner = CVRunner(
+        load_study(_study_file(tmp_path, ROWS)), "unused", tmp_path, tmp_path / "records"
+    )
     assert runner._train(config) == config.run_dir / "checkpoints" / "best.pt"
     assert (config.run_dir / "checkpoints" / "partial").is_file()

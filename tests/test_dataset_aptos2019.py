@@ -16,7 +16,9 @@ TRAIN = {"000c1434d8d7": 2, "001639a390f0": 4, "0024cdab0c1e": 1, "002c21358ce6"
 def make_aptos(root: Path, with_test: bool = True) -> Path:
     for seed, code in enumerate(TRAIN):
         write_image(root / "train_images" / f"{code}.png", seed=seed)
-    write_text(root / "train.csv", "id_code,diagnosis\n" + "".join(f"{c},{g}\n" for c, g in TRAIN.items()))
+    write_text(
+        root / "train.csv", "id_code,diagnosis\n" + "".join(f"{c},{g}\n" for c, g in TRAIN.items())
+    )
     if with_test:
         write_image(root / "test_images" / "0005cfc8afb6.png")
         write_text(root / "test.csv", "id_code\n0005cfc8afb6\n")
@@ -38,7 +40,9 @@ def test_official_layout_exact_records(tmp_path, caplog):
         split="train",
         patient="000c1434d8d7",
     )
-    assert [(r.image.stem, r.grade, r.patient) for r in result.records] == [(c, g, c) for c, g in TRAIN.items()]
+    assert [(r.image.stem, r.grade, r.patient) for r in result.records] == [
+        (c, g, c) for c, g in TRAIN.items()
+    ]
     assert all(r.mask_valid == (False,) * 4 for r in result.records)
     assert "test.csv has no labels; ignored" in caplog.text
 
@@ -47,7 +51,9 @@ def test_extra_nesting_level_case_and_extension(tmp_path):
     root = tmp_path / "downloads" / "APTOS"
     write_image(root / "Train_Images" / "000C1434D8D7.PNG")
     write_image(root / "Train_Images" / "001639a390f0.jpg")
-    write_text(root / "Train.csv", "\ufeffid_code,diagnosis\n000c1434d8d7.png,3\n001639A390F0,0\n")  # BOM too
+    write_text(
+        root / "Train.csv", "\ufeffid_code,diagnosis\n000c1434d8d7.png,3\n001639A390F0,0\n"
+    )  # BOM too
     result = aptos2019.index(tmp_path)
     assert [(r.id, r.grade) for r in result.records] == [
         ("aptos2019/grading/train/000C1434D8D7", 3),
@@ -71,11 +77,18 @@ def test_wrong_root_names_the_marker(tmp_path):
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("5", "grade 5 out of range 0..4"), ("two", "grade 'two' is not an integer"), ("-1", "grade -1 out of range")],
+    [
+        ("5", "grade 5 out of range 0..4"),
+        ("two", "grade 'two' is not an integer"),
+        ("-1", "grade -1 out of range"),
+    ],
 )
 def test_bad_grade_names_file_and_row(tmp_path, value, message):
     root = make_aptos(tmp_path)
-    write_text(root / "train.csv", f"id_code,diagnosis\n000c1434d8d7,2\n001639a390f0,1\n0024cdab0c1e,{value}\n")
+    write_text(
+        root / "train.csv",
+        f"id_code,diagnosis\n000c1434d8d7,2\n001639a390f0,1\n0024cdab0c1e,{value}\n",
+    )
     with pytest.raises(DataError) as error:
         aptos2019.index(root)
     assert f"{root / 'train.csv'} row 4: {message}" in str(error.value)
@@ -84,7 +97,10 @@ def test_bad_grade_names_file_and_row(tmp_path, value, message):
 def test_missing_column_lists_the_columns_found(tmp_path):
     root = make_aptos(tmp_path)
     write_text(root / "train.csv", "id_code,level\n000c1434d8d7,2\n")
-    with pytest.raises(DataError, match=r"missing required column\(s\) 'diagnosis'; found columns: 'id_code', 'level'"):
+    with pytest.raises(
+        DataError,
+        match=r"missing required column\(s\) 'diagnosis'; found columns: 'id_code', 'level'",
+    ):
         aptos2019.index(root)
 
 

@@ -1,4 +1,5 @@
 """Generic CSV loader (``csv`` dataset) on tiny fixture trees."""
+
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ HEADER = "image,grade,split,patient,mask_MA,mask_HE,mask_EX,mask_SE\n"
 def folder(tmp_path: Path) -> Path:
     """A dataset folder with spaces and non-ASCII characters; images and masks referenced relatively."""
     root = tmp_path / "mes données"
-    for seed, name in enumerate(["p01 left.jpg", "p01_right.JPG", "p02_left.png", "p03_left.png", "p04.png"]):
+    for seed, name in enumerate(
+        ["p01 left.jpg", "p01_right.JPG", "p02_left.png", "p03_left.png", "p04.png"]
+    ):
         write_image(root / "images" / name, seed=seed)
     write_mask(root / "masks" / "p02_left_MA.png", style="binary")
     write_mask(root / "masks" / "p02_left_HE.png", style="binary")
@@ -44,14 +47,24 @@ def test_exact_records(folder: Path):
     }
     record = by_id["csv/segmentation/valid/p02_left"]
     assert record.image == folder / "images" / "p02_left.png"
-    assert record.masks == (folder / "masks" / "p02_left_MA.png", folder / "masks" / "p02_left_HE.png", None, None)
+    assert record.masks == (
+        folder / "masks" / "p02_left_MA.png",
+        folder / "masks" / "p02_left_HE.png",
+        None,
+        None,
+    )
     assert record.mask_valid == (True, True, False, False)
     assert record.mask_threshold == 0
     assert by_id["csv/grading/train/p01_right"].image == folder / "images" / "p01_right.JPG"
     assert by_id["csv/grading/train/p01_right"].masks == (None,) * 4
     assert result.num_classes == 5
     assert result.root == folder / "labels.csv"
-    assert result.part_keys() == ["grading/all", "grading/train", "segmentation/test", "segmentation/valid"]
+    assert result.part_keys() == [
+        "grading/all",
+        "grading/train",
+        "segmentation/test",
+        "segmentation/valid",
+    ]
 
 
 def test_root_may_be_the_csv_itself(folder: Path):
@@ -70,7 +83,11 @@ def test_mask_only_csv_needs_no_grade_column(tmp_path: Path):
     write_mask(tmp_path / "a_ex.png")
     write_text(tmp_path / "seg.csv", "path,mask_ex\na.png,a_ex.png\n")
     [record] = index(tmp_path).records
-    assert (record.grade, record.part, record.mask_valid) == (-1, "segmentation", (False, False, True, False))
+    assert (record.grade, record.part, record.mask_valid) == (
+        -1,
+        "segmentation",
+        (False, False, True, False),
+    )
 
 
 def test_folder_with_two_csvs_lists_them(folder: Path):
@@ -112,7 +129,9 @@ def test_bad_row_names_file_and_row(tmp_path: Path, row: str, message: str):
 def test_missing_column_lists_columns_found(tmp_path: Path):
     write_image(tmp_path / "a.png")
     write_text(tmp_path / "labels.csv", "img,grade\na.png,1\n")
-    with pytest.raises(DataError, match=r"missing the image column .*found columns: 'img', 'grade'"):
+    with pytest.raises(
+        DataError, match=r"missing the image column .*found columns: 'img', 'grade'"
+    ):
         index(tmp_path)
 
 

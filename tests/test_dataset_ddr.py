@@ -14,11 +14,20 @@ from data.records import DataError
 
 # split -> [(file name, label)]; 5 = ungradable. "-000"/"-001" are distinct images, not augmented copies.
 GRADES = {
-    "train": [("007-0004-000.jpg", 0), ("007-0004-001.jpg", 2), ("20170323093305605.jpg", 4), ("007-0005-000.jpg", 5)],
+    "train": [
+        ("007-0004-000.jpg", 0),
+        ("007-0004-001.jpg", 2),
+        ("20170323093305605.jpg", 4),
+        ("007-0005-000.jpg", 5),
+    ],
     "valid": [("008-0001-000.jpg", 1), ("008-0002-000.jpg", 3)],
     "test": [("009-0001-000.jpg", 2), ("009-0002-000.jpg", 5), ("009-0003-000.jpg", 5)],
 }
-SEGMENTATION = {"train": ["007-0004-000", "007-0006-000"], "valid": ["008-0001-000"], "test": ["009-0001-000"]}
+SEGMENTATION = {
+    "train": ["007-0004-000", "007-0006-000"],
+    "valid": ["008-0001-000"],
+    "test": ["009-0001-000"],
+}
 LABEL_FOLDER = {"train": "label", "valid": "segmentation label", "test": "label"}
 LESIONS = ("MA", "HE", "EX", "SE")
 
@@ -32,14 +41,18 @@ def make_grading(base: Path, splits=("train", "valid", "test"), newline: str = "
         write_text(base / "DR_grading" / f"{split}.txt", newline.join(lines) + newline)
 
 
-def make_segmentation(base: Path, splits=("train", "valid", "test"), label_folder: dict | None = None) -> None:
+def make_segmentation(
+    base: Path, splits=("train", "valid", "test"), label_folder: dict | None = None
+) -> None:
     label_folder = label_folder or LABEL_FOLDER
     for split in splits:
         for seed, stem in enumerate(SEGMENTATION[split]):
             write_image(base / "lesion_segmentation" / split / "image" / f"{stem}.jpg", seed=seed)
             for lesion in LESIONS:
                 box = None if lesion == "SE" else (10, 20, 14, 26)  # SE all zero: "no soft exudate"
-                write_mask(_mask(base, split, stem, lesion, label_folder[split]), box=box, style="binary")
+                write_mask(
+                    _mask(base, split, stem, lesion, label_folder[split]), box=box, style="binary"
+                )
 
 
 def make_ddr(root: Path) -> Path:
@@ -50,7 +63,14 @@ def make_ddr(root: Path) -> Path:
 
 
 def _mask(base: Path, split: str, stem: str, lesion: str, folder: str | None = None) -> Path:
-    return base / "lesion_segmentation" / split / (folder or LABEL_FOLDER[split]) / lesion / f"{stem}.tif"
+    return (
+        base
+        / "lesion_segmentation"
+        / split
+        / (folder or LABEL_FOLDER[split])
+        / lesion
+        / f"{stem}.tif"
+    )
 
 
 def _counts(result) -> dict[str, int]:
@@ -112,7 +132,9 @@ def test_minus_000_suffix_is_kept(tmp_path):
 
 def test_all_zero_mask_is_a_valid_no_lesion_mask(tmp_path):
     make_ddr(tmp_path)
-    record = next(r for r in ddr.index(tmp_path).records if r.id == "ddr/segmentation/train/007-0004-000")
+    record = next(
+        r for r in ddr.index(tmp_path).records if r.id == "ddr/segmentation/train/007-0004-000"
+    )
     assert record.mask_valid == (True, True, True, True)
     assert not read_mask(record.masks[3], record.mask_threshold).any()  # SE: file exists, no lesion
     assert read_mask(record.masks[0], record.mask_threshold).sum() == 4 * 6
@@ -121,7 +143,9 @@ def test_all_zero_mask_is_a_valid_no_lesion_mask(tmp_path):
 def test_missing_mask_file_is_none(tmp_path):
     base = make_ddr(tmp_path)
     _mask(base, "test", "009-0001-000", "HE").unlink()
-    record = next(r for r in ddr.index(tmp_path).records if r.id == "ddr/segmentation/test/009-0001-000")
+    record = next(
+        r for r in ddr.index(tmp_path).records if r.id == "ddr/segmentation/test/009-0001-000"
+    )
     assert record.mask_valid == (True, False, True, True)
 
 
@@ -130,7 +154,11 @@ def test_either_label_folder_name_in_every_split(tmp_path):
     swapped = {"train": "segmentation label", "valid": "label", "test": "Segmentation Label"}
     make_segmentation(base, label_folder=swapped)
     result = ddr.index(tmp_path)
-    assert _counts(result) == {"segmentation/train": 2, "segmentation/valid": 1, "segmentation/test": 1}
+    assert _counts(result) == {
+        "segmentation/train": 2,
+        "segmentation/valid": 1,
+        "segmentation/test": 1,
+    }
     assert all(r.mask_valid == (True,) * 4 for r in result.records)
 
 
@@ -143,8 +171,12 @@ def test_extra_nesting_level_and_root_at_the_dataset(tmp_path):
 def test_either_part_may_be_absent(tmp_path):
     make_grading(tmp_path / "g")
     make_segmentation(tmp_path / "s")
-    assert _counts(ddr.index(tmp_path / "g")) == {k: v for k, v in FULL.items() if k.startswith("grading")}
-    assert _counts(ddr.index(tmp_path / "s")) == {k: v for k, v in FULL.items() if k.startswith("segmentation")}
+    assert _counts(ddr.index(tmp_path / "g")) == {
+        k: v for k, v in FULL.items() if k.startswith("grading")
+    }
+    assert _counts(ddr.index(tmp_path / "s")) == {
+        k: v for k, v in FULL.items() if k.startswith("segmentation")
+    }
 
 
 def test_missing_split_is_skipped_with_a_warning(tmp_path, caplog):
@@ -165,7 +197,9 @@ def test_case_extension_and_line_ending_variants(tmp_path):
     base = tmp_path / "ddr"
     write_image(base / "dr_grading" / "Train" / "007-0004-000.JPG")
     write_image(base / "dr_grading" / "Train" / "007-0004-001.jpeg")
-    write_text(base / "dr_grading" / "TRAIN.txt", "007-0004-000.jpg 3\r\n007-0004-001.JPG  1 \r\n\r\n")
+    write_text(
+        base / "dr_grading" / "TRAIN.txt", "007-0004-000.jpg 3\r\n007-0004-001.JPG  1 \r\n\r\n"
+    )
     write_image(base / "Lesion_Segmentation" / "train" / "Image" / "a1.JPG")
     write_mask(base / "Lesion_Segmentation" / "train" / "Label" / "ma" / "A1.TIF", style="ones")
     result = ddr.index(tmp_path)
@@ -240,4 +274,6 @@ def test_path_with_spaces_and_non_ascii(tmp_path):
     result = load_index("ddr", root)
     assert _counts(result) == FULL
     assert all(record.image.is_file() for record in result.records)
-    assert all(path.is_file() for record in result.records for path in record.masks if path is not None)
+    assert all(
+        path.is_file() for record in result.records for path in record.masks if path is not None
+    )

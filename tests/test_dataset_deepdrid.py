@@ -1,4 +1,5 @@
 """DeepDRiD loader (regular fundus and ultra-widefield) on tiny fixture trees (datasets.md section 6)."""
+
 import logging
 from pathlib import Path
 
@@ -25,7 +26,10 @@ def _regular(root: Path) -> Path:
     """Two training patients (patient 56's swapped columns included) and one validation patient."""
     base = root / "regular_fundus_images"
     train = base / "regular-fundus-training"
-    for patient, images in {"1": ["1_l1", "1_l2", "1_r1", "1_r2"], "56": ["56_l3", "56_r3"]}.items():
+    for patient, images in {
+        "1": ["1_l1", "1_l2", "1_r1", "1_r2"],
+        "56": ["56_l3", "56_r3"],
+    }.items():
         for seed, image in enumerate(images):
             write_image(train / "Images" / patient / f"{image}.jpg", seed=seed)
     write_text(
@@ -38,13 +42,18 @@ def _regular(root: Path) -> Path:
         + _row("56", "56_r3", "training", "3", "")  # left column filled for a right-eye name
         + _row("56", "56_l3", "training", "", "3"),
     )
-    write_text(train / "regular-fundus-source-training.csv", "patient_id,image_id,image_path,Source\n1,1_l1,x,Nation\n")
+    write_text(
+        train / "regular-fundus-source-training.csv",
+        "patient_id,image_id,image_path,Source\n1,1_l1,x,Nation\n",
+    )
     valid = base / "regular-fundus-validation"
     write_image(valid / "Images" / "7" / "7_L1.JPG")  # case and extension differ from the CSV
     write_image(valid / "Images" / "7" / "7_r1.jpg")
     write_text(
         valid / "regular-fundus-validation.csv",
-        HEADER + _row("7", "7_l1", "validation", "4", "") + _row("7", "7_r1", "validation", "1", "1"),
+        HEADER
+        + _row("7", "7_l1", "validation", "4", "")
+        + _row("7", "7_r1", "validation", "1", "1"),
     )
     evaluation = base / "Online-Challenge1&2-Evaluation"
     write_image(evaluation / "Images" / "300" / "300_l1.jpg")
@@ -78,11 +87,18 @@ def test_regular_exact_records(repo: Path, caplog):
     base = repo / "DeepDRiD-master" / "regular_fundus_images"
     record = by_id["deepdrid/grading/valid/7_L1"]
     assert record.image == base / "regular-fundus-validation" / "Images" / "7" / "7_L1.JPG"
-    assert (record.part, record.split, record.masks, record.mask_threshold) == ("grading", "valid", (None,) * 4, 0)
+    assert (record.part, record.split, record.masks, record.mask_threshold) == (
+        "grading",
+        "valid",
+        (None,) * 4,
+        0,
+    )
     assert result.ungradable == {}
     assert result.part_keys() == ["grading/train", "grading/valid"]
     swapped = [message for message in caplog.messages if "trusting the column" in message]
-    assert len(swapped) == 2 and any("56_r3" in message and "left_eye_DR_Level" in message for message in swapped)
+    assert len(swapped) == 2 and any(
+        "56_r3" in message and "left_eye_DR_Level" in message for message in swapped
+    )
     assert any("no labels CSV with grades" in message for message in caplog.messages)
 
 
@@ -92,20 +108,33 @@ def test_root_may_be_regular_fundus_images_itself(repo: Path):
 
 
 def test_evaluation_labels_csv_adds_split_test(repo: Path):
-    evaluation = repo / "DeepDRiD-master" / "regular_fundus_images" / "Online-Challenge1&2-Evaluation"
+    evaluation = (
+        repo / "DeepDRiD-master" / "regular_fundus_images" / "Online-Challenge1&2-Evaluation"
+    )
     write_text(evaluation / "Challenge1_labels.csv", "image_id,DR_Levels\n300_l1,2\n300_r1,0\n")
     result = load_index("deepdrid", repo)
-    tests = {record.id: (record.grade, record.patient) for record in result.records if record.split == "test"}
-    assert tests == {"deepdrid/grading/test/300_l1": (2, "300"), "deepdrid/grading/test/300_r1": (0, "300")}
+    tests = {
+        record.id: (record.grade, record.patient)
+        for record in result.records
+        if record.split == "test"
+    }
+    assert tests == {
+        "deepdrid/grading/test/300_l1": (2, "300"),
+        "deepdrid/grading/test/300_r1": (0, "300"),
+    }
     assert len(result.records) == 10
 
 
 def test_evaluation_xlsx_only_is_skipped_with_a_reason(repo: Path, caplog):
-    evaluation = repo / "DeepDRiD-master" / "regular_fundus_images" / "Online-Challenge1&2-Evaluation"
+    evaluation = (
+        repo / "DeepDRiD-master" / "regular_fundus_images" / "Online-Challenge1&2-Evaluation"
+    )
     write_text(evaluation / "Challenge1_labels.xlsx", "not really a workbook")
     result = index(repo)
     assert {record.split for record in result.records} == {"train", "valid"}
-    assert any("Challenge1_labels.xlsx" in message and "openpyxl" in message for message in caplog.messages)
+    assert any(
+        "Challenge1_labels.xlsx" in message and "openpyxl" in message for message in caplog.messages
+    )
 
 
 def test_split_without_images_folder_is_skipped(repo: Path, caplog):
@@ -149,14 +178,18 @@ def test_bad_grade_columns_name_file_and_row(tmp_path: Path, left: str, right: s
 def test_missing_image_names_row_and_image(tmp_path: Path):
     train = _regular(tmp_path)
     (train / "Images" / "1" / "1_r2.jpg").unlink()
-    with pytest.raises(DataError, match=r"regular-fundus-training\.csv row 5: image '1_r2' not found"):
+    with pytest.raises(
+        DataError, match=r"regular-fundus-training\.csv row 5: image '1_r2' not found"
+    ):
         index(tmp_path)
 
 
 def test_missing_column_lists_columns_found(tmp_path: Path):
     train = _regular(tmp_path)
     write_text(train / "regular-fundus-training.csv", "patient_id,image_id,DR_Level\n1,1_l1,0\n")
-    with pytest.raises(DataError, match=r"left_eye_DR_Level.*found columns: 'patient_id', 'image_id', 'DR_Level'"):
+    with pytest.raises(
+        DataError, match=r"left_eye_DR_Level.*found columns: 'patient_id', 'image_id', 'DR_Level'"
+    ):
         index(tmp_path)
 
 
@@ -204,19 +237,25 @@ def test_uwf_exact_records_and_ungradable(tmp_path: Path, csv_name: str):
 
 def test_uwf_wrong_root_names_uwf_markers(tmp_path: Path):
     _regular(tmp_path)
-    with pytest.raises(DataError, match="'ultra-widefield-training' or 'ultra-widefield-validation'"):
+    with pytest.raises(
+        DataError, match="'ultra-widefield-training' or 'ultra-widefield-validation'"
+    ):
         index(tmp_path, uwf=True)
 
 
 def test_uwf_ambiguous_label_csv_lists_files(tmp_path: Path):
     train = _uwf(tmp_path, "a.csv")
     write_text(train / "b.csv", UWF_HEADER)
-    with pytest.raises(DataError, match="exactly one label CSV with column.s. DR_level.*a.csv, b.csv"):
+    with pytest.raises(
+        DataError, match="exactly one label CSV with column.s. DR_level.*a.csv, b.csv"
+    ):
         index(tmp_path, uwf=True)
 
 
 def test_uwf_grade_out_of_range_names_file_and_row(tmp_path: Path):
     train = _uwf(tmp_path)
     write_text(train / "ultra-widefield-training.csv", UWF_HEADER + "1,1_l12,x,6,left_eye\n")
-    with pytest.raises(DataError, match=r"ultra-widefield-training\.csv row 2: grade 6 out of range"):
+    with pytest.raises(
+        DataError, match=r"ultra-widefield-training\.csv row 2: grade 6 out of range"
+    ):
         index(tmp_path, uwf=True)

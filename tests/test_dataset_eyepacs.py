@@ -20,7 +20,9 @@ def make_eyepacs(root: Path, train_dir: str = "train/train", solution: bool = Tr
     """Kaggle's layout: the multi-part train zip unpacks into train/train/, test into test/."""
     for seed, name in enumerate(TRAIN):
         write_image(root / train_dir / f"{name}.jpeg", seed=seed)
-    write_text(root / "trainLabels.csv", "image,level\n" + "".join(f"{n},{g}\n" for n, g in TRAIN.items()))
+    write_text(
+        root / "trainLabels.csv", "image,level\n" + "".join(f"{n},{g}\n" for n, g in TRAIN.items())
+    )
     if solution:
         for seed, (name, _, _) in enumerate(SOLUTION):
             write_image(root / "test" / f"{name}.jpeg", seed=seed)
@@ -66,7 +68,13 @@ def test_both_eyes_share_a_patient(tmp_path):
 
 @pytest.mark.parametrize(
     ("stem", "patient"),
-    [("10_left", "10"), ("44_RIGHT", "44"), ("a_b_left", "a_b"), ("sample", "sample"), ("7_leftish", "7_leftish")],
+    [
+        ("10_left", "10"),
+        ("44_RIGHT", "44"),
+        ("a_b_left", "a_b"),
+        ("sample", "sample"),
+        ("7_leftish", "7_leftish"),
+    ],
 )
 def test_patient_of(stem, patient):
     assert eyepacs.patient_of(stem) == patient
@@ -117,16 +125,28 @@ def test_solution_without_test_images_is_skipped_with_a_warning(tmp_path, caplog
 
 def test_usage_is_matched_case_insensitively_and_unknown_usage_fails(tmp_path):
     root = make_eyepacs(tmp_path)
-    write_text(root / "retinopathy_solution.csv", "image,level,Usage\n1_left,0,public\n1_right,2,PRIVATE\n")
-    assert _counts(eyepacs.index(root)) == {"grading/train": 5, "grading/valid": 1, "grading/test": 1}
-    write_text(root / "retinopathy_solution.csv", "image,level,Usage\n1_left,0,Public\n1_right,2,Ignored\n")
-    with pytest.raises(DataError, match=r"solution\.csv row 3: Usage 'Ignored' is neither Public nor Private"):
+    write_text(
+        root / "retinopathy_solution.csv", "image,level,Usage\n1_left,0,public\n1_right,2,PRIVATE\n"
+    )
+    assert _counts(eyepacs.index(root)) == {
+        "grading/train": 5,
+        "grading/valid": 1,
+        "grading/test": 1,
+    }
+    write_text(
+        root / "retinopathy_solution.csv", "image,level,Usage\n1_left,0,Public\n1_right,2,Ignored\n"
+    )
+    with pytest.raises(
+        DataError, match=r"solution\.csv row 3: Usage 'Ignored' is neither Public nor Private"
+    ):
         eyepacs.index(root)
 
 
 def test_missing_train_folder_names_it(tmp_path):
     write_text(tmp_path / "trainLabels.csv", "image,level\n10_left,0\n")
-    with pytest.raises(DataError, match=r"trainLabels\.csv found but not its image folder .*/train$"):
+    with pytest.raises(
+        DataError, match=r"trainLabels\.csv found but not its image folder .*/train$"
+    ):
         eyepacs.index(tmp_path)
 
 
@@ -138,11 +158,18 @@ def test_wrong_root_names_the_marker(tmp_path):
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("5", "grade 5 out of range 0..4"), ("2.5", "grade '2.5' is not an integer"), ("", "grade '' is not an integer")],
+    [
+        ("5", "grade 5 out of range 0..4"),
+        ("2.5", "grade '2.5' is not an integer"),
+        ("", "grade '' is not an integer"),
+    ],
 )
 def test_bad_grade_names_file_and_row(tmp_path, value, message):
     root = make_eyepacs(tmp_path)
-    write_text(root / "retinopathy_solution.csv", f"image,level,Usage\n1_left,0,Public\n1_right,{value},Private\n")
+    write_text(
+        root / "retinopathy_solution.csv",
+        f"image,level,Usage\n1_left,0,Public\n1_right,{value},Private\n",
+    )
     with pytest.raises(DataError) as error:
         eyepacs.index(root)
     assert f"{root / 'retinopathy_solution.csv'} row 3: {message}" in str(error.value)
@@ -151,7 +178,9 @@ def test_bad_grade_names_file_and_row(tmp_path, value, message):
 def test_missing_column_lists_the_columns_found(tmp_path):
     root = make_eyepacs(tmp_path)
     write_text(root / "retinopathy_solution.csv", "image,level\n1_left,0\n")
-    with pytest.raises(DataError, match="missing required column\\(s\\) 'Usage'; found columns: 'image', 'level'"):
+    with pytest.raises(
+        DataError, match="missing required column\\(s\\) 'Usage'; found columns: 'image', 'level'"
+    ):
         eyepacs.index(root)
 
 

@@ -1,4 +1,5 @@
 """FGADR Seg-set loader on tiny fixture trees in the release layout (datasets.md section 8)."""
+
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,12 @@ def test_release_exact_records(release: Path):
         None,
     )
     assert record.mask_valid == (True, True, True, False)
-    assert (record.part, record.split, record.patient, record.mask_threshold) == ("segmentation", "all", "0002_2", 127)
+    assert (record.part, record.split, record.patient, record.mask_threshold) == (
+        "segmentation",
+        "all",
+        "0002_2",
+        127,
+    )
     assert by_id["fgadr/segmentation/all/0001_1"].mask_valid == (True,) * 4
     assert result.ungradable == {}
     assert result.part_keys() == ["segmentation/all"]
@@ -106,7 +112,9 @@ def test_bad_grade_names_file_and_row(tmp_path: Path, row: str, message: str):
 
 def test_missing_image_names_row_and_image(tmp_path: Path):
     _seg_set(tmp_path / "Seg-set", labels="0001_1.png,2\n0009_1.png,1\n")
-    with pytest.raises(DataError, match=r"DR_Seg_Grading_Label\.csv row 2: image '0009_1.png' not found"):
+    with pytest.raises(
+        DataError, match=r"DR_Seg_Grading_Label\.csv row 2: image '0009_1.png' not found"
+    ):
         index(tmp_path)
 
 

@@ -25,7 +25,10 @@ LESION_FOLDERS = {
     "OD": "5. Optic Disc",
 }
 SETS = {"train": "a. Training Set", "test": "b. Testing Set"}
-CSVS = {"train": "a. IDRiD_Disease Grading_Training Labels.csv", "test": "b. IDRiD_Disease Grading_Testing Labels.csv"}
+CSVS = {
+    "train": "a. IDRiD_Disease Grading_Training Labels.csv",
+    "test": "b. IDRiD_Disease Grading_Testing Labels.csv",
+}
 HEADER = "Image name,Retinopathy grade,Risk of macular edema ,,,,"
 TRAIN_GRADES = {"IDRiD_001": 3, "IDRiD_002": 0, "IDRiD_003": 4}
 TEST_GRADES = {"IDRiD_001": 2, "IDRiD_002": 1}
@@ -76,7 +79,12 @@ def test_official_layout_exact_records(tmp_path):
     root = make_idrid(tmp_path / "idrid")
     result = idrid.index(root)
     assert result.name == "idrid" and result.num_classes == 5 and not result.ungradable
-    assert _counts(result) == {"grading/train": 3, "grading/test": 2, "segmentation/train": 2, "segmentation/test": 1}
+    assert _counts(result) == {
+        "grading/train": 3,
+        "grading/test": 2,
+        "segmentation/train": 2,
+        "segmentation/test": 1,
+    }
     records = {record.id: record for record in result.records}
     assert records["idrid/grading/train/IDRiD_001"] == Record(
         id="idrid/grading/train/IDRiD_001",
@@ -88,7 +96,9 @@ def test_official_layout_exact_records(tmp_path):
     )
     assert records["idrid/grading/test/IDRiD_002"].grade == 1
     assert records["idrid/grading/test/IDRiD_002"].image.parent.name == SETS["test"]
-    assert [records[f"idrid/grading/train/{name}"].grade for name in TRAIN_GRADES] == list(TRAIN_GRADES.values())
+    assert [records[f"idrid/grading/train/{name}"].grade for name in TRAIN_GRADES] == list(
+        TRAIN_GRADES.values()
+    )
     assert records["idrid/segmentation/train/IDRiD_01"] == Record(
         id="idrid/segmentation/train/IDRiD_01",
         image=root / SEG / "1. Original Images" / SETS["train"] / "IDRiD_01.jpg",
@@ -96,7 +106,9 @@ def test_official_layout_exact_records(tmp_path):
         part="segmentation",
         split="train",
         patient="IDRiD_01",
-        masks=tuple(_mask(root, "train", "IDRiD_01", lesion) for lesion in ("MA", "HE", "EX", "SE")),
+        masks=tuple(
+            _mask(root, "train", "IDRiD_01", lesion) for lesion in ("MA", "HE", "EX", "SE")
+        ),
         mask_threshold=0,
     )
     assert records["idrid/segmentation/test/IDRiD_55"].mask_valid == (True, True, True, True)
@@ -104,7 +116,9 @@ def test_official_layout_exact_records(tmp_path):
 
 def test_missing_mask_file_is_none_not_blank(tmp_path):
     root = make_idrid(tmp_path / "idrid")
-    record = next(r for r in idrid.index(root).records if r.id == "idrid/segmentation/train/IDRiD_02")
+    record = next(
+        r for r in idrid.index(root).records if r.id == "idrid/segmentation/train/IDRiD_02"
+    )
     assert record.mask_valid == (True, False, True, False)
     assert record.masks[0] == _mask(root, "train", "IDRiD_02", "MA")
     assert record.masks[2] == _mask(root, "train", "IDRiD_02", "EX")
@@ -130,7 +144,12 @@ def test_doubled_nesting_url_encoded_part_and_root_one_level_up(tmp_path):
     make_segmentation(tmp_path / "idrid" / "A.%20Segmentation" / SEG)
     make_grading(tmp_path / "idrid" / GRADING / GRADING)
     result = idrid.index(tmp_path)
-    assert _counts(result) == {"grading/train": 3, "grading/test": 2, "segmentation/train": 2, "segmentation/test": 1}
+    assert _counts(result) == {
+        "grading/train": 3,
+        "grading/test": 2,
+        "segmentation/train": 2,
+        "segmentation/test": 1,
+    }
     record = next(r for r in result.records if r.id == "idrid/segmentation/train/IDRiD_01")
     assert record.image.parent.parent.parent.parent.name == "A.%20Segmentation"
 
@@ -171,18 +190,32 @@ def test_case_and_extension_mismatches(tmp_path):
     root = tmp_path / "idrid"
     part = root / "b. disease grading"
     for seed, name in enumerate(TRAIN_GRADES):
-        write_image(part / "1. ORIGINAL IMAGES" / "A. TRAINING SET" / f"{name.lower()}.JPG", seed=seed)
-    rows = [f"{name}.jpg,{grade},0,," for name, grade in TRAIN_GRADES.items()]  # extension in the CSV this time
+        write_image(
+            part / "1. ORIGINAL IMAGES" / "A. TRAINING SET" / f"{name.lower()}.JPG", seed=seed
+        )
+    rows = [
+        f"{name}.jpg,{grade},0,," for name, grade in TRAIN_GRADES.items()
+    ]  # extension in the CSV this time
     write_text(part / "2. groundtruths" / CSVS["train"].upper(), "\n".join([HEADER, *rows]))
     seg = root / "a. segmentation"
     write_image(seg / "1. Original Images" / "A. training set" / "IDRiD_01.JPEG")
-    write_mask(seg / TRUTHS.lower() / "a. training set" / "1. MICROANEURYSMS" / "IDRiD_01_ma.TIFF", style="red")
-    write_mask(seg / TRUTHS.lower() / "a. training set" / "3. hard exudates" / "idrid_01_EX.tiff", style="palette")
+    write_mask(
+        seg / TRUTHS.lower() / "a. training set" / "1. MICROANEURYSMS" / "IDRiD_01_ma.TIFF",
+        style="red",
+    )
+    write_mask(
+        seg / TRUTHS.lower() / "a. training set" / "3. hard exudates" / "idrid_01_EX.tiff",
+        style="palette",
+    )
     result = idrid.index(root)
     assert _counts(result) == {"grading/train": 3, "segmentation/train": 1}
     assert [r.grade for r in result.records if r.part == "grading"] == [3, 0, 4]
     ids = [r.id for r in result.records if r.part == "grading"]
-    assert ids == ["idrid/grading/train/idrid_001", "idrid/grading/train/idrid_002", "idrid/grading/train/idrid_003"]
+    assert ids == [
+        "idrid/grading/train/idrid_001",
+        "idrid/grading/train/idrid_002",
+        "idrid/grading/train/idrid_003",
+    ]
     record = next(r for r in result.records if r.part == "segmentation")
     assert record.id == "idrid/segmentation/train/IDRiD_01"
     assert record.mask_valid == (True, False, True, False)
@@ -233,7 +266,11 @@ def test_missing_root_fails(tmp_path):
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("7", "grade 7 out of range 0..4"), ("x", "grade 'x' is not an integer"), ("-1", "grade -1 out of range")],
+    [
+        ("7", "grade 7 out of range 0..4"),
+        ("x", "grade 'x' is not an integer"),
+        ("-1", "grade -1 out of range"),
+    ],
 )
 def test_bad_grade_names_file_and_row(tmp_path, value, message):
     root = make_idrid(tmp_path / "idrid")
@@ -241,7 +278,11 @@ def test_bad_grade_names_file_and_row(tmp_path, value, message):
     write_text(csv_path, "\n".join([HEADER, "IDRiD_001,3,2,,", f"IDRiD_002,{value},0,,", ""]))
     with pytest.raises(DataError) as error:
         idrid.index(root)
-    assert str(csv_path) in str(error.value) and "row 3" in str(error.value) and message in str(error.value)
+    assert (
+        str(csv_path) in str(error.value)
+        and "row 3" in str(error.value)
+        and message in str(error.value)
+    )
 
 
 def test_missing_column_lists_the_columns_found(tmp_path):

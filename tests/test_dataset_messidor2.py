@@ -1,4 +1,5 @@
 """Messidor-2 loader on tiny fixture trees in the official layout (datasets.md section 5b)."""
+
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,21 @@ from data.records import DataError
 
 KRAUSE_HEADER = "image_id,adjudicated_dr_grade,adjudicated_dme,adjudicated_gradable\n"
 LOOKALIKE_HEADER = "id_code,diagnosis,adjudicated_dme,adjudicated_gradable\n"
-PAIRS = "left;right\n20051020_43808_0100_PP.png;20051020_43832_0100_PP.png\nIM004832.JPG;IM004833.JPG\n"
+PAIRS = (
+    "left;right\n20051020_43808_0100_PP.png;20051020_43832_0100_PP.png\nIM004832.JPG;IM004833.JPG\n"
+)
 
 
 def _images(directory: Path) -> None:
     """Two Messidor-Original PNG pairs' worth plus Brest JPGs with an upper-case extension."""
     for seed, name in enumerate(
-        ["20051020_43808_0100_PP.png", "20051020_43832_0100_PP.png", "IM004832.JPG", "IM004833.JPG", "IM004900.JPG"]
+        [
+            "20051020_43808_0100_PP.png",
+            "20051020_43832_0100_PP.png",
+            "IM004832.JPG",
+            "IM004833.JPG",
+            "IM004900.JPG",
+        ]
     ):
         write_image(directory / "IMAGES" / name, seed=seed)
 
@@ -84,7 +93,8 @@ def test_lookalike_schema_labels_elsewhere_and_extra_nesting(tmp_path: Path):
     _images(tmp_path / "messidor-2" / "messidor-2")
     write_text(
         tmp_path / "kaggle" / "messidor2-dr-grades" / "messidor_data.csv",
-        LOOKALIKE_HEADER + "20051020_43808_0100_PP.png,3,1,1\nim004833.jpg,0,0,1\nIM004900.JPG,,,0\n",
+        LOOKALIKE_HEADER
+        + "20051020_43808_0100_PP.png,3,1,1\nim004833.jpg,0,0,1\nIM004900.JPG,,,0\n",
     )
     result = load_index("messidor2", tmp_path)
     grades = {record.image.name: record.grade for record in result.records}
@@ -117,10 +127,14 @@ def test_missing_label_file_names_it(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    ("grade", "message"), [("5", "grade 5 out of range 0..4"), ("two", "grade 'two' is not an integer")]
+    ("grade", "message"),
+    [("5", "grade 5 out of range 0..4"), ("two", "grade 'two' is not an integer")],
 )
 def test_bad_grade_names_file_and_row(official: Path, grade: str, message: str):
-    write_text(official / "messidor_data.csv", KRAUSE_HEADER + "IM004832.JPG,1,0,1\n" + f"IM004833.JPG,{grade},0,1\n")
+    write_text(
+        official / "messidor_data.csv",
+        KRAUSE_HEADER + "IM004832.JPG,1,0,1\n" + f"IM004833.JPG,{grade},0,1\n",
+    )
     with pytest.raises(DataError, match=rf"messidor_data\.csv row 3: {message}"):
         index(official)
 
@@ -139,8 +153,12 @@ def test_missing_column_lists_columns_found(official: Path):
 
 
 def test_missing_image_names_row_and_image(official: Path):
-    write_text(official / "messidor_data.csv", KRAUSE_HEADER + "IM004832.JPG,1,0,1\nIM999999.JPG,1,0,1\n")
-    with pytest.raises(DataError, match=r"messidor_data\.csv row 3: image 'IM999999.JPG' not found"):
+    write_text(
+        official / "messidor_data.csv", KRAUSE_HEADER + "IM004832.JPG,1,0,1\nIM999999.JPG,1,0,1\n"
+    )
+    with pytest.raises(
+        DataError, match=r"messidor_data\.csv row 3: image 'IM999999.JPG' not found"
+    ):
         index(official)
 
 

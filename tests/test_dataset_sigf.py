@@ -1,4 +1,5 @@
 """SIGF loader: sequence discovery and label-count rules on tiny fixture trees (datasets.md section 7)."""
+
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,15 @@ from data.datasets.sigf import index
 from data.records import DataError
 
 
-def _sequence(split_dir: Path, sequence: str, years: list[int], labels: str, suffix: str = ".jpg") -> None:
+def _sequence(
+    split_dir: Path, sequence: str, years: list[int], labels: str, suffix: str = ".jpg"
+) -> None:
     """``<split>/image/all/<sequence>/<name with the year at chars 7-10>`` and ``<split>/label/all/<sequence>.txt``."""
     for seed, year in enumerate(years):
-        write_image(split_dir / "image" / "all" / sequence / f"{sequence[:7]:_<7}{year}_OD{suffix}", seed=seed)
+        write_image(
+            split_dir / "image" / "all" / sequence / f"{sequence[:7]:_<7}{year}_OD{suffix}",
+            seed=seed,
+        )
     write_text(split_dir / "label" / "all" / f"{sequence}.txt", labels)
 
 
@@ -22,9 +28,15 @@ def database(tmp_path: Path) -> Path:
     data = tmp_path / "SIGF database é" / "data"
     _sequence(data / "train", "SEQ0001", [2001, 2003, 2005], "0\n0\n1\n")  # one line per image
     _sequence(data / "train", "SEQ0002", [2002, 2004], "1\n")  # one line for the sequence
-    _sequence(data / "train", "SEQ0003", [2001, 2002, 2003, 2004], "0\n1\n1\n")  # forecast: one fewer
-    _sequence(data / "test", "SEQ0004", [2010, 2011], "label\n\n0\n\n1\n", suffix=".JPG")  # header, blanks
-    write_image(data / "final_polar" / "SEQ0001_2001_OD.jpg")  # derived maps: no label file, ignored
+    _sequence(
+        data / "train", "SEQ0003", [2001, 2002, 2003, 2004], "0\n1\n1\n"
+    )  # forecast: one fewer
+    _sequence(
+        data / "test", "SEQ0004", [2010, 2011], "label\n\n0\n\n1\n", suffix=".JPG"
+    )  # header, blanks
+    write_image(
+        data / "final_polar" / "SEQ0001_2001_OD.jpg"
+    )  # derived maps: no label file, ignored
     write_text(data / "readme.txt", "not a label file")
     return tmp_path
 
@@ -48,7 +60,12 @@ def test_official_layout_exact_records(database: Path):
     record = next(record for record in result.records if record.split == "test")
     sequence = database / "SIGF database é" / "data" / "test" / "image" / "all" / "SEQ0004"
     assert record.image == sequence / "SEQ00042010_OD.JPG"
-    assert (record.part, record.patient, record.masks, record.mask_threshold) == ("grading", "SEQ0004", (None,) * 4, 0)
+    assert (record.part, record.patient, record.masks, record.mask_threshold) == (
+        "grading",
+        "SEQ0004",
+        (None,) * 4,
+        0,
+    )
     assert result.num_classes == 2
     assert result.ungradable == {}
     assert result.part_keys() == ["grading/test", "grading/train"]
@@ -115,9 +132,13 @@ def test_same_sequence_name_in_two_splits_is_fine(tmp_path: Path):
 
 
 def test_wrong_root_names_what_was_looked_for(tmp_path: Path):
-    write_image(tmp_path / "train" / "image" / "all" / "S1" / "x.jpg")  # images without a label file
+    write_image(
+        tmp_path / "train" / "image" / "all" / "S1" / "x.jpg"
+    )  # images without a label file
     write_text(tmp_path / "train" / "label" / "all" / "other.txt", "1\n")
-    with pytest.raises(DataError, match=r"not a sigf root: looked for label files <sequence_id>\.txt"):
+    with pytest.raises(
+        DataError, match=r"not a sigf root: looked for label files <sequence_id>\.txt"
+    ):
         index(tmp_path)
 
 

@@ -1,5 +1,6 @@
 """train.py / test.py on a public dataset: the cache is built on first use, stages see the images
 that carry their labels, and a mixed joint stage runs."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,17 @@ def _overrides(tmp_path: Path, tiny_overrides: list[str]) -> list[str]:
 
 def test_train_and_test_on_an_idrid_tree(tmp_path, tiny_overrides, capsys):
     root = make_idrid(tmp_path / "IDRiD")
-    argv = ["--quiet", "--config", "configs/demo.yaml", "--dataset", "idrid", "--data-root", str(root), "--name", "idrid"]
+    argv = [
+        "--quiet",
+        "--config",
+        "configs/demo.yaml",
+        "--dataset",
+        "idrid",
+        "--data-root",
+        str(root),
+        "--name",
+        "idrid",
+    ]
     assert run_cli(train_cli.main, [*argv, *_overrides(tmp_path, tiny_overrides)]) == 0
     assert (tmp_path / "cache" / "idrid-64" / "manifest.csv").is_file()
     assert (tmp_path / "split.csv").is_file()
@@ -36,7 +47,23 @@ def test_train_and_test_on_an_idrid_tree(tmp_path, tiny_overrides, capsys):
     assert [line.split(",")[0] for line in log[1:]] == ["isr", "seg", "cls", "joint"]
     out_dir = str(tmp_path / "runs")
     # IDRiD's own test set (2 graded + 1 segmentation image)
-    assert run_cli(test_cli.main, ["--quiet", "--name", "idrid", "--out-dir", out_dir, "--figures", str(tmp_path / "f"), "--samples", "1"]) == 0
+    assert (
+        run_cli(
+            test_cli.main,
+            [
+                "--quiet",
+                "--name",
+                "idrid",
+                "--out-dir",
+                out_dir,
+                "--figures",
+                str(tmp_path / "f"),
+                "--samples",
+                "1",
+            ],
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "runs" / "idrid" / "metrics.json").read_text())
     assert metrics["grading"]["n"] == 2
     assert metrics["sr"]["sr"]["n"] == 3 and metrics["sr"]["sr"]["n_lesion"] == 1
@@ -45,7 +72,10 @@ def test_train_and_test_on_an_idrid_tree(tmp_path, tiny_overrides, capsys):
 
 def test_stage_subsets_and_class_weights_come_from_the_labels(tmp_path, tiny_overrides):
     root = make_idrid(tmp_path / "IDRiD")
-    config = load_config("configs/demo.yaml", [*_overrides(tmp_path, tiny_overrides), "data.dataset=idrid", f"data.root={root}"])
+    config = load_config(
+        "configs/demo.yaml",
+        [*_overrides(tmp_path, tiny_overrides), "data.dataset=idrid", f"data.root={root}"],
+    )
     train = build_dataset(config, "train")
     assert isinstance(train, CachedFundus)
     entries = read_manifest(tmp_path / "cache" / "idrid-64")
@@ -60,6 +90,8 @@ def test_stage_subsets_and_class_weights_come_from_the_labels(tmp_path, tiny_ove
     assert all(train[i]["mask_valid"].any() for i in seg.indices)
     assert all(train[i]["grade"] >= 0 for i in cls.indices)
     assert stage_subset(train, "joint") is train
-    batch = torch.utils.data.default_collate([train[i] for i in range(len(train))])  # mixed images collate
+    batch = torch.utils.data.default_collate(
+        [train[i] for i in range(len(train))]
+    )  # mixed images collate
     assert batch["hr"].shape == (len(train), 3, 64, 64)
     assert set(batch["grade"].tolist()) >= {-1}

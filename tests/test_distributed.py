@@ -1,4 +1,5 @@
 """Distributed training (engine/distributed.py): samplers, and 2-process Gloo runs on the CPU."""
+
 import socket
 
 import pytest
@@ -39,13 +40,27 @@ def _free_port() -> int:
 
 
 def _spawn(overrides, mode, out):
-    mp.start_processes(ddp_worker.run, args=(2, _free_port(), overrides, mode, str(out)), nprocs=2, start_method="spawn")
+    mp.start_processes(
+        ddp_worker.run,
+        args=(2, _free_port(), overrides, mode, str(out)),
+        nprocs=2,
+        start_method="spawn",
+    )
 
 
 def test_epoch_shuffle_sampler_keeps_the_single_process_order_and_reshuffles():
     data = list(range(23))
     for epoch in (0, 3):
-        old = torch.cat(list(DataLoader(data, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(700 + epoch)))).tolist()
+        old = torch.cat(
+            list(
+                DataLoader(
+                    data,
+                    batch_size=5,
+                    shuffle=True,
+                    generator=torch.Generator().manual_seed(700 + epoch),
+                )
+            )
+        ).tolist()
         sampler = EpochShuffleSampler(len(data), 700)
         sampler.set_epoch(epoch)
         assert list(sampler) == old
@@ -73,7 +88,9 @@ def test_shard_sampler_sees_every_sample_once():
 
 def test_global_batch_must_split_evenly():
     assert local_batch_size(8, World(1, 4), "train.isr.batch_size") == 2
-    with pytest.raises(ValueError, match="train.isr.batch_size=6 must be divisible by the 4 processes"):
+    with pytest.raises(
+        ValueError, match="train.isr.batch_size=6 must be divisible by the 4 processes"
+    ):
         local_batch_size(6, World(0, 4), "train.isr.batch_size")
 
 
@@ -95,11 +112,19 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         assert rank["ids"] == reference.ids
         assert rank["metrics"]["sr"]["sr"]["n"] == len(reference.ids) == 4
         torch.testing.assert_close(rank["probs"], reference.probs, rtol=1e-4, atol=1e-5)
-        assert rank["metrics"]["sr"]["sr"]["psnr"] == pytest.approx(reference.metrics["sr"]["sr"]["psnr"], abs=1e-3)
+        assert rank["metrics"]["sr"]["sr"]["psnr"] == pytest.approx(
+            reference.metrics["sr"]["sr"]["psnr"], abs=1e-3
+        )
 
 
 def test_distributed_fit_writes_once_and_resumes(tmp_path):
-    overrides = [*TINY, "train.stage=isr,cls", "run.threads=1", f"run.out_dir={tmp_path}", "run.name=ddp"]
+    overrides = [
+        *TINY,
+        "train.stage=isr,cls",
+        "run.threads=1",
+        f"run.out_dir={tmp_path}",
+        "run.name=ddp",
+    ]
     _spawn(overrides, "fit", tmp_path)
     run = tmp_path / "ddp"
     rows = (run / "log.csv").read_text().splitlines()
@@ -117,11 +142,26 @@ def test_torchrun_train_py_two_processes(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-        str(root / "train.py"), "--quiet", "--name", "ddp", "--stage", "isr",
-        *TINY, "run.threads=1", f"run.out_dir={tmp_path}",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(root / "train.py"),
+        "--quiet",
+        "--name",
+        "ddp",
+        "--stage",
+        "isr",
+        *TINY,
+        "run.threads=1",
+        f"run.out_dir={tmp_path}",
     ]
-    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        command, cwd=root, capture_output=True, text=True, timeout=600, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("done: checkpoints in") == 1  # printed by rank 0 only
     assert "x 2 processes" in result.stdout

@@ -1,4 +1,5 @@
 """The duplicate finder: exact and re-encoded copies are found, distinct photographs are not."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +33,9 @@ def _fundus(seed: int, size: int = 320) -> np.ndarray:
     cv2.circle(image, centre, int(size * 0.46), (40, 80, 190), -1)  # BGR-ish, converted below
     for _ in range(14):
         points = np.cumsum(rng.normal(0, 12, (12, 2)), axis=0) + rng.uniform(60, size - 60, 2)
-        cv2.polylines(image, [points.astype(np.int32)], False, (20, 30, 120), int(rng.integers(1, 4)))
+        cv2.polylines(
+            image, [points.astype(np.int32)], False, (20, 30, 120), int(rng.integers(1, 4))
+        )
     disc = (int(rng.uniform(100, size - 40)), int(rng.uniform(100, size - 100)))
     cv2.circle(image, disc, 18, (140, 200, 250), -1)
     mask = np.zeros(image.shape[:2], np.uint8)
@@ -48,7 +51,14 @@ def _write(path: Path, image: np.ndarray, quality: int = 95) -> Path:
 
 
 def _record(path: Path, name: str, part: str = "grading", grade: int = 0) -> Record:
-    return Record(id=f"toy/{part}/train/{name}", image=path, grade=grade, part=part, split="train", patient=name)
+    return Record(
+        id=f"toy/{part}/train/{name}",
+        image=path,
+        grade=grade,
+        part=part,
+        split="train",
+        patient=name,
+    )
 
 
 @pytest.fixture()
@@ -62,7 +72,14 @@ def planted(tmp_path):
     (tmp_path / "byte.jpg").write_bytes((tmp_path / "p0.jpg").read_bytes())
     records.append(_record(tmp_path / "byte.jpg", "byte", grade=2))  # conflicting grade with p0
     small = cv2.resize(original, (190, 160), interpolation=cv2.INTER_AREA)
-    records.append(_record(_write(tmp_path / "small.jpg", small, quality=70), "small", part="segmentation", grade=-1))
+    records.append(
+        _record(
+            _write(tmp_path / "small.jpg", small, quality=70),
+            "small",
+            part="segmentation",
+            grade=-1,
+        )
+    )
     brighter = np.clip(original.astype(np.float32) * 1.15 + 12, 0, 255).astype(np.uint8)
     brighter[original.sum(axis=2) == 0] = 0  # the black surround stays black
     records.append(_record(_write(tmp_path / "bright.png", brighter), "bright", grade=0))
@@ -72,8 +89,15 @@ def planted(tmp_path):
 def test_planted_copies_group_together_and_distinct_photographs_do_not(planted):
     prints = fingerprints(planted)
     groups = duplicate_groups(prints)
-    copies = {"toy/grading/train/p0", "toy/grading/train/byte", "toy/segmentation/train/small", "toy/grading/train/bright"}
-    assert {groups[i] for i in copies} == {"toy/grading/train/bright"}  # the smallest id names the group
+    copies = {
+        "toy/grading/train/p0",
+        "toy/grading/train/byte",
+        "toy/segmentation/train/small",
+        "toy/grading/train/bright",
+    }
+    assert {groups[i] for i in copies} == {
+        "toy/grading/train/bright"
+    }  # the smallest id names the group
     others = [groups[f"toy/grading/train/p{seed}"] for seed in range(1, 6)]
     assert len(set(others)) == 5 and not set(others) & {groups["toy/grading/train/p0"]}
     scores = similarity_matrix(prints)
@@ -87,7 +111,9 @@ def test_conflicting_grades_and_crossing_parts_are_reported(planted):
     groups = duplicate_groups(prints)
     grades = {p.id: p.grade for p in prints}
     assert conflicting_grades(groups, grades) == {"toy/grading/train/bright": [0, 2]}
-    assert crossing_parts(groups) == {"toy/grading/train/bright": ["grading/train", "segmentation/train"]}
+    assert crossing_parts(groups) == {
+        "toy/grading/train/bright": ["grading/train", "segmentation/train"]
+    }
 
 
 def test_groups_file_round_trip_and_bad_rows(tmp_path):
@@ -116,8 +142,16 @@ def test_bad_threshold_is_one_line_error():
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real IDRiD training parts not found at {REAL}")
 def test_committed_idrid_groups_hold_the_known_copies():
     groups = read_groups(Path(__file__).resolve().parents[1] / "splits/idrid_groups.csv")
-    same = lambda a, b: groups[f"idrid/grading/train/{a}"] == groups[b if "/" in b else f"idrid/grading/train/{b}"]  # noqa: E731
-    assert same("IDRiD_021", "IDRiD_391") and same("IDRiD_028", "IDRiD_327") and same("IDRiD_079", "IDRiD_279")
+
+    def same(a: str, b: str) -> bool:
+        other = b if "/" in b else f"idrid/grading/train/{b}"
+        return groups[f"idrid/grading/train/{a}"] == groups[other]
+
+    assert (
+        same("IDRiD_021", "IDRiD_391")
+        and same("IDRiD_028", "IDRiD_327")
+        and same("IDRiD_079", "IDRiD_279")
+    )
     assert same("IDRiD_102", "idrid/segmentation/train/IDRiD_01")
     crossing = sum(1 for i, g in groups.items() if "/segmentation/" in i and "/grading/" in g)
     assert crossing == 44  # of the 54 segmentation photographs

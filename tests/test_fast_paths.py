@@ -1,5 +1,6 @@
 """Each speed switch (config.run, model.seg_checkpoint) leaves one step equal to the plain path,
 and the steps never move a tensor to the host (the CPU stand-in for CUDA's sync debug mode)."""
+
 import contextlib
 
 import pytest
@@ -13,7 +14,10 @@ from tests.test_trainer_steps import _batch
 
 
 def _trainer(tmp_path, *overrides):
-    config = load_config(None, [*TINY, f"run.out_dir={tmp_path}", "model.grader_dropout=0", "run.threads=1", *overrides])
+    config = load_config(
+        None,
+        [*TINY, f"run.out_dir={tmp_path}", "model.grader_dropout=0", "run.threads=1", *overrides],
+    )
     trainer = Trainer(config)
     trainer.class_weights = None  # random batches: no dataset needed
     trainer.crop_generator = torch.Generator().manual_seed(0)
@@ -30,13 +34,20 @@ def _step(trainer, stage, batch=None, dtype=None):
     batch = _batch() if batch is None else batch
     if dtype is not None:
         trainer.model.to(dtype)
-        batch = {key: value.to(dtype) if torch.is_tensor(value) and value.is_floating_point() else value for key, value in batch.items()}
+        batch = {
+            key: value.to(dtype) if torch.is_tensor(value) and value.is_floating_point() else value
+            for key, value in batch.items()
+        }
     trainer._prepare_stage(stage)
     trainer.crop_generator = torch.Generator().manual_seed(0)
     with trainer.autocast():
         losses = getattr(trainer, f"step_{stage}")(trainer._batch(batch, stage))
     scale = float(trainer.scaler.get_scale()) if trainer.scaler.is_enabled() else 1.0
-    grads = {name: p.grad.detach().double() / scale for name, p in trainer.model.named_parameters() if p.grad is not None}
+    grads = {
+        name: p.grad.detach().double() / scale
+        for name, p in trainer.model.named_parameters()
+        if p.grad is not None
+    }
     return {key: value.detach().double() for key, value in losses.items()}, grads
 
 
@@ -51,7 +62,9 @@ def assert_matches_reference(losses, grads, ref_losses, ref_grads, loss_rtol, gr
     for key in ("loss", "ce", "pixel", "seg"):
         if key in ref_losses:
             error = float((losses[key] - ref_losses[key]).abs())
-            assert error <= loss_rtol * float(ref_losses[key].abs()), f"loss {key}: {float(losses[key])} vs {float(ref_losses[key])}"
+            assert error <= loss_rtol * float(ref_losses[key].abs()), (
+                f"loss {key}: {float(losses[key])} vs {float(ref_losses[key])}"
+            )
     assert grads.keys() == ref_grads.keys()
     if grad_rtol is None:
         return
@@ -64,7 +77,9 @@ def assert_matches_reference(losses, grads, ref_losses, ref_grads, loss_rtol, gr
         for name in names:
             scale = ref_grads[name].norm() + norm * (ref_grads[name].numel() / count) ** 0.5
             error = (grads[name] - ref_grads[name]).norm()
-            assert error <= grad_rtol * scale, f"gradient {name}: relative error {float(error / scale):.2e} > {grad_rtol}"
+            assert error <= grad_rtol * scale, (
+                f"gradient {name}: relative error {float(error / scale):.2e} > {grad_rtol}"
+            )
 
 
 FP32_GRAD_RTOL = 1e-3  # measured worst over the fp32 paths on an AVX-512 CPU: 9e-5
@@ -91,7 +106,14 @@ def test_fast_path_step_matches_the_float64_reference(tmp_path, overrides, loss_
         reference.model.float()
         losses, grads = _step(fast, stage)
         # Gradients agree as well on the fp32 paths; reduced precision is checked through the losses.
-        assert_matches_reference(losses, grads, ref_losses, ref_grads, loss_rtol, FP32_GRAD_RTOL if loss_rtol < 1e-2 else None)
+        assert_matches_reference(
+            losses,
+            grads,
+            ref_losses,
+            ref_grads,
+            loss_rtol,
+            FP32_GRAD_RTOL if loss_rtol < 1e-2 else None,
+        )
 
 
 @pytest.mark.parametrize("bug", ["transposed_input", "perturbed_weight"])
@@ -138,9 +160,13 @@ def test_optimizer_implementations_take_the_same_step(tmp_path, impl):
         _step(trainer, "isr")
         for optimizer in optimizers.values():
             optimizer.step()
-        results.append({name: p.detach().clone() for name, p in trainer.model.isr.named_parameters()})
+        results.append(
+            {name: p.detach().clone() for name, p in trainer.model.isr.named_parameters()}
+        )
     for name in results[0]:
-        torch.testing.assert_close(results[1][name], results[0][name], rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(
+            results[1][name], results[0][name], rtol=1e-5, atol=1e-7, msg=name
+        )
 
 
 HOST_TRANSFERS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
@@ -168,7 +194,9 @@ def _no_host_transfers():
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_steps_do_not_synchronise_with_the_host(tmp_path, stage):
-    trainer = _trainer(tmp_path, "data.flip=true")  # the batch's flips and crops are inside the check too
+    trainer = _trainer(
+        tmp_path, "data.flip=true"
+    )  # the batch's flips and crops are inside the check too
     trainer._prepare_stage(stage)
     batch = _batch()
     with _no_host_transfers():
@@ -176,7 +204,10 @@ def test_steps_do_not_synchronise_with_the_host(tmp_path, stage):
     assert torch.isfinite(losses["loss"])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU test above checks the same steps)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA device (the CPU test above checks the same steps)",
+)
 @pytest.mark.parametrize("stage", STAGES)
 def test_steps_do_not_synchronise_on_cuda(tmp_path, stage):
     trainer = _trainer(tmp_path, "run.device=cuda", "run.amp=true")
@@ -197,7 +228,9 @@ def test_upsample_slices_batches_past_the_32_bit_limit(monkeypatch):
     up = lesion_seg.Upsample2x()
     x = torch.rand(5, 3, 4, 4, requires_grad=True).contiguous(memory_format=torch.channels_last)
     whole = up(x)
-    monkeypatch.setattr(lesion_seg.Upsample2x, "max_elements", 2 * 4 * x[0].numel())  # two images per slice
+    monkeypatch.setattr(
+        lesion_seg.Upsample2x, "max_elements", 2 * 4 * x[0].numel()
+    )  # two images per slice
     sliced = up(x)
     assert torch.equal(sliced, whole)
     (grad_whole,) = torch.autograd.grad(whole.square().sum(), x)
@@ -207,13 +240,21 @@ def test_upsample_slices_batches_past_the_32_bit_limit(monkeypatch):
 
 def test_fp16_training_loop_uses_the_grad_scaler(tmp_path):
     """float16 autocast scales the loss and unscales before clipping; the step stays finite."""
-    trainer = _trainer(tmp_path, "run.amp=true", "run.amp_dtype=float16", "train.clip_grad=1.0", "train.max_steps_per_epoch=1")
+    trainer = _trainer(
+        tmp_path,
+        "run.amp=true",
+        "run.amp_dtype=float16",
+        "train.clip_grad=1.0",
+        "train.max_steps_per_epoch=1",
+    )
     assert trainer.scaler.is_enabled()
     before = {name: p.detach().clone() for name, p in trainer.model.isr.named_parameters()}
     trainer.class_weights = None
     optimizers = trainer._prepare_stage("isr")
     trainer.train_one_epoch("isr", 0, optimizers, loader=_OneBatch(_batch()))
-    changed = [name for name, p in trainer.model.isr.named_parameters() if not torch.equal(p, before[name])]
+    changed = [
+        name for name, p in trainer.model.isr.named_parameters() if not torch.equal(p, before[name])
+    ]
     assert changed and all(torch.isfinite(p).all() for p in trainer.model.isr.parameters())
 
 

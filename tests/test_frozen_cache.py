@@ -1,6 +1,7 @@
 """Frozen nets' outputs computed once per stage (train.cache_frozen) give the steps and the
 validation what computing them every time gives, follow the batch's flips, and are rebuilt
 when the frozen weights change."""
+
 import copy
 
 import pytest
@@ -14,7 +15,9 @@ from tests.test_fast_paths import FP32_GRAD_RTOL, assert_matches_reference
 
 
 def _trainer(tmp_path, *overrides):
-    config = load_config(None, [*TINY, f"run.out_dir={tmp_path}", "model.grader_dropout=0", *overrides])
+    config = load_config(
+        None, [*TINY, f"run.out_dir={tmp_path}", "model.grader_dropout=0", *overrides]
+    )
     return Trainer(config)
 
 
@@ -28,23 +31,35 @@ def _step(trainer, stage, batch):
     trainer.model.zero_grad(set_to_none=True)
     trainer.crop_generator = torch.Generator().manual_seed(0)
     losses = getattr(trainer, f"step_{stage}")(trainer._batch(batch, stage))
-    grads = {name: p.grad.detach().double() for name, p in trainer.model.named_parameters() if p.grad is not None}
+    grads = {
+        name: p.grad.detach().double()
+        for name, p in trainer.model.named_parameters()
+        if p.grad is not None
+    }
     return {key: value.detach().double() for key, value in losses.items()}, grads
 
 
 @pytest.mark.parametrize("stage, train_input", [("cls", "hr"), ("cls", "lr"), ("joint", "hr")])
-def test_cached_outputs_give_the_losses_and_gradients_of_the_uncached_step(tmp_path, stage, train_input):
+def test_cached_outputs_give_the_losses_and_gradients_of_the_uncached_step(
+    tmp_path, stage, train_input
+):
     trainer = _trainer(tmp_path, f"train.input={train_input}")
     trainer._prepare_stage(stage)
     trainer._cache_frozen_outputs(stage)
     assert trainer.frozen_train is not None
-    expected_keys = {"lesion_logits", "stage_image"} if (stage, train_input) == ("cls", "lr") else {"lesion_logits"}
+    expected_keys = (
+        {"lesion_logits", "stage_image"}
+        if (stage, train_input) == ("cls", "lr")
+        else {"lesion_logits"}
+    )
     assert set(trainer.frozen_train.tensors) == expected_keys
     assert len(trainer.frozen_train) == len(trainer.train_set)
     batch = _first_batch(trainer, stage)
     assert "index" in batch
     assert "lesion_logits" in trainer._batch(batch, stage)
-    state = copy.deepcopy(trainer.model.state_dict())  # a step moves the BatchNorm running statistics
+    state = copy.deepcopy(
+        trainer.model.state_dict()
+    )  # a step moves the BatchNorm running statistics
     cached = _step(trainer, stage, batch)
     trainer.model.load_state_dict(state)
     trainer.frozen_train = None  # the uncached path: the frozen nets run inside the step
@@ -67,7 +82,9 @@ def test_the_cache_follows_the_batch_flips(tmp_path):
             hr = batch["hr"][i].flip(dims) if dims else batch["hr"][i]
             if torch.equal(flipped["hr"][i], hr):
                 expected = rows[i].flip(dims) if dims else rows[i]
-                assert torch.equal(flipped["lesion_logits"][i], expected), f"sample {i}: map not flipped with the image {dims}"
+                assert torch.equal(flipped["lesion_logits"][i], expected), (
+                    f"sample {i}: map not flipped with the image {dims}"
+                )
                 kinds.add(dims)
                 break
         else:
@@ -91,7 +108,9 @@ def test_cls_validation_with_cached_lesion_maps_equals_the_plain_one(tmp_path):
     for metrics in (first, again):
         for key in ("qwk", "accuracy", "macro_auc"):
             assert metrics["grading"][key] == pytest.approx(reference["grading"][key], abs=1e-6)
-        assert metrics["segmentation"]["mean"]["aupr"] == pytest.approx(reference["segmentation"]["mean"]["aupr"], rel=1e-5)
+        assert metrics["segmentation"]["mean"]["aupr"] == pytest.approx(
+            reference["segmentation"]["mean"]["aupr"], rel=1e-5
+        )
 
 
 def test_the_cache_is_reused_for_the_same_weights_and_rebuilt_for_new_ones(tmp_path):
@@ -101,12 +120,16 @@ def test_the_cache_is_reused_for_the_same_weights_and_rebuilt_for_new_ones(tmp_p
     first = trainer.frozen_train
     trainer._prepare_stage("joint")
     trainer._cache_frozen_outputs("joint")
-    assert trainer.frozen_train is first  # joint needs the same HR lesion maps from the same seg net
+    assert (
+        trainer.frozen_train is first
+    )  # joint needs the same HR lesion maps from the same seg net
     with torch.no_grad():
         trainer.model.seg.heads[0].bias.add_(1.0)
     trainer._cache_frozen_outputs("joint")
     assert trainer.frozen_train is not first
-    assert not torch.equal(trainer.frozen_train.tensors["lesion_logits"], first.tensors["lesion_logits"])
+    assert not torch.equal(
+        trainer.frozen_train.tensors["lesion_logits"], first.tensors["lesion_logits"]
+    )
     trainer._prepare_stage("seg")
     trainer._cache_frozen_outputs("seg")  # the seg net trains: nothing frozen to cache
     assert trainer.frozen_train is None

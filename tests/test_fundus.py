@@ -149,7 +149,9 @@ def test_fov_mask_ignores_white_frame_and_burned_in_text():
 
 def test_fov_mask_with_notch_and_mirrored_image():
     image = _disc_photo(120, 160, (80, 60), 50)
-    cv2.rectangle(image, (128, 56), (134, 64), (150, 150, 150), -1)  # EyePACS-style notch on the rim
+    cv2.rectangle(
+        image, (128, 56), (134, 64), (150, 150, 150), -1
+    )  # EyePACS-style notch on the rim
     disc = _circle(120, 160, (80, 60), 50)
     mask = fov_mask(image)
     assert _iou(mask, disc) > 0.93

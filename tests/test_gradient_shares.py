@@ -1,4 +1,5 @@
 """bench/gradient_shares.py: per-term gradients of the joint step add up, and the CLI reports them."""
+
 import copy
 import json
 import math
@@ -23,13 +24,19 @@ def test_per_term_gradients_add_up_to_the_gradient_of_the_sum():
     params = [*net.parameters(), *unused.parameters()]
     x, target = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     out = net(x)
-    terms = {"mse": 3.0 * (out - target).pow(2).mean(), "l1": (out - target).abs().mean(), "mean": out.mean()}
+    terms = {
+        "mse": 3.0 * (out - target).pow(2).mean(),
+        "l1": (out - target).abs().mean(),
+        "mean": out.mean(),
+    }
     terms["mse_again"] = 2 * terms["mse"]
     grads = term_gradients(terms, params)
     whole = torch.autograd.grad(sum(terms.values()), params, allow_unused=True)
     for index, param in enumerate(params):
         expected = torch.zeros_like(param) if whole[index] is None else whole[index]
-        torch.testing.assert_close(sum(parts[index] for parts in grads.values()), expected, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(
+            sum(parts[index] for parts in grads.values()), expected, rtol=1e-5, atol=1e-7
+        )
     stats = share_stats({name: flatten(parts) for name, parts in grads.items()})
     vectors = {name: flatten(parts) for name, parts in grads.items()}
     whole_vector = flatten([torch.zeros_like(p) if g is None else g for p, g in zip(params, whole)])
@@ -40,13 +47,28 @@ def test_per_term_gradients_add_up_to_the_gradient_of_the_sum():
         assert stats["norm"][name] == pytest.approx(float(vector.norm()))
     assert stats["norm"]["mse_again"] == pytest.approx(2 * stats["norm"]["mse"])
     assert stats["cosine"]["mse|mse_again"] == pytest.approx(1.0)
-    assert set(stats["cosine"]) == {"mse|l1", "mse|mean", "mse|mse_again", "l1|mean", "l1|mse_again", "mean|mse_again"}
+    assert set(stats["cosine"]) == {
+        "mse|l1",
+        "mse|mean",
+        "mse|mse_again",
+        "l1|mean",
+        "l1|mse_again",
+        "mean|mse_again",
+    }
 
 
 def test_a_zero_gradient_has_nan_cosines_and_no_share():
-    stats = share_stats({"a": torch.tensor([1.0, 0.0], dtype=torch.float64), "b": torch.zeros(2, dtype=torch.float64)})
+    stats = share_stats(
+        {
+            "a": torch.tensor([1.0, 0.0], dtype=torch.float64),
+            "b": torch.zeros(2, dtype=torch.float64),
+        }
+    )
     assert math.isnan(stats["cosine"]["a|b"])
-    assert stats["norm_share"] == {"a": 1.0, "b": 0.0} and stats["projection_share"] == {"a": 1.0, "b": 0.0}
+    assert stats["norm_share"] == {"a": 1.0, "b": 0.0} and stats["projection_share"] == {
+        "a": 1.0,
+        "b": 0.0,
+    }
 
 
 def test_the_joint_terms_gradients_add_up_to_the_joint_steps_isr_gradient(tmp_path):
@@ -70,7 +92,12 @@ def test_the_joint_terms_gradients_add_up_to_the_joint_steps_isr_gradient(tmp_pa
     grads = term_gradients(terms, isr_params)
     # Float32 sums in another order: equal to 1e-5 of each parameter's largest gradient entry.
     for index, want in enumerate(expected):
-        torch.testing.assert_close(sum(parts[index] for parts in grads.values()), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+        torch.testing.assert_close(
+            sum(parts[index] for parts in grads.values()),
+            want,
+            rtol=1e-4,
+            atol=1e-5 * float(want.abs().max()),
+        )
     got = flatten([sum(parts[index] for parts in grads.values()) for index in range(len(expected))])
     assert float((got - flatten(expected)).norm()) <= 1e-5 * float(flatten(expected).norm())
     assert all(float(flatten(parts).norm()) > 0 for parts in grads.values())
@@ -78,11 +105,38 @@ def test_the_joint_terms_gradients_add_up_to_the_joint_steps_isr_gradient(tmp_pa
 
 def test_the_cli_prints_the_tables_and_writes_every_step(tmp_path):
     out = tmp_path / "shares.json"
-    command = [sys.executable, "bench/gradient_shares.py", "--config", "configs/demo.yaml", "--steps", "2", "--hr", "64", "--batch", "2",
-               "--init", "random", "--json", str(out), "model.isr_channels=8", "model.isr_blocks=1", "model.grader_hidden=32",
-               "run.threads=1", f"run.out_dir={tmp_path}"]
-    text = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=300).stdout
-    for row in ("| pixel | 10 (l1) |", "| grading | 1 |", "| seg_aware | 1 |", "| task_aware | 10 |", "| cosine |", "Machine: "):
+    command = [
+        sys.executable,
+        "bench/gradient_shares.py",
+        "--config",
+        "configs/demo.yaml",
+        "--steps",
+        "2",
+        "--hr",
+        "64",
+        "--batch",
+        "2",
+        "--init",
+        "random",
+        "--json",
+        str(out),
+        "model.isr_channels=8",
+        "model.isr_blocks=1",
+        "model.grader_hidden=32",
+        "run.threads=1",
+        f"run.out_dir={tmp_path}",
+    ]
+    text = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    for row in (
+        "| pixel | 10 (l1) |",
+        "| grading | 1 |",
+        "| seg_aware | 1 |",
+        "| task_aware | 10 |",
+        "| cosine |",
+        "Machine: ",
+    ):
         assert row in text, row
     report = json.loads(out.read_text())
     assert len(report["steps"]) == 2

@@ -3,6 +3,7 @@
 The split and metric tests read the shared IDRiD training parts (../shared/data/idrid) and skip
 without them; the preset and split-file checks run everywhere.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -35,7 +36,9 @@ from engine.config import CONFIG_DIR, load_config
 from evaluation.metrics import SegmentationMetrics, lesion_region, psnr_per_image, ssim_per_image
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/idrid"
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real IDRiD training parts not found at {REAL}")
+needs_real = pytest.mark.skipif(
+    not REAL.is_dir(), reason=f"real IDRiD training parts not found at {REAL}"
+)
 
 
 def _shapes(config) -> dict[str, tuple[int, ...]]:
@@ -55,25 +58,38 @@ def test_idrid_presets_follow_the_protocol():
 
 
 def test_committed_idrid_split_is_intact_and_sized():
-    roles = read_split_file(default_split_file("idrid"))  # refuses an edited file (SHA-256 in its header)
+    roles = read_split_file(
+        default_split_file("idrid")
+    )  # refuses an edited file (SHA-256 in its header)
     counts = Counter((sample_id.split("/")[1], role) for sample_id, role in roles.items())
     assert counts == {
-        ("grading", "train"): 328, ("grading", "val"): 79, ("grading", "excluded"): 6,
-        ("segmentation", "train"): 44, ("segmentation", "val"): 10,
+        ("grading", "train"): 328,
+        ("grading", "val"): 79,
+        ("grading", "excluded"): 6,
+        ("segmentation", "train"): 44,
+        ("segmentation", "val"): 10,
     }
-    check_groups(roles, load_groups("idrid"), "splits/idrid.csv")  # no duplicate group crosses sides
+    check_groups(
+        roles, load_groups("idrid"), "splits/idrid.csv"
+    )  # no duplicate group crosses sides
     assert all(roles[sample_id] == "train" for sample_id in keep_in_train("idrid"))
 
 
 @needs_real
 def test_committed_split_is_regenerated_from_the_data_and_stratified():
     records = idrid.index(REAL).records
-    settings = SplitSettings(val_fraction=0.2, test_fraction=0.2, seed=0, keep_in_train=keep_in_train("idrid"))
+    settings = SplitSettings(
+        val_fraction=0.2, test_fraction=0.2, seed=0, keep_in_train=keep_in_train("idrid")
+    )
     groups = load_groups("idrid")
     roles = compute_split(records, settings, groups)
-    assert roles == compute_split(list(reversed(records)), settings, groups)  # deterministic, order-free
+    assert roles == compute_split(
+        list(reversed(records)), settings, groups
+    )  # deterministic, order-free
     assert roles == read_split_file(default_split_file("idrid"))  # the committed file is this split
-    assert compute_folds(records, 5, settings, groups) == read_folds_file(default_split_file("idrid").with_name("idrid_folds.csv"))
+    assert compute_folds(records, 5, settings, groups) == read_folds_file(
+        default_split_file("idrid").with_name("idrid_folds.csv")
+    )
     # Each grade gives about 20% of its graded photographs to val (whole duplicate groups move,
     # the embedded dataset's background images stay in train).
     free = Counter(r.grade for r in records if r.part == "grading" and roles[r.id] != "excluded")
@@ -82,9 +98,13 @@ def test_committed_split_is_regenerated_from_the_data_and_stratified():
         assert abs(val[grade] - 0.2 * size) <= 2, (grade, val[grade], size)
 
 
-def _real_samples(count: int = 3, size: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _real_samples(
+    count: int = 3, size: int = 128
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """HR images ``[N,3,S,S]``, lesion masks ``[N,4,S,S]`` and FOVs of the first segmentation images."""
-    records = sorted((r for r in idrid.index(REAL).records if r.part == "segmentation"), key=lambda r: r.id)[:count]
+    records = sorted(
+        (r for r in idrid.index(REAL).records if r.part == "segmentation"), key=lambda r: r.id
+    )[:count]
     images, masks, fovs = [], [], []
     for record in records:
         hr, bits = preprocess(record, size)
@@ -135,11 +155,25 @@ def test_sr_metrics_on_real_images_match_skimage():
     for i in range(len(hr)):
         a, b = sr[i].permute(1, 2, 0).double().numpy(), hr[i].permute(1, 2, 0).double().numpy()
         inside = fov[i, 0].numpy() > 0.5
-        assert float(psnr[i]) == pytest.approx(peak_signal_noise_ratio(b[inside], a[inside], data_range=1), abs=1e-3)
-        _, full = structural_similarity(b, a, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                        data_range=1, channel_axis=-1, full=True)
-        assert float(ssim[i]) == pytest.approx(full[5:-5, 5:-5][inside[5:-5, 5:-5]].mean(), abs=1e-5)
+        assert float(psnr[i]) == pytest.approx(
+            peak_signal_noise_ratio(b[inside], a[inside], data_range=1), abs=1e-3
+        )
+        _, full = structural_similarity(
+            b,
+            a,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1,
+            channel_axis=-1,
+            full=True,
+        )
+        assert float(ssim[i]) == pytest.approx(
+            full[5:-5, 5:-5][inside[5:-5, 5:-5]].mean(), abs=1e-5
+        )
         union = masks[i].numpy().max(axis=0) > 0.5
         lesions = ndimage.binary_dilation(union, structure=np.ones((2 * radius + 1,) * 2)) & inside
         assert lesions.any()
-        assert float(psnr_lesion[i]) == pytest.approx(peak_signal_noise_ratio(b[lesions], a[lesions], data_range=1), abs=1e-3)
+        assert float(psnr_lesion[i]) == pytest.approx(
+            peak_signal_noise_ratio(b[lesions], a[lesions], data_range=1), abs=1e-3
+        )

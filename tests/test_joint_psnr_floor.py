@@ -1,4 +1,5 @@
 """train.joint_max_psnr_drop_db: the joint stage's best checkpoint may not lose more SR PSNR than that."""
+
 import csv
 import logging
 import math
@@ -13,7 +14,11 @@ from engine.trainer import Trainer
 
 
 def _metrics(qwk: float, psnr: float) -> dict:
-    return {"mode": "lr", "grading": {"qwk": qwk}, "sr": {"sr": {"psnr": psnr}, "bicubic": {"psnr": 20.0}}}
+    return {
+        "mode": "lr",
+        "grading": {"qwk": qwk},
+        "sr": {"sr": {"psnr": psnr}, "bicubic": {"psnr": 20.0}},
+    }
 
 
 def _new_best(metrics: dict, best: float, psnr_floor: float | None = None) -> bool:
@@ -38,9 +43,17 @@ def _rows(run):
         return [row for row in csv.DictReader(file) if row["stage"] == "joint"]
 
 
-def test_joint_best_is_the_incoming_weights_when_no_epoch_meets_the_floor_and_resume_keeps_it(tmp_path, tiny_overrides, caplog):
+def test_joint_best_is_the_incoming_weights_when_no_epoch_meets_the_floor_and_resume_keeps_it(
+    tmp_path, tiny_overrides, caplog
+):
     # A negative drop puts the floor 1000 dB above the incoming PSNR: no joint epoch can meet it.
-    overrides = [*tiny_overrides, "run.threads=1", "train.stage=joint", "run.name=floor", "train.joint_max_psnr_drop_db=-1000"]
+    overrides = [
+        *tiny_overrides,
+        "run.threads=1",
+        "train.stage=joint",
+        "run.name=floor",
+        "train.joint_max_psnr_drop_db=-1000",
+    ]
     trainer = Trainer(load_config(None, overrides))
     incoming = {name: value.clone() for name, value in trainer.model.state_dict().items()}
     with caplog.at_level(logging.INFO, logger="engine.trainer"):
@@ -52,11 +65,19 @@ def test_joint_best_is_the_incoming_weights_when_no_epoch_meets_the_floor_and_re
         assert torch.equal(best["model"][name], value), name
     assert load_checkpoint(checkpoints / "best.pt")["epoch"] == 0
     last = load_checkpoint(checkpoints / "last.pt")
-    assert last["epoch"] == 1 and any(not torch.equal(last["model"][k], v) for k, v in incoming.items())  # it trained
+    assert last["epoch"] == 1 and any(
+        not torch.equal(last["model"][k], v) for k, v in incoming.items()
+    )  # it trained
     rows = _rows(run)
-    assert [row["epoch"] for row in rows] == ["0", "1"] and rows[0]["is_best"] == "1" and not rows[1]["is_best"]
+    assert (
+        [row["epoch"] for row in rows] == ["0", "1"]
+        and rows[0]["is_best"] == "1"
+        and not rows[1]["is_best"]
+    )
     floor = float(rows[0]["val_psnr"]) + 1000
-    assert float(rows[0]["val_psnr_floor"]) == pytest.approx(floor) and last["psnr_floor"] == pytest.approx(floor)
+    assert float(rows[0]["val_psnr_floor"]) == pytest.approx(floor) and last[
+        "psnr_floor"
+    ] == pytest.approx(floor)
     assert "joint epoch 1 cannot be the best checkpoint: val_psnr" in caplog.text
     assert "its best checkpoint is the incoming weights (epoch 0)" in caplog.text
     for name, value in incoming.items():  # the stage ends on its best weights
@@ -67,7 +88,10 @@ def test_joint_best_is_the_incoming_weights_when_no_epoch_meets_the_floor_and_re
     with caplog.at_level(logging.INFO, logger="engine.trainer"):
         resumed.fit(resume=True)
     assert "incoming weights validate" not in caplog.text  # the floor came from the checkpoint
-    assert f"joint epoch 2 cannot be the best checkpoint: val_psnr {float(_rows(run)[2]['val_psnr']):.3f} dB is under the floor {floor:.3f} dB" in caplog.text
+    assert (
+        f"joint epoch 2 cannot be the best checkpoint: val_psnr {float(_rows(run)[2]['val_psnr']):.3f} dB is under the floor {floor:.3f} dB"
+        in caplog.text
+    )
     assert [row["epoch"] for row in _rows(run)] == ["0", "1", "2"]
     assert load_checkpoint(checkpoints / "joint_best.pt")["epoch"] == 0
     assert load_checkpoint(checkpoints / "last.pt")["psnr_floor"] == pytest.approx(floor)

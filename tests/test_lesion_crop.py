@@ -1,5 +1,6 @@
 """Lesion-centred crops (data.lesion_crop_share): the share of crops centred on a lesion, the
 lesion type drawn among those present, fallback without lesions, and share 0 unchanged."""
+
 import math
 
 import pytest
@@ -13,7 +14,9 @@ MAX_OFFSET = (SIZE - CROP) // SCALE  # LR units
 LESION = (12, 40)  # HR pixel whose centred crop (top 4, left 32) needs no clamping
 
 
-def _batch(n: int, lesions: list[tuple[int, int, int]] = ((1, *LESION),), valid: bool = True) -> dict:
+def _batch(
+    n: int, lesions: list[tuple[int, int, int]] = ((1, *LESION),), valid: bool = True
+) -> dict:
     """``n`` copies (views: memory stays small) of one image with single-pixel lesions ``(type, row, col)``."""
     masks = torch.zeros(1, 4, SIZE, SIZE)
     for kind, row, col in lesions:
@@ -42,13 +45,19 @@ def _within(count: int, n: int, p: float) -> bool:
 def test_the_share_of_crops_centred_on_the_lesion(share):
     n = 2000
     top, left = _uniform(n, 0)
-    new_top, new_left = lesion_offsets(_batch(n), top, left, CROP, SCALE, share, torch.Generator().manual_seed(1))
-    centred = (new_top * SCALE == LESION[0] - CROP // 2) & (new_left * SCALE == LESION[1] - CROP // 2)
+    new_top, new_left = lesion_offsets(
+        _batch(n), top, left, CROP, SCALE, share, torch.Generator().manual_seed(1)
+    )
+    centred = (new_top * SCALE == LESION[0] - CROP // 2) & (
+        new_left * SCALE == LESION[1] - CROP // 2
+    )
     # A uniform crop is centred there by chance too: one offset pair of (MAX_OFFSET + 1) ** 2.
     expected = share + (1 - share) / (MAX_OFFSET + 1) ** 2
     assert _within(int(centred.sum()), n, expected), (int(centred.sum()), n * expected)
     # The others keep their uniform offsets.
-    assert torch.equal(new_top[~centred], top[~centred]) and torch.equal(new_left[~centred], left[~centred])
+    assert torch.equal(new_top[~centred], top[~centred]) and torch.equal(
+        new_left[~centred], left[~centred]
+    )
 
 
 def test_every_crop_holds_the_lesion_at_share_one_even_at_the_border():
@@ -67,18 +76,28 @@ def test_the_lesion_type_is_drawn_among_those_present():
     n = 2000
     batch = _batch(n, [(0, 12, 12), (0, 13, 12), (3, 50, 50)])  # two MA pixels, one SE pixel
     top, left = _uniform(n, 3)
-    new_top, new_left = lesion_offsets(batch, top, left, CROP, SCALE, 1.0, torch.Generator().manual_seed(4))
-    on_se = int(((new_top == (50 - CROP // 2) // SCALE) & (new_left == (50 - CROP // 2) // SCALE)).sum())
-    on_ma = int(((new_top == (12 - CROP // 2) // SCALE) & (new_left == (12 - CROP // 2) // SCALE)).sum())  # rows 12 and 13 alike
+    new_top, new_left = lesion_offsets(
+        batch, top, left, CROP, SCALE, 1.0, torch.Generator().manual_seed(4)
+    )
+    on_se = int(
+        ((new_top == (50 - CROP // 2) // SCALE) & (new_left == (50 - CROP // 2) // SCALE)).sum()
+    )
+    on_ma = int(
+        ((new_top == (12 - CROP // 2) // SCALE) & (new_left == (12 - CROP // 2) // SCALE)).sum()
+    )  # rows 12 and 13 alike
     assert on_ma + on_se == n
-    assert _within(on_se, n, 0.5)  # a type first (each present type alike), not a pixel among all types' (1/3)
+    assert _within(
+        on_se, n, 0.5
+    )  # a type first (each present type alike), not a pixel among all types' (1/3)
 
 
 def test_images_without_lesions_or_valid_masks_crop_uniformly():
     n = 64
     top, left = _uniform(n, 5)
     for batch in (_batch(n, []), _batch(n, valid=False)):
-        new_top, new_left = lesion_offsets(batch, top, left, CROP, SCALE, 1.0, torch.Generator().manual_seed(6))
+        new_top, new_left = lesion_offsets(
+            batch, top, left, CROP, SCALE, 1.0, torch.Generator().manual_seed(6)
+        )
         assert torch.equal(new_top, top) and torch.equal(new_left, left)
 
 

@@ -1,4 +1,5 @@
 """Lesion contrast kept at a resolution (evaluation/lesion_resolution.py, scripts/lesion_resolution.py)."""
+
 import numpy as np
 import pytest
 from test_dataset_idrid import make_idrid

@@ -1,4 +1,5 @@
 """Losses: the Dice optimum, invalid channels ignored, unknown grades ignored, class weights."""
+
 import pytest
 import torch
 

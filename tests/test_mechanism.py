@@ -1,4 +1,5 @@
 """The task-aware loss's signals: SR-vs-HR CAM agreement and the task gap (engine/mechanism.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,12 +13,18 @@ from engine.mechanism import cam_agreement, mechanism_signals
 from tests.conftest import TINY
 
 
-def _reference(a: np.ndarray, b: np.ndarray, fov: np.ndarray, top: float = 0.10) -> tuple[float, float, float]:
+def _reference(
+    a: np.ndarray, b: np.ndarray, fov: np.ndarray, top: float = 0.10
+) -> tuple[float, float, float]:
     """float64 numpy: MSE, Pearson and top-10% IoU over the FOV pixels of one image."""
     x, y = a[fov], b[fov]
     top_x, top_y = a >= np.quantile(x, 1 - top), b >= np.quantile(y, 1 - top)
     top_x, top_y = top_x & fov, top_y & fov
-    return float(((x - y) ** 2).mean()), float(np.corrcoef(x, y)[0, 1]), float((top_x & top_y).sum() / (top_x | top_y).sum())
+    return (
+        float(((x - y) ** 2).mean()),
+        float(np.corrcoef(x, y)[0, 1]),
+        float((top_x & top_y).sum() / (top_x | top_y).sum()),
+    )
 
 
 def test_cam_agreement_matches_a_float64_reference():
@@ -29,13 +36,19 @@ def test_cam_agreement_matches_a_float64_reference():
     fov[1, :, :8] = 0  # another field of view per image
     result = cam_agreement(a, b, fov)
     for i in range(3):
-        mse, pearson, iou = _reference(a[i, 0].double().numpy(), b[i, 0].double().numpy(), fov[i, 0].numpy() > 0.5)
+        mse, pearson, iou = _reference(
+            a[i, 0].double().numpy(), b[i, 0].double().numpy(), fov[i, 0].numpy() > 0.5
+        )
         scale = float(a.abs().max())
         assert result["mse"][i].item() == pytest.approx(mse, abs=1e-6 * scale**2)
         assert result["pearson"][i].item() == pytest.approx(pearson, abs=1e-6)
         assert result["top_iou"][i].item() == pytest.approx(iou, abs=1e-6)
     same = cam_agreement(a, a, fov)
-    assert torch.all(same["mse"] == 0) and torch.allclose(same["pearson"], torch.ones(3)) and torch.all(same["top_iou"] == 1)
+    assert (
+        torch.all(same["mse"] == 0)
+        and torch.allclose(same["pearson"], torch.ones(3))
+        and torch.all(same["top_iou"] == 1)
+    )
     flat = cam_agreement(torch.zeros_like(a), a, fov)
     assert torch.isnan(flat["pearson"]).all()  # a flat map has no correlation, not 0
 
@@ -52,6 +65,8 @@ def test_sr_equal_to_hr_agrees_perfectly_and_has_no_task_gap():
     assert signals["cam_mse"] == pytest.approx(0.0, abs=1e-10)
     assert signals["cam_top_iou"] == pytest.approx(1.0)
     assert signals["task_gap"] == pytest.approx(0.0, abs=1e-12)
-    blurred = [{**batch, "lr": torch.nn.functional.avg_pool2d(batch["hr"], 5, 1, 2)} for batch in batches]
+    blurred = [
+        {**batch, "lr": torch.nn.functional.avg_pool2d(batch["hr"], 5, 1, 2)} for batch in batches
+    ]
     degraded = mechanism_signals(model, blurred, torch.device("cpu"), config.model.cam_target)
     assert degraded["cam_mse"] > 1e-6  # the same grader explains a blurred image differently

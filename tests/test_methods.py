@@ -1,5 +1,6 @@
 """Compared methods: every method builds, trains one tiny step per stage and evaluates; the
 recipes resolve as documented; Chen et al.'s net, the ResNet-50 grader and the bicubic stand-in."""
+
 import json
 
 import pytest
@@ -51,7 +52,9 @@ def one_step_per_stage_then_evaluate(config) -> tuple[Trainer, list[str], dict]:
         for name in TRAINABLE[stage]:
             module = getattr(trainer.model, name)
             if name in optimizers and name != "cam_fusion":
-                assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), (stage, name)
+                assert any(
+                    p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()
+                ), (stage, name)
         for optimizer in optimizers.values():
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -102,21 +105,31 @@ def test_cls_stage_on_lr_input_grades_the_frozen_isr_output(tmp_path):
     trainer._prepare_stage("cls")
     seen = []
     grade = trainer.model.grade_with_lesions
-    trainer.model.grade_with_lesions = lambda image, lesions: seen.append(image) or grade(image, lesions)
+    trainer.model.grade_with_lesions = lambda image, lesions: (
+        seen.append(image) or grade(image, lesions)
+    )
     batch = random_batch()
     trainer.step_cls(batch)
     torch.testing.assert_close(seen[0], trainer.model.isr(batch["lr"]))
-    assert not seen[0].requires_grad and not any(p.grad is not None for p in trainer.model.isr.parameters())
+    assert not seen[0].requires_grad and not any(
+        p.grad is not None for p in trainer.model.isr.parameters()
+    )
 
 
 def test_method_sits_between_preset_and_command_line(tmp_path):
     preset = tmp_path / "p.yaml"
-    preset.write_text("model:\n  use_lesions: true\ntrain:\n  cls: {epochs: 4}\n  joint: {epochs: 2}\n")
+    preset.write_text(
+        "model:\n  use_lesions: true\ntrain:\n  cls: {epochs: 4}\n  joint: {epochs: 2}\n"
+    )
     config = load_config(preset, method="lr_cls")
     assert config.model.use_lesions is False  # the method overrides the preset
-    assert config.train.cls.epochs == 6  # single-stage grader: cls + joint epochs, as DeepMT-DR's grader sees
+    assert (
+        config.train.cls.epochs == 6
+    )  # single-stage grader: cls + joint epochs, as DeepMT-DR's grader sees
     config = load_config(preset, ["model.use_lesions=true", "train.cls.epochs=3"], method="lr_cls")
-    assert config.model.use_lesions is True and config.train.cls.epochs == 3  # the command line wins
+    assert (
+        config.model.use_lesions is True and config.train.cls.epochs == 3
+    )  # the command line wins
     assert load_config(preset, ["method=chen"]).model.grader == "chen_net"
     assert load_config(preset).train.cls.epochs == 4 and load_config(preset).method == "deepmt_dr"
 
@@ -125,7 +138,9 @@ def test_every_method_accepts_a_preset_with_a_leaky_grader_head(tmp_path):
     """The table preset gives ResNet graders a LeakyReLU head; Chen's net keeps its published one."""
     preset = tmp_path / "p.yaml"
     preset.write_text("model:\n  grader_head_activation: leaky_relu\n")
-    heads = {name: load_config(preset, method=name).model.grader_head_activation for name in METHODS}
+    heads = {
+        name: load_config(preset, method=name).model.grader_head_activation for name in METHODS
+    }
     assert heads.pop("chen") == "relu" and set(heads.values()) == {"leaky_relu"}
 
 
@@ -153,12 +168,33 @@ def test_stage_list_runs_in_order(tmp_path):
 
 
 def test_train_cli_method_then_test_cli_uses_the_methods_input(tmp_path, tiny_overrides, capsys):
-    argv = ["--quiet", "--method", "hr_cls", "--name", "hr", "train.max_steps_per_epoch=1", *tiny_overrides, "run.threads=1"]
+    argv = [
+        "--quiet",
+        "--method",
+        "hr_cls",
+        "--name",
+        "hr",
+        "train.max_steps_per_epoch=1",
+        *tiny_overrides,
+        "run.threads=1",
+    ]
     assert run_cli(train_cli.main, argv) == 0
     assert "training hr_cls" in capsys.readouterr().out
     run = tmp_path / "runs" / "hr"
-    assert [line.split(",")[0] for line in (run / "log.csv").read_text().splitlines()[1:]] == ["cls"]
-    argv = ["--quiet", "--name", "hr", "--out-dir", str(tmp_path / "runs"), "--figures", str(tmp_path / "f"), "--samples", "1"]
+    assert [line.split(",")[0] for line in (run / "log.csv").read_text().splitlines()[1:]] == [
+        "cls"
+    ]
+    argv = [
+        "--quiet",
+        "--name",
+        "hr",
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--figures",
+        str(tmp_path / "f"),
+        "--samples",
+        "1",
+    ]
     assert run_cli(test_cli.main, argv) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["input"] == "hr" and metrics["method"] == "hr_cls" and "sr" not in metrics
@@ -170,7 +206,12 @@ def test_chen_net_layer_sizes_follow_the_published_table():
     net = ChenNet(num_classes=5).eval()
     logits, features = net.forward_features(torch.rand(2, 3, 224, 224))
     assert logits.shape == (2, 5)
-    assert [tuple(f.shape[1:]) for f in features] == [(96, 28, 28), (192, 14, 14), (192, 7, 7), (192, 4, 4)]
+    assert [tuple(f.shape[1:]) for f in features] == [
+        (96, 28, 28),
+        (192, 14, 14),
+        (192, 7, 7),
+        (192, 4, 4),
+    ]
     assert net.block1[0](torch.rand(1, 3, 224, 224)).shape[-2:] == (56, 56)  # conv 11x11 / 4, SAME
     assert net.head[0].in_features == 3072 and net.head[0].out_features == 256
     assert isinstance(net.head[1], torch.nn.LeakyReLU) and net.head[1].negative_slope == 0.1
@@ -190,7 +231,9 @@ def test_chen_net_conv_and_pool_pad_like_tensorflow_same():
     x = torch.arange(1, 50, dtype=torch.float32).view(1, 1, 7, 7)
     padded = tf_same_pad(x, kernel=3, stride=2)  # TF: total pad 2 -> 1 before, 1 after
     assert padded.shape[-2:] == (9, 9)
-    padded = tf_same_pad(torch.zeros(1, 1, 224, 224), kernel=11, stride=4)  # total 7: 3 before, 4 after
+    padded = tf_same_pad(
+        torch.zeros(1, 1, 224, 224), kernel=11, stride=4
+    )  # total 7: 3 before, 4 after
     assert padded.shape[-2:] == (231, 231)
     net = ChenNet()
     pooled = net.block3[-1](-torch.ones(1, 1, 4, 4))  # padded cells must never win the max

@@ -1,4 +1,5 @@
 """Shapes, value ranges and contracts of the three nets and their composite."""
+
 import pytest
 import torch
 
@@ -24,7 +25,9 @@ def test_isr_without_bicubic_skip_also_in_range(skip):
 
 def test_isr_starts_as_bicubic():
     lr = torch.rand(1, 3, 8, 8)
-    expected = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+    expected = torch.nn.functional.interpolate(
+        lr, scale_factor=4, mode="bicubic", align_corners=False
+    ).clamp(0, 1)
     torch.testing.assert_close(ISRNet(scale=4, channels=8, num_blocks=1)(lr), expected)
 
 
@@ -95,7 +98,9 @@ def test_grader_imagenet_weights_missing_file_is_clear(tmp_path):
 
 @pytest.mark.parametrize("scale", [2, 4, 8])
 def test_deepmt_dr_outputs(scale):
-    model = create_model("deepmt_dr", scale=scale, isr_channels=8, isr_blocks=1, seg_width=0.25).eval()
+    model = create_model(
+        "deepmt_dr", scale=scale, isr_channels=8, isr_blocks=1, seg_width=0.25
+    ).eval()
     lr = torch.rand(2, 3, 64 // scale, 64 // scale)
     out = model(lr)
     assert out.sr.shape == (2, 3, 64, 64) and 0 <= out.sr.min() and out.sr.max() <= 1

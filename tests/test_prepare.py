@@ -1,5 +1,6 @@
 """The preprocessing cache: FOV crop + resize, manifest and hashes, resumable and idempotent runs,
 bad images, and the dataset that trains from the cache."""
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,11 @@ def test_prepare_writes_cache_manifest_and_hashes(tmp_path):
     assert [entry.id for entry in entries] == sorted(entry.id for entry in entries)
     by_id = {entry.id.rsplit("/", 1)[1]: entry for entry in entries}
     assert set(by_id) == {"g0", "g1", "g2", "s0"}
-    assert by_id["s0"].mask_valid == "1100" and by_id["s0"].grade == -1 and by_id["s0"].part == "segmentation"
+    assert (
+        by_id["s0"].mask_valid == "1100"
+        and by_id["s0"].grade == -1
+        and by_id["s0"].part == "segmentation"
+    )
     assert by_id["g2"].split == "valid" and by_id["g2"].grade == 4
     for entry in entries:
         assert file_sha256(out / entry.image) == entry.image_sha256
@@ -75,7 +80,11 @@ def test_cached_dataset_yields_the_sample_contract(tmp_path):
     for index in range(len(dataset)):
         sample = dataset[index]
         assert set(sample) == SAMPLE_KEYS
-        assert sample["hr"].shape == (3, SIZE, SIZE) and sample["lr"].shape == (3, SIZE // 4, SIZE // 4)
+        assert sample["hr"].shape == (3, SIZE, SIZE) and sample["lr"].shape == (
+            3,
+            SIZE // 4,
+            SIZE // 4,
+        )
         assert sample["masks"].shape == (4, SIZE, SIZE) and sample["fov"].shape == (1, SIZE, SIZE)
         assert set(torch.unique(sample["masks"]).tolist()) <= {0.0, 1.0}
         fov = sample["fov"][0].bool()
@@ -134,12 +143,48 @@ def test_mask_of_another_size_names_mask_and_image(tmp_path):
 
 def test_cli_prints_a_summary_and_fails_with_one_line(tmp_path, capsys):
     labels = _csv_dataset(tmp_path / "data")
-    assert prepare_main(["--dataset", "csv", "--root", str(labels), "--out", str(tmp_path / "c"), "--size", "32", "--workers", "1", "--quiet"]) == 0
+    assert (
+        prepare_main(
+            [
+                "--dataset",
+                "csv",
+                "--root",
+                str(labels),
+                "--out",
+                str(tmp_path / "c"),
+                "--size",
+                "32",
+                "--workers",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "4 images" in capsys.readouterr().out
-    assert prepare_main(["--dataset", "csv", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c2")]) == 2
+    assert (
+        prepare_main(
+            ["--dataset", "csv", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c2")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nowhere" in err[0]
-    assert prepare_main(["--dataset", "csv", "--root", str(labels), "--out", str(tmp_path / "c3"), "--size", "30"]) == 2
+    assert (
+        prepare_main(
+            [
+                "--dataset",
+                "csv",
+                "--root",
+                str(labels),
+                "--out",
+                str(tmp_path / "c3"),
+                "--size",
+                "30",
+            ]
+        )
+        == 2
+    )
     assert "multiple of 16" in capsys.readouterr().err
 
 
@@ -147,7 +192,9 @@ def test_two_workers_give_the_same_cache(tmp_path):
     labels = _csv_dataset(tmp_path / "data")
     prepare("csv", labels, tmp_path / "one", size=SIZE, workers=1)
     prepare("csv", labels, tmp_path / "two", size=SIZE, workers=2)
-    assert (tmp_path / "one" / "manifest.csv").read_bytes() == (tmp_path / "two" / "manifest.csv").read_bytes()
+    assert (tmp_path / "one" / "manifest.csv").read_bytes() == (
+        tmp_path / "two" / "manifest.csv"
+    ).read_bytes()
     assert json.loads((tmp_path / "two" / "cache.json").read_text())["size"] == SIZE
 
 

@@ -1,4 +1,5 @@
 """Each quality flag on a photograph made to raise it, and none on clean photographs."""
+
 from __future__ import annotations
 
 import cv2
@@ -36,11 +37,17 @@ def test_too_dark(render):
 def test_overexposed(render):
     bright = np.clip(render.astype(np.float32) * 3.5, 0, 255).astype(np.uint8)
     quality = prepare_photo(bright, 64).quality
-    assert quality.saturated > OVEREXPOSED_FRACTION and "overexposed" in quality.flags and "too_dark" not in quality.flags
+    assert (
+        quality.saturated > OVEREXPOSED_FRACTION
+        and "overexposed" in quality.flags
+        and "too_dark" not in quality.flags
+    )
 
 
 def test_blurred(render):
-    blurred = cv2.GaussianBlur(render, (0, 0), 0.01 * render.shape[0])  # sigma 1 % of the FOV diameter
+    blurred = cv2.GaussianBlur(
+        render, (0, 0), 0.01 * render.shape[0]
+    )  # sigma 1 % of the FOV diameter
     quality = prepare_photo(blurred, 64).quality
     assert quality.sharpness < BLUR_SHARPNESS and quality.flags == ("blurred",)
     assert prepare_photo(render, 64).quality.sharpness > 4 * BLUR_SHARPNESS
@@ -51,11 +58,17 @@ def test_fov_too_small(render):
     canvas[500:628, 500:628] = cv2.resize(render, (128, 128), interpolation=cv2.INTER_AREA)
     quality = prepare_photo(canvas, 64).quality
     assert quality.fov_fraction < MIN_FOV_FRACTION and quality.flags == ("fov_too_small",)
-    tiny = cv2.resize(render, (48, 48), interpolation=cv2.INTER_AREA)  # fills its frame, but 48 px across
+    tiny = cv2.resize(
+        render, (48, 48), interpolation=cv2.INTER_AREA
+    )  # fills its frame, but 48 px across
     assert "fov_too_small" in _flags(tiny)
 
 
 @pytest.mark.parametrize("fill", [0, 128, 255])
 def test_no_fov(fill):
     prepared = prepare_photo(np.full((120, 160, 3), fill, np.uint8), 64)
-    assert prepared.hr is None and prepared.quality.flags == ("no_fov",) and not prepared.quality.gradable
+    assert (
+        prepared.hr is None
+        and prepared.quality.flags == ("no_fov",)
+        and not prepared.quality.gradable
+    )

@@ -1,5 +1,6 @@
 """Release checkpoints: export -> load gives the training checkpoint's predictions (fp16 tolerance),
 the registry's SHA-256 check, finding checkpoints by name, and test.py on the user's copy of a dataset."""
+
 from __future__ import annotations
 
 import csv
@@ -26,10 +27,22 @@ def run_dir(tmp_path):
     run = tmp_path / "runs" / "tiny"
     tiny_checkpoint(run / "checkpoints" / "best.pt")
     (run / "config.yaml").write_text("method: deepmt_dr\n")
-    (run / "log.csv").write_text("stage,epoch,val_qwk,train_loss\njoint,1,0.61,0.3\njoint,2,0.55,0.2\n")
-    (run / "metrics_val_lr.json").write_text(json.dumps({"split": "val", "input": "lr", "grading": {"n": 81, "qwk": 0.61, "accuracy": 0.5, "confusion": [[1]]},
-                                                         "segmentation": {"MA": {"aupr": 0.1}, "mean": {"aupr": 0.2}}}))
-    (run / "metrics_val_lr_isr_best.json").write_text(json.dumps({"split": "val", "grading": {"qwk": 0.1}}))
+    (run / "log.csv").write_text(
+        "stage,epoch,val_qwk,train_loss\njoint,1,0.61,0.3\njoint,2,0.55,0.2\n"
+    )
+    (run / "metrics_val_lr.json").write_text(
+        json.dumps(
+            {
+                "split": "val",
+                "input": "lr",
+                "grading": {"n": 81, "qwk": 0.61, "accuracy": 0.5, "confusion": [[1]]},
+                "segmentation": {"MA": {"aupr": 0.1}, "mean": {"aupr": 0.2}},
+            }
+        )
+    )
+    (run / "metrics_val_lr_isr_best.json").write_text(
+        json.dumps({"split": "val", "grading": {"qwk": 0.1}})
+    )
     return run
 
 
@@ -41,34 +54,70 @@ def _grade(checkpoint, images):
 
 def test_export_round_trip_gives_the_training_checkpoints_predictions(tmp_path, run_dir, capsys):
     out = tmp_path / "pretrained_model" / "tiny_release.pt"
-    assert run_cli(export.main, [str(run_dir), "--out", str(out), "--train-command", "python train.py --name tiny"]) == 0
+    assert (
+        run_cli(
+            export.main,
+            [str(run_dir), "--out", str(out), "--train-command", "python train.py --name tiny"],
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     state = load_checkpoint(out)
     assert "optimizers" not in state and "rng" not in state
-    assert all(t.dtype == torch.float16 for key, t in state["model"].items() if t.is_floating_point() and key not in export.FLOAT32_KEYS)
-    assert state["model"]["grade_thresholds"].dtype == torch.float32  # decision cut points keep float32
+    assert all(
+        t.dtype == torch.float16
+        for key, t in state["model"].items()
+        if t.is_floating_point() and key not in export.FLOAT32_KEYS
+    )
+    assert (
+        state["model"]["grade_thresholds"].dtype == torch.float32
+    )  # decision cut points keep float32
     assert out.stat().st_size < 0.6 * (run_dir / "checkpoints" / "best.pt").stat().st_size
     info = state["release"]
-    assert info["name"] == "tiny_release" and info["input"] == {"lr_size": 16, "hr_size": 64, "scale": 4, "test_input": "lr", "test_tta": False, "num_classes": 5}
-    assert info["train_command"] == "python train.py --name tiny" and info["export_command"].startswith("python -m engine.export")
-    assert info["commit"] and info["data"]["dataset"] == "synthetic" and "CC0" in info["data"]["terms"]
+    assert info["name"] == "tiny_release" and info["input"] == {
+        "lr_size": 16,
+        "hr_size": 64,
+        "scale": 4,
+        "test_input": "lr",
+        "test_tta": False,
+        "num_classes": 5,
+    }
+    assert info["train_command"] == "python train.py --name tiny" and info[
+        "export_command"
+    ].startswith("python -m engine.export")
+    assert (
+        info["commit"] and info["data"]["dataset"] == "synthetic" and "CC0" in info["data"]["terms"]
+    )
     assert set(info["metrics"]) == {"metrics_val_lr.json", "log.csv"}  # not the ISR stage's file
     assert info["metrics"]["metrics_val_lr.json"]["grading"]["qwk"] == 0.61
     assert info["metrics"]["log.csv"] == {"stage": "joint", "epoch": "1", "val_qwk": "0.61"}
     registry = json.loads((out.parent / "RELEASES.json").read_text())
     digest = registry["tiny_release"]["sha256"]
-    assert registry["tiny_release"]["file"] == "tiny_release.pt" and registry["tiny_release"]["lr_size"] == 16
-    assert f"SHA-256 {digest}" in printed and "| `tiny_release.pt` | synthetic | LR 16 -> HR 64 (x4) |" in printed and digest in printed.splitlines()[-1]
+    assert (
+        registry["tiny_release"]["file"] == "tiny_release.pt"
+        and registry["tiny_release"]["lr_size"] == 16
+    )
+    assert (
+        f"SHA-256 {digest}" in printed
+        and "| `tiny_release.pt` | synthetic | LR 16 -> HR 64 (x4) |" in printed
+        and digest in printed.splitlines()[-1]
+    )
     # Loaded back as float32, the release grades like the training checkpoint.
     model, _, _ = load_trained(out, "cpu")
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    images = torch.from_numpy(textured_fundus(64, 64, seed=5)).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)
+    images = (
+        torch.from_numpy(textured_fundus(64, 64, seed=5)).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)
+    )
     images[1] = images[1].flip(-1)
     original, released = _grade(run_dir / "checkpoints" / "best.pt", images), _grade(out, images)
-    torch.testing.assert_close(released["probabilities"], original["probabilities"], atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        released["probabilities"], original["probabilities"], atol=2e-3, rtol=0
+    )
     torch.testing.assert_close(released["image"], original["image"], atol=2e-3, rtol=0)
     torch.testing.assert_close(released["lesions"], original["lesions"], atol=5e-3, rtol=0)
-    assert not torch.equal(released["probabilities"], original["probabilities"])  # really fp16 weights
+    assert not torch.equal(
+        released["probabilities"], original["probabilities"]
+    )  # really fp16 weights
 
 
 def test_release_hash_check(tmp_path, run_dir, capsys):
@@ -84,17 +133,31 @@ def test_release_hash_check(tmp_path, run_dir, capsys):
         release.resolve_checkpoint("tiny_release", folder)
     message = str(caught.value)
     assert str(out) in message and expected in message and actual in message and "\n" not in message
-    code = run_cli(predict_cli.main, [str(tmp_path), "--checkpoint", str(out), "--out", str(tmp_path / "o"), "--quiet"])
+    code = run_cli(
+        predict_cli.main,
+        [str(tmp_path), "--checkpoint", str(out), "--out", str(tmp_path / "o"), "--quiet"],
+    )
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: ") and expected in err and actual in err and "\n" not in err
+    assert (
+        code == 2
+        and err.startswith("error: ")
+        and expected in err
+        and actual in err
+        and "\n" not in err
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_checkpoints_by_path_run_folder_and_name(tmp_path, run_dir):
     assert release.resolve_checkpoint(run_dir) == run_dir / "checkpoints" / "best.pt"
-    with pytest.raises(CheckpointError, match="unknown checkpoint 'nope'.*releases: deepmt_dr_idrid_small"):
+    with pytest.raises(
+        CheckpointError, match="unknown checkpoint 'nope'.*releases: deepmt_dr_idrid_small"
+    ):
         release.resolve_checkpoint("nope", tmp_path)
-    with pytest.raises(CheckpointError, match=r"deepmt_dr_idrid_small.pt is absent: make it with `python train.py --dataset idrid"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"deepmt_dr_idrid_small.pt is absent: make it with `python train.py --dataset idrid",
+    ):
         release.resolve_checkpoint("deepmt_dr_idrid_small", tmp_path)
     with pytest.raises(CheckpointError, match="without checkpoints/best.pt"):
         release.resolve_checkpoint(tmp_path)
@@ -104,23 +167,49 @@ def test_checkpoints_by_path_run_folder_and_name(tmp_path, run_dir):
 
 
 def test_half_weights_keep_values_float16_cannot_hold():
-    weights, kept = export.half_weights({"a": torch.tensor([1.0, 70000.0]), "b": torch.ones(2), "n": torch.tensor(3)})
-    assert kept == ["a"] and weights["a"].dtype == torch.float32 and weights["b"].dtype == torch.float16 and weights["n"].dtype == torch.int64
+    weights, kept = export.half_weights(
+        {"a": torch.tensor([1.0, 70000.0]), "b": torch.ones(2), "n": torch.tensor(3)}
+    )
+    assert (
+        kept == ["a"]
+        and weights["a"].dtype == torch.float32
+        and weights["b"].dtype == torch.float16
+        and weights["n"].dtype == torch.int64
+    )
 
 
 def _idrid_checkpoint(tmp_path, root):
     cache = tmp_path / "cache"
-    overrides = ["data.dataset=idrid", f"data.root={root}", f"data.cache_dir={cache}", f"data.split_file={tmp_path / 'split.csv'}",
-                 "data.val_fraction=0.4", "data.prepare_workers=1", "run.name=idrid_tiny"]
+    overrides = [
+        "data.dataset=idrid",
+        f"data.root={root}",
+        f"data.cache_dir={cache}",
+        f"data.split_file={tmp_path / 'split.csv'}",
+        "data.val_fraction=0.4",
+        "data.prepare_workers=1",
+        "run.name=idrid_tiny",
+    ]
     return tiny_checkpoint(tmp_path / "idrid.pt", overrides)
 
 
 def test_test_py_on_the_users_copy_of_the_dataset(tmp_path, capsys):
     checkpoint = _idrid_checkpoint(tmp_path, "/nowhere/IDRiD")
-    base = ["--quiet", "--checkpoint", str(checkpoint), "--figures", str(tmp_path / "fig"), "--samples", "1"]
+    base = [
+        "--quiet",
+        "--checkpoint",
+        str(checkpoint),
+        "--figures",
+        str(tmp_path / "fig"),
+        "--samples",
+        "1",
+    ]
     assert run_cli(test_cli.main, base) == 2
     err = capsys.readouterr().err.strip()
-    assert "/nowhere/IDRiD, the idrid folder recorded in" in err and "pass --data-root PATH" in err and "\n" not in err
+    assert (
+        "/nowhere/IDRiD, the idrid folder recorded in" in err
+        and "pass --data-root PATH" in err
+        and "\n" not in err
+    )
     assert run_cli(test_cli.main, [*base, "--data-root", str(tmp_path / "missing")]) == 2
     assert f"--data-root {tmp_path / 'missing'} does not exist here" in capsys.readouterr().err
     root = make_idrid(tmp_path / "my copy of IDRiD")
@@ -128,7 +217,11 @@ def test_test_py_on_the_users_copy_of_the_dataset(tmp_path, capsys):
     metrics = json.loads((tmp_path / "runs" / "idrid_tiny" / "metrics_idrid.json").read_text())
     assert metrics["dataset"] == "idrid" and metrics["grading"]["n"] == 2
     report = tmp_path / "fig" / "idrid_tiny" / "idrid" / "report.html"
-    assert metrics["report"] == str(report) and report.is_file() and f"report: {report}" in capsys.readouterr().out
+    assert (
+        metrics["report"] == str(report)
+        and report.is_file()
+        and f"report: {report}" in capsys.readouterr().out
+    )
     with (tmp_path / "runs" / "idrid_tiny" / "predictions_test_idrid.csv").open() as file:
         assert len(list(csv.DictReader(file))) == 3  # 2 graded + 1 segmentation image
 
@@ -137,30 +230,81 @@ def test_released_checkpoint_evaluates_under_its_own_name(tmp_path, run_dir, mon
     folder = tmp_path / "pretrained_model"
     export.export_release(run_dir, folder / "tiny_release.pt")
     monkeypatch.setattr(release, "RELEASE_DIR", folder)
-    argv = ["--quiet", "--checkpoint", "tiny_release", "--figures", str(tmp_path / "fig"), "--samples", "0", "--split", "val"]
+    argv = [
+        "--quiet",
+        "--checkpoint",
+        "tiny_release",
+        "--figures",
+        str(tmp_path / "fig"),
+        "--samples",
+        "0",
+        "--split",
+        "val",
+    ]
     assert run_cli(test_cli.main, argv) == 0
     (written,) = tmp_path.rglob("metrics_val_lr_tiny_release.json")
-    assert written.parent.name == "tiny_release"  # runs/<release name>, not the training run's folder
+    assert (
+        written.parent.name == "tiny_release"
+    )  # runs/<release name>, not the training run's folder
 
 
 def test_export_tta_makes_flips_the_releases_default_in_test_py(tmp_path, run_dir):
-    (run_dir / "metrics_val_lr_tta.json").write_text(json.dumps({"split": "val", "input": "lr", "tta": True, "grading": {"qwk": 0.63}}))
+    (run_dir / "metrics_val_lr_tta.json").write_text(
+        json.dumps({"split": "val", "input": "lr", "tta": True, "grading": {"qwk": 0.63}})
+    )
     out = tmp_path / "pretrained_model" / "tiny_tta.pt"
     assert run_cli(export.main, [str(run_dir), "--out", str(out), "--tta"]) == 0
     state = load_checkpoint(out)
     assert state["config"]["test"]["tta"] is True and state["release"]["input"]["test_tta"] is True
-    assert state["release"]["metrics"]["metrics_val_lr_tta.json"]["grading"]["qwk"] == 0.63  # the TTA evaluation is recorded too
+    assert (
+        state["release"]["metrics"]["metrics_val_lr_tta.json"]["grading"]["qwk"] == 0.63
+    )  # the TTA evaluation is recorded too
     # test.py: the release's own setting is flips; --no-tta is the other evaluation, under its own name.
-    argv = ["--quiet", "--checkpoint", str(out), "--figures", str(tmp_path / "fig"), "--samples", "0", "--split", "val"]
+    argv = [
+        "--quiet",
+        "--checkpoint",
+        str(out),
+        "--figures",
+        str(tmp_path / "fig"),
+        "--samples",
+        "0",
+        "--split",
+        "val",
+    ]
     assert run_cli(test_cli.main, argv) == 0 and run_cli(test_cli.main, [*argv, "--no-tta"]) == 0
-    written = {path.name: json.loads(path.read_text())["tta"] for path in tmp_path.rglob("tiny_tta/metrics*.json")}
-    assert written == {"metrics_val_lr_tiny_tta.json": True, "metrics_val_lr_no_tta_tiny_tta.json": False}
+    written = {
+        path.name: json.loads(path.read_text())["tta"]
+        for path in tmp_path.rglob("tiny_tta/metrics*.json")
+    }
+    assert written == {
+        "metrics_val_lr_tiny_tta.json": True,
+        "metrics_val_lr_no_tta_tiny_tta.json": False,
+    }
     # predict.py stays fast: flips only when asked (--tta), whatever the release's test.tta.
     photo = tmp_path / "photo.png"
     Image.fromarray(textured_fundus(120, 160, seed=3)).save(photo)
     for flag in ("", "--tta"):
         folder = tmp_path / f"pred{flag}"
-        assert run_cli(predict_cli.main, [str(photo), "--checkpoint", str(out), "--out", str(folder), "--quiet", "--workers", "0", "--amp", "off", "--no-panels", *([flag] if flag else [])]) == 0
+        assert (
+            run_cli(
+                predict_cli.main,
+                [
+                    str(photo),
+                    "--checkpoint",
+                    str(out),
+                    "--out",
+                    str(folder),
+                    "--quiet",
+                    "--workers",
+                    "0",
+                    "--amp",
+                    "off",
+                    "--no-panels",
+                    *([flag] if flag else []),
+                ],
+            )
+            == 0
+        )
         assert ("4 flips" in (folder / "report.html").read_text()) == bool(flag)
 
 

@@ -1,6 +1,7 @@
 """Releases as safetensors + JSON sidecar (issue 27): today's release converted on a temporary copy
 loads through the repository's loader with identical tensors and grades, opens with plain
 ``safetensors``, and a tampered sidecar or weights file is refused with one line naming it."""
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,10 @@ def converted(tmp_path_factory):
     out = root / "out" / f"{release.DEFAULT_RELEASE}.safetensors"
     assert run_cli(export.main, [str(source), "--out", str(out)]) == 0
     # The committed files are untouched: nothing is written next to them.
-    assert file_sha256(COMMITTED) == before and json.loads((release.RELEASE_DIR / release.REGISTRY).read_text()) == registry
+    assert (
+        file_sha256(COMMITTED) == before
+        and json.loads((release.RELEASE_DIR / release.REGISTRY).read_text()) == registry
+    )
     assert not (release.RELEASE_DIR / out.name).exists()
     return source, out
 
@@ -49,16 +53,28 @@ def test_converted_release_loads_with_identical_tensors_and_grades(converted):
     source, out = converted
     old_model, old_config, old_state = load_trained(release.resolve_checkpoint(source), "cpu")
     new_model, new_config, new_state = load_trained(release.resolve_checkpoint(out), "cpu")
-    assert set(new_state) == set(old_state) and new_state["config"] == old_state["config"] and new_config == old_config
+    assert (
+        set(new_state) == set(old_state)
+        and new_state["config"] == old_state["config"]
+        and new_config == old_config
+    )
     for key in ("stage", "epoch", "step", "best_metric", "best_epoch", "format_version"):
         assert new_state[key] == old_state[key], key
     assert set(new_state["model"]) == set(old_state["model"])
     for key, tensor in old_state["model"].items():
-        assert new_state["model"][key].dtype == tensor.dtype and torch.equal(new_state["model"][key], tensor), key
+        assert new_state["model"][key].dtype == tensor.dtype and torch.equal(
+            new_state["model"][key], tensor
+        ), key
     kept = new_state["release"]
-    assert kept["metrics"] == old_state["release"]["metrics"] and kept["data"] == old_state["release"]["data"]
+    assert (
+        kept["metrics"] == old_state["release"]["metrics"]
+        and kept["data"] == old_state["release"]["data"]
+    )
     assert kept["train_command"] == old_state["release"]["train_command"]
-    assert kept["converted_from"]["sha256"] == file_sha256(source) and kept["file_format"] == "safetensors"
+    assert (
+        kept["converted_from"]["sha256"] == file_sha256(source)
+        and kept["file_format"] == "safetensors"
+    )
     torch.manual_seed(0)
     lr = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
@@ -74,12 +90,21 @@ def test_plain_safetensors_and_json_open_the_release(converted):
     config = json.load(open(out.with_suffix(".json")))["config"]
     assert config["data"]["hr_size"] == 512 and len(state) == len(load_checkpoint(out)["model"])
     sidecar = json.loads(out.with_suffix(".json").read_text())
-    assert sidecar["format"] == SIDECAR_FORMAT and sidecar["weights"] == {"file": out.name, "sha256": file_sha256(out), "bytes": out.stat().st_size}
+    assert sidecar["format"] == SIDECAR_FORMAT and sidecar["weights"] == {
+        "file": out.name,
+        "sha256": file_sha256(out),
+        "bytes": out.stat().st_size,
+    }
     assert sidecar["grade_thresholds"] == pytest.approx(state["grade_thresholds"].tolist())
-    assert sidecar["release"]["export_command"].startswith("python -m engine.export") and sidecar["release"]["commit"]
+    assert (
+        sidecar["release"]["export_command"].startswith("python -m engine.export")
+        and sidecar["release"]["commit"]
+    )
     entry = json.loads((out.parent / release.REGISTRY).read_text())[release.DEFAULT_RELEASE]
     assert entry["file"] == out.name and entry["sha256"] == file_sha256(out)
-    assert entry["sidecar"] == out.with_suffix(".json").name and entry["sidecar_sha256"] == file_sha256(out.with_suffix(".json"))
+    assert entry["sidecar"] == out.with_suffix(".json").name and entry[
+        "sidecar_sha256"
+    ] == file_sha256(out.with_suffix(".json"))
     assert not list(out.parent.glob(".*.tmp"))
 
 
@@ -110,7 +135,9 @@ def test_tampered_sidecar_or_weights_are_refused(converted, tmp_path):
     facts["config"]["model"]["grade_decoding"] = "argmax"  # a plausible edit, still valid JSON
     sidecar.write_text(json.dumps(facts, indent=2))
     for given in (name, weights, sidecar):
-        message = _one_line_error(lambda: release.resolve_checkpoint(given, weights.parent))
+        message = _one_line_error(
+            lambda given=given: release.resolve_checkpoint(given, weights.parent)
+        )
         assert f"{sidecar} has SHA-256" in message and "releases it with" in message
     sidecar.write_bytes(good_sidecar)
 
@@ -124,12 +151,19 @@ def test_tampered_sidecar_or_weights_are_refused(converted, tmp_path):
     message = _one_line_error(lambda: load_checkpoint(weights))
     assert f"{weights} is corrupt or not the weights {sidecar.name} describes" in message
     weights.write_bytes(good_weights)
-    assert torch.equal(load_checkpoint(weights)["model"]["grade_thresholds"], load_checkpoint(sidecar)["model"]["grade_thresholds"])
+    assert torch.equal(
+        load_checkpoint(weights)["model"]["grade_thresholds"],
+        load_checkpoint(sidecar)["model"]["grade_thresholds"],
+    )
 
     sidecar.unlink()
-    assert f"release sidecar not found: {sidecar}" in _one_line_error(lambda: load_checkpoint(weights))
+    assert f"release sidecar not found: {sidecar}" in _one_line_error(
+        lambda: load_checkpoint(weights)
+    )
     sidecar.write_text("{not json")
-    assert f"{sidecar} is not a readable release sidecar" in _one_line_error(lambda: load_checkpoint(weights))
+    assert f"{sidecar} is not a readable release sidecar" in _one_line_error(
+        lambda: load_checkpoint(weights)
+    )
 
 
 def test_predict_and_test_py_take_a_safetensors_release(tmp_path, capsys, monkeypatch):
@@ -147,21 +181,51 @@ def test_predict_and_test_py_take_a_safetensors_release(tmp_path, capsys, monkey
     rows = []
     for checkpoint in ("tiny_release", str(pt)):
         target = tmp_path / f"pred_{len(rows)}"
-        argv = [str(photo), "--checkpoint", checkpoint, "--out", str(target), "--quiet", "--workers", "0", "--amp", "off", "--no-panels"]
+        argv = [
+            str(photo),
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            str(target),
+            "--quiet",
+            "--workers",
+            "0",
+            "--amp",
+            "off",
+            "--no-panels",
+        ]
         assert run_cli(predict_cli.main, argv) == 0
         rows.append((target / "predictions.csv").read_text().splitlines()[1].split(",")[:8])
     assert rows[0] == rows[1]  # the same weights graded the same, whichever format holds them
-    argv = ["--quiet", "--checkpoint", "tiny_release", "--figures", str(tmp_path / "fig"), "--samples", "0", "--split", "val"]
+    argv = [
+        "--quiet",
+        "--checkpoint",
+        "tiny_release",
+        "--figures",
+        str(tmp_path / "fig"),
+        "--samples",
+        "0",
+        "--split",
+        "val",
+    ]
     assert run_cli(test_cli.main, argv) == 0
     assert list(tmp_path.rglob("metrics_val_lr_tiny_release.json"))
     facts = json.loads(out.with_suffix(".json").read_text())
     facts["release"]["metrics"] = {"made": "up"}
     out.with_suffix(".json").write_text(json.dumps(facts))
     capsys.readouterr()
-    assert run_cli(predict_cli.main, [str(photo), "--checkpoint", "tiny_release", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert (
+        run_cli(
+            predict_cli.main,
+            [str(photo), "--checkpoint", "tiny_release", "--out", str(tmp_path / "x"), "--quiet"],
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(out.with_suffix(".json")) in err and "\n" not in err
-    with pytest.raises(CheckpointError, match=r"must end in \.safetensors for --format safetensors"):
+    with pytest.raises(
+        CheckpointError, match=r"must end in \.safetensors for --format safetensors"
+    ):
         export.export_release(run, folder / "x.pt", format="safetensors")
     with pytest.raises(CheckpointError, match=r"must be a \.pt or \.safetensors file"):
         export.export_release(run, folder / "x.bin")

@@ -138,6 +138,14 @@ def test_sample_panel_without_lesion_maps(tmp_path):
     from evaluation.report import plot_sample_panel
 
     hr = torch.rand(3, 32, 32)
-    path = plot_sample_panel(tmp_path / "p.png", torch.rand(3, 8, 8), hr, hr, hr, torch.zeros(0, 32, 32), torch.zeros(4, 32, 32))
+    path = plot_sample_panel(
+        tmp_path / "p.png",
+        torch.rand(3, 8, 8),
+        hr,
+        hr,
+        hr,
+        torch.zeros(0, 32, 32),
+        torch.zeros(4, 32, 32),
+    )
     with PILImage.open(path) as image:
         assert image.size[0] > image.size[1]  # one row of panels

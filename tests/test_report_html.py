@@ -1,6 +1,7 @@
 """The HTML reports of predict.py and test.py rendered in headless Chromium (Debian's chromium
 package): every row and image is there and every image loads; the static file alone (no
 JavaScript) already holds the table."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,16 +20,41 @@ import test as test_cli
 from engine.cli import run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
-needs_chromium = pytest.mark.skipif(not CHROMIUM.is_file(), reason="headless Chromium not installed (Debian: apt-get install chromium)")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--virtual-time-budget=5000"]
-MISSING = re.compile(r"<img[^>]*class=\"[^\"]*\bmissing\b")  # what the report's script marks an image that did not load
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.is_file(),
+    reason="headless Chromium not installed (Debian: apt-get install chromium)",
+)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=5000",
+]
+MISSING = re.compile(
+    r"<img[^>]*class=\"[^\"]*\bmissing\b"
+)  # what the report's script marks an image that did not load
 
 
 def dump_dom(page: Path, profile: Path) -> str:
     """The DOM after Chromium loaded ``page`` (its images and inline script included)."""
-    result = subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.resolve().as_uri()],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [
+            str(CHROMIUM),
+            *FLAGS,
+            f"--user-data-dir={profile}",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -66,14 +92,27 @@ def test_prediction_report_in_chromium(tmp_path, checkpoint):
         Image.fromarray(textured_fundus(150, 200, seed=index)).save(folder / f"photo_{index}.png")
     (folder / "broken.jpg").write_text("not an image")
     out = tmp_path / "out"
-    argv = [str(folder), "--checkpoint", str(checkpoint), "--out", str(out), "--quiet", "--workers", "0", "--amp", "off"]
+    argv = [
+        str(folder),
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--quiet",
+        "--workers",
+        "0",
+        "--amp",
+        "off",
+    ]
     assert run_cli(predict_cli.main, argv) == 3
     page = out / "report.html"
     static = _static(page)
-    assert static.rows == 1 + 4 and len(static.images) == 3  # header + one row per input; no thumbnail for the broken file
+    assert (
+        static.rows == 1 + 4 and len(static.images) == 3
+    )  # header + one row per input; no thumbnail for the broken file
     assert all((out / src).is_file() and not src.startswith(("http", "/")) for src in static.images)
     dom = dump_dom(page, tmp_path / "profile")
-    body = dom[dom.index("<tbody>"):dom.index("</tbody>")]
+    body = dom[dom.index("<tbody>") : dom.index("</tbody>")]
     assert body.count("<tr>") == 4 and len(re.findall(r"<img class=\"thumb\"", body)) == 3
     assert not MISSING.search(body) and body.count("panels/") == 3 and "unreadable" in body
     # A thumbnail that is not there shows up as missing once Chromium has tried to load it.
@@ -89,9 +128,17 @@ def test_test_report_in_chromium(tmp_path, checkpoint):
     assert run_cli(test_cli.main, argv) == 0
     (page,) = figures.rglob("report.html")
     static = _static(page)
-    assert len(static.images) == 3 + 2 and all(src.startswith("data:image/png;base64,") for src in static.images)  # self-contained
+    assert len(static.images) == 3 + 2 and all(
+        src.startswith("data:image/png;base64,") for src in static.images
+    )  # self-contained
     dom = dump_dom(page, tmp_path / "profile")
-    for heading in ("Grading", "Confusion matrix", "Super-resolution", "Lesion segmentation", "Sample panels"):
+    for heading in (
+        "Grading",
+        "Confusion matrix",
+        "Super-resolution",
+        "Lesion segmentation",
+        "Sample panels",
+    ):
         assert heading in dom
     assert dom.count("<img") == 5 and not MISSING.search(dom)
     assert "<td>true 4</td>" in dom and "<td>mean</td>" in dom
@@ -100,7 +147,9 @@ def test_test_report_in_chromium(tmp_path, checkpoint):
 
 @needs_chromium
 def test_readme_screenshot_script(tmp_path, checkpoint):
-    spec = importlib.util.spec_from_file_location("make_report_screenshot", Path("imgs/make_report_screenshot.py"))
+    spec = importlib.util.spec_from_file_location(
+        "make_report_screenshot", Path("imgs/make_report_screenshot.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "shot.png"

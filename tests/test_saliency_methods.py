@@ -1,4 +1,5 @@
 """Saliency methods on tiny models: references, per-sample targets, completeness, degenerate inputs, overlays."""
+
 import copy
 
 import numpy as np
@@ -26,7 +27,13 @@ from saliency.methods import (
 from saliency.overlay import overlay, saturate, write_rgb_png
 from saliency.sanity import cascading_randomisation, rank_correlation
 
-FAST = Options(ig_steps=16, ig_max_steps=16, smoothgrad_samples=4, occlusion_window=1 / 4, occlusion_stride=1 / 4)
+FAST = Options(
+    ig_steps=16,
+    ig_max_steps=16,
+    smoothgrad_samples=4,
+    occlusion_window=1 / 4,
+    occlusion_stride=1 / 4,
+)
 
 
 class SmallCNN(nn.Module):
@@ -34,7 +41,12 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int = 5) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1, stride=2),
+            nn.ReLU(),
+        )
         self.fc = nn.Linear(16, num_classes)
 
     def forward(self, x):
@@ -59,7 +71,9 @@ class Blind(SmallCNN):
 @pytest.fixture(scope="module")
 def deepmt():
     torch.manual_seed(0)
-    model = create_model("deepmt_dr", scale=4, isr_channels=8, isr_blocks=1, seg_width=0.25, grader_hidden=32)
+    model = create_model(
+        "deepmt_dr", scale=4, isr_channels=8, isr_blocks=1, seg_width=0.25, grader_hidden=32
+    )
     return for_deepmt_dr(model.eval())
 
 
@@ -86,16 +100,22 @@ def test_each_method_on_deepmt_grader(deepmt, method):
 def test_batch_with_per_sample_targets_equals_single_calls(deepmt, method):
     """Targets must not be mixed across the batch (MONAI's and the published code's bug)."""
     x, targets = _images(3, seed=2), torch.tensor([0, 3, 5])
-    options = Options(**{**FAST.__dict__, "smoothgrad_noise": 0.0})  # noise draws depend on the batch size
+    options = Options(
+        **{**FAST.__dict__, "smoothgrad_noise": 0.0}
+    )  # noise draws depend on the batch size
     batched = raw_saliency(deepmt, x, method, targets, options=options)
     for i in range(3):
         single = raw_saliency(deepmt, x[i : i + 1], method, targets[i : i + 1], options=options)
-        torch.testing.assert_close(batched[i], single[0], atol=1e-5 * float(single.abs().max()) + 1e-7, rtol=1e-4)
+        torch.testing.assert_close(
+            batched[i], single[0], atol=1e-5 * float(single.abs().max()) + 1e-7, rtol=1e-4
+        )
     other = raw_saliency(deepmt, x, method, torch.tensor([1, 1, 1]), options=options)
     assert not torch.allclose(other[1:], batched[1:])
 
 
-@pytest.mark.parametrize("which, layer_name", [("resnet", "layer3"), ("resnet", "layer4"), ("deepmt", "grader.layer3")])
+@pytest.mark.parametrize(
+    "which, layer_name", [("resnet", "layer3"), ("resnet", "layer4"), ("deepmt", "grader.layer3")]
+)
 def test_gradcam_equals_pytorch_grad_cam_and_models_cam(resnet, deepmt, which, layer_name):
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -110,7 +130,9 @@ def test_gradcam_equals_pytorch_grad_cam_and_models_cam(resnet, deepmt, which, l
     assert (ours[:, 0] - torch.from_numpy(expected)).abs().max() <= 1e-5
     # models.cam.gradcam: the same map but for its absolute eps in the min-max (see display_map)
     span = (raw.flatten(1).amax(1) - raw.flatten(1).amin(1)).view(-1, 1, 1, 1)
-    torch.testing.assert_close(ours, cam_gradcam(explained, layer, x, targets) * (span + 1e-7) / span, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        ours, cam_gradcam(explained, layer, x, targets) * (span + 1e-7) / span, atol=1e-6, rtol=0
+    )
 
 
 @pytest.mark.parametrize("which", ["resnet", "deepmt"])
@@ -121,7 +143,9 @@ def test_gradcam_plus_plus_matches_pytorch_grad_cam(resnet, deepmt, which):
     explained = SaliencyModel(resnet) if which == "resnet" else deepmt
     x, targets = _images(3, 64, seed=3), [2, 0, 4]
     ours = display_map(raw_saliency(explained, x, "gradcampp", torch.tensor(targets)))
-    with GradCAMPlusPlus(model=explained, target_layers=[explained.layer(explained.default_layer)]) as reference:
+    with GradCAMPlusPlus(
+        model=explained, target_layers=[explained.layer(explained.default_layer)]
+    ) as reference:
         expected = reference(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in targets])
     assert (ours[:, 0] - torch.from_numpy(expected)).abs().max() <= 1e-4
 
@@ -148,32 +172,47 @@ def test_guided_backprop_matches_a_guided_relu_reference(deepmt):
     image = x.clone().requires_grad_(True)
     reference(image).gather(1, targets.view(-1, 1)).sum().backward()
     expected = image.grad.abs().amax(dim=1, keepdim=True)
-    torch.testing.assert_close(raw_saliency(deepmt, x, "guided_backprop", targets), expected, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(
+        raw_saliency(deepmt, x, "guided_backprop", targets), expected, atol=1e-6, rtol=1e-4
+    )
 
 
 def test_guided_gradcam_is_guided_backprop_times_gradcam(deepmt):
     x, targets = _images(2, seed=5), torch.tensor([1, 3])
     guided = raw_saliency(deepmt, x, "guided_backprop", targets)
     cam = raw_saliency(deepmt, x, "gradcam", targets)
-    torch.testing.assert_close(raw_saliency(deepmt, x, "guided_gradcam", targets), guided * cam, atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(
+        raw_saliency(deepmt, x, "guided_gradcam", targets), guided * cam, atol=1e-7, rtol=1e-4
+    )
 
 
 def test_integrated_gradients_completeness():
     torch.manual_seed(0)
-    explained, x, targets = SaliencyModel(SmallCNN()), _images(4, seed=6), torch.tensor([0, 1, 3, 5])
+    explained, x, targets = (
+        SaliencyModel(SmallCNN()),
+        _images(4, seed=6),
+        torch.tensor([0, 1, 3, 5]),
+    )
     raw = raw_saliency(explained, x, "ig", targets)  # default options
     with torch.no_grad():
-        difference = (explained(x) - explained(torch.zeros_like(x))).gather(1, targets.view(-1, 1))[:, 0]
+        difference = (explained(x) - explained(torch.zeros_like(x))).gather(1, targets.view(-1, 1))[
+            :, 0
+        ]
     assert (difference.abs() > 1e-3).all()
     assert ((raw.sum(dim=(1, 2, 3)) - difference).abs() <= 0.01 * difference.abs()).all()
-    torch.testing.assert_close(ig_completeness_error(explained, x, targets, raw), (raw.sum(dim=(1, 2, 3)) - difference).abs() / difference.abs())
+    torch.testing.assert_close(
+        ig_completeness_error(explained, x, targets, raw),
+        (raw.sum(dim=(1, 2, 3)) - difference).abs() / difference.abs(),
+    )
 
 
 def test_integrated_gradients_refines_images_that_miss_completeness(deepmt):
     """Images over the tolerance are redone with twice the nodes; the others keep their map."""
     x, targets = _images(3, seed=0), torch.tensor([0, 2, 5])
     coarse = raw_saliency(deepmt, x, "ig", targets, options=Options(ig_steps=8, ig_max_steps=8))
-    refined = raw_saliency(deepmt, x, "ig", targets, options=Options(ig_steps=8, ig_max_steps=32, ig_tolerance=0.05))
+    refined = raw_saliency(
+        deepmt, x, "ig", targets, options=Options(ig_steps=8, ig_max_steps=32, ig_tolerance=0.05)
+    )
     error_coarse = ig_completeness_error(deepmt, x, targets, coarse)
     error_refined = ig_completeness_error(deepmt, x, targets, refined)
     kept = error_coarse <= 0.05
@@ -189,13 +228,18 @@ def test_constant_input_gives_zero_map_not_nan(method):
     # SmoothGrad adds pixel noise, which makes a constant image non-constant: only without noise is
     # its map of a constant image flat (with noise it is sampling noise, finite).
     flat_options = Options(**{**FAST.__dict__, "smoothgrad_noise": 0.0})
-    for model, options in ((Pointwise(), flat_options), (Blind(), FAST)):  # flat maps; zero gradients
+    for model, options in (
+        (Pointwise(), flat_options),
+        (Blind(), FAST),
+    ):  # flat maps; zero gradients
         raw = raw_saliency(SaliencyModel(model), constant, method, target, options=options)
         assert torch.isfinite(raw).all()
         assert torch.equal(display_map(raw), torch.zeros_like(raw)), type(model).__name__
     raw = raw_saliency(SaliencyModel(Blind()), _images(), method, target, options=FAST)
     assert torch.equal(display_map(raw), torch.zeros_like(raw))
-    noisy = display_map(raw_saliency(SaliencyModel(Pointwise()), constant, method, target, options=FAST))
+    noisy = display_map(
+        raw_saliency(SaliencyModel(Pointwise()), constant, method, target, options=FAST)
+    )
     assert torch.isfinite(noisy).all() and noisy.min() >= 0 and noisy.max() <= 1
 
 
@@ -206,17 +250,31 @@ def test_constant_input_on_the_deepmt_grader_is_finite(deepmt, method):
     black = torch.zeros(2, 3, 64, 64)
     raw = raw_saliency(deepmt, black, method, torch.tensor([0, 5]), options=FAST)
     shown = display_map(raw)
-    assert torch.isfinite(raw).all() and torch.isfinite(shown).all() and shown.min() >= 0 and shown.max() <= 1
+    assert (
+        torch.isfinite(raw).all()
+        and torch.isfinite(shown).all()
+        and shown.min() >= 0
+        and shown.max() <= 1
+    )
     if method in ("ig", "occlusion"):
         assert torch.equal(shown, torch.zeros_like(shown)) and raw.abs().max() == 0
 
 
 def test_display_map_conventions():
-    maps = torch.stack([torch.zeros(1, 4, 4), torch.full((1, 4, 4), 3.0), -torch.rand(1, 4, 4), torch.rand(1, 4, 4) - 0.5])
+    maps = torch.stack(
+        [
+            torch.zeros(1, 4, 4),
+            torch.full((1, 4, 4), 3.0),
+            -torch.rand(1, 4, 4),
+            torch.rand(1, 4, 4) - 0.5,
+        ]
+    )
     shown = display_map(maps)
     assert torch.equal(shown[:3], torch.zeros(3, 1, 4, 4))  # zero, flat and all-negative maps
     positive = torch.relu(maps[3])
-    torch.testing.assert_close(shown[3], (positive - positive.min()) / (positive.max() - positive.min()))
+    torch.testing.assert_close(
+        shown[3], (positive - positive.min()) / (positive.max() - positive.min())
+    )
     assert shown[3].max() > 0.99 and shown[3].min() == 0
 
 
@@ -228,9 +286,14 @@ def test_targets_any_dr_and_validation(deepmt):
     torch.testing.assert_close(scores[:, 5], logits[:, 1:].sum(1))
     assert torch.equal(deepmt.targets(scores, "predicted"), logits.argmax(1))
     any_dr = deepmt.targets(scores, "any_dr")
-    torch.testing.assert_close(scores.gather(1, any_dr.view(-1, 1))[:, 0], (logits * target_weights(logits, "any_dr")).sum(1))
+    torch.testing.assert_close(
+        scores.gather(1, any_dr.view(-1, 1))[:, 0],
+        (logits * target_weights(logits, "any_dr")).sum(1),
+    )
     assert torch.equal(deepmt.targets(scores, "3"), torch.full((4,), 3))
-    assert torch.equal(deepmt.targets(scores, torch.tensor([0, 1, 2, 4])), torch.tensor([0, 1, 2, 4]))
+    assert torch.equal(
+        deepmt.targets(scores, torch.tensor([0, 1, 2, 4])), torch.tensor([0, 1, 2, 4])
+    )
     for bad in ("7", "bogus", 5, -1):
         with pytest.raises(SaliencyError, match="any_dr|outside 0..4"):
             deepmt.targets(scores, bad)
@@ -239,13 +302,24 @@ def test_targets_any_dr_and_validation(deepmt):
 def test_method_and_layer_names(deepmt, resnet):
     assert parse_methods("all") == list(METHODS)
     assert parse_methods("ig, gradcam++,ig") == ["ig", "gradcampp"]
-    with pytest.raises(SaliencyError, match="unknown saliency method 'lime'; valid: gradcam, gradcampp"):
+    with pytest.raises(
+        SaliencyError, match="unknown saliency method 'lime'; valid: gradcam, gradcampp"
+    ):
         parse_methods("gradcam,lime")
-    with pytest.raises(SaliencyError, match=r"unknown layer 'grader.layer5'; candidates: grader.layer1, .*grader.layer4"):
+    with pytest.raises(
+        SaliencyError,
+        match=r"unknown layer 'grader.layer5'; candidates: grader.layer1, .*grader.layer4",
+    ):
         deepmt.layer("grader.layer5")
     generic = SaliencyModel(resnet)
-    assert generic.layer_names == ["conv1", "layer1", "layer2", "layer3", "layer4"] and generic.default_layer == "layer4"
-    assert generic.randomisation_order[:2] == ["fc", "layer4"] and deepmt.default_layer == "grader.layer4"
+    assert (
+        generic.layer_names == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+        and generic.default_layer == "layer4"
+    )
+    assert (
+        generic.randomisation_order[:2] == ["fc", "layer4"]
+        and deepmt.default_layer == "grader.layer4"
+    )
     assert generic.layer("layer4.1.conv2") is resnet.layer4[1].conv2
 
 
@@ -261,7 +335,9 @@ def test_cascading_randomisation_changes_maps_and_leaves_the_model(deepmt):
     with torch.no_grad():
         target = deepmt.targets(deepmt(x), "predicted")
     before = {k: v.clone() for k, v in deepmt.state_dict().items()}
-    result = cascading_randomisation(deepmt, x, target, ["gradcam", "guided_backprop"], options=FAST)
+    result = cascading_randomisation(
+        deepmt, x, target, ["gradcam", "guided_backprop"], options=FAST
+    )
     assert list(result) == ["none", *deepmt.randomisation_order]
     assert result["none"] == {"gradcam": 1.0, "guided_backprop": 1.0}
     assert result["grader.stem"]["gradcam"] < 0.5 and result["grader.stem"]["guided_backprop"] < 0.9
@@ -274,7 +350,9 @@ def test_rank_correlation_equals_scipy_spearman():
     b[2] = torch.relu(b[2] - 0.8)  # ties
     ours = rank_correlation(a, b)
     for i in range(3):
-        assert ours[i] == pytest.approx(spearmanr(a[i].flatten(), b[i].flatten()).statistic, abs=1e-10)
+        assert ours[i] == pytest.approx(
+            spearmanr(a[i].flatten(), b[i].flatten()).statistic, abs=1e-10
+        )
     assert np.isnan(rank_correlation(a[:1], torch.zeros(1, 1, 6, 6)))[0]
 
 
@@ -317,7 +395,9 @@ def test_saturate_clips_at_the_percentile_and_keeps_zeros():
 def test_segmentation_ablated_deepmt_grader():
     """Without a segmentation net the grader sees the image alone; every method still runs."""
     torch.manual_seed(0)
-    model = create_model("deepmt_dr", scale=4, isr_channels=8, isr_blocks=1, use_lesions=False, grader_hidden=32)
+    model = create_model(
+        "deepmt_dr", scale=4, isr_channels=8, isr_blocks=1, use_lesions=False, grader_hidden=32
+    )
     explained = for_deepmt_dr(model.eval())
     x = _images(2, seed=9)
     for method in METHODS:

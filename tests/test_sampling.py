@@ -1,5 +1,6 @@
 """Class-balanced sampling (data.balanced_sampling): grades drawn about equally often, the same
 draws for the same (seed, epoch) on every rank, and a resumed epoch continues them."""
+
 import logging
 import math
 
@@ -37,7 +38,9 @@ def test_ungraded_images_keep_their_share():
     grades = [0] * 30 + [1] * 10 + [-1] * 10
     weights = balanced_weights(grades)
     share = weights / weights.sum()
-    torch.testing.assert_close(share[40:].sum().double(), torch.tensor(10 / 50, dtype=torch.float64))
+    torch.testing.assert_close(
+        share[40:].sum().double(), torch.tensor(10 / 50, dtype=torch.float64)
+    )
     torch.testing.assert_close(share[:30].sum(), share[30:40].sum())
 
 
@@ -78,20 +81,39 @@ def test_ranks_deal_one_draw_round_robin():
 
 def test_loader_and_trainer_use_it_for_cls_and_joint_only(tmp_path, caplog):
     dataset = list(range(len(GRADES)))
-    assert isinstance(build_loader(dataset, 4, True, 0, weights=balanced_weights(GRADES)).sampler, BalancedSampler)
+    assert isinstance(
+        build_loader(dataset, 4, True, 0, weights=balanced_weights(GRADES)).sampler, BalancedSampler
+    )
     assert isinstance(build_loader(dataset, 4, True, 0).sampler, EpochShuffleSampler)
-    trainer = Trainer(load_config(None, [*TINY, f"run.out_dir={tmp_path}", "data.balanced_sampling=true"]))
+    trainer = Trainer(
+        load_config(None, [*TINY, f"run.out_dir={tmp_path}", "data.balanced_sampling=true"])
+    )
     with caplog.at_level(logging.WARNING):
         loader = trainer.train_loader("cls")
-    assert isinstance(loader.sampler, BalancedSampler) and "corrects the grade imbalance twice" in caplog.text
+    assert (
+        isinstance(loader.sampler, BalancedSampler)
+        and "corrects the grade imbalance twice" in caplog.text
+    )
     grades = torch.tensor(dataset_grades(loader.dataset.dataset))
     weights = loader.sampler.weights
     for grade in grades.unique():
         if grade >= 0:
-            torch.testing.assert_close(weights[grades == grade].sum(), weights[grades == grades[0]].sum())
+            torch.testing.assert_close(
+                weights[grades == grade].sum(), weights[grades == grades[0]].sum()
+            )
     assert isinstance(trainer.train_loader("seg").sampler, EpochShuffleSampler)
     caplog.clear()
-    quiet = Trainer(load_config(None, [*TINY, f"run.out_dir={tmp_path}", "data.balanced_sampling=true", "loss.class_weights=none"]))
+    quiet = Trainer(
+        load_config(
+            None,
+            [
+                *TINY,
+                f"run.out_dir={tmp_path}",
+                "data.balanced_sampling=true",
+                "loss.class_weights=none",
+            ],
+        )
+    )
     with caplog.at_level(logging.WARNING):
         assert isinstance(quiet.train_loader("joint").sampler, BalancedSampler)
     assert "twice" not in caplog.text

@@ -291,8 +291,13 @@ def test_group_bootstrap_of_duplicates_matches_the_deduplicated_data():
     double = np.repeat(np.arange(200), 2)  # every image photographed twice, identically
     dedup = bootstrap_intervals(grades, predicted, probs, 0.5, n_resamples=1000, seed=1)
     grouped = bootstrap_intervals(
-        grades[double], predicted[double], probs[double], 0.5,
-        groups=[f"eye{i}" for i in double], n_resamples=1000, seed=2,
+        grades[double],
+        predicted[double],
+        probs[double],
+        0.5,
+        groups=[f"eye{i}" for i in double],
+        n_resamples=1000,
+        seed=2,
     )
     naive = bootstrap_intervals(
         grades[double], predicted[double], probs[double], 0.5, n_resamples=1000, seed=3

@@ -1,4 +1,5 @@
 """python -m data.summary: the documented JSON object, the table, wrong roots and bad images."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,18 @@ def test_idrid_summary_json_with_an_extra_nesting_level(tmp_path, capsys):
         "parts": {
             "grading/test": {"n": 2, "grades": {**zero, "1": 1, "2": 1}, "ungradable": 0},
             "grading/train": {"n": 3, "grades": {**zero, "0": 1, "3": 1, "4": 1}, "ungradable": 0},
-            "segmentation/test": {"n": 1, "grades": zero, "ungradable": 0, "masks": {"MA": 1, "HE": 1, "EX": 1, "SE": 1}},
-            "segmentation/train": {"n": 2, "grades": zero, "ungradable": 0, "masks": {"MA": 2, "HE": 1, "EX": 2, "SE": 1}},
+            "segmentation/test": {
+                "n": 1,
+                "grades": zero,
+                "ungradable": 0,
+                "masks": {"MA": 1, "HE": 1, "EX": 1, "SE": 1},
+            },
+            "segmentation/train": {
+                "n": 2,
+                "grades": zero,
+                "ungradable": 0,
+                "masks": {"MA": 2, "HE": 1, "EX": 2, "SE": 1},
+            },
         },
     }
 
@@ -60,7 +71,11 @@ def test_wrong_root_names_the_markers(tmp_path, capsys):
     assert main(["--dataset", "idrid", "--root", str(tmp_path / "empty"), "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "Disease Grading" in captured.err and "Segmentation" in captured.err and len(captured.err.splitlines()) == 1
+    assert (
+        "Disease Grading" in captured.err
+        and "Segmentation" in captured.err
+        and len(captured.err.splitlines()) == 1
+    )
 
 
 def test_check_stops_at_a_truncated_image_or_skips_it(tmp_path, capsys):
@@ -69,7 +84,9 @@ def test_check_stops_at_a_truncated_image_or_skips_it(tmp_path, capsys):
     image.write_bytes(image.read_bytes()[:200])
     assert main(["--dataset", "idrid", "--root", str(root), "--json", "--check"]) == 2
     assert "IDRiD_002.jpg" in capsys.readouterr().err
-    summary = _json(capsys, ["--dataset", "idrid", "--root", str(root), "--json", "--check", "--skip-bad"])
+    summary = _json(
+        capsys, ["--dataset", "idrid", "--root", str(root), "--json", "--check", "--skip-bad"]
+    )
     assert summary["parts"]["grading/train"]["n"] == 2
     assert summary["parts"]["grading/train"]["grades"]["0"] == 0
     assert [item["file"] for item in summary["skipped"]] == [str(image)]

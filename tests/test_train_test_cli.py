@@ -1,4 +1,5 @@
 """train.py and test.py end to end on tiny images, resume, and bad input at the command line."""
+
 import json
 
 import pytest
@@ -24,19 +25,47 @@ def test_train_all_stages_then_test(tmp_path, tiny_overrides, capsys):
     assert len(log) == 5 and log[0].startswith("stage,epoch")
     assert list((run / "tensorboard").iterdir())
     figures = tmp_path / "figures"
-    argv = ["--quiet", "--name", "e2e", "--out-dir", str(tmp_path / "runs"), "--figures", str(figures), "--samples", "2"]
+    argv = [
+        "--quiet",
+        "--name",
+        "e2e",
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--figures",
+        str(figures),
+        "--samples",
+        "2",
+    ]
     assert run_cli(test_cli.main, argv) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["grading"]["n"] == 4
-    assert set(metrics["sr"]) == {"sr", "bicubic"} and set(metrics["segmentation"]) >= {"MA", "HE", "EX", "SE"}
+    assert set(metrics["sr"]) == {"sr", "bicubic"} and set(metrics["segmentation"]) >= {
+        "MA",
+        "HE",
+        "EX",
+        "SE",
+    }
     mechanism = metrics["mechanism"]  # the task-aware loss's signals (engine/mechanism.py)
-    assert mechanism["n"] == 4 and -1 <= mechanism["cam_pearson"] <= 1 and 0 <= mechanism["cam_top_iou"] <= 1
+    assert (
+        mechanism["n"] == 4
+        and -1 <= mechanism["cam_pearson"] <= 1
+        and 0 <= mechanism["cam_top_iou"] <= 1
+    )
     assert mechanism["task_gap"] == pytest.approx(mechanism["qwk_sr"] - mechanism["qwk_hr"])
     page = (figures / "e2e" / "report.html").read_text()
-    assert "Task-aware mechanism" in page and "Intervals and calibration" in page and "reliability diagram" in page
+    assert (
+        "Task-aware mechanism" in page
+        and "Intervals and calibration" in page
+        and "reliability diagram" in page
+    )
     qwk = metrics["intervals"]["qwk"]
-    assert qwk["low"] <= qwk["value"] <= qwk["high"] and qwk["value"] == pytest.approx(metrics["grading"]["qwk"], abs=1e-9)
-    assert 0 <= metrics["calibration"]["ece"] <= 1 and sum(metrics["calibration"]["reliability"]["count"]) == 4
+    assert qwk["low"] <= qwk["value"] <= qwk["high"] and qwk["value"] == pytest.approx(
+        metrics["grading"]["qwk"], abs=1e-9
+    )
+    assert (
+        0 <= metrics["calibration"]["ece"] <= 1
+        and sum(metrics["calibration"]["reliability"]["count"]) == 4
+    )
     assert metrics["operating_points"][0]["specificity"] >= 0.9 or metrics["operating_points"] == []
     assert "QWK" in capsys.readouterr().out
     for name in ("confusion_matrix.png", "roc_curves.png", "lesion_pr_curves.png"):
@@ -45,10 +74,20 @@ def test_train_all_stages_then_test(tmp_path, tiny_overrides, capsys):
     assert len((run / "predictions_test.csv").read_text().splitlines()) == 5
     # A stage's checkpoint (ISR alone, before the joint stage) gets its own files.
     final = (run / "metrics.json").read_text()
-    stage_argv = [*argv[:5], "--checkpoint", str(run / "checkpoints" / "isr_best.pt"), "--split", "val", "--samples", "0"]
+    stage_argv = [
+        *argv[:5],
+        "--checkpoint",
+        str(run / "checkpoints" / "isr_best.pt"),
+        "--split",
+        "val",
+        "--samples",
+        "0",
+    ]
     assert run_cli(test_cli.main, stage_argv) == 0
     assert json.loads((run / "metrics_val_lr_isr_best.json").read_text())["stage"] == "isr"
-    assert (run / "predictions_val_isr_best.csv").is_file() and (run / "metrics.json").read_text() == final
+    assert (run / "predictions_val_isr_best.csv").is_file() and (
+        run / "metrics.json"
+    ).read_text() == final
 
 
 def test_resume_continues_where_it_stopped(tmp_path, tiny_overrides):
@@ -101,10 +140,15 @@ def test_test_cli_missing_and_foreign_checkpoints(tmp_path, capsys):
 
 
 def test_test_cli_checkpoint_not_matching_its_config(tmp_path, tiny_overrides, capsys):
-    assert _train(["--name", "m", "--stage", "seg", "train.max_steps_per_epoch=1", *tiny_overrides]) == 0
+    assert (
+        _train(["--name", "m", "--stage", "seg", "train.max_steps_per_epoch=1", *tiny_overrides])
+        == 0
+    )
     path = tmp_path / "runs" / "m" / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
-    state["config"]["model"]["seg_width"] = 0.5  # the weights no longer fit the declared architecture
+    state["config"]["model"]["seg_width"] = (
+        0.5  # the weights no longer fit the declared architecture
+    )
     tampered = save_checkpoint(state, tmp_path / "tampered.pt")
     assert run_cli(test_cli.main, ["--quiet", "--checkpoint", str(tampered)]) == 2
     err = capsys.readouterr().err
@@ -113,19 +157,44 @@ def test_test_cli_checkpoint_not_matching_its_config(tmp_path, tiny_overrides, c
 
 def test_amp_and_channels_last_switches_run_on_cpu(tmp_path, tiny_overrides):
     """AMP is a no-op on the CPU and channels_last a layout change: the joint step must still train."""
-    argv = ["--name", "fast", "--stage", "joint", "train.max_steps_per_epoch=1", "run.amp=true", "run.channels_last=true", *tiny_overrides]
+    argv = [
+        "--name",
+        "fast",
+        "--stage",
+        "joint",
+        "train.max_steps_per_epoch=1",
+        "run.amp=true",
+        "run.channels_last=true",
+        *tiny_overrides,
+    ]
     assert _train(argv) == 0
     state = load_checkpoint(tmp_path / "runs" / "fast" / "checkpoints" / "joint_last.pt")
     assert state["stage"] == "joint" and state["step"] == 1
 
 
 def test_segmentation_ablated_run_skips_the_seg_stage(tmp_path, tiny_overrides):
-    argv = ["--name", "noseg", "train.max_steps_per_epoch=1", "model.use_lesions=false", *tiny_overrides]
+    argv = [
+        "--name",
+        "noseg",
+        "train.max_steps_per_epoch=1",
+        "model.use_lesions=false",
+        *tiny_overrides,
+    ]
     assert _train(argv) == 0
     checkpoints = tmp_path / "runs" / "noseg" / "checkpoints"
     assert not (checkpoints / "seg_last.pt").exists()
     assert load_checkpoint(checkpoints / "last.pt")["stage"] == "joint"
-    argv = ["--quiet", "--name", "noseg", "--out-dir", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig"), "--samples", "1"]
+    argv = [
+        "--quiet",
+        "--name",
+        "noseg",
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--figures",
+        str(tmp_path / "fig"),
+        "--samples",
+        "1",
+    ]
     assert run_cli(test_cli.main, argv) == 0
     metrics = json.loads((tmp_path / "runs" / "noseg" / "metrics.json").read_text())
     assert "segmentation" not in metrics and metrics["grading"]["n"] == 4

@@ -1,4 +1,5 @@
 """The stage steps: which sub-nets get gradients, and that the joint step's grader follows CE alone."""
+
 import pytest
 import torch
 from torch import nn
@@ -97,12 +98,16 @@ def test_training_batches_are_flipped_only_when_configured(tmp_path, flip):
             expected_hr, expected_masks = expected_hr.flip(-1), expected_masks.flip(-1)
         if draws[1, i]:
             expected_hr, expected_masks = expected_hr.flip(-2), expected_masks.flip(-2)
-        assert torch.equal(out["hr"][i], expected_hr) and torch.equal(out["masks"][i], expected_masks)
+        assert torch.equal(out["hr"][i], expected_hr) and torch.equal(
+            out["masks"][i], expected_masks
+        )
     assert bool(draws.any()), "seed 0 should flip something"
 
 
 def test_a_stage_crop_size_overrides_the_data_crop(tmp_path):
-    config = load_config(None, [*TINY, f"run.out_dir={tmp_path}", "data.crop_size=32", "train.seg.crop_size=48"])
+    config = load_config(
+        None, [*TINY, f"run.out_dir={tmp_path}", "data.crop_size=32", "train.seg.crop_size=48"]
+    )
     trainer = Trainer(config)
     trainer.crop_generator = torch.Generator().manual_seed(0)
     assert trainer._batch(_batch(size=64), "seg")["hr"].shape[-1] == 48
@@ -112,11 +117,28 @@ def test_a_stage_crop_size_overrides_the_data_crop(tmp_path):
 # Issue 25: the task-aware loss compares two CAMs of the same eval-mode grader. The ISR net's
 # gradient is then the task-aware loss's alone (every other weight 0), and the grader keeps its
 # dropout (0.5), the noise a train-mode CAM would carry.
-TASK_AWARE_ONLY = ["loss.pixel_weight=0", "loss.tv_weight=0", "loss.cls_weight=0", "loss.seg_aware_weight=0", "loss.task_aware_weight=1"]
+TASK_AWARE_ONLY = [
+    "loss.pixel_weight=0",
+    "loss.tv_weight=0",
+    "loss.cls_weight=0",
+    "loss.seg_aware_weight=0",
+    "loss.task_aware_weight=1",
+]
 
 
 def _task_aware_trainer(tmp_path, *overrides):
-    trainer = Trainer(load_config(None, [*TINY, f"run.out_dir={tmp_path}", "model.grader_dropout=0.5", *TASK_AWARE_ONLY, *overrides]))
+    trainer = Trainer(
+        load_config(
+            None,
+            [
+                *TINY,
+                f"run.out_dir={tmp_path}",
+                "model.grader_dropout=0.5",
+                *TASK_AWARE_ONLY,
+                *overrides,
+            ],
+        )
+    )
     trainer.class_weights = None
     trainer._prepare_stage("joint")
     return trainer
@@ -137,13 +159,17 @@ def _isr_grad_norm(model) -> float:
 def _planted_sr_attention(kinds):
     """A mode mismatch to plant: the SR CAM with the grader's ``kinds`` modules in train mode (all
     of them: the CAM of the train-mode forward, as before issue 25), the HR CAM still in eval mode."""
+
     def sr_attention(self, sr, sr_lesions):
         grader = self.model.grader
         with _eval_mode(grader):
             for module in grader.modules():
                 if isinstance(module, kinds):
                     module.train()
-            return self.model.attention_map(self.model.grade_with_lesions(sr, sr_lesions), self.config.model.cam_target)
+            return self.model.attention_map(
+                self.model.grade_with_lesions(sr, sr_lesions), self.config.model.cam_target
+            )
+
     return sr_attention
 
 
@@ -158,8 +184,12 @@ def test_task_aware_loss_and_its_isr_gradient_are_zero_when_sr_is_hr(tmp_path, c
     assert trainer.model.grader.training
 
 
-@pytest.mark.parametrize("kinds", [nn.Module, nn.Dropout, nn.BatchNorm2d], ids=["train_mode", "dropout", "batchnorm"])
-def test_a_planted_cam_mode_mismatch_makes_the_sr_equals_hr_loss_non_zero(tmp_path, monkeypatch, kinds):
+@pytest.mark.parametrize(
+    "kinds", [nn.Module, nn.Dropout, nn.BatchNorm2d], ids=["train_mode", "dropout", "batchnorm"]
+)
+def test_a_planted_cam_mode_mismatch_makes_the_sr_equals_hr_loss_non_zero(
+    tmp_path, monkeypatch, kinds
+):
     """The teeth of the test above: the SR CAM with dropout or batch statistics gives a clearly
     non-zero loss and ISR gradient at SR == HR."""
     monkeypatch.setattr(Trainer, "_sr_attention", _planted_sr_attention(kinds))
@@ -172,7 +202,9 @@ def test_a_planted_cam_mode_mismatch_makes_the_sr_equals_hr_loss_non_zero(tmp_pa
 def test_the_task_aware_cams_leave_every_mode_and_flag_as_they_were(tmp_path, monkeypatch):
     trainer = _task_aware_trainer(tmp_path)
     model = trainer.model
-    frozen_norm = next(module for module in model.grader.modules() if isinstance(module, nn.BatchNorm2d))
+    frozen_norm = next(
+        module for module in model.grader.modules() if isinstance(module, nn.BatchNorm2d)
+    )
     frozen_norm.eval()  # a frozen BatchNorm inside the training grader stays frozen
     before = {name: module.training for name, module in model.named_modules()}
     grads_on = {name: param.requires_grad for name, param in model.named_parameters()}

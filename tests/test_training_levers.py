@@ -1,5 +1,6 @@
 """Training levers of issue 14 (each off by default): label smoothing, the ordinal loss and threshold
 decoding fitted on the training split, the EMA of the weights, and flip test-time augmentation."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,13 @@ from models.losses import grading_loss, ordinal_loss
 from models.ordinal import decode_grades, default_thresholds, expected_grade
 from tests.conftest import TINY
 
-CLS_RUN = [*TINY, "run.threads=1", "train.stage=cls", "train.cls.batch_size=2", "train.max_steps_per_epoch=3"]
+CLS_RUN = [
+    *TINY,
+    "run.threads=1",
+    "train.stage=cls",
+    "train.cls.batch_size=2",
+    "train.max_steps_per_epoch=3",
+]
 
 
 # ----------------------------------------------------------------------------- losses
@@ -43,8 +50,13 @@ def test_label_smoothing_is_torchs_weighted_cross_entropy_on_the_graded_rows():
     known = grades >= 0
     expected = F.cross_entropy(logits[known], grades[known], weight=weights, label_smoothing=0.2)
     torch.testing.assert_close(grading_loss(logits, grades, weights, label_smoothing=0.2), expected)
-    assert not torch.allclose(grading_loss(logits, grades, weights), expected)  # the smoothing changes it
-    torch.testing.assert_close(grading_loss(logits, grades, weights, 0.0), F.cross_entropy(logits[known], grades[known], weight=weights))
+    assert not torch.allclose(
+        grading_loss(logits, grades, weights), expected
+    )  # the smoothing changes it
+    torch.testing.assert_close(
+        grading_loss(logits, grades, weights, 0.0),
+        F.cross_entropy(logits[known], grades[known], weight=weights),
+    )
 
 
 def test_ordinal_loss_is_smooth_l1_of_the_expected_grade():
@@ -52,19 +64,23 @@ def test_ordinal_loss_is_smooth_l1_of_the_expected_grade():
     logits = probs.clamp_min(1e-12).log()
     grades = torch.tensor([0, 0, 1, -1])
     # expected grades 0, 2, 4: errors 0, 2, 3 -> SmoothL1 0, 1.5, 2.5; the ungraded row is ignored
-    torch.testing.assert_close(ordinal_loss(logits, grades), torch.tensor(4.0 / 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        ordinal_loss(logits, grades), torch.tensor(4.0 / 3), atol=1e-5, rtol=0
+    )
     assert float(ordinal_loss(logits, torch.full((4,), -1))) == 0.0
 
 
 # ----------------------------------------------------------------------------- decoding
 def test_threshold_decoding_cuts_the_expected_grade_where_argmax_takes_the_mode():
-    probs = torch.tensor([
-        [0.0, 0.0, 1.0, 0.0, 0.0],  # sure: both say 2
-        [0.5, 0.0, 0.0, 0.0, 0.5],  # bimodal: argmax 0 (first), expected grade 2
-        [0.4, 0.35, 0.25, 0.0, 0.0],  # expected 0.85: argmax 0, rounded 1
-        [0.5, 0.5, 0.0, 0.0, 0.0],  # expected 0.5 exactly: rounds half up
-        [0.0, 0.0, 0.0, 0.45, 0.55],  # expected 3.55: both say 4
-    ])
+    probs = torch.tensor(
+        [
+            [0.0, 0.0, 1.0, 0.0, 0.0],  # sure: both say 2
+            [0.5, 0.0, 0.0, 0.0, 0.5],  # bimodal: argmax 0 (first), expected grade 2
+            [0.4, 0.35, 0.25, 0.0, 0.0],  # expected 0.85: argmax 0, rounded 1
+            [0.5, 0.5, 0.0, 0.0, 0.0],  # expected 0.5 exactly: rounds half up
+            [0.0, 0.0, 0.0, 0.45, 0.55],  # expected 3.55: both say 4
+        ]
+    )
     assert decode_grades(probs).tolist() == [2, 0, 0, 0, 4]
     assert decode_grades(probs, default_thresholds(5)).tolist() == [2, 2, 1, 1, 4]
     assert decode_grades(probs, torch.tensor([0.9, 1.5, 2.5, 3.6])).tolist() == [2, 2, 0, 0, 3]
@@ -77,9 +93,13 @@ def test_the_model_decodes_by_its_config_and_its_thresholds_reach_the_cam_target
     argmax = build_model(load_config(None, TINY))
     ordinal = build_model(load_config(None, [*TINY, "model.grade_decoding=thresholds"]))
     probs = torch.tensor([[0.5, 0.0, 0.0, 0.0, 0.5]])
-    assert argmax.predict_grades(probs).tolist() == [0] and ordinal.predict_grades(probs).tolist() == [2]
+    assert argmax.predict_grades(probs).tolist() == [0] and ordinal.predict_grades(
+        probs
+    ).tolist() == [2]
     ordinal.grade_thresholds.copy_(torch.tensor([0.5, 1.5, 2.1, 3.5]))
-    assert ordinal.predict_grades(torch.tensor([[0.0, 0.0, 0.8, 0.2, 0.0]])).tolist() == [3]  # expected 2.2 >= 2.1
+    assert ordinal.predict_grades(torch.tensor([[0.0, 0.0, 0.8, 0.2, 0.0]])).tolist() == [
+        3
+    ]  # expected 2.2 >= 2.1
     with pytest.raises(ConfigError, match="model.grade_decoding must be one of argmax, thresholds"):
         load_config(None, [*TINY, "model.grade_decoding=round"])
 
@@ -91,21 +111,37 @@ def _compressed_case():
     labels = torch.arange(5).repeat_interleave(12)
     centre = 1.6 + 0.2 * labels.double() + 0.03 * torch.randn(labels.shape, dtype=torch.float64)
     spread = (centre - 1) / 2  # the mass on grades 1 and 3 whose mean is `centre`
-    probs = torch.stack([torch.zeros_like(centre), 1 - spread, torch.zeros_like(centre), spread, torch.zeros_like(centre)], dim=1)
+    probs = torch.stack(
+        [
+            torch.zeros_like(centre),
+            1 - spread,
+            torch.zeros_like(centre),
+            spread,
+            torch.zeros_like(centre),
+        ],
+        dim=1,
+    )
     return probs.float(), labels
 
 
 def test_fitted_thresholds_raise_the_training_qwk_and_keep_their_order():
     probs, labels = _compressed_case()
-    default = _quadratic_kappa(labels.numpy(), decode_grades(probs, default_thresholds(5)).numpy(), 5)
+    default = _quadratic_kappa(
+        labels.numpy(), decode_grades(probs, default_thresholds(5)).numpy(), 5
+    )
     thresholds = fit_thresholds(probs, labels)
     fitted = _quadratic_kappa(labels.numpy(), decode_grades(probs, thresholds).numpy(), 5)
     assert thresholds.dtype == torch.float32 and bool((thresholds[1:] > thresholds[:-1]).all())
     assert default < 0.5 and fitted > 0.9
     assert torch.equal(fit_thresholds(probs, labels), thresholds)  # deterministic
     # Ungraded rows do not count; one graded class: nothing to fit.
-    assert torch.equal(fit_thresholds(torch.cat([probs, probs[:3]]), torch.cat([labels, torch.full((3,), -1)])), thresholds)
-    assert torch.equal(fit_thresholds(probs[:5], torch.zeros(5, dtype=torch.long)), default_thresholds(5))
+    assert torch.equal(
+        fit_thresholds(torch.cat([probs, probs[:3]]), torch.cat([labels, torch.full((3,), -1)])),
+        thresholds,
+    )
+    assert torch.equal(
+        fit_thresholds(probs[:5], torch.zeros(5, dtype=torch.long)), default_thresholds(5)
+    )
 
 
 class _Relabeled(torch.utils.data.Dataset):
@@ -124,41 +160,66 @@ class _Relabeled(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("stage", ["cls", "joint"])
 def test_thresholds_are_fitted_on_the_training_images_only(tmp_path, stage):
-    trainer = Trainer(load_config(None, [*CLS_RUN, f"run.out_dir={tmp_path}", "model.grade_decoding=thresholds"]))
+    trainer = Trainer(
+        load_config(None, [*CLS_RUN, f"run.out_dir={tmp_path}", "model.grade_decoding=thresholds"])
+    )
     trainer._prepare_stage(stage)
     trainer._cache_frozen_outputs(stage)
     before = trainer.validate(stage)
     thresholds = trainer.model.grade_thresholds.clone()
     mode = "hr" if stage == "cls" else "lr"
     train_loader = build_loader(stage_subset(trainer.train_set, stage), 8, False, 0)
-    by_hand = evaluate(trainer.model, train_loader, trainer.device, mode, frozen=trainer.frozen_train if stage == "cls" else None)
+    by_hand = evaluate(
+        trainer.model,
+        train_loader,
+        trainer.device,
+        mode,
+        frozen=trainer.frozen_train if stage == "cls" else None,
+    )
     assert torch.equal(thresholds, fit_thresholds(by_hand.probs, by_hand.grades))
     assert not torch.equal(thresholds, default_thresholds(5))  # the fit moved them
     trainer.model.grade_thresholds.copy_(default_thresholds(5))
     trainer.__dict__["val_set"] = _Relabeled(trainer.val_set)
     after = trainer.validate(stage)
-    assert torch.equal(trainer.model.grade_thresholds, thresholds)  # other validation labels, same thresholds
-    assert after["grading"]["confusion"] != before["grading"]["confusion"]  # ... which validation did see
+    assert torch.equal(
+        trainer.model.grade_thresholds, thresholds
+    )  # other validation labels, same thresholds
+    assert (
+        after["grading"]["confusion"] != before["grading"]["confusion"]
+    )  # ... which validation did see
     assert after["grading"]["thresholds"] == thresholds.tolist()
 
 
 def test_eval_every_zero_never_validates_but_still_fits_thresholds(tmp_path):
-    config = load_config(None, [*CLS_RUN, f"run.out_dir={tmp_path}", "run.name=novalid", "model.grade_decoding=thresholds",
-                                "train.eval_every=0", "train.cls.epochs=2"])
+    config = load_config(
+        None,
+        [
+            *CLS_RUN,
+            f"run.out_dir={tmp_path}",
+            "run.name=novalid",
+            "model.grade_decoding=thresholds",
+            "train.eval_every=0",
+            "train.cls.epochs=2",
+        ],
+    )
     Trainer(config).fit()
     checkpoints = config.run_dir / "checkpoints"
     assert not (checkpoints / "best.pt").exists() and (checkpoints / "last.pt").is_file()
     header = (config.run_dir / "log.csv").read_text().splitlines()[0]
     assert not any(column.startswith("val_") for column in header.split(","))
     state = load_checkpoint(checkpoints / "last.pt")["model"]
-    assert not torch.equal(state["grade_thresholds"], default_thresholds(5))  # fitted at the stage's end
+    assert not torch.equal(
+        state["grade_thresholds"], default_thresholds(5)
+    )  # fitted at the stage's end
     with pytest.raises(ConfigError, match="eval_every must be >= 0"):
         load_config(None, [*TINY, "train.eval_every=-1"])
 
 
 # ----------------------------------------------------------------------------- carried with the model
 def test_thresholds_survive_save_load_export_and_reach_predict(tmp_path):
-    checkpoint = tiny_checkpoint(tmp_path / "runs" / "ord" / "checkpoints" / "best.pt", ["model.grade_decoding=thresholds"])
+    checkpoint = tiny_checkpoint(
+        tmp_path / "runs" / "ord" / "checkpoints" / "best.pt", ["model.grade_decoding=thresholds"]
+    )
     state = load_checkpoint(checkpoint)
     cuts = torch.tensor([0.3, 1.2345678, 2.5, 3.1])
     state["model"]["grade_thresholds"] = cuts
@@ -170,7 +231,9 @@ def test_thresholds_survive_save_load_export_and_reach_predict(tmp_path):
     released, _, _ = load_trained(exported.path, "cpu")
     assert torch.equal(released.grade_thresholds, cuts)  # float32 exactly, not float16-rounded
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
-    result = BatchGrader(released, config, "lr", amp="off")(images, torch.ones(3, 1, 64, 64, dtype=torch.bool))
+    result = BatchGrader(released, config, "lr", amp="off")(
+        images, torch.ones(3, 1, 64, 64, dtype=torch.bool)
+    )
     assert torch.equal(result["grades"], decode_grades(result["probabilities"], cuts))
 
 
@@ -182,7 +245,10 @@ def test_a_checkpoint_from_before_the_thresholds_loads_with_the_defaults(tmp_pat
     load_model_state(fresh, old, "old.pt")
     assert torch.equal(fresh.grade_thresholds, default_thresholds(5))
     del old["grader.head.3.bias"]
-    with pytest.raises(CheckpointError, match=r"old.pt does not match the requested model; missing: grader.head.3.bias"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"old.pt does not match the requested model; missing: grader.head.3.bias",
+    ):
         load_model_state(fresh, old, "old.pt")
 
 
@@ -191,12 +257,21 @@ TRAINED = ("grader.", "cam_fusion.")
 
 
 def _trained_tensors(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().double().clone() for k, v in model.state_dict().items() if k.startswith(TRAINED) and v.is_floating_point()}
+    return {
+        k: v.detach().double().clone()
+        for k, v in model.state_dict().items()
+        if k.startswith(TRAINED) and v.is_floating_point()
+    }
 
 
 def test_ema_weights_are_validated_and_saved_and_skipped_steps_leave_them(tmp_path, monkeypatch):
     decay = 0.6
-    trainer = Trainer(load_config(None, [*CLS_RUN, f"run.out_dir={tmp_path}", f"train.ema_decay={decay}", "train.cls.epochs=1"]))
+    trainer = Trainer(
+        load_config(
+            None,
+            [*CLS_RUN, f"run.out_dir={tmp_path}", f"train.ema_decay={decay}", "train.cls.epochs=1"],
+        )
+    )
     reference = _trained_tensors(trainer.model)  # the stage's incoming weights
     apply_gradients, step_cls, steps = trainer._apply_gradients, trainer.step_cls, []
 
@@ -215,7 +290,13 @@ def test_ema_weights_are_validated_and_saved_and_skipped_steps_leave_them(tmp_pa
     monkeypatch.setattr(trainer, "_apply_gradients", recorded)
     validated = []
     evaluate_ = trainer_module.evaluate
-    monkeypatch.setattr(trainer_module, "evaluate", lambda model, *a, **k: validated.append(_trained_tensors(model)) or evaluate_(model, *a, **k))
+    monkeypatch.setattr(
+        trainer_module,
+        "evaluate",
+        lambda model, *a, **k: (
+            validated.append(_trained_tensors(model)) or evaluate_(model, *a, **k)
+        ),
+    )
     trainer.fit()
     assert [skipped for skipped, _ in steps] == [0.0, 1.0, 0.0]
     for skipped, raw in steps:  # float64 by hand; a skipped step moves nothing
@@ -228,10 +309,14 @@ def test_ema_weights_are_validated_and_saved_and_skipped_steps_leave_them(tmp_pa
     for key, expected in reference.items():
         scale = float(expected.abs().max()) + 1e-12
         torch.testing.assert_close(last["model"][key].double(), expected, rtol=0, atol=1e-6 * scale)
-        torch.testing.assert_close(validated[0][key], expected, rtol=0, atol=1e-6 * scale)  # what validation scored
+        torch.testing.assert_close(
+            validated[0][key], expected, rtol=0, atol=1e-6 * scale
+        )  # what validation scored
         assert torch.equal(best["model"][key], last["model"][key])
         assert torch.equal(last["raw_model"][key].double(), raw[key])
-    assert any(not torch.equal(last["model"][k].double(), raw[k]) for k in raw if k.endswith("weight"))  # averaged != raw
+    assert any(
+        not torch.equal(last["model"][k].double(), raw[k]) for k in raw if k.endswith("weight")
+    )  # averaged != raw
 
 
 def test_ema_update_reads_nothing_on_the_host(tmp_path, monkeypatch):
@@ -240,8 +325,21 @@ def test_ema_update_reads_nothing_on_the_host(tmp_path, monkeypatch):
     model = build_model(load_config(None, TINY))
     ema = WeightEMA(model, ("grader",), 0.9)
     with monkeypatch.context() as patch:
-        for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"):
-            patch.setattr(torch.Tensor, name, lambda *a, name=name, **k: pytest.fail(f"host read: Tensor.{name}()"))
+        for name in (
+            "item",
+            "tolist",
+            "numpy",
+            "cpu",
+            "__bool__",
+            "__int__",
+            "__float__",
+            "__index__",
+        ):
+            patch.setattr(
+                torch.Tensor,
+                name,
+                lambda *a, name=name, **k: pytest.fail(f"host read: Tensor.{name}()"),
+            )
         ema.update(torch.zeros(()))
         ema.update(torch.ones(()))
 
@@ -268,7 +366,9 @@ def test_resume_continues_the_ema_bitwise(tmp_path, monkeypatch):
     for part in ("model", "raw_model"):
         for key, value in straight[part].items():
             assert torch.equal(value, resumed[part][key]), (part, key)
-    assert not torch.equal(straight["model"]["grader.head.3.weight"], straight["raw_model"]["grader.head.3.weight"])
+    assert not torch.equal(
+        straight["model"]["grader.head.3.weight"], straight["raw_model"]["grader.head.3.weight"]
+    )
 
 
 # ----------------------------------------------------------------------------- TTA
@@ -292,25 +392,56 @@ def test_tta_probabilities_are_the_mean_of_the_flipped_passes(mode):
     torch.testing.assert_close(flipped.probs, sum(views) / 4, rtol=0, atol=1e-6)
     assert not torch.allclose(flipped.probs, plain.probs, atol=1e-4)
     for key in ("sr", "segmentation"):  # the unflipped pass's (NaN-aware comparison through JSON)
-        assert json.dumps(flipped.metrics.get(key), sort_keys=True) == json.dumps(plain.metrics.get(key), sort_keys=True)
+        assert json.dumps(flipped.metrics.get(key), sort_keys=True) == json.dumps(
+            plain.metrics.get(key), sort_keys=True
+        )
 
 
 def test_test_py_tta_flag_is_recorded_next_to_the_plain_evaluation(tmp_path):
     run = tmp_path / "runs" / "tiny"
     checkpoint = tiny_checkpoint(run / "checkpoints" / "best.pt")
-    argv = ["--quiet", "--checkpoint", str(checkpoint), "--split", "val", "--samples", "0", "--figures", str(tmp_path / "fig")]
+    argv = [
+        "--quiet",
+        "--checkpoint",
+        str(checkpoint),
+        "--split",
+        "val",
+        "--samples",
+        "0",
+        "--figures",
+        str(tmp_path / "fig"),
+    ]
     assert run_cli(test_cli.main, argv) == 0
     assert run_cli(test_cli.main, [*argv, "--tta"]) == 0
-    plain, flipped = json.loads((run / "metrics_val_lr.json").read_text()), json.loads((run / "metrics_val_lr_tta.json").read_text())
-    assert (plain["tta"], flipped["tta"]) == (False, True)  # --tta does not overwrite the plain evaluation
-    assert (run / "predictions_val.csv").read_text() != (run / "predictions_val_tta.csv").read_text()
-    assert test_cli.get_args_parser().parse_args([]).tta is None  # without --tta / --no-tta: the run's test.tta
+    plain, flipped = (
+        json.loads((run / "metrics_val_lr.json").read_text()),
+        json.loads((run / "metrics_val_lr_tta.json").read_text()),
+    )
+    assert (plain["tta"], flipped["tta"]) == (
+        False,
+        True,
+    )  # --tta does not overwrite the plain evaluation
+    assert (run / "predictions_val.csv").read_text() != (
+        run / "predictions_val_tta.csv"
+    ).read_text()
+    assert (
+        test_cli.get_args_parser().parse_args([]).tta is None
+    )  # without --tta / --no-tta: the run's test.tta
 
 
 def test_metrics_file_names_tta_only_when_it_differs_from_the_run(tmp_path):
-    assert metrics_file(tmp_path, "test", "lr", "lr", "best.pt", tta=True, test_tta=True).name == "metrics.json"
-    assert metrics_file(tmp_path, "test", "lr", "lr", "best.pt", tta=True).name == "metrics_test_lr_tta.json"
-    assert metrics_file(tmp_path, "val", "hr", "lr", "cls_best.pt", tta=False, test_tta=True).name == "metrics_val_hr_no_tta_cls_best.json"
+    assert (
+        metrics_file(tmp_path, "test", "lr", "lr", "best.pt", tta=True, test_tta=True).name
+        == "metrics.json"
+    )
+    assert (
+        metrics_file(tmp_path, "test", "lr", "lr", "best.pt", tta=True).name
+        == "metrics_test_lr_tta.json"
+    )
+    assert (
+        metrics_file(tmp_path, "val", "hr", "lr", "cls_best.pt", tta=False, test_tta=True).name
+        == "metrics_val_hr_no_tta_cls_best.json"
+    )
 
 
 def test_test_py_writes_into_the_run_folder_that_holds_the_checkpoint(tmp_path, monkeypatch):
@@ -318,19 +449,32 @@ def test_test_py_writes_into_the_run_folder_that_holds_the_checkpoint(tmp_path, 
     copy = tmp_path / "elsewhere" / "copied_run"
     checkpoint = tiny_checkpoint(copy / "checkpoints" / "best.pt")
     monkeypatch.chdir(tmp_path)
-    argv = ["--quiet", "--checkpoint", str(checkpoint), "--split", "val", "--samples", "0", "--figures", str(tmp_path / "fig")]
+    argv = [
+        "--quiet",
+        "--checkpoint",
+        str(checkpoint),
+        "--split",
+        "val",
+        "--samples",
+        "0",
+        "--figures",
+        str(tmp_path / "fig"),
+    ]
     assert run_cli(test_cli.main, argv) == 0
     assert sorted(path.name for path in tmp_path.rglob("metrics*.json")) == ["metrics_val_lr.json"]
     assert (copy / "metrics_val_lr.json").is_file() and (copy / "predictions_val.csv").is_file()
 
 
 # ----------------------------------------------------------------------------- config
-@pytest.mark.parametrize("override, message", [
-    ("loss.label_smoothing=1.0", "loss.label_smoothing must be in [0, 1)"),
-    ("loss.ordinal_weight=-0.1", "loss.ordinal_weight must be >= 0"),
-    ("train.ema_decay=1", "train.ema_decay must be in [0, 1)"),
-    ("test.tta=maybe", "config key 'test.tta' expects"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.label_smoothing=1.0", "loss.label_smoothing must be in [0, 1)"),
+        ("loss.ordinal_weight=-0.1", "loss.ordinal_weight must be >= 0"),
+        ("train.ema_decay=1", "train.ema_decay must be in [0, 1)"),
+        ("test.tta=maybe", "config key 'test.tta' expects"),
+    ],
+)
 def test_bad_lever_values_name_their_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
         load_config(None, [*TINY, override])
@@ -338,5 +482,16 @@ def test_bad_lever_values_name_their_key(override, message):
 
 def test_every_lever_is_off_by_default():
     config = load_config("configs/paper.yaml")
-    assert (config.loss.label_smoothing, config.loss.ordinal_weight, config.train.ema_decay, config.test.tta) == (0.0, 0.0, 0.0, False)
-    assert config.model.grade_decoding == "argmax" and expected_grade(torch.eye(5)).tolist() == [0, 1, 2, 3, 4]
+    assert (
+        config.loss.label_smoothing,
+        config.loss.ordinal_weight,
+        config.train.ema_decay,
+        config.test.tta,
+    ) == (0.0, 0.0, 0.0, False)
+    assert config.model.grade_decoding == "argmax" and expected_grade(torch.eye(5)).tolist() == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]

@@ -1,4 +1,5 @@
 """evaluation/uncertainty.py: the calibration, interval and operating-point blocks of an evaluation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,17 +27,30 @@ def test_blocks_hold_what_a_reader_needs():
         assert entry["low"] <= entry["value"] <= entry["high"]
     (point,) = report["operating_points"]
     assert point["specificity"] >= 0.90 and 0 <= point["sensitivity"] <= 1
-    with_release = uncertainty_report(grades, predicted, probs, release_threshold=0.5, n_resamples=50)
+    with_release = uncertainty_report(
+        grades, predicted, probs, release_threshold=0.5, n_resamples=50
+    )
     assert [p["name"] for p in with_release["operating_points"]][1] == "fixed at release"
 
 
 def test_unknown_grades_are_left_out_and_groups_widen_intervals():
     grades, predicted, probs = _data(100, seed=3)
-    doubled = uncertainty_report(np.r_[grades, grades], np.r_[predicted, predicted], np.r_[probs, probs], n_resamples=400)
-    grouped = uncertainty_report(np.r_[grades, grades], np.r_[predicted, predicted], np.r_[probs, probs],
-                                 groups=list(range(100)) * 2, n_resamples=400)
+    doubled = uncertainty_report(
+        np.r_[grades, grades], np.r_[predicted, predicted], np.r_[probs, probs], n_resamples=400
+    )
+    grouped = uncertainty_report(
+        np.r_[grades, grades],
+        np.r_[predicted, predicted],
+        np.r_[probs, probs],
+        groups=list(range(100)) * 2,
+        n_resamples=400,
+    )
     width = lambda r: r["intervals"]["accuracy"]["high"] - r["intervals"]["accuracy"]["low"]  # noqa: E731
-    assert width(grouped) > 1.25 * width(doubled)  # copies are not independent evidence (sqrt 2 expected)
-    masked = uncertainty_report(np.r_[grades, [-1, -1]], np.r_[predicted, [0, 0]], np.r_[probs, probs[:2]], n_resamples=50)
+    assert width(grouped) > 1.25 * width(
+        doubled
+    )  # copies are not independent evidence (sqrt 2 expected)
+    masked = uncertainty_report(
+        np.r_[grades, [-1, -1]], np.r_[predicted, [0, 0]], np.r_[probs, probs[:2]], n_resamples=50
+    )
     assert sum(masked["calibration"]["reliability"]["count"]) == 100
     assert uncertainty_report(np.array([-1]), np.array([0]), probs[:1]) == {}

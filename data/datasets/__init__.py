@@ -4,6 +4,7 @@ Each module defines ``NAME``, ``NUM_CLASSES``, ``MARKERS`` (the folders or files
 root, for error messages) and ``index(root) -> DatasetIndex``. :func:`load_index` is the one entry
 point the rest of the project uses.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -8,6 +8,7 @@ Layout (research/datasets.md section 4)::
 
 There are no patient ids, so each image is its own patient.
 """
+
 from __future__ import annotations
 
 import logging

@@ -6,6 +6,7 @@ A loader turns a dataset root, exactly as the user unpacked it, into a :class:`D
 ungradable images it excluded. ``data/prepare.py`` decodes the records into the training cache and
 ``data/summary.py`` reports them. Rules from ``research/datasets.md`` section 0 live here once.
 """
+
 from __future__ import annotations
 
 import csv
@@ -175,7 +176,9 @@ def check_root(root: str | Path, dataset: str) -> Path:
     return path
 
 
-def require_marker(root: Path, dataset: str, markers: Sequence[str], max_depth: int = 2) -> dict[str, Path]:
+def require_marker(
+    root: Path, dataset: str, markers: Sequence[str], max_depth: int = 2
+) -> dict[str, Path]:
     """Find each marker below ``root``; fail naming them all if none is found.
 
     Returns ``{marker: directory containing it}`` for the markers found.
@@ -221,7 +224,12 @@ class ImageFolder:
                     continue
                 self.by_stem[key] = entry
         if ignored:  # one line, not one per file: a folder unpacked twice holds thousands
-            log.warning("%s: %d images share a stem with another image and are ignored (first: %s)", directory, len(ignored), ignored[0])
+            log.warning(
+                "%s: %d images share a stem with another image and are ignored (first: %s)",
+                directory,
+                len(ignored),
+                ignored[0],
+            )
 
     def __len__(self) -> int:
         return len(self.by_stem)
@@ -307,7 +315,9 @@ def read_table(
             rename[found] = column
     if missing:
         shown = ", ".join(repr(name) for name in names if name) or "none"
-        raise DataError(f"{path}: missing required column(s) {', '.join(repr(m) for m in missing)}; found columns: {shown}")
+        raise DataError(
+            f"{path}: missing required column(s) {', '.join(repr(m) for m in missing)}; found columns: {shown}"
+        )
     rows = []
     for number, fields in raw:
         values = {}

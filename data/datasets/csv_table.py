@@ -22,6 +22,7 @@ are case-insensitive:
 A row with any mask is part ``segmentation``, else ``grading``. Files are matched loosely (case,
 extension, Windows separators); a missing image or mask file is a DataError naming the CSV row.
 """
+
 from __future__ import annotations
 
 import csv
@@ -52,7 +53,13 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "patient": ("patient", "patient_id"),
     **{f"mask_{lesion}": (f"mask_{lesion}",) for lesion in LESIONS},
 }
-SPLITS: dict[str, str] = {"train": "train", "valid": "valid", "val": "valid", "test": "test", "all": "all"}
+SPLITS: dict[str, str] = {
+    "train": "train",
+    "valid": "valid",
+    "val": "valid",
+    "test": "test",
+    "all": "all",
+}
 
 
 def index(root: Path) -> DatasetIndex:
@@ -81,9 +88,13 @@ def _csv_path(root: Path) -> Path:
     """``root`` when it is a file, else the one ``.csv`` directly inside the folder ``root``."""
     if root.is_file():
         return root
-    found = sorted(entry for entry in root.iterdir() if entry.is_file() and entry.suffix.casefold() == ".csv")
+    found = sorted(
+        entry for entry in root.iterdir() if entry.is_file() and entry.suffix.casefold() == ".csv"
+    )
     if not found:
-        raise DataError(f"{NAME}: no .csv file in {root} (give the CSV itself or a folder holding exactly one)")
+        raise DataError(
+            f"{NAME}: no .csv file in {root} (give the CSV itself or a folder holding exactly one)"
+        )
     if len(found) > 1:
         listed = ", ".join(entry.name for entry in found)
         raise DataError(f"{NAME}: {len(found)} .csv files in {root}, give one of them: {listed}")
@@ -114,7 +125,9 @@ def _columns(path: Path, header: list[str]) -> dict[str, str]:
     for role, aliases in ALIASES.items():
         matches = [folded[alias.casefold()] for alias in aliases if alias.casefold() in folded]
         if len(matches) > 1:
-            raise DataError(f"{path}: columns {', '.join(map(repr, matches))} all give the {role}; keep one")
+            raise DataError(
+                f"{path}: columns {', '.join(map(repr, matches))} all give the {role}; keep one"
+            )
         if matches:
             columns[role] = matches[0]
     has_masks = any(role.startswith("mask_") for role in columns)
@@ -142,7 +155,9 @@ class _Files:
             return path
         folder = self.folders.get(path.parent)
         if folder is None:
-            folder = self.folders[path.parent] = ImageFolder(path.parent if path.parent.is_dir() else None)
+            folder = self.folders[path.parent] = ImageFolder(
+                path.parent if path.parent.is_dir() else None
+            )
         return folder.get(path.name)
 
 
@@ -152,7 +167,9 @@ def _record(row: Row, where: str, columns: dict[str, str], files: _Files) -> Rec
         raise DataError(f"{where}: empty image path")
     image = files.find(image_value)
     if image is None:
-        raise DataError(f"{where}: image '{image_value}' not found (relative paths resolve against {files.base})")
+        raise DataError(
+            f"{where}: image '{image_value}' not found (relative paths resolve against {files.base})"
+        )
     masks = tuple(_mask(row, where, columns.get(f"mask_{lesion}"), files) for lesion in LESIONS)
     has_mask = any(mask is not None for mask in masks)
     grade_value = row.get(columns["grade"]) if "grade" in columns else ""
@@ -161,7 +178,9 @@ def _record(row: Row, where: str, columns: dict[str, str], files: _Files) -> Rec
     elif has_mask:
         grade = UNKNOWN_GRADE
     else:
-        raise DataError(f"{where}: empty grade on a row without masks (an image needs a grade or a mask)")
+        raise DataError(
+            f"{where}: empty grade on a row without masks (an image needs a grade or a mask)"
+        )
     split = _split(row.get(columns["split"]) if "split" in columns else "", where)
     part = "segmentation" if has_mask else "grading"
     patient = row.get(columns["patient"]) if "patient" in columns else ""

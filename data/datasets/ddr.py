@@ -9,6 +9,7 @@ The valid split names its mask folder ``segmentation label/``; either name is ac
 split. Label 5 is "ungradable": excluded and counted. An all-zero DDR mask means "no lesion", so any
 existing mask file is set; only a missing file gives ``None``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,9 @@ def index(root: Path) -> DatasetIndex:
             continue
         for split in SPLITS:
             add(result, resolve(parts[marker], marker), split)
-    result.check_not_empty(f"images listed in {GRADING_MARKER}/<split>.txt or in {SEGMENTATION_MARKER}/<split>/image")
+    result.check_not_empty(
+        f"images listed in {GRADING_MARKER}/<split>.txt or in {SEGMENTATION_MARKER}/<split>/image"
+    )
     return result
 
 
@@ -62,7 +65,9 @@ def _add_grading(result: DatasetIndex, grading: Path, split: str) -> None:
     folder = ImageFolder(images)
     for row in read_table(labels, header=False, columns=("image", "label"), delimiter=" "):
         where = f"{labels} row {row.line}"
-        grade = parse_grade(row.get("label"), where=where, num_classes=NUM_CLASSES, ungradable=(UNGRADABLE,))
+        grade = parse_grade(
+            row.get("label"), where=where, num_classes=NUM_CLASSES, ungradable=(UNGRADABLE,)
+        )
         if grade is None:
             result.exclude_ungradable("grading", split)
             continue
@@ -75,7 +80,13 @@ def _add_segmentation(result: DatasetIndex, segmentation: Path, split: str) -> N
     labels = _label_folder(segmentation, split)
     if images is None or labels is None:
         missing = "image/" if images is None else " or ".join(f"{name}/" for name in LABEL_FOLDERS)
-        log.warning("%s: skipping segmentation/%s: %s not found in %s", NAME, split, missing, segmentation / split)
+        log.warning(
+            "%s: skipping segmentation/%s: %s not found in %s",
+            NAME,
+            split,
+            missing,
+            segmentation / split,
+        )
         return
     folder = ImageFolder(images)
     masks = {lesion: ImageFolder(resolve(labels, lesion)) for lesion in LESIONS}
@@ -91,7 +102,11 @@ def _add_segmentation(result: DatasetIndex, segmentation: Path, split: str) -> N
 
 def _label_folder(segmentation: Path, split: str) -> Path | None:
     """``<split>/label``, or ``<split>/segmentation label`` as in the official valid split."""
-    found = [path for name in LABEL_FOLDERS if (path := resolve(segmentation, f"{split}/{name}")) is not None]
+    found = [
+        path
+        for name in LABEL_FOLDERS
+        if (path := resolve(segmentation, f"{split}/{name}")) is not None
+    ]
     if len(found) > 1:
         log.warning("%s: both %s and %s exist; using the first", NAME, *found)
     return found[0] if found else None
@@ -101,4 +116,6 @@ def _check_masks_have_images(masks: ImageFolder, images: ImageFolder) -> None:
     """A mask named after no image means masks and images disagree; fail rather than drop it."""
     for mask in masks:
         if images.get(mask.stem) is None:
-            raise DataError(f"{mask}: mask of image '{mask.stem}', which is not in {images.directory}")
+            raise DataError(
+                f"{mask}: mask of image '{mask.stem}', which is not in {images.directory}"
+            )

@@ -20,6 +20,7 @@ counted. The evaluation folders become split ``test`` only when a CSV with fille
 (the released ``*_labels.xlsx`` needs openpyxl, which the project does not install: convert it to
 CSV). Part ``grading``; patient = ``patient_id``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -109,7 +110,12 @@ def _eye_grade(row: Row, where: str) -> int:
         eye = _eye_letter(row.get("image_id"))
         if eye in ("l", "r") and eye != side:
             column = LEFT if side == "l" else RIGHT
-            log.warning("%s: image %s is filled in %s; trusting the column", where, row.get("image_id"), column)
+            log.warning(
+                "%s: image %s is filled in %s; trusting the column",
+                where,
+                row.get("image_id"),
+                column,
+            )
     return next(iter(grades.values()))
 
 
@@ -122,7 +128,9 @@ def _eye_letter(image_id: str) -> str:
 def _add_uwf(result: DatasetIndex, split: str, images: ImageFolder, labels: Path) -> None:
     for row in read_table(labels, required=("patient_id", "image_id", UWF_GRADE)):
         where = f"{labels} row {row.line}"
-        grade = parse_grade(row.get(UWF_GRADE), where=where, num_classes=NUM_CLASSES, ungradable=(UWF_UNGRADABLE,))
+        grade = parse_grade(
+            row.get(UWF_GRADE), where=where, num_classes=NUM_CLASSES, ungradable=(UWF_UNGRADABLE,)
+        )
         if grade is None:
             result.exclude_ungradable("grading", split)
             continue
@@ -158,7 +166,9 @@ def _add_evaluation(result: DatasetIndex, directory: Path) -> None:
             return
         for row in rows:
             where = f"{labels} row {row.line}"
-            grade = parse_grade(row.get(column), where=where, num_classes=NUM_CLASSES, ungradable=ungradable)
+            grade = parse_grade(
+                row.get(column), where=where, num_classes=NUM_CLASSES, ungradable=ungradable
+            )
             if grade is None:
                 result.exclude_ungradable("grading", "test")
                 continue
@@ -166,7 +176,9 @@ def _add_evaluation(result: DatasetIndex, directory: Path) -> None:
             patient = row.get("patient_id") or image_id.rsplit("_", 1)[0]
             _add(result, "test", row, images, grade, patient, where)
         return
-    workbooks = sorted(path.name for path in directory.iterdir() if path.suffix.casefold() == ".xlsx")
+    workbooks = sorted(
+        path.name for path in directory.iterdir() if path.suffix.casefold() == ".xlsx"
+    )
     if workbooks:
         log.warning(
             "%s: %s has labels only as %s; skipped because reading .xlsx needs openpyxl, which is not "
@@ -176,7 +188,11 @@ def _add_evaluation(result: DatasetIndex, directory: Path) -> None:
             ", ".join(workbooks),
         )
     else:
-        log.info("%s: %s has no labels CSV with grades; the evaluation set is skipped", result.name, directory)
+        log.info(
+            "%s: %s has no labels CSV with grades; the evaluation set is skipped",
+            result.name,
+            directory,
+        )
 
 
 def _graded_rows(path: Path) -> tuple[list[Row], str | None]:
@@ -205,7 +221,13 @@ def _images(result: DatasetIndex, split_dir: Path, split: str) -> ImageFolder | 
 
 
 def _add(
-    result: DatasetIndex, split: str, row: Row, images: ImageFolder, grade: int, patient: str, where: str
+    result: DatasetIndex,
+    split: str,
+    row: Row,
+    images: ImageFolder,
+    grade: int,
+    patient: str,
+    where: str,
 ) -> None:
     image_id = row.get("image_id")
     image = images.get(image_id) or images.get(_windows_name(row.get("image_path")))
@@ -220,7 +242,9 @@ def _windows_name(path: str) -> str:
 
 
 def _csv_files(directory: Path) -> list[Path]:
-    return sorted(path for path in directory.iterdir() if path.is_file() and path.suffix.casefold() == ".csv")
+    return sorted(
+        path for path in directory.iterdir() if path.is_file() and path.suffix.casefold() == ".csv"
+    )
 
 
 def _has_columns(path: Path, columns: tuple[str, ...]) -> bool:

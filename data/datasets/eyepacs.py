@@ -11,6 +11,7 @@ Layout (research/datasets.md section 3)::
 Both eyes of a patient share the id before ``_left``/``_right``. Indexing lists the folders once
 (88k files) and never opens an image.
 """
+
 from __future__ import annotations
 
 import logging
@@ -82,7 +83,9 @@ def _add_solution(result: DatasetIndex, labels: Path, test: Path | None) -> None
     for row in read_table(labels, required=("image", "level", "Usage")):
         split = USAGE_SPLITS.get(row.get("Usage").casefold())
         if split is None:
-            raise DataError(f"{labels} row {row.line}: Usage {row.get('Usage')!r} is neither Public nor Private")
+            raise DataError(
+                f"{labels} row {row.line}: Usage {row.get('Usage')!r} is neither Public nor Private"
+            )
         _add_row(result, row, labels, folder, split)
 
 

@@ -14,6 +14,7 @@ Masks are anti-aliased (edge values 1-254), so a pixel is positive at >= 128 (``
 127). A missing mask file (or mask folder) gives None for that lesion. Every image carries masks
 and a grade: part ``segmentation``, split ``all`` (no official split), one image per patient.
 """
+
 from __future__ import annotations
 
 import logging
@@ -82,7 +83,9 @@ def _mask_folder(seg_set: Path, lesion: str) -> ImageFolder:
         folder = child(seg_set, name)
         if folder is not None:
             return ImageFolder(folder)
-    log.warning("%s: no %s mask folder (%s) in %s", NAME, lesion, " or ".join(MASK_FOLDERS[lesion]), seg_set)
+    log.warning(
+        "%s: no %s mask folder (%s) in %s", NAME, lesion, " or ".join(MASK_FOLDERS[lesion]), seg_set
+    )
     return ImageFolder(None)
 
 
@@ -107,7 +110,9 @@ def _is_header(row: Row) -> bool:
     return False
 
 
-def _add_row(result: DatasetIndex, row: Row, labels: Path, images: ImageFolder, masks: list[ImageFolder]) -> None:
+def _add_row(
+    result: DatasetIndex, row: Row, labels: Path, images: ImageFolder, masks: list[ImageFolder]
+) -> None:
     where = f"{labels} row {row.line}"
     grade = parse_grade(row.get("grade"), where=where, num_classes=NUM_CLASSES)
     image = images.require(row.get("image"), where)

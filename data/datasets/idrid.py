@@ -12,6 +12,7 @@ Each part is found by a folder or file only it has, so the part folder's own nam
 file name (``<image>_<LESION>``) anywhere below the set's groundtruth folder, any case and .tif/.tiff;
 a lesion without a mask file (IDRiD_43 has no HE, about half lack SE) gets ``None``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,7 +63,9 @@ def index(root: Path) -> DatasetIndex:
             _add_segmentation(result, segmentation, split)
     else:
         log.info("%s: no segmentation part under %s", NAME, root)
-    result.check_not_empty(f"images listed in {GRADING_CSVS['train']} or with masks in {SEGMENTATION_MARKER}")
+    result.check_not_empty(
+        f"images listed in {GRADING_CSVS['train']} or with masks in {SEGMENTATION_MARKER}"
+    )
     return result
 
 
@@ -70,7 +73,9 @@ def _add_grading(result: DatasetIndex, part: Path, split: str) -> None:
     csv_path = resolve(part, GRADING_CSVS[split])
     images = resolve(part, f"1. Original Images/{SET_FOLDERS[split]}")
     if csv_path is None or images is None:
-        missing = GRADING_CSVS[split] if csv_path is None else f"1. Original Images/{SET_FOLDERS[split]}"
+        missing = (
+            GRADING_CSVS[split] if csv_path is None else f"1. Original Images/{SET_FOLDERS[split]}"
+        )
         log.warning("%s: skipping grading/%s: %s not found under %s", NAME, split, missing, part)
         return
     folder = ImageFolder(images)
@@ -106,4 +111,6 @@ def _check_masks_have_images(masks: ImageFolder, images: ImageFolder) -> None:
     for mask in masks:
         image_stem = mask.stem[:-3]
         if mask.stem.casefold().endswith(suffixes) and images.get(image_stem) is None:
-            raise DataError(f"{mask}: lesion mask of image '{image_stem}', which is not in {images.directory}")
+            raise DataError(
+                f"{mask}: lesion mask of image '{image_stem}', which is not in {images.directory}"
+            )

@@ -14,6 +14,7 @@ the CSV is searched for rather than expected beside ``IMAGES``. Rows with ``adju
 (empty grade) are ungradable: excluded and counted. The pairs sheet groups the two images of an exam
 into one patient; without it each image is its own patient. Part ``grading``, split ``all``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,7 +43,10 @@ LABELS = "messidor_data.csv"
 PAIRS = "messidor-2.csv"
 MARKERS: tuple[str, ...] = (IMAGES, LABELS)
 # (image column, grade column): the Krause et al. release, then the Kaggle "messidor2preprocess" lookalike
-SCHEMAS: tuple[tuple[str, str], ...] = (("image_id", "adjudicated_dr_grade"), ("id_code", "diagnosis"))
+SCHEMAS: tuple[tuple[str, str], ...] = (
+    ("image_id", "adjudicated_dr_grade"),
+    ("id_code", "diagnosis"),
+)
 GRADABLE = "adjudicated_gradable"
 
 
@@ -83,7 +87,11 @@ def _read_labels(path: Path) -> tuple[list[Row], str, str]:
     errors = []
     for image_column, grade_column in SCHEMAS:
         try:
-            return read_table(path, required=(image_column, grade_column)), image_column, grade_column
+            return (
+                read_table(path, required=(image_column, grade_column)),
+                image_column,
+                grade_column,
+            )
         except DataError as error:
             errors.append(str(error))
     expected = " or ".join(f"({image}, {grade}, ...)" for image, grade in SCHEMAS)
@@ -106,7 +114,9 @@ def _add_row(
     name = row.get(image_column)
     grade = parse_grade(row.get(grade_column), where=where, num_classes=NUM_CLASSES)
     image = images.require(name, where)
-    result.add_image("grading", "all", image, grade=grade, patient=patients.get(image.stem.casefold()))
+    result.add_image(
+        "grading", "all", image, grade=grade, patient=patients.get(image.stem.casefold())
+    )
 
 
 def _is_ungradable(row: Row, where: str) -> bool:

@@ -24,6 +24,7 @@ Per-image grade, with ``n`` label lines and ``m`` images (checked in this order)
 ``NUM_CLASSES`` is 2; part ``grading``; patient = sequence id; record ids add the sequence id to
 the image stem because image names need not be unique across sequences.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,7 +44,10 @@ log = logging.getLogger(__name__)
 
 NAME = "sigf"
 NUM_CLASSES = 2
-MARKERS: tuple[str, ...] = ("<split>/image/all/<sequence_id>/*.jpg", "<split>/label/all/<sequence_id>.txt")
+MARKERS: tuple[str, ...] = (
+    "<split>/image/all/<sequence_id>/*.jpg",
+    "<split>/label/all/<sequence_id>.txt",
+)
 SPLIT_NAMES: dict[str, str] = {"train": "train", "test": "test", "valid": "valid", "val": "valid"}
 # SIGF-database/data/train/image/all/<sequence>: six levels below the folder the rar was unpacked into
 MAX_DEPTH = 6
@@ -113,7 +117,12 @@ def _add_sequence(result: DatasetIndex, split: str, folder: Path, label_file: Pa
     elif len(grades) == 1:
         labelled = [(image, grades[0]) for image in images]
     elif len(grades) == len(images) - 1:
-        log.info("%s: %s has one label fewer than images; first image %s left out", NAME, label_file, images[0])
+        log.info(
+            "%s: %s has one label fewer than images; first image %s left out",
+            NAME,
+            label_file,
+            images[0],
+        )
         labelled = list(zip(images[1:], grades))
     else:
         raise DataError(f"{label_file}: {len(grades)} labels for {len(images)} images in {folder}")
@@ -135,12 +144,17 @@ def _read_labels(path: Path) -> list[int]:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read label file {path}: {error}") from error
-    numbered = [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
+    numbered = [
+        (number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()
+    ]
     if numbered and not _is_integer(numbered[0][1]):
         numbered = numbered[1:]
     if not numbered:
         raise DataError(f"label file {path} has no labels")
-    return [parse_grade(text, where=f"{path} line {number}", num_classes=NUM_CLASSES) for number, text in numbered]
+    return [
+        parse_grade(text, where=f"{path} line {number}", num_classes=NUM_CLASSES)
+        for number, text in numbered
+    ]
 
 
 def _is_integer(text: str) -> bool:
