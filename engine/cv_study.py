@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from data.splits import SplitSettings, fold_roles, read_folds_file, write_split_
 from engine.builders import build_model
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, ConfigError, load_config
+from engine.export import git_commit
 from engine.runtime import cpu_flags, cpu_model
 from engine.testing import run_test
 from engine.trainer import Trainer
@@ -174,19 +174,6 @@ def config_hash(config: Config) -> str:
         section, key = dotted.split(".")
         values[section].pop(key, None)
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def transferred_init(source: Path, config: Config, target: Path) -> Path:
@@ -347,7 +334,7 @@ class CVRunner:
             "config_hash": config_hash(config),
             "overrides": [*self.study.overrides, *spec.overrides, *self.extra],
             "start": spec.start,
-            "commit": commit(),
+            "commit": git_commit(),
             "cpu": cpu_model(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),

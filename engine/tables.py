@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from evaluation.report import DPI
+from evaluation.results_tables import SEED_METRICS
 
 LESIONS = ("MA", "HE", "EX", "SE")
 RESULT_COLUMNS = (
@@ -31,18 +32,9 @@ RESULT_COLUMNS = (
     "lesion_aupr", *[f"aupr_{name}" for name in LESIONS],
     "test_input", "scale", "n_test", "epoch_seconds", "wall_seconds", "run_dir",
 )  # fmt: skip
-# (results.csv key, markdown header, digits) of the summary table, in order.
-METRICS = (
-    ("accuracy", "accuracy", 3),
-    ("qwk", "QWK", 3),
-    ("macro_f1", "macro F1", 3),
-    ("macro_auc", "macro AUC", 3),
-    ("referable_auc", "referable AUC", 3),
-    ("psnr", "PSNR (dB)", 2),
-    ("ssim", "SSIM", 3),
-    ("psnr_lesion", "PSNR lesions (dB)", 2),
-    ("lesion_aupr", "lesion AUPR", 3),
-)
+# (results.csv key, markdown header, digits) of the summary table, in order: one list for the
+# runner's tables and their regeneration from results.csv (evaluation/results_tables.py).
+METRICS = SEED_METRICS
 BAR_METRICS = ("accuracy", "qwk", "macro_f1", "macro_auc")
 
 
