@@ -53,9 +53,11 @@ class FoldRecord:
 
 
 def read_fold(csv_path: Path) -> FoldRecord:
-    """One (row, fold) record: its predictions CSV and the provenance JSON beside it."""
+    """One (row, fold) record: its predictions CSV and the provenance JSON beside it. Held-out
+    images without a grade (segmentation-only photographs, grade -1) are left out: no metric
+    here can score them."""
     with open(csv_path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        rows = [row for row in csv.DictReader(handle) if int(row["grade"]) >= 0]
     classes = sorted(
         (c for c in rows[0] if c[:1] == "p" and c[1:].isdigit()), key=lambda c: int(c[1:])
     )

@@ -132,6 +132,9 @@ def test_records_pool_into_paired_intervals_and_skip_what_is_done(tmp_path):
     _fake_record(
         records, "a", 2, rng_ids[:5], [0] * 5, np.full((5, 5), 0.2), [0] * 5
     )  # b has no fold 2
+    for row in ("a", "b"):  # a held-out segmentation-only photograph (grade -1) in each record
+        with open(records / row / "fold1.csv", "a", newline="") as handle:
+            csv.writer(handle).writerow(["toy/segmentation/train/s1", -1, 0, *[0.2] * 5])
     with open(records / "a" / "fold0.csv") as handle:
         assert next(csv.reader(handle)) == [
             "id",
