@@ -3,8 +3,7 @@
 X. Chen, Y. Xu, D. W. K. Wong, T. Y. Wong, J. Liu, "Glaucoma detection based on deep
 convolutional neural network", EMBC 2015 (AUC 0.831 on ORIGA, 0.887 on SCES). The layer details
 follow the re-implementation the DeepGF authors used for their comparisons
-(``Compared Methods/chen_net.py`` of XiaofeiWang2018/DeepGF, TensorFlow 1.x; see
-``research/upstream.md`` section 9 (a)); the paper's own layer table was not available.
+(``Compared Methods/chen_net.py`` of XiaofeiWang2018/DeepGF, TensorFlow 1.x); the paper's own layer table was not available.
 
 =================  ==========================================================  =============
 block              layers                                                      out at 224

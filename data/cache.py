@@ -152,7 +152,7 @@ def _decode(path: Path, flags: int) -> np.ndarray:
 
 
 class CachedFundus(torch.utils.data.Dataset):
-    """Samples of the DESIGN.md section 2 contract read from a preprocessing cache.
+    """Samples of the data contract (data/records.py) read from a preprocessing cache.
 
     ``entries`` are the manifest rows of one split; HR comes from the cache at the cache's size,
     LR from :func:`data.degrade.degrade` (noise seeded per sample, so validation is reproducible).

@@ -1,7 +1,7 @@
 """HR -> LR degradation: the only place in the project where low-resolution inputs are made.
 
 The paper names Gaussian blur (3x3) and additive Gaussian noise (variance 0.001) on top of a bicubic
-downscale; the published code never applied them, so both default to off (DESIGN.md section 2).
+downscale; the published code never applied them, so both default to off (the data contract, data/records.py).
 """
 
 from __future__ import annotations

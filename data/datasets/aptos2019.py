@@ -1,6 +1,6 @@
 """APTOS 2019 Blindness Detection (Kaggle): 3,662 labelled images from Aravind Eye Hospital clinics.
 
-Layout (research/datasets.md section 4)::
+Layout::
 
     train.csv                 id_code,diagnosis     (id_code: 12 hex characters, no extension)
     train_images/<id_code>.png

@@ -4,7 +4,7 @@ matching, tolerant CSV reading, grade parsing and image/mask decoding.
 A loader turns a dataset root, exactly as the user unpacked it, into a :class:`DatasetIndex`: one
 :class:`Record` per usable image (paths and labels only, nothing decoded), plus counts of the
 ungradable images it excluded. ``data/prepare.py`` decodes the records into the training cache and
-``data/summary.py`` reports them. Rules from ``research/datasets.md`` section 0 live here once.
+``data/summary.py`` reports them. These rules live here once.
 """
 
 from __future__ import annotations

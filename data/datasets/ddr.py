@@ -1,6 +1,6 @@
 """DDR (Li et al. 2019): DR grading (13,673 images) and lesion segmentation (757 images).
 
-Layout of the official archive (research/datasets.md section 2), unpacked into ``DDR-dataset/``::
+Layout of the official archive, unpacked into ``DDR-dataset/``::
 
     DR_grading/{train,valid,test}/*.jpg + DR_grading/{train,valid,test}.txt   ("<name.jpg> <label>", no header)
     lesion_segmentation/<split>/image/*.jpg + <split>/label/{EX,HE,MA,SE}/<stem>.tif

@@ -1,7 +1,7 @@
 """EyePACS, the Kaggle "Diabetic Retinopathy Detection" competition (2015): 35,126 train images,
 53,576 test images whose labels were published afterwards.
 
-Layout (research/datasets.md section 3)::
+Layout::
 
     trainLabels.csv            image,level          (image without extension, e.g. 10_left)
     train/**/10_left.jpeg                           (any depth: train/train/ after a multi-part unzip)

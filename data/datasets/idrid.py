@@ -1,6 +1,6 @@
 """IDRiD (ISBI 2018): part A (lesion segmentation, 81 images) and part B (disease grading, 516 images).
 
-Layout (research/datasets.md section 1), either part may be absent, test sets are optional::
+Layout, either part may be absent, test sets are optional::
 
     A. Segmentation/1. Original Images/{a. Training Set,b. Testing Set}/IDRiD_01.jpg
     A. Segmentation/2. All Segmentation Groundtruths/<set>/1. Microaneurysms/IDRiD_01_MA.tif (HE, EX, SE, OD)
