@@ -34,7 +34,11 @@ too small; thresholds in data/quality.py) are listed as ``ungradable`` and not g
 that cannot be read are listed with the reason. Exit codes: 0 every input graded, 3 some were
 not (see their status), 2 a usage error (no such checkpoint, an unwritable --out) before any work.
 --checkpoint takes a release name (pretrained_model/RELEASES.json, hash-checked), a checkpoint
-file (.pt, or a safetensors release's .safetensors with its .json sidecar) or a run folder. Research use only: not for clinical decisions.
+file (.pt, or a safetensors release's .safetensors with its .json sidecar) or a run folder, or an
+exported network (``python -m engine.export ... --out NAME.onnx`` / ``NAME.pt2``): an .onnx file
+runs in ONNX Runtime on the CPU, in float32, without Grad-CAM (panels have no Grad-CAM tile) and
+without importing the network classes (engine/onnx_inferer.py); LR input only. Research use only:
+not for clinical decisions.
 """
 
 from __future__ import annotations
@@ -43,16 +47,21 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from data.cache import file_sha256
 from data.photo import MAX_PIXELS, list_inputs, write_demo_photos
 from data.records import DataError
 from engine.cli import run_cli
+from engine.inference_core import release_calibration
+from engine.onnx_inferer import is_deployment_file, load_deployed
 from engine.predictor import PredictSettings, check_writable, predict
-from engine.release import DEFAULT_RELEASE, resolve_checkpoint
 from engine.runtime import configure_threads
-from engine.testing import load_trained
+
+# engine.release and engine.testing are imported when a checkpoint is loaded (not for an exported
+# file: they import the network classes). The default release is engine.release.DEFAULT_RELEASE.
+DEFAULT_CHECKPOINT = "the default release, deepmt_dr_idrid_small"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -64,8 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--checkpoint",
-        default=DEFAULT_RELEASE,
-        help=f"release name, checkpoint file or run folder (default {DEFAULT_RELEASE})",
+        help="release name, checkpoint file, run folder, or exported .onnx / .pt2 file "
+        f"(default: {DEFAULT_CHECKPOINT})",
     )
     parser.add_argument(
         "--out",
@@ -133,6 +142,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_model(name_or_path: str | None, device: str):
+    """``(model, config, release facts, (temperature, referable threshold), file)`` of --checkpoint.
+
+    An exported ``.onnx`` / ``.pt2`` file is loaded by engine/onnx_inferer.py (the model is its
+    ``DeployedModel``, the config the parts of one its metadata gives; CPU, ``torch``'s thread
+    count); anything else is found by ``engine.release.resolve_checkpoint`` and rebuilt by
+    ``engine.testing.load_trained``."""
+    if name_or_path is not None and is_deployment_file(name_or_path):
+        if device not in ("auto", "cpu"):
+            print(f"note: an exported file runs on the CPU: --device {device} does not apply")
+        deployed = load_deployed(name_or_path, threads=torch.get_num_threads())
+        meta = deployed.metadata
+        release = {
+            "data": {"terms": meta["dataset"]},
+            "commit": meta["release_commit"] or meta["commit"],
+            "exported_from": f"{meta['source']} (SHA-256 {meta['source_sha256']})",
+        }
+        calibration = (meta["temperature"] or 1.0, meta["referable_threshold"])
+        return deployed, deployed.config, release, calibration, deployed.path
+    from engine.release import DEFAULT_RELEASE, resolve_checkpoint
+    from engine.testing import load_trained
+
+    checkpoint = resolve_checkpoint(name_or_path or DEFAULT_RELEASE)
+    model, config, state = load_trained(checkpoint, device)
+    return model, config, state.get("release") or {}, release_calibration(state), checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_intermixed_args(argv)  # PATHS may come before or after the options
@@ -140,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give PATHS to grade, or --demo (not both)")
     if args.batch_size < 1 or args.workers < 0 or args.max_pixels < 1:
         parser.error("--batch-size and --max-pixels must be positive, --workers >= 0")
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    model, config, state = load_trained(checkpoint, args.device)
     configure_threads(0)
+    model, config, release, calibration, checkpoint = load_model(args.checkpoint, args.device)
+    if args.input == "hr" and is_deployment_file(checkpoint):
+        raise DataError(
+            f"{checkpoint} runs LR -> SR -> lesions -> grade: --input hr needs the checkpoint (.pt)"
+        )
     out = args.out or Path("predictions/demo" if args.demo else "predictions")
     check_writable(out)
     if args.demo:
@@ -156,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         if not inputs.photos:
             raise DataError(f"no images in {' '.join(args.paths)}")
         photos = inputs.photos
-    release = state.get("release") or {}
     digest = file_sha256(checkpoint)
     facts = [
         ("checkpoint", checkpoint),
         ("SHA-256", digest),
+        *([("exported from", release["exported_from"])] if "exported_from" in release else []),
         ("trained on", (release.get("data") or {}).get("terms") or config.data.dataset),
         ("commit", release.get("commit")),
     ]
@@ -177,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         args.ignore_quality,
         args.resume,
         digest,
+        *calibration,
     )
     with tqdm(
         total=len(photos), unit="img", desc="grading", disable=args.quiet, leave=False

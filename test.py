@@ -15,7 +15,8 @@ other splits, inputs or --tta get suffixed names, e.g. metrics_val_lr_tta.json),
 (confusion matrix, ROC curves, lesion PR curves, per-sample panels) and report.html (all of them in
 one file) in visualization_result/<name>/. --checkpoint also takes a release name
 (pretrained_model/RELEASES.json, hash-checked); --dataset/--data-root evaluate it on your own copy
-of a dataset instead of the folder recorded in the checkpoint.
+of a dataset instead of the folder recorded in the checkpoint. --print-config prints the
+checkpoint's config as YAML and exits.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from tqdm import tqdm
 
 from data.datasets import DATASETS
 from engine.cli import run_cli
+from engine.config import config_yaml
+from engine.loading import checkpoint_config
 from engine.release import resolve_checkpoint
 from engine.testing import run_test
 from evaluation.report import format_metrics_table
@@ -65,9 +68,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="average the grade probabilities over the four flips of each image (default: the run's test.tta)",
     )
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--amp",
+        choices=("auto", "on", "off"),
+        help="bf16/fp16 autocast (default: the checkpoint's run.amp, as predict.py; auto: where "
+        "the hardware has it)",
+    )
     parser.add_argument("--samples", type=int, default=4, help="per-sample figure panels to draw")
     parser.add_argument("--figures", default="visualization_result", help="figure folder root")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the checkpoint's config as YAML and exit (nothing is evaluated)",
+    )
     return parser
 
 
@@ -78,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint
         else Path(args.out_dir) / args.name / "checkpoints" / "best.pt"
     )
+    if args.print_config:
+        print(config_yaml(checkpoint_config(checkpoint)), end="")
+        return 0
     progress = (
         None
         if args.quiet
@@ -94,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset_name=args.dataset,
         data_root=args.data_root,
         tta=args.tta,
+        amp=None if args.amp is None else {"auto": "auto", "on": True, "off": False}[args.amp],
     )
     print(format_metrics_table(metrics))
     print(f"results in {run_dir}, figures and report in {Path(metrics['report']).parent}")

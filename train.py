@@ -19,7 +19,7 @@ configs/paper.yaml. The dataset's preprocessing cache is built on the first run
 
 --method NAME applies a named recipe (Compared Methods/README.md) over the preset; the
 key=value overrides still come last. Any config field can be overridden as dotted ``key=value``
-(see engine/config.py).
+(see engine/config.py); --print-config prints the resolved config as YAML and exits.
 
 Reliability (docs/RELIABILITY.md): a recovery checkpoint is written inside each epoch every
 train.checkpoint_every_minutes (default 10) / train.checkpoint_every_steps; --resume continues
@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -43,7 +44,7 @@ from data.datasets import DATASETS
 from engine import distributed
 from engine.builders import ensure_cache
 from engine.cli import run_cli
-from engine.config import DEFAULT_PRESET, STAGES, default_preset, load_config
+from engine.config import DEFAULT_PRESET, STAGES, config_yaml, default_preset, load_config
 from engine.methods import METHODS
 from engine.reliability import PREEMPTED_EXIT_CODE, Preempted
 from engine.trainer import Trainer
@@ -55,7 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--config",
-        help=f"YAML preset (default {DEFAULT_PRESET}, or configs/<dataset>.yaml with --dataset)",
+        help=f"YAML preset (default configs/{Path(DEFAULT_PRESET).name}, or configs/<dataset>.yaml "
+        "with --dataset); a name like demo or demo.yaml is looked up in the repository's configs/",
     )
     parser.add_argument(
         "--method",
@@ -86,6 +88,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML (what the run folder's config.yaml holds) and exit",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.hr_size=128"
     )
     return parser
@@ -105,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         if flag:
             overrides.append(f"{key}={flag}")
     config = load_config(args.config or default_preset(args.dataset), overrides, method=args.method)
+    if args.print_config:
+        print(config_yaml(config), end="")
+        return 0
     progress = (
         None
         if args.quiet

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.cli import run_cli  # noqa: E402
-from engine.table_runner import table_main  # noqa: E402
+from engine.table_cli import table_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,8 @@
     python bench/infer.py                                            # CPU: LR 32 -> HR 128, seg width 1, batch 8
     python bench/infer.py --hr 1024 --seg-width 4 --batch 16 --amp --channels-last   # a GPU, paper size
 
-Random LR batches already on the device, the model in eval mode under ``torch.inference_mode``;
-what ``test.py`` and a deployment run per image. Fields as in bench/train_step.py.
+Random LR batches already on the device through the one inferer (engine/inference.py), which is
+what test.py, predict.py and the saliency CLI run per image. Fields as in bench/train_step.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from bench.common import (
 )
 from engine.builders import build_model, select_device
 from engine.config import load_config
+from engine.inference import Inferer
 from engine.runtime import configure_threads
 
 
@@ -51,6 +51,8 @@ def main() -> None:
             f"data.hr_size={args.hr}",
             f"data.scale={args.scale}",
             f"model.seg_width={args.seg_width}",
+            f"run.amp={str(bool(args.amp)).lower()}",
+            f"run.channels_last={str(bool(args.channels_last)).lower()}",
             *args.overrides,
         ],
     )
@@ -59,20 +61,13 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model = build_model(config).to(device).eval()
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
+    inferer = Inferer(model, config, "lr")  # run.amp / run.channels_last as the flags say
     if args.compile:
         model.compile()
-    lr = torch.rand(
-        args.batch, 3, args.hr // args.scale, args.hr // args.scale, device=device
-    ).contiguous(memory_format=memory_format)
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else nullcontext
-    )
+    lr = torch.rand(args.batch, 3, args.hr // args.scale, args.hr // args.scale, device=device)
 
     def infer() -> None:
-        with torch.inference_mode(), autocast():
-            model(lr)
+        inferer(lr=lr)
 
     reset_peak_memory(device)
     seconds = time_per_call(infer, device, args.steps, args.warmup)

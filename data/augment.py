@@ -111,6 +111,24 @@ def augment(
     return out
 
 
+def augment_batch(batch: dict, data, generator: torch.Generator | None = None) -> dict:
+    """:func:`augment` with the strengths and degradation of ``data``, the config's ``data`` section
+    (its ``aug_*`` keys; read by name, so data/ imports nothing from engine/)."""
+    settings = AugmentSettings(
+        rotation=data.aug_rotation,
+        scale=data.aug_scale,
+        brightness=data.aug_brightness,
+        contrast=data.aug_contrast,
+        gamma=data.aug_gamma,
+        hue=data.aug_hue,
+        blur_sigma=data.aug_blur_sigma,
+        blur_prob=data.aug_blur_prob,
+    )
+    return augment(
+        batch, settings, data.scale, generator, data.blur_kernel, data.blur_sigma, data.noise_var
+    )
+
+
 def _affine(angle: torch.Tensor, zoom: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """``[N,2,3]`` thetas: output pixel = zoom * R(angle) * input pixel about the centre.
 

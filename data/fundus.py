@@ -1,4 +1,4 @@
-"""Fundus preprocessing: field-of-view (FOV) mask, crop to a centred FOV square, Ben Graham normalisation.
+"""Fundus preprocessing: field-of-view (FOV) mask, crop to a centred FOV square.
 
 Offline preprocessing in numpy/cv2, not the training hot path.
 """
@@ -173,19 +173,3 @@ def crop_to_fov_square(
         else:
             cropped_masks = [_crop_pad(mask, top, left, side) for mask in masks]
     return _crop_pad(image, top, left, side), cropped_masks, _crop_pad(fov, top, left, side)
-
-
-def ben_graham(image: np.ndarray, sigma: float, fov: np.ndarray | None = None) -> np.ndarray:
-    """Kaggle-2015 local-contrast normalisation ``4*img - 4*gaussian(img, sigma) + 128``, zero outside the FOV.
-
-    Evens out illumination across fundi from different cameras. image: HxWx3 uint8 (or float in [0,1]);
-    returns HxWx3 uint8. The FOV is computed when not given.
-    """
-    if sigma <= 0:
-        raise DataError(f"sigma must be > 0, got {sigma}")
-    pixels = _to_uint8_scale(image)
-    fov = fov_mask(image) if fov is None else fov
-    blurred = cv2.GaussianBlur(pixels, (0, 0), sigma)
-    normalised = np.clip(4.0 * pixels - 4.0 * blurred + 128.0, 0, 255).astype(np.uint8)
-    normalised[~fov] = 0
-    return normalised

@@ -19,28 +19,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from data.datasets.base import IMAGE_EXTENSIONS
+from data.decode import MAX_PIXELS, DecodeError, decode_rgb
 from data.fundus import crop_to_fov_square
 from data.prepare import hr_square, resize_square
 from data.quality import QUALITY_SIDE, Quality, assess, no_fov
 from data.records import UNKNOWN_GRADE, DataError
 
-# Decompression-bomb guard: a header promising more pixels than this is refused before decoding.
-# 100 MP is four times the largest fundus camera frame (6000x4000) and about 300 MB decoded.
-MAX_PIXELS = 100_000_000
 THUMBNAIL_SIDE = 320  # longer side of the photograph's thumbnail in the report and the panel
-ORIENTATION_TAG = 0x0112  # EXIF orientation; 5-8 swap width and height
-TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
-class PhotoError(DataError):
-    """A file that cannot be graded; ``kind`` is its CSV status (unreadable, empty, too_large, missing)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
+# A file that cannot be graded; ``kind`` is its CSV status (unreadable, empty, too_large, missing).
+PhotoError = DecodeError
 
 
 @dataclass(frozen=True)
@@ -125,70 +117,13 @@ def list_inputs(paths: Iterable[str | Path]) -> InputList:
     return inputs
 
 
-def _draft_factor(size: tuple[int, int], min_side: int) -> int:
-    """The JPEG DCT scaling (1, 2, 4, 8) that keeps the shorter side at least ``min_side``: data/prepare's rule."""
-    return max(1, min(size) // max(min_side, 1))
-
-
-def _to_rgb(image: Image.Image) -> np.ndarray:
-    """HxWx3 uint8 from any PIL mode: 16-bit and 32-bit grey by value range, alpha composited over black."""
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-        grey = np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        grey = np.clip(values * (255.0 if values.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(
-            np.uint8
-        )
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-    return np.asarray(image.convert("RGB"))
-
-
 def read_photo(
     path: Path, min_side: int | None = None, max_pixels: int = MAX_PIXELS
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """A photograph as upright HxWx3 uint8 RGB, and its full-resolution upright ``(height, width)``.
-
-    JPEGs are decoded at a reduced DCT scale when the shorter side stays at least ``min_side``
-    (as ``data.prepare`` does). Raises :class:`PhotoError`: ``missing``, ``empty`` (zero bytes),
-    ``too_large`` (more than ``max_pixels``, checked from the header before decoding) or
-    ``unreadable`` (not an image, truncated or corrupt).
-    """
-    if not path.is_file():
-        raise PhotoError("missing", f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise PhotoError("empty", f"{path}: zero-byte file")
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise PhotoError(
-                    "too_large",
-                    f"{path}: {width}x{height} = {width * height} pixels, over the limit of {max_pixels} (--max-pixels)",
-                )
-            if min_side is not None and image.format == "JPEG":
-                factor = _draft_factor((width, height), min_side)
-                if factor >= 2:
-                    image.draft("RGB", (width // factor, height // factor))
-            image.load()
-            if image.getexif().get(ORIENTATION_TAG) in TRANSPOSING_ORIENTATIONS:
-                width, height = height, width
-            array = _to_rgb(ImageOps.exif_transpose(image))
-    except PhotoError:
-        raise
-    except Image.DecompressionBombError as error:
-        raise PhotoError("too_large", f"{path}: {error}") from None
-    except UnidentifiedImageError:
-        raise PhotoError("unreadable", f"{path}: not an image PIL can identify") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise PhotoError("unreadable", f"{path}: truncated or corrupt image ({error})") from None
-    return np.ascontiguousarray(array), (height, width)
+    """A photograph as upright HxWx3 uint8 RGB and its full-resolution upright ``(height, width)``,
+    decoded by the training data's own decoder (:func:`data.decode.decode_rgb`). Raises
+    :class:`PhotoError`: ``missing``, ``empty``, ``too_large`` or ``unreadable``."""
+    return decode_rgb(path, min_side, max_pixels)
 
 
 def thumbnail(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:

@@ -16,10 +16,17 @@ from data.records import DataError
 from data.splits import SplitSettings, assign_roles, keep_in_train, load_groups, split_name
 from data.synthetic import SyntheticFundus
 from engine.config import Config, ConfigError
-from engine.distributed import SINGLE_PROCESS, EpochShuffleSampler, ShardSampler, World
+from engine.distributed import (
+    SINGLE_PROCESS,
+    EpochShuffleSampler,
+    ShardSampler,
+    World,
+    broadcast_module,
+)
 from engine.sampling import BalancedSampler
 from models import DeepMTDR, create_model
 from models.grading import ImageNetWeightsError
+from models.losses import class_weights_from_counts
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,34 @@ def build_model(config: Config) -> DeepMTDR:
     if model.seg_prior is not None and net.seg is not None:
         net.seg.init_prior(model.seg_prior)
     return net
+
+
+def apply_fast_paths(
+    model: DeepMTDR, config: Config, world: World, device: torch.device, channels_last: bool
+) -> DeepMTDR:
+    """The model-side speed switches of ``config.run`` (each off by default, docs/BENCHMARKS.md);
+    returns the model (converted to SyncBatchNorm under torchrun on CUDA with run.sync_batchnorm)."""
+    run = config.run
+    if run.sync_batchnorm and world.distributed:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            log.warning("run.sync_batchnorm needs CUDA; BatchNorm statistics stay per process")
+    if model.seg is not None:
+        model.seg.checkpoint = config.model.seg_checkpoint
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    broadcast_module(model)  # every process starts from rank 0's weights
+    if run.compile:
+        # The grader stays eager: Grad-CAM takes gradients w.r.t. its stage outputs, which a
+        # compiled module does not allow (autograd.grad reports them unused).
+        options = {"backend": run.compile_backend}
+        if run.compile_backend == "inductor":
+            options["mode"] = run.compile_mode
+        for sub_net in (model.isr, model.seg):
+            if sub_net is not None:
+                sub_net.compile(**options)
+    return model
 
 
 def cache_path(config: Config) -> Path:
@@ -226,3 +261,14 @@ def grade_counts(dataset: Dataset, num_classes: int) -> torch.Tensor:
     grades = torch.as_tensor(list(dataset.grades), dtype=torch.long)
     grades = grades[grades >= 0]
     return torch.bincount(grades, minlength=num_classes)[:num_classes]
+
+
+def grading_class_weights(config: Config, dataset: Dataset) -> torch.Tensor | None:
+    """``loss.class_weights`` for the cross entropy: inverse training frequency ("auto"), none,
+    or the configured list."""
+    setting = config.loss.class_weights
+    if setting == "none":
+        return None
+    if setting == "auto":
+        return class_weights_from_counts(grade_counts(dataset, config.data.num_classes))
+    return torch.tensor(setting, dtype=torch.float32)

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.config import STAGES, flat_keys
+from engine.config import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,10 @@ SIDECAR_FORMAT = "deepmt-dr-safetensors-1"
 RELEASE_STATE_KEYS = ("stage", "epoch", "step", "best_metric", "best_epoch")
 
 # Config keys a resumed run may change: where things are, how fast and on what it runs, how often it
-# saves, and what to train for how long. Any other difference changes the run and is refused.
+# saves, and what to train for how long. Any other difference changes the run and is refused
+# (engine/run_folder.py, through engine.config.config_differences). Wider than the table runner's
+# NOT_COMPARED (engine/table_reuse.py): a resume continues the same training, which may be given
+# more epochs or another machine, whereas a table cell must be exactly its row's finished training.
 RESUME_MAY_CHANGE = frozenset(
     {
         "run.name",
@@ -394,16 +397,6 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
             "%s is a format_version 1 checkpoint, written before checksums: loaded unverified", path
         )
     return state
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """``key (saved -> current)`` for every config key that differs and that a resume may not change."""
-    old, new = flat_keys(saved), flat_keys(current)
-    return [
-        f"{key} ({old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r})"
-        for key in sorted(old.keys() | new.keys())
-        if key not in RESUME_MAY_CHANGE and old.get(key) != new.get(key)
-    ]
 
 
 # Tensors added to the model after checkpoints were first written: one without them loads, and the

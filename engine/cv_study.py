@@ -201,18 +201,21 @@ def final_checkpoint(run_dir: Path) -> Path:
     raise DataError(f"{run_dir}: no best.pt or last.pt; the run did not finish")
 
 
-def record_paths(records: Path, row: str, fold: int) -> tuple[Path, Path]:
-    return records / row / f"fold{fold}.csv", records / row / f"fold{fold}.json"
+def record_paths(records: Path, row: str, fold: int, unit: str = "fold") -> tuple[Path, Path]:
+    """``<records>/<row>/<unit><k>.csv|json`` (``unit``: fold here, seed in a seed sweep)."""
+    return records / row / f"{unit}{fold}.csv", records / row / f"{unit}{fold}.json"
 
 
-def is_recorded(records: Path, row: str, fold: int) -> bool:
-    return all(path.is_file() for path in record_paths(records, row, fold))
+def is_recorded(records: Path, row: str, fold: int, unit: str = "fold") -> bool:
+    return all(path.is_file() for path in record_paths(records, row, fold, unit))
 
 
-def write_record(records: Path, row: str, fold: int, predictions: Path, provenance: dict) -> None:
+def write_record(
+    records: Path, row: str, fold: int, predictions: Path, provenance: dict, unit: str = "fold"
+) -> None:
     """Copy the held-out predictions (id, grade, predicted, p0..) and write the provenance JSON,
     each atomically, the JSON last (a record counts only with both)."""
-    table, meta = record_paths(records, row, fold)
+    table, meta = record_paths(records, row, fold, unit)
     table.parent.mkdir(parents=True, exist_ok=True)
     with open(predictions, newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -233,6 +236,30 @@ def write_record(records: Path, row: str, fold: int, predictions: Path, provenan
     temporary = meta.with_name(f".{meta.name}.tmp")
     temporary.write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n")
     temporary.replace(meta)
+
+
+def train_to_end(config: Config, progress=None) -> Path:
+    """Train ``config``'s run to its end (resuming what a killed run left) and return its final
+    checkpoint; a run another process is training (a shared one) is waited for, not touched."""
+    run_dir = config.run_dir
+    done = run_dir / "checkpoints" / "done"
+    while not done.is_file():
+        try:
+            with FolderLock(run_dir.with_name(f"{run_dir.name}.lock"), f"shared run {run_dir}"):
+                if done.is_file():
+                    break
+                checkpoints = run_dir / "checkpoints"
+                resume = (checkpoints / "last.pt").is_file() or (
+                    checkpoints / "recovery.pt"
+                ).is_file()
+                if not resume and run_dir.exists():
+                    shutil.rmtree(run_dir)  # started but nothing saved: start again cleanly
+                Trainer(config, progress=progress).fit(resume=resume)
+                done.write_text("finished\n")
+        except LockError as error:
+            log.info("waiting %d s: %s", WAIT_SECONDS, error)
+            time.sleep(WAIT_SECONDS)
+    return final_checkpoint(run_dir)
 
 
 @dataclass
@@ -257,29 +284,7 @@ class CVRunner:
         ]
 
     def _train(self, config: Config) -> Path:
-        """Train ``config``'s run to its end (resuming what a killed run left) and return its final
-        checkpoint; a run another process is training (a shared one) is waited for, not touched."""
-        run_dir = config.run_dir
-        done = run_dir / "checkpoints" / "done"
-        while not done.is_file():
-            try:
-                with FolderLock(
-                    run_dir.with_name(f"{run_dir.name}.lock"), f"cross-validation run {run_dir}"
-                ):
-                    if done.is_file():
-                        break
-                    checkpoints = run_dir / "checkpoints"
-                    resume = (checkpoints / "last.pt").is_file() or (
-                        checkpoints / "recovery.pt"
-                    ).is_file()
-                    if not resume and run_dir.exists():
-                        shutil.rmtree(run_dir)  # started but nothing saved: start again cleanly
-                    Trainer(config, progress=self.progress).fit(resume=resume)
-                    done.write_text("finished\n")
-            except LockError as error:
-                log.info("waiting %d s: %s", WAIT_SECONDS, error)
-                time.sleep(WAIT_SECONDS)
-        return final_checkpoint(run_dir)
+        return train_to_end(config, self.progress)
 
     def _start_checkpoint(self, spec: RunSpec, name: str, fold: int, config: Config) -> Path | None:
         if spec.start is None:
@@ -318,8 +323,9 @@ class CVRunner:
                 (*self.extra, f"train.init_from={init}"),
             )
         checkpoint = self._train(config)
+        # fp32 evaluation, as every record of the study so far (test.py's default is run.amp).
         metrics, run_dir = run_test(
-            checkpoint, "val", config.run.device, 0, self.out_dir / "figures"
+            checkpoint, "val", config.run.device, 0, self.out_dir / "figures", amp=False
         )
         predictions = sorted(run_dir.glob("predictions_val*.csv"), key=lambda p: p.stat().st_mtime)[
             -1

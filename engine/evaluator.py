@@ -1,4 +1,5 @@
-"""Inference over a loader and the metrics of DESIGN.md section 6 (one implementation: evaluation.metrics)."""
+"""A split scored: the one inferer (engine/inference.py) over a loader, and every metric of
+evaluation/metrics.py (grading, super-resolution inside the FOV and lesions, segmentation)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Literal
 
 import torch
@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from data.degrade import bicubic_upsample
 from engine import distributed
 from engine.frozen_cache import FrozenOutputs
-from engine.tta import flip_averaged_probabilities
+from engine.inference import Inferer
 from evaluation.metrics import (
     SegmentationMetrics,
     grading_metrics,
@@ -24,7 +24,6 @@ from evaluation.metrics import (
     ssim_per_image,
 )
 from models import DeepMTDR
-from models.ordinal import decode_grades
 
 Mode = Literal["lr", "hr"]
 SR_KEYS = ("psnr", "ssim", "psnr_lesion")
@@ -85,22 +84,26 @@ def evaluate(
     progress: Callable | None = None,
     frozen: FrozenOutputs | None = None,
     tta: bool = False,
+    temperature: float = 1.0,
+    referable_threshold: float | None = None,
 ) -> EvalResult:
-    """Run the model over ``loader``.
+    """Run the model over ``loader`` through the one inferer (engine/inference.py) and score it.
 
     ``mode="lr"``: the full pipeline, LR -> SR -> lesions -> grade, with SR metrics for the SR
     image and the bicubic baseline. ``mode="hr"``: lesions and grade on the HR image (the
     upper bound the cls and seg stages train for). ``frozen``: the lesion logits of the loader's
     images in loader order, computed once while the nets that make them are frozen (the cls
-    stage's validation, engine/frozen_cache.py), used instead of segmenting again. ``tta``: grade
-    probabilities averaged over the four flips of the input (engine/tta.py; the flipped views run the
-    whole pipeline, segmentation included); SR and segmentation metrics are the unflipped pass's.
-    Predicted grades follow the model's decoding (argmax, or its fitted thresholds).
+    stage's validation, engine/frozen_cache.py), used for the unflipped view. ``tta``: the
+    inferer's flip policy (probabilities and lesion maps averaged over four flips); SR metrics are
+    the unflipped view's. ``autocast``: the precision to run in (a training's; test.py passes the
+    release's ``run.amp``). ``temperature`` / ``referable_threshold``: a release's calibration and
+    referral threshold (evaluation/referable.py). Grades follow the model's decoding.
     """
     model.eval()
+    inferer = Inferer(model, None, mode, tta=tta, autocast=autocast, temperature=temperature)
     sr_values = {"sr": _PerImageSR(), "bicubic": _PerImageSR()}
     seg = SegmentationMetrics(num_lesions=4, device=device) if model.use_lesions else None
-    ids, grades, probs = [], [], []
+    ids, grades, probs, predicted = [], [], [], []
     batches = progress(loader) if progress else loader
     seen = 0
     for batch in batches:
@@ -110,42 +113,31 @@ def evaluate(
             batch["mask_valid"].to(device),
             batch["fov"].to(device),
         )
-        with autocast():
-            if mode == "lr":
-                lr = batch["lr"].to(device)
-                image = model.isr(lr).float()
-            else:
-                image = hr
-            if frozen is not None:
-                lesion_logits = frozen.rows(seen, seen + hr.shape[0])["lesion_logits"]
-                result = model.grade_with_lesions(image, lesion_logits)
-            else:
-                result = model.grade_image(image)
+        lr = batch["lr"].to(device) if mode == "lr" else None
+        lesion_logits = None
+        if frozen is not None:
+            lesion_logits = frozen.rows(seen, seen + hr.shape[0])["lesion_logits"]
+        result = inferer(hr, lr, lesion_logits)
         seen += hr.shape[0]
         if mode == "lr":
-            sr_values["sr"].add(image, hr, fov, masks * valid[:, :, None, None])
-            sr_values["bicubic"].add(
-                bicubic_upsample(lr, model.isr.scale), hr, fov, masks * valid[:, :, None, None]
-            )
+            lesion_masks = masks * valid[:, :, None, None]
+            sr_values["sr"].add(result.image, hr, fov, lesion_masks)
+            sr_values["bicubic"].add(bicubic_upsample(lr, model.isr.scale), hr, fov, lesion_masks)
         if seg is not None:
-            seg.update(torch.sigmoid(result.lesion_logits.float()), masks, valid)
+            seg.update(result.lesions, masks, valid)
         ids += list(batch["id"])
         grades.append(batch["grade"])
-        batch_probs = torch.softmax(result.grade_logits.float(), dim=1)
-        if tta:
-            batch_probs = flip_averaged_probabilities(
-                partial(_grade_logits, model, mode, autocast),
-                lr if mode == "lr" else hr,
-                batch_probs,
-            )
-        probs.append(batch_probs.cpu())
+        probs.append(result.probabilities.cpu())
+        predicted.append(result.grades.cpu())
     grades_all = torch.cat(grades) if grades else torch.zeros(0, dtype=torch.long)
     probs_all = torch.cat(probs) if probs else torch.zeros(0)
+    predicted_all = torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.long)
     if distributed.current().distributed:
         # Each process saw its ShardSampler share; pool them back in dataset order.
         ids = distributed.interleave(distributed.gather_objects(ids))
         grades_all = _interleave_rows(distributed.gather_objects(grades_all))
         probs_all = _interleave_rows(distributed.gather_objects(probs_all))
+        predicted_all = _interleave_rows(distributed.gather_objects(predicted_all))
         for values in sr_values.values():
             values.gather()
         if seg is not None:
@@ -153,26 +145,18 @@ def evaluate(
     metrics: dict = {"mode": mode}
     thresholds = model.decision_thresholds.cpu() if model.decision_thresholds is not None else None
     if bool((grades_all >= 0).any()):
-        metrics["grading"] = grading_metrics(grades_all.numpy(), probs_all.numpy(), thresholds)
+        metrics["grading"] = grading_metrics(
+            grades_all.numpy(),
+            probs_all.numpy(),
+            thresholds,
+            referable_threshold,
+            predicted=predicted_all.numpy(),
+        )
     if mode == "lr":
         metrics["sr"] = {name: values.result() for name, values in sr_values.items()}
     if seg is not None:
         metrics["segmentation"] = seg.compute()
-    predicted = (
-        decode_grades(probs_all, thresholds)
-        if probs_all.ndim == 2
-        else torch.zeros(0, dtype=torch.long)
-    )
-    return EvalResult(metrics, ids, grades_all, probs_all, seg, predicted)
-
-
-def _grade_logits(
-    model: DeepMTDR, mode: Mode, autocast: Callable[[], object], source: torch.Tensor
-) -> torch.Tensor:
-    """The whole pipeline from an input view (LR in ``mode="lr"``, else HR) to grade logits: a TTA view."""
-    with autocast():
-        image = model.isr(source).float() if mode == "lr" else source
-        return model.grade_image(image).grade_logits
+    return EvalResult(metrics, ids, grades_all, probs_all, seg, predicted_all)
 
 
 def _interleave_rows(per_rank: list[torch.Tensor]) -> torch.Tensor:

@@ -61,7 +61,8 @@ from engine.checkpoint import (
 from engine.cli import run_cli
 from engine.config import Config, config_from_dict
 from engine.release import register
-from engine.testing import checkpoint_tag, run_folder_of
+from engine.testing import checkpoint_tag, run_folder_of, tta_tag
+from evaluation.calibration import read_predictions, release_calibration
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,17 @@ GRADING_KEYS = (
 )
 FORMATS = {".pt": "pt", SAFETENSORS_SUFFIX: "safetensors"}  # --out suffix -> format
 # What a converted release keeps of the one it came from: how it was trained and what it scored.
-CARRIED_OVER = ("data", "trained", "metrics", "train_command", "source", "source_sha256")
+CARRIED_OVER = (
+    "data",
+    "trained",
+    "metrics",
+    "train_command",
+    "source",
+    "source_sha256",
+    "calibration",
+    "referable_threshold",
+    "referable_operating_point",
+)
 
 
 @dataclass(frozen=True)
@@ -262,7 +273,9 @@ def release_format(out: Path, format: str | None = None) -> str:
     """``pt`` or ``safetensors``: from ``--out``'s suffix, which ``--format`` (if given) must match."""
     by_suffix = FORMATS.get(out.suffix)
     if by_suffix is None:
-        raise CheckpointError(f"--out {out} must be a .pt or .safetensors file")
+        raise CheckpointError(
+            f"--out {out} must be a .pt or .safetensors file (a release), or .onnx or .pt2 (a deployment file)"
+        )
     if format is not None and format != by_suffix:
         wanted = next(suffix for suffix, name in FORMATS.items() if name == format)
         raise CheckpointError(f"--out {out} must end in {wanted} for --format {format}")
@@ -317,16 +330,22 @@ def export_release(
     command: str | None = None,
     tta: bool | None = None,
     format: str | None = None,
+    calibrate_on: str | Path | None = None,
+    specificity: float = 0.90,
 ) -> Exported:
     """Write the release of ``source`` (run folder or checkpoint) to ``out`` and register its SHA-256.
 
     ``out``'s suffix picks the format (``.pt``, or ``.safetensors`` with its sidecar ``.json``);
     ``format`` ("pt" / "safetensors"), if given, must agree. ``tta`` True / False sets the
-    release's ``test.tta`` (flip test-time augmentation, test.py's default for it); None keeps the run's."""
+    release's ``test.tta`` (flip test-time augmentation, test.py's default for it); None keeps the run's.
+    ``calibrate_on``: a validation predictions CSV of test.py (default: the run folder's, in the
+    release's input and TTA, when there) on which the temperature and the referral threshold at
+    ``specificity`` are fitted (evaluation/calibration.py); none found: the release has neither."""
     checkpoint, run_dir = source_checkpoint(source)
     out = Path(out)
     kind = release_format(out, format)
     state = load_checkpoint(checkpoint)
+    run_tta = state["config"]["test"].get("tta", False)
     if tta is not None:
         state["config"]["test"]["tta"] = tta
     config = config_from_dict(state["config"])
@@ -377,6 +396,10 @@ def export_release(
             {key: previous[key] for key in CARRIED_OVER if previous.get(key) is not None}
         )
         release["train_command"] = train_command or previous.get("train_command")
+    predictions = calibrate_on or validation_predictions(run_dir, config, run_tta)
+    if predictions is not None:
+        grades, probs = read_predictions(Path(predictions))
+        release.update(release_calibration(grades, probs, specificity, str(predictions)))
     release = _finite(release)
     keep = {key: state[key] for key in RELEASE_STATE_KEYS if key in state}
     entry = {
@@ -428,6 +451,15 @@ def readme_line(exported: Exported) -> str:
     )
 
 
+def validation_predictions(run_dir: Path | None, config: Config, run_tta: bool) -> Path | None:
+    """test.py's validation predictions in the release's input and TTA, if the run folder has them."""
+    if run_dir is None:
+        return None
+    hr = "_hr" if config.test.input == "hr" else ""
+    path = Path(run_dir) / f"predictions_val{hr}{tta_tag(config.test.tta, run_tta)}.csv"
+    return path if path.is_file() else None
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine.export",
@@ -447,11 +479,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--format",
-        choices=sorted(set(FORMATS.values())),
-        help="pt or safetensors (default: --out's suffix, which must agree)",
+        choices=[*sorted(set(FORMATS.values())), "onnx", "pt2"],
+        help="pt or safetensors (a release), onnx or pt2 (a deployment file of the inference "
+        "network: engine/deploy_export.py); default: --out's suffix, which must agree",
     )
     parser.add_argument(
         "--train-command", help="the command that trained the run, recorded in the release"
+    )
+    parser.add_argument(
+        "--calibrate-on",
+        metavar="CSV",
+        help="test.py's validation predictions to fit the temperature and the referral threshold "
+        "on (default: the run folder's predictions_val*.csv in the release's input and TTA)",
+    )
+    parser.add_argument(
+        "--referable-specificity",
+        type=float,
+        default=0.90,
+        help="the validation specificity the release's referral threshold reaches (default 0.90)",
     )
     parser.add_argument(
         "--tta",
@@ -467,8 +512,27 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(
         ["python", "-m", "engine.export", *(sys.argv[1:] if argv is None else argv)]
     )
+    from engine import deploy_export  # imports engine.export: here, not at the top
+
+    if deploy_export.deploy_format(Path(args.out), args.format):
+        if args.train_command or args.calibrate_on or args.tta is not None:
+            raise CheckpointError(
+                "--train-command, --calibrate-on and --tta make a release: export the release "
+                "(.pt), then the deployment file from it"
+            )
+        deploy_export.print_deployed(
+            deploy_export.export_deployment(args.source, args.out, args.format, command)
+        )
+        return 0
     exported = export_release(
-        args.source, args.out, args.train_command, command, args.tta, args.format
+        args.source,
+        args.out,
+        args.train_command,
+        command,
+        args.tta,
+        args.format,
+        args.calibrate_on,
+        args.referable_specificity,
     )
     megabytes = exported.bytes / 2**20
     release = exported.release
@@ -491,6 +555,19 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"warning: {megabytes:.1f} MB is over the {MAX_RELEASE_MB} MB a file in pretrained_model/ may take",
             file=sys.stderr,
+        )
+    calibration = release.get("calibration")
+    if calibration:
+        point = release["referable_operating_point"]
+        print(
+            f"calibrated on {calibration['n']} validation images: temperature "
+            f"{calibration['temperature']:.3f}, ECE {calibration['ece_before']:.3f} -> "
+            f"{calibration['ece_after']:.3f}; referral threshold {release['referable_threshold']:.3f} "
+            f"(sensitivity {point['sensitivity']:.3f} at specificity {point['specificity']:.3f})"
+        )
+    else:
+        print(
+            "not calibrated: no validation predictions (run test.py --split val first, or --calibrate-on)"
         )
     if exported.sidecar:
         print(f"sidecar SHA-256 {exported.sidecar_sha256}")

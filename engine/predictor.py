@@ -37,28 +37,26 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.nn import functional as F
 
-from data.degrade import degrade
 from data.photo import MAX_PIXELS, PhotoDataset, PhotoInput
 from data.records import GRADE_NAMES, LESIONS, DataError
-from engine.config import Config
-from engine.evaluator import Mode
-from engine.runtime import resolve_speed
-from engine.tta import FLIPS, flip, mean_over_views
+from engine.onnx_inferer import DeployedModel, OnnxInferer
 from evaluation.evidence import LESION_THRESHOLD, draw_panel, panel_title
+from evaluation.referable import is_referable, model_threshold
 from evaluation.report import PredictionReport
-from models import DeepMTDR
-from models.cam import gradcam_in_forward
 
-REFERABLE_GRADE = 2  # ICDR moderate or worse: refer
+if TYPE_CHECKING:  # not imported to run: an exported file grades without the network classes
+    from engine.config import Config
+    from engine.evaluator import Mode
+    from models import DeepMTDR
+
 STATUSES = ("ok", "ungradable", "unreadable", "empty", "too_large", "missing")
 # What --resume does not grade again: a photograph graded, or one whose file says it never will be.
 # A missing file may yet arrive (a folder still being copied), so it is tried again.
@@ -67,6 +65,8 @@ FINAL_STATUSES = frozenset(STATUSES) - {"missing"}
 TEXT_COLUMNS = ("path", "reason", "flags", "grade_name", "panel", "sr")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 RUN_FILE = "predict_run.json"  # what a --resume must match
+# What a predict_run.json written before a setting was recorded graded with.
+DEFAULTS_BEFORE = {"temperature": 1.0, "referable_threshold": None}
 
 
 def neutralise_cell(text: str) -> str:
@@ -88,6 +88,7 @@ def csv_columns(num_classes: int) -> list[str]:
         "grade",
         *[f"p{c}" for c in range(num_classes)],
         "p_referable",
+        "referable",
         *[f"area_{name}" for name in LESIONS],
         "flags",
         "reason",
@@ -126,6 +127,8 @@ class PredictSettings:
     checkpoint_sha256: str | None = (
         None  # recorded in predict_run.json; a resume must grade with the same weights
     )
+    temperature: float = 1.0  # a release's calibration (engine/inference.py)
+    referable_threshold: float | None = None  # a release's referral threshold; None: 0.5
 
 
 @dataclass
@@ -148,100 +151,60 @@ class Summary:
 
 
 class BatchGrader:
-    """A loaded model as one batched call: HR squares ``[N,3,S,S]`` uint8 -> probabilities, lesion
-    maps, SR and Grad-CAM, all on the device, one host copy per batch."""
+    """predict.py's face of the one inferer (engine/inference.py): HR squares ``[N,3,S,S]`` uint8
+    and their FOV -> probabilities, grades, referral, lesion maps and areas inside the FOV, the SR
+    image and Grad-CAM; one host copy per batch. ``model`` may be an exported file
+    (:class:`engine.onnx_inferer.DeployedModel`): graded by its :class:`OnnxInferer`, in float32
+    (``amp`` does not apply), without Grad-CAM."""
 
     def __init__(
-        self, model: DeepMTDR, config: Config, mode: Mode, tta: bool = False, amp: str = "auto"
+        self,
+        model: DeepMTDR | DeployedModel,
+        config: Config,
+        mode: Mode,
+        tta: bool = False,
+        amp: str = "auto",
+        temperature: float = 1.0,
+        referable_threshold: float | None = None,
     ) -> None:
-        self.model = model.eval().requires_grad_(
-            False
-        )  # Grad-CAM differentiates after the last stage only
-        self.config, self.mode = config, mode
-        self.device = next(model.parameters()).device
-        self.views = FLIPS if tta else FLIPS[:1]
-        speed = resolve_speed(
-            {"auto": "auto", "on": True, "off": False}[amp],
-            "auto",
-            self.device,
-            config.run.amp_dtype,
-        )
-        self.speed = speed
-        self.dtype = (
-            torch.bfloat16
-            if self.device.type == "cpu" or config.run.amp_dtype == "bfloat16"
-            else torch.float16
-        )
-        self.memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
-        if speed.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        if isinstance(model, DeployedModel):
+            self.model = model
+            self.inferer = OnnxInferer(model, mode, tta=tta, temperature=temperature)
+        else:
+            from engine.inference import Inferer
 
-    def _autocast(self):
-        return (
-            torch.autocast(self.device.type, dtype=self.dtype) if self.speed.amp else nullcontext()
-        )
-
-    def _cam_weights(self, count: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Score weights: the view-averaged predicted grade, on the identity view's rows only."""
-
-        def weights_of(logits: torch.Tensor) -> torch.Tensor:
-            probabilities = mean_over_views(
-                torch.softmax(logits.float(), dim=1).view(len(self.views), count, -1)
+            # Grad-CAM differentiates after the grader's last stage only: no parameter needs a gradient.
+            self.model = model.eval().requires_grad_(False)
+            self.inferer = Inferer(
+                self.model,
+                config,
+                mode,
+                tta=tta,
+                amp={"auto": "auto", "on": True, "off": False}[amp],
+                temperature=temperature,
             )
-            weights = torch.zeros_like(logits)
-            weights[:count] = F.one_hot(
-                self.model.predict_grades(probabilities), logits.shape[1]
-            ).to(logits.dtype)
-            return weights
-
-        return weights_of
+        self.speed, self.device = self.inferer.speed, self.inferer.device
+        self.referable_threshold = referable_threshold
 
     @torch.no_grad()
     def __call__(self, hr: torch.Tensor, fov: torch.Tensor) -> dict[str, torch.Tensor]:
-        count, size = hr.shape[0], tuple(hr.shape[-2:])
-        hr = hr.to(self.device, non_blocking=True).float().div_(255)
-        fov = fov.to(self.device)
-        data = self.config.data
-        lr = (
-            degrade(hr, data.scale, data.blur_kernel, data.blur_sigma)
-            if self.mode == "lr"
-            else None
-        )
-        source = lr if lr is not None else hr
-        batch = torch.cat([flip(source, dims) for dims in self.views]).contiguous(
-            memory_format=self.memory_format
-        )
-        with self._autocast():
-            image = self.model.isr(batch) if lr is not None else batch
-            lesion_logits = self.model.segment(image)
-            logits, cam = gradcam_in_forward(
-                lambda: self.model.grade_with_lesions(image, lesion_logits).grade_logits,
-                self.model.grader.stages()[-1],
-                size,
-                self._cam_weights(count),
-            )
-        probabilities = mean_over_views(
-            torch.softmax(logits.float(), dim=1).view(len(self.views), count, -1)
-        )
-        lesions = torch.sigmoid(lesion_logits.float()).view(
-            len(self.views), count, lesion_logits.shape[1], *size
-        )
-        lesions = mean_over_views(
-            torch.stack([flip(lesions[v], self.views[v]) for v in range(len(self.views))])
-        )
-        inside = fov.float()
-        lesions = lesions * inside  # outside the field of view there is nothing to find
+        result = self.inferer(hr=hr, cam=True)
+        inside = fov.to(self.device).float()
+        lesions = result.lesions * inside  # outside the field of view there is nothing to find
         areas = (lesions >= LESION_THRESHOLD).float().sum((2, 3)) / inside.sum((2, 3)).clamp_min(1)
         out = {
-            "probabilities": probabilities,
-            "grades": self.model.predict_grades(probabilities),
+            "probabilities": result.probabilities,
+            "grades": result.grades,
+            "p_referable": result.p_referable,
+            "referable": is_referable(result.p_referable, self.referable_threshold),
             "lesions": lesions,
             "areas": areas,
-            "cam": cam[:count, 0].float(),
-            "image": image[:count].float().clamp(0, 1),
+            "image": result.image.clamp(0, 1),
         }
-        if lr is not None:
-            out["lr"] = lr
+        if result.cam is not None:  # an exported file gives none
+            out["cam"] = result.cam
+        if result.lr is not None:
+            out["lr"] = result.lr
         return {key: value.cpu() for key, value in out.items()}
 
 
@@ -315,7 +278,8 @@ class _Outputs:
         if result is not None:
             probabilities = result["probabilities"][row_index].tolist()
             grade = int(result["grades"][row_index])
-            referable = float(sum(probabilities[REFERABLE_GRADE:]))
+            referable = float(result["p_referable"][row_index])
+            row["referable"] = int(result["referable"][row_index])
             areas = result["areas"][row_index].tolist() if result["areas"].shape[1] else None
             row.update(
                 grade=grade,
@@ -334,7 +298,7 @@ class _Outputs:
                     item["thumbnail"],
                     image.numpy(),
                     lesions if len(lesions) else np.zeros((4, *image.shape[-2:])),
-                    result["cam"][row_index].numpy(),
+                    result["cam"][row_index].numpy() if "cam" in result else None,
                     panel_title(
                         Path(item["path"]).name, grade, probabilities, referable, flags, reference
                     ),
@@ -464,7 +428,7 @@ def _check_run_file(out: Path, identity: dict) -> None:
     changed = [
         f"{key} {before.get(key)!r} -> {value!r}"
         for key, value in identity.items()
-        if before.get(key) != value
+        if before.get(key, DEFAULTS_BEFORE.get(key)) != value
     ]
     if changed:
         raise DataError(
@@ -561,7 +525,7 @@ def _earlier_rows(
 
 
 def predict(
-    model: DeepMTDR,
+    model: DeepMTDR | DeployedModel,
     config: Config,
     photos: Sequence[PhotoInput],
     settings: PredictSettings,
@@ -579,7 +543,15 @@ def predict(
     ):
         (out / folder).mkdir(exist_ok=True)
     mode = settings.input or config.test.input
-    grader = BatchGrader(model, config, mode, settings.tta, settings.amp)
+    grader = BatchGrader(
+        model,
+        config,
+        mode,
+        settings.tta,
+        settings.amp,
+        settings.temperature,
+        settings.referable_threshold,
+    )
     size = (
         f"LR {config.data.hr_size // config.data.scale} px -> SR {config.data.hr_size} px"
         if mode == "lr"
@@ -589,8 +561,19 @@ def predict(
         *facts,
         ("graded", f"FOV square {size}"),
         ("test-time augmentation", "4 flips" if settings.tta else "off"),
-        ("precision", "bf16 autocast" if grader.speed.amp else "fp32"),
+        ("precision", grader.inferer.precision),
+        (
+            "referable DR",
+            f"p(grade >= 2) >= {model_threshold({'referable_threshold': settings.referable_threshold}):.3f}"
+            + (" (fixed at release)" if settings.referable_threshold is not None else " (default)"),
+        ),
+        *(
+            [("calibration", f"temperature {settings.temperature:.3f}")]
+            if settings.temperature != 1.0
+            else []
+        ),
         ("device", str(grader.device)),
+        *([("runtime", model.runtime)] if isinstance(model, DeployedModel) else []),
     ]
     identity = {
         "checkpoint_sha256": settings.checkpoint_sha256,
@@ -599,13 +582,17 @@ def predict(
         "ignore_quality": settings.ignore_quality,
         "hr_size": config.data.hr_size,
         "num_classes": config.data.num_classes,
+        "temperature": settings.temperature,
+        "referable_threshold": settings.referable_threshold,
     }
     resuming = settings.resume and (out / "predictions.csv").is_file()
     if resuming:
         _check_run_file(out, identity)
     summary = Summary(total=len(photos))
     remaining = kept = None
-    report = PredictionReport(out / "report.html", "DeepMT-DR predictions", facts)
+    report = PredictionReport(
+        out / "report.html", "DeepMT-DR predictions", facts, settings.referable_threshold
+    )
     if resuming:
         try:
             kept, done = _earlier_rows(

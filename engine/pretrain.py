@@ -1,4 +1,5 @@
-"""``train.init_from=synthetic``: the config of a pre-training run on the embedded dataset for a real run.
+"""``train.init_from``: the checkpoint a run starts from; for ``synthetic``, a pre-training run on the
+embedded dataset, with the config made here for the real run.
 
 The pre-training trains the real run's network (every ``model.*`` key, ``data.scale``, the method)
 on the embedded semi-synthetic dataset with ``configs/demo.yaml``'s schedule (1600 images, 12
@@ -6,22 +7,31 @@ epochs over the four stages), at the real run's ``data.hr_size`` or ``train.init
 and runs where and as fast as the real run does (device, threads, speed switches). Its folder is
 ``<run.out_dir>/synthetic_<hash>``, the hash covering what changes its weights, so every real run
 with the same pre-training shares one folder: built once, resumed if interrupted, then reused
-(engine/trainer.py ``Trainer._synthetic_init``).
+(:func:`synthetic_init`, called by the trainer for ``train.init_from``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 
-from engine.checkpoint import RESUME_MAY_CHANGE
+from data.lock import LockError
+from engine.checkpoint import RESUME_MAY_CHANGE, CheckpointError, rng_state, set_rng_state
 from engine.config import CONFIG_DIR, STAGES, Config, ConfigError, flat_keys, load_config, validate
+from engine.run_folder import run_status
+
+log = logging.getLogger("engine.trainer")  # the training log, whichever file writes its lines
 
 SYNTHETIC = "synthetic"  # the train.init_from value
 PRESET = CONFIG_DIR / "demo.yaml"  # the pre-training's schedule
 RUN_PREFIX = "synthetic_"
 SYNTHETIC_GRADES = 5  # the embedded dataset grades ICDR 0-4
+LOCK_POLL_SECONDS = 30  # how often to look again at a pre-training another run holds
 # Taken from the real run: where and how fast the pre-training runs, not what it learns.
 RUNTIME_KEYS = (
     "run.device",
@@ -91,3 +101,54 @@ def pretraining_hash(pre: Config) -> str:
         if key not in HASH_IGNORES and defaults[key] != value
     }
     return hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def init_checkpoint(config: Config, train: Callable[[Config], object]) -> Path:
+    """The checkpoint train.init_from names: a file, or the synthetic pre-training's best.pt
+    (``train(pre)`` trains or resumes that run, :func:`synthetic_init`)."""
+    value = config.train.init_from
+    if value == SYNTHETIC:
+        return synthetic_init(config, train)
+    if not Path(value).is_file():
+        raise CheckpointError(
+            f"train.init_from={value}: no such checkpoint file; pass a checkpoint .pt or "
+            f"{SYNTHETIC} (pre-train this model on the embedded dataset first)"
+        )
+    return Path(value)
+
+
+def synthetic_init(config: Config, train: Callable[[Config], object]) -> Path:
+    """train.init_from=synthetic: the best.pt of ``config``'s pre-training run, reused when
+    finished, else trained or resumed here by ``train(pre)`` (after waiting while another run
+    trains it). The global RNG state is restored after it, so the real run trains the same
+    whether its pre-training ran now or before."""
+    pre = pretraining_config(config)
+    rng = rng_state()
+    while True:
+        status = run_status(pre)
+        if status == "finished":
+            log.info(
+                "train.init_from=%s: reusing the finished pre-training run %s",
+                SYNTHETIC,
+                pre.run_dir,
+            )
+            break
+        log.info(
+            "train.init_from=%s: %s pre-training run %s",
+            SYNTHETIC,
+            "resuming the interrupted" if status == "interrupted" else "starting the",
+            pre.run_dir,
+        )
+        try:
+            train(pre)
+            break
+        except LockError as busy:
+            log.info("%s; looking again in %d s", busy, LOCK_POLL_SECONDS)
+            time.sleep(LOCK_POLL_SECONDS)
+    set_rng_state(rng)
+    best = pre.run_dir / "checkpoints" / "best.pt"
+    if not best.is_file():
+        raise CheckpointError(
+            f"train.init_from={SYNTHETIC}: the pre-training run {pre.run_dir} wrote no best.pt"
+        )
+    return best

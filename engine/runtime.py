@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,3 +157,12 @@ def resolve_speed(
         else bool(channels_last)
     )
     return SpeedChoice(amp_on, channels_last_on, reason)
+
+
+def autocast_factory(device: torch.device, enabled: bool, amp_dtype: str = "bfloat16"):
+    """The zero-argument context factory of the one autocast rule: ``amp_dtype`` on CUDA, bf16 on a
+    CPU (CPU float16 autocast is emulated), nothing when ``enabled`` is false."""
+    if not enabled:
+        return nullcontext
+    dtype = torch.float16 if device.type == "cuda" and amp_dtype == "float16" else torch.bfloat16
+    return lambda: torch.autocast(device.type, dtype=dtype)

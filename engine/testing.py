@@ -1,4 +1,8 @@
-"""Evaluate a trained checkpoint on a split: metrics.json, predictions CSV and figures."""
+"""Evaluate a trained checkpoint on a split: metrics.json, predictions CSV and figures.
+
+Loading the checkpoint is ``engine/loading.py``'s, the result files' names ``engine/output_names.py``'s
+(both re-exported here, as is ``models.adapters.GraderOnImage``, for the callers of old).
+"""
 
 from __future__ import annotations
 
@@ -8,48 +12,51 @@ import logging
 import math
 from pathlib import Path
 
-import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from data.cache import MANIFEST, read_settings
 from data.degrade import bicubic_upsample
 from data.records import DataError
 from data.splits import load_groups, split_name
-from engine.builders import build_dataset, build_loader, build_model, cache_path, select_device
-from engine.checkpoint import load_checkpoint, load_model_state
-from engine.config import Config, config_from_dict, validate
+from engine.builders import build_dataset, build_loader, cache_path
+from engine.config import Config, validate
 from engine.evaluator import EvalResult, Mode, evaluate
+from engine.inference import Inferer, release_calibration
+from engine.loading import checkpoint_config, load_trained
 from engine.mechanism import mechanism_signals
+from engine.output_names import (
+    checkpoint_tag,
+    figures_dir,
+    metrics_file,
+    predictions_file,
+    results_dir,
+    run_folder_of,
+    tta_tag,
+)
 from engine.runtime import configure_threads
 from evaluation import report
 from evaluation.metrics import roc_curves
+from evaluation.referable import model_threshold
 from evaluation.uncertainty import uncertainty_report
-from models import DeepMTDR
-from models.cam import gradcam
+from models.adapters import GraderOnImage
+
+# Re-exported: engine/export.py, predict.py, scripts and tests import these from here.
+__all__ = [
+    "GraderOnImage",
+    "checkpoint_config",
+    "checkpoint_tag",
+    "load_trained",
+    "metrics_file",
+    "results_dir",
+    "run_folder_of",
+    "run_test",
+    "sample_panels",
+    "tta_tag",
+    "use_dataset",
+    "write_predictions",
+]
 
 log = logging.getLogger(__name__)
-
-
-class GraderOnImage(nn.Module):
-    """image -> grade logits through segmentation and grading, the function Grad-CAM explains."""
-
-    def __init__(self, model: DeepMTDR) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model.grade_image(image).grade_logits
-
-
-def load_trained(checkpoint: str | Path, device: str = "auto") -> tuple[DeepMTDR, Config, dict]:
-    """Model and config rebuilt from a checkpoint (the config inside it decides the architecture)."""
-    state = load_checkpoint(checkpoint)
-    config = config_from_dict(state["config"])
-    config.model.imagenet_weights = None  # the checkpoint already holds the trained weights
-    model = build_model(config)
-    load_model_state(model, state["model"], checkpoint)
-    return model.to(select_device(device)).eval(), config, state
 
 
 def _json_safe(value):
@@ -75,84 +82,39 @@ def write_predictions(result: EvalResult, path: Path) -> None:
 
 
 def sample_panels(
-    model: DeepMTDR, dataset, device: torch.device, count: int, out_dir: Path, mode: Mode = "lr"
+    inferer: Inferer, dataset, count: int, out_dir: Path, mode: Mode = "lr"
 ) -> list[Path]:
     """LR, bicubic, SR, HR, lesion maps vs ground truth and Grad-CAM for the first ``count`` samples.
 
-    Lesion maps, grade and Grad-CAM (last grader stage) are of the image graded in ``mode``: SR or HR.
+    Lesion maps, grade and Grad-CAM (last grader stage, of the decoded grade) come from ``inferer``
+    (the evaluation's own) on the image graded in ``mode``: SR or HR.
     """
     if count <= 0:
         return []
     batch = next(iter(build_loader(dataset, min(count, len(dataset)), False, 0)))
-    lr, hr = batch["lr"].to(device), batch["hr"].to(device)
-    with torch.no_grad():
-        sr = model.isr(lr)
-        graded = sr if mode == "lr" else hr
-        lesion_probs = torch.sigmoid(model.segment(graded))
-        grade_probs = torch.softmax(model.grade_image(graded).grade_logits, dim=1)
-        predicted = model.predict_grades(grade_probs)
-    cam = gradcam(GraderOnImage(model), model.grader.stages()[-1], graded, target=predicted)
-    bicubic = bicubic_upsample(lr, model.isr.scale)
+    lr, hr = batch["lr"], batch["hr"]
+    result = inferer(hr, lr if mode == "lr" else None, cam=True)
+    sr = inferer.model.isr(lr.to(inferer.device)) if mode == "hr" else result.image
+    bicubic = bicubic_upsample(lr, inferer.model.isr.scale)
     paths = []
     for i, sample_id in enumerate(batch["id"]):
-        grade = int(predicted[i])
-        title = f"{sample_id}: grade {int(batch['grade'][i])}, predicted {grade} (p={float(grade_probs[i, grade]):.2f})"
+        grade = int(result.grades[i])
+        title = f"{sample_id}: grade {int(batch['grade'][i])}, predicted {grade} (p={float(result.probabilities[i, grade]):.2f})"
         paths.append(
             report.plot_sample_panel(
                 out_dir / f"sample_{sample_id}.png",
-                lr[i].cpu(),
-                bicubic[i].cpu(),
-                sr[i].cpu(),
-                hr[i].cpu(),
-                lesion_probs[i].cpu(),
+                lr[i],
+                bicubic[i],
+                sr[i].detach().float().cpu(),
+                hr[i],
+                result.lesions[i].cpu(),
                 batch["masks"][i],
-                cam=cam[i].cpu(),
+                cam=result.cam[i][None].cpu(),
                 title=title,
                 lesion_valid=batch["mask_valid"][i].tolist(),
             )
         )
     return paths
-
-
-def metrics_file(
-    run_dir: Path,
-    split: str,
-    mode: Mode,
-    test_input: Mode,
-    checkpoint: str | Path = "best.pt",
-    tta: bool = False,
-    test_tta: bool = False,
-) -> Path:
-    """``metrics.json`` for the test split in the run's own mode (and its own ``test.tta``), else
-    ``metrics_<split>_<mode>.json``; flip TTA other than the run's adds ``_tta`` / ``_no_tta`` and a
-    stage checkpoint (``isr_best.pt``) its name (``metrics_val_lr_tta_isr_best.json``), so one
-    evaluation never overwrites another's."""
-    own = (split, mode, tta) == ("test", test_input, test_tta)
-    suffix = "" if own else f"_{split}_{mode}{tta_tag(tta, test_tta)}"
-    return Path(run_dir) / f"metrics{suffix}{checkpoint_tag(checkpoint)}.json"
-
-
-def tta_tag(tta: bool, test_tta: bool) -> str:
-    """``""`` when the evaluation uses the run's own ``test.tta``, else ``_tta`` or ``_no_tta``."""
-    return "" if tta == test_tta else ("_tta" if tta else "_no_tta")
-
-
-def run_folder_of(checkpoint: str | Path) -> Path | None:
-    """``<run>`` for a checkpoint at ``<run>/checkpoints/<name>.pt``, else None (a release file)."""
-    path = Path(checkpoint)
-    return path.parent.parent if path.parent.name == "checkpoints" else None
-
-
-def results_dir(checkpoint: str | Path, config: Config) -> Path:
-    """The run folder that holds ``checkpoint``, so a copied or moved run gets its own results; a
-    file elsewhere (a release) writes to ``<run.out_dir>/<run.name>``."""
-    return run_folder_of(checkpoint) or config.run_dir
-
-
-def checkpoint_tag(checkpoint: str | Path) -> str:
-    """``""`` for a run's final checkpoint (best.pt, last.pt), ``_<name>`` for a stage's (isr_best.pt)."""
-    stem = Path(checkpoint).stem
-    return "" if stem in ("best", "last") else f"_{stem}"
 
 
 REPORT_FIGURES = (
@@ -215,6 +177,7 @@ def run_test(
     dataset_name: str | None = None,
     data_root: str | None = None,
     tta: bool | None = None,
+    amp: str | bool | None = None,
 ) -> tuple[dict, Path]:
     """Evaluate ``checkpoint`` on ``split``; writes metrics JSON, predictions CSV and figures.
 
@@ -227,7 +190,8 @@ def run_test(
     checkpoint on the user's own IDRiD); a release writes under its own name (``runs/<release>``).
     Writes ``report.html`` (every table and figure in one file) next to the figures. ``tta``: flip
     test-time augmentation of the grade probabilities (engine/tta.py); None takes the run's
-    ``test.tta``. Returns (metrics, run dir).
+    ``test.tta``. ``amp``: the precision (``"auto"``, True, False; None: the checkpoint's ``run.amp``,
+    the policy predict.py follows too). Returns (metrics, run dir).
     """
     model, config, state = load_trained(checkpoint, device)
     use_dataset(config, checkpoint, dataset_name, data_root)
@@ -235,35 +199,19 @@ def run_test(
         config.run.name = state["release"]["name"]
     configure_threads(config.run.threads)
     mode = mode or config.test.input
-    device_ = next(model.parameters()).device
-    dataset = dataset if dataset is not None else build_dataset(config, split)
-    loader = build_loader(
-        dataset, max(8, config.train.joint.batch_size), False, 0, config.data.num_workers
-    )
     tta = config.test.tta if tta is None else tta
-    result = evaluate(model, loader, device_, mode, progress=progress, tta=tta)
-    if mode == "lr":
-        # The task-aware loss's signals (engine/mechanism.py): SR-vs-HR CAM agreement and the task gap.
-        result.metrics["mechanism"] = mechanism_signals(
-            model, loader, device_, config.model.cam_target
-        )
-    if (
-        "grading" in result.metrics
-    ):  # ECE, reliability, 95% intervals, operating points (evaluation/uncertainty.py)
-        groups = load_groups(split_name(config.data.dataset, config.data.root))
-        result.metrics.update(
-            uncertainty_report(
-                result.grades.numpy(),
-                result.predicted.numpy(),
-                result.probs.numpy(),
-                [groups.get(i, i) for i in result.ids] if groups else None,
-            )
-        )
+    dataset = dataset if dataset is not None else build_dataset(config, split)
+    temperature, referable_threshold = release_calibration(state)
+    inferer = Inferer(model, config, mode, tta=tta, amp=amp, temperature=temperature)
+    result = _evaluate(inferer, config, dataset, progress, tta, (temperature, referable_threshold))
     metrics = {
         **result.metrics,
         "split": split,
         "input": mode,
         "tta": tta,
+        "precision": inferer.precision,
+        "temperature": temperature,
+        "referable_rule": f"p(grade >= 2) >= {model_threshold({'referable_threshold': referable_threshold}):g}",
         "checkpoint": str(checkpoint),
         "method": config.method,
         "stage": state.get("stage"),
@@ -274,15 +222,67 @@ def run_test(
     }
     run_dir = results_dir(checkpoint, config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = metrics_file(
-        run_dir, split, mode, config.test.input, checkpoint, tta, config.test.tta
-    )
-    suffix = metrics_path.stem.removeprefix("metrics")
-    figures = Path(figures_root) / config.run.name / suffix.lstrip("_")
+    test_input, test_tta = config.test.input, config.test.tta
+    metrics_path = metrics_file(run_dir, split, mode, test_input, checkpoint, tta, test_tta)
+    figures = figures_dir(figures_root, config.run.name, metrics_path)
     metrics["report"] = str(figures / "report.html")
     metrics_path.write_text(json.dumps(_json_safe(metrics), indent=2))
-    predictions = f"predictions_{split}{'_hr' if mode == 'hr' else ''}{tta_tag(tta, config.test.tta)}{checkpoint_tag(checkpoint)}.csv"
-    write_predictions(result, run_dir / predictions)
+    write_predictions(result, predictions_file(run_dir, split, mode, checkpoint, tta, test_tta))
+    panels = sample_panels(inferer, dataset, samples, figures / "samples", mode)
+    _write_figures(result, metrics, figures, panels)
+    return metrics, run_dir
+
+
+def _evaluate(
+    inferer: Inferer,
+    config: Config,
+    dataset: Dataset,
+    progress,
+    tta: bool,
+    calibration: tuple,
+) -> EvalResult:
+    """``inferer``'s evaluation of ``dataset``, with the task-aware loss's signals (LR input) and the
+    grading's intervals, calibration and operating points; ``calibration``: the release's
+    (temperature, referable threshold)."""
+    model, mode = inferer.model, inferer.mode
+    device = next(model.parameters()).device
+    temperature, referable_threshold = calibration
+    loader = build_loader(
+        dataset, max(8, config.train.joint.batch_size), False, 0, config.data.num_workers
+    )
+    result = evaluate(
+        model,
+        loader,
+        device,
+        mode,
+        inferer.autocast,
+        progress,
+        tta=tta,
+        temperature=temperature,
+        referable_threshold=referable_threshold,
+    )
+    if mode == "lr":
+        # The task-aware loss's signals (engine/mechanism.py): SR-vs-HR CAM agreement and the task gap.
+        result.metrics["mechanism"] = mechanism_signals(
+            model, loader, device, config.model.cam_target
+        )
+    if "grading" in result.metrics:  # ECE, reliability, 95% intervals, operating points
+        groups = load_groups(split_name(config.data.dataset, config.data.root))
+        result.metrics.update(
+            uncertainty_report(
+                result.grades.numpy(),
+                result.predicted.numpy(),
+                result.probs.numpy(),
+                [groups.get(i, i) for i in result.ids] if groups else None,
+                referable_threshold,
+            )
+        )
+    return result
+
+
+def _write_figures(result: EvalResult, metrics: dict, figures: Path, panels: list[Path]) -> None:
+    """The confusion matrix, ROC, reliability and lesion PR figures, then report.html with them
+    and the per-sample ``panels``."""
     if "grading" in metrics:
         report.plot_confusion(metrics["grading"]["confusion"], figures / "confusion_matrix.png")
         report.plot_roc(
@@ -291,9 +291,7 @@ def run_test(
         report.plot_reliability(metrics["calibration"]["reliability"], figures / "reliability.png")
     if result.seg is not None:
         report.plot_lesion_pr(result.seg.curves(), figures / "lesion_pr_curves.png")
-    panels = sample_panels(model, dataset, device_, samples, figures / "samples", mode)
     drawn = [
         (title, figures / name) for title, name in REPORT_FIGURES if (figures / name).is_file()
     ]
     report.write_test_report(figures / "report.html", metrics, drawn, panels)
-    return metrics, run_dir

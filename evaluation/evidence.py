@@ -95,7 +95,7 @@ def draw_panel(
     photograph: np.ndarray,
     graded: np.ndarray,
     lesion_probs: np.ndarray,
-    cam: np.ndarray,
+    cam: np.ndarray | None,
     title: str,
     lr: np.ndarray | None = None,
     lesion_areas: Sequence[float] | None = None,
@@ -105,7 +105,8 @@ def draw_panel(
 
     photograph: ``[h,w,3]`` uint8 (any aspect); graded: the image the grader saw (SR, or HR with
     ``lr=None``), ``[3,H,W]`` float in [0,1] or ``[H,W,3]`` uint8; lesion_probs ``[4,H,W]`` and cam
-    ``[H,W]`` in [0,1]; lr: the model's LR input, or None when HR was graded directly.
+    ``[H,W]`` in [0,1] (None: no Grad-CAM tile, as for an exported ONNX file); lr: the model's
+    LR input, or None when HR was graded directly.
     """
     graded_rgb = to_uint8(graded)
     tiles = [("photograph", _fit(to_uint8(photograph)))]
@@ -129,8 +130,10 @@ def draw_panel(
             _fit(lesion_overlay(graded_rgb, np.asarray(lesion_probs))),
         )
     )
-    target = f"grade {cam_grade}" if cam_grade is not None else "predicted grade"
-    tiles.append((f"Grad-CAM of {target}", _fit(cam_overlay(graded_rgb, np.asarray(cam)))))
+    lesion_column = len(tiles) - 1
+    if cam is not None:
+        target = f"grade {cam_grade}" if cam_grade is not None else "predicted grade"
+        tiles.append((f"Grad-CAM of {target}", _fit(cam_overlay(graded_rgb, np.asarray(cam)))))
     width = MARGIN + len(tiles) * (TILE + MARGIN)
     height = HEADER + CAPTION + TILE + LEGEND + MARGIN
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
@@ -141,7 +144,6 @@ def draw_panel(
         left = MARGIN + column * (TILE + MARGIN)
         draw.text((left, HEADER), caption, fill=(60, 60, 60), font=caption_font)
         canvas.paste(tile, (left, HEADER + CAPTION))
-    lesion_column = len(tiles) - 2
     _legend(draw, MARGIN + lesion_column * (TILE + MARGIN), HEADER + CAPTION + TILE, lesion_areas)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ Three groups (DESIGN.md section 6):
 - grading: accuracy, quadratic weighted kappa, macro F1, one-vs-rest AUC, referable DR (grade >= 2),
   confusion matrix. Small ``N``: computed with scikit-learn on the host.
 - super-resolution: PSNR and SSIM (Wang et al. 2004) inside the field of view, and PSNR inside
-  lesion regions. Batched torch on the tensors' own device; per-image values, then a mean.
+  lesion regions. Batched torch on the tensors' own device; per-image values (a split's number
+  is their mean, taken in engine/evaluator.py).
 - segmentation: per-lesion AUPR and ROC AUC over pooled pixels (IDRiD convention) from per-bin
   histograms accumulated on the device, and Dice at 0.5 per image.
 
@@ -28,10 +29,13 @@ from sklearn.metrics import (
 )
 
 from data.records import LESIONS, UNKNOWN_GRADE, DataError
+from evaluation.referable import (
+    REFERABLE_GRADE,
+    is_referable,
+    referable_probability,
+    referable_truth,
+)
 from models.ordinal import decode_grades
-
-REFERABLE_GRADE = 2
-"""ICDR grade from which DR is referable (moderate or worse): Messidor/EyePACS convention."""
 
 MSE_FLOOR = 1e-10
 """Lower bound on the MSE so identical images give a finite PSNR (100 dB) instead of inf."""
@@ -133,16 +137,17 @@ def _macro_f1(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
     return float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
 
 
-def _referable_metrics(y: np.ndarray, p: np.ndarray, pred: np.ndarray) -> dict:
-    """Referable DR (grade >= 2): AUC on the summed probability of grades 2.., and sensitivity /
-    specificity of the decision ``argmax >= 2``. NaN where undefined (fewer than 3 classes, or
-    no positives / negatives)."""
+def _referable_metrics(y: np.ndarray, p: np.ndarray, threshold: float | None) -> dict:
+    """Referable DR by the one rule (evaluation/referable.py): AUC of ``p_referable``, and
+    sensitivity / specificity of the decision ``p_referable >= threshold``. NaN where undefined
+    (fewer than 3 classes, or no positives / negatives)."""
     if p.shape[1] <= REFERABLE_GRADE:
         return {"referable_auc": NAN, "referable_sensitivity": NAN, "referable_specificity": NAN}
-    truth = y >= REFERABLE_GRADE
-    decision = pred >= REFERABLE_GRADE
+    truth = referable_truth(y)
+    score = referable_probability(p)
+    decision = is_referable(score, threshold)
     return {
-        "referable_auc": _binary_auc(truth, p[:, REFERABLE_GRADE:].sum(1)),
+        "referable_auc": _binary_auc(truth, score),
         "referable_sensitivity": _recall(decision[truth]),
         "referable_specificity": _recall(~decision[~truth]),
     }
@@ -152,6 +157,8 @@ def grading_metrics(
     y_true: np.ndarray | torch.Tensor,
     probs: np.ndarray | torch.Tensor,
     thresholds: torch.Tensor | None = None,
+    referable_threshold: float | None = None,
+    predicted: np.ndarray | torch.Tensor | None = None,
 ) -> dict:
     """Grading metrics of class probabilities against ICDR grades.
 
@@ -159,6 +166,9 @@ def grading_metrics(
         y_true: int ``[N]``, grades ``0..C-1``; ``-1`` (unknown) rows are dropped first.
         probs: float ``[N,C]``, class probabilities (softmax); the prediction is the argmax, or
             with ``thresholds`` ``[C-1]`` the expected grade cut at them (``models/ordinal.py``).
+        referable_threshold: the referral decision's threshold on ``p_referable`` (None: 0.5).
+        predicted: ``[N]`` grades already decoded (a release with a temperature decodes its
+            unscaled probabilities, engine/inference.py); None decodes ``probs``.
 
     Returns a JSON-serialisable dict: ``accuracy`` (micro), ``qwk`` (see ``_quadratic_kappa``),
     ``macro_f1`` (sklearn ``average="macro"`` over all ``C`` labels, ``zero_division=0``),
@@ -171,7 +181,10 @@ def grading_metrics(
     """
     y, p = _known_grades(y_true, probs)
     num_classes = p.shape[1]
-    pred = decode_grades(torch.from_numpy(p), thresholds).numpy()
+    if predicted is None:
+        pred = decode_grades(torch.from_numpy(p), thresholds).numpy()
+    else:
+        pred = _as_numpy(predicted).astype(np.int64)[_as_numpy(y_true) != UNKNOWN_GRADE]
     per_class_auc = [_binary_auc(y == c, p[:, c]) for c in range(num_classes)]
     return {
         "accuracy": _recall(pred == y),
@@ -179,7 +192,7 @@ def grading_metrics(
         "macro_f1": _macro_f1(y, pred, num_classes),
         "per_class_auc": per_class_auc,
         "macro_auc": _nanmean(per_class_auc),
-        **_referable_metrics(y, p, pred),
+        **_referable_metrics(y, p, referable_threshold),
         "per_class_sensitivity": [_recall(pred[y == c] == c) for c in range(num_classes)],
         "confusion": _confusion(y, pred, num_classes).tolist(),
         "n": int(y.size),
@@ -332,41 +345,6 @@ def lesion_region(lesion_masks: torch.Tensor, fov: torch.Tensor | None = None) -
     union = (lesion_masks > 0.5).amax(dim=1, keepdim=True).float()
     region = F.max_pool2d(union, kernel_size=2 * radius + 1, stride=1, padding=radius)
     return region if fov is None else region * (fov > 0.5)
-
-
-def _nanmean_tensor(values: torch.Tensor) -> float:
-    """Mean over the finite entries of ``[N]``; NaN when none."""
-    return float(torch.nanmean(values.double()).item()) if values.numel() else NAN
-
-
-def sr_metrics(
-    sr: torch.Tensor,
-    hr: torch.Tensor,
-    fov: torch.Tensor | None = None,
-    lesion_masks: torch.Tensor | None = None,
-) -> dict:
-    """Per-image mean PSNR/SSIM of ``sr`` against ``hr`` (the mean of per-image values, not a
-    value pooled over the set, which would weight images by their error).
-
-    Args:
-        sr, hr: ``[N,3,H,W]`` in [0,1] (an SR output or the bicubic baseline, and the HR target).
-        fov: ``[N,1,H,W]`` {0,1} field of view or None (whole image).
-        lesion_masks: ``[N,4,H,W]`` {0,1} or None; enables ``psnr_lesion`` (see ``lesion_region``),
-            the mean over images that contain a lesion (NaN if none), and ``n_lesion``.
-
-    Returns ``{"psnr", "ssim", "n"[, "psnr_lesion", "n_lesion"]}``. Images with an empty FOV give
-    NaN and are left out of the means.
-    """
-    result = {
-        "psnr": _nanmean_tensor(psnr_per_image(sr, hr, fov)),
-        "ssim": _nanmean_tensor(ssim_per_image(sr, hr, fov)),
-        "n": int(sr.shape[0]),
-    }
-    if lesion_masks is not None:
-        lesion_psnr = psnr_per_image(sr, hr, lesion_region(lesion_masks, fov))
-        result["psnr_lesion"] = _nanmean_tensor(lesion_psnr)
-        result["n_lesion"] = int((~lesion_psnr.isnan()).sum().item())
-    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -564,14 +542,3 @@ class SegmentationMetrics:
             for key in ("aupr", "auc", "dice")
         }
         return result
-
-
-def segmentation_metrics(
-    probs: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, num_bins: int = 1000
-) -> dict:
-    """One-shot ``SegmentationMetrics`` on a single batch; shapes and conventions as there."""
-    metrics = SegmentationMetrics(
-        num_lesions=probs.shape[1], num_bins=num_bins, device=probs.device
-    )
-    metrics.update(probs, masks, valid)
-    return metrics.compute()

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from data.records import GRADE_NAMES, LESIONS
 from evaluation.metrics import DICE_THRESHOLD, psnr_per_image
+from evaluation.referable import REFERABLE_GRADE, is_referable, model_threshold
 
 DPI = 100
 PANEL_INCHES = 2.6
@@ -654,9 +655,17 @@ class PredictionReport:
         "reference grade",
     )
 
-    def __init__(self, path: str | Path, title: str, facts: Sequence[tuple[str, object]]) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        title: str,
+        facts: Sequence[tuple[str, object]],
+        referable_threshold: float | None = None,
+    ) -> None:
+        """``referable_threshold``: the model's referral threshold (evaluation/referable.py)."""
         self.path = Path(path)
         self.title, self.facts = title, list(facts)
+        self.threshold = model_threshold({"referable_threshold": referable_threshold})
         self.body_path = self.path.with_name(f".{self.path.name}.rows")
         self.body = self.body_path.open("w", encoding="utf-8")
         self.counts: dict[str, int] = {}
@@ -679,10 +688,15 @@ class PredictionReport:
         else:
             grade_cell = '<td data-sort="-1">not graded</td>'
         if referable is not None:
-            self.referable += referable >= 0.5
+            decision = bool(is_referable(referable, self.threshold))
+            self.referable += decision
+            # The grade (ordinal decoding) and the referral (p_referable >= threshold) answer two
+            # questions and can disagree near the boundary: say so where they do.
+            disagree = grade is not None and (grade >= REFERABLE_GRADE) != decision
+            note = " <small>(grade and referral disagree)</small>" if disagree else ""
             referable_cell = (
                 f'<td class="num" data-sort="{referable:.4f}"><span class="bar"><span style="width:{100 * referable:.0f}%"></span></span>'
-                f"{referable:.3f}</td>"
+                f"{referable:.3f} {'<b>refer</b>' if decision else ''}{note}</td>"
             )
         else:
             referable_cell = '<td data-sort="-1"></td>'
@@ -711,7 +725,7 @@ class PredictionReport:
         summary = [
             ("inputs", total),
             ("graded", graded),
-            ("referable DR (p >= 0.5)", self.referable),
+            (f"referable DR (p_referable >= {self.threshold:.3f})", self.referable),
             ("ungradable (quality flags)", self.counts.get("ungradable", 0)),
             ("not read (see status)", skipped),
         ]

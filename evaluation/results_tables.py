@@ -58,6 +58,131 @@ def duplicates_table(root: Path, dataset: str = "idrid") -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def agreement_table(root: Path, release: str = "deepmt_dr_idrid_small", split: str = "val") -> str:
+    """test.py vs predict.py on the same photographs, one row per cache JPEG quality
+    (scripts/inference_agreement.py; records ``<release>_<split>[_q<quality>].json``)."""
+    folder = root / "docs/records/inference_agreement"
+    records = [
+        json.loads(path.read_text()) for path in sorted(folder.glob(f"{release}_{split}*.json"))
+    ]
+    records.sort(key=lambda record: (record["cache_jpeg_quality"], record["precision"]))
+    rows = [
+        "| test.py's cache, precision | cache vs photo PSNR (median) | test.py = predict.py "
+        "(photographs) | test.py = predict.py's grader on the cache's squares | predict.py = itself "
+        "after a JPEG round trip of its squares | largest p_referable gap | differing |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for data in records:
+        differing = ", ".join(
+            f"{image['id'].rsplit('/', 1)[-1]} ({image['test']} vs {image['predict']})"
+            for image in data["images"]
+            if image["test"] != image["predict"]
+        )
+        round_trip = data.get("agree_predict_photo_jpeg")
+        rows.append(
+            f"| JPEG quality {data['cache_jpeg_quality']}, {data['precision']} "
+            f"| {data['median_cache_vs_photo_psnr_db']:.1f} dB "
+            f"| {data['agree_test_predict']:.1%} of {data['n']} | "
+            f"{data['agree_test_cache_via_predict']:.1%} | "
+            f"{'—' if round_trip is None else f'{round_trip:.1%}'} "
+            f"| {data['max_abs_p_referable_difference']:.3f} | {differing or 'none'} |"
+        )
+    first = records[0]
+    note = (
+        f"\n{first['split']} split, `{Path(first['checkpoint']).name}`, single pass, on "
+        f"{first['cpu']}: `python scripts/inference_agreement.py --data-root PATH [--amp off] "
+        f"[--cache-dir DIR --jpeg-quality Q]` ("
+        + ", ".join(f"{data['wall_seconds']:.0f} s" for data in records)
+        + f"; commit {first['commit'][:7]}); records in `docs/records/inference_agreement/`.\n"
+    )
+    return "\n".join(rows) + "\n" + note
+
+
+# ------------------------------------------------------------------------------------------------
+# The task-aware loss sweep (scripts/task_aware_sweep.yaml, records under docs/records/task_aware_sweep/)
+# ------------------------------------------------------------------------------------------------
+
+SWEEP = "scripts/task_aware_sweep.yaml"
+SWEEP_RECORDS = "docs/records/task_aware_sweep"
+
+
+def sweep_records(root: Path, records: str = SWEEP_RECORDS) -> dict[str, dict[int, dict]]:
+    """``{arm: {seed: record JSON}}`` of every recorded (arm, seed)."""
+    found: dict[str, dict[int, dict]] = {}
+    for path in sorted((root / records).glob("*/seed*.json")):
+        record = json.loads(path.read_text())
+        found.setdefault(record["arm"], {})[int(record["seed"])] = record
+    return found
+
+
+def paired_t_interval(
+    differences: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float]:
+    """Student-t interval of the mean of paired per-seed differences (NaN below two seeds)."""
+    from scipy import stats
+
+    n = len(differences)
+    if n < 2:
+        return math.nan, math.nan
+    mean, sd = statistics.fmean(differences), statistics.stdev(differences)
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def _fmt(value, digits: int = 3, sign: str = "") -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:{sign}.{digits}f}"
+
+
+def sweep_table(root: Path, sweep: str = SWEEP, records: str = SWEEP_RECORDS) -> str:
+    """One row per arm: seeds, QWK, the paired QWK difference against the arm it is compared
+    with (mean and 95% t-interval over the seeds both have), PSNR, lesion PSNR, CAM agreement
+    (Pearson SR vs HR) and the task gap."""
+    spec = yaml.safe_load((root / sweep).read_text(encoding="utf-8"))
+    found = sweep_records(root, records)
+    rows = [
+        "| arm | seeds | QWK | ΔQWK vs | ΔQWK (95% CI) | PSNR dB (bicubic) | lesion PSNR dB "
+        "| CAM Pearson SR/HR | task gap |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, values in spec["arms"].items():
+        runs = found.get(arm, {})
+        if not runs:
+            rows.append(f"| {arm} | 0 | | | | | | | |")
+            continue
+        mean = lambda get, runs=runs: statistics.fmean(get(r) for r in runs.values())  # noqa: E731
+        against = values.get("against")
+        difference = "—"
+        if against:
+            common = sorted(set(runs) & set(found.get(against, {})))
+            deltas = [
+                runs[s]["metrics"]["qwk"] - found[against][s]["metrics"]["qwk"] for s in common
+            ]
+            if deltas:
+                low, high = paired_t_interval(deltas)
+                difference = (
+                    f"{statistics.fmean(deltas):+.3f} ({_fmt(low, sign='+')}, "
+                    f"{_fmt(high, sign='+')}), {len(deltas)} seeds"
+                )
+        rows.append(
+            f"| {arm} | {len(runs)} | {mean(lambda r: r['metrics']['qwk']):.3f} | {against or '—'} "
+            f"| {difference} | {mean(lambda r: r['metrics']['psnr']):.2f} "
+            f"({mean(lambda r: r['metrics']['psnr_bicubic']):.2f}) "
+            f"| {mean(lambda r: r['metrics']['psnr_lesion']):.2f} "
+            f"| {_fmt(mean(lambda r: r['mechanism']['cam_pearson']))} "
+            f"| {_fmt(mean(lambda r: r['mechanism']['task_gap']), sign='+')} |"
+        )
+    every = [record for runs in found.values() for record in runs.values()]
+    note = (
+        "\nNo run recorded yet.\n"
+        if not every
+        else f"\n{len(every)} runs recorded (commit(s) "
+        + ", ".join(sorted({record["commit"][:7] for record in every}))
+        + f"; {every[0]['cpu']}, {statistics.fmean(r['wall_seconds'] for r in every) / 60:.1f} min "
+        f"per arm run). `python scripts/task_aware_sweep.py`; records: `{records}/`.\n"
+    )
+    return "\n".join(rows) + "\n" + note
+
+
 # ------------------------------------------------------------------------------------------------
 # The cross-validated study (scripts/idrid_cv.yaml, records under docs/records/idrid_cv/)
 # ------------------------------------------------------------------------------------------------
@@ -374,6 +499,8 @@ def _seed_renderer(results: str, rows_file: str, split: str) -> Renderer:
 
 RENDERERS: dict[str, Renderer] = {
     "idrid-duplicates": duplicates_table,
+    "inference-agreement": agreement_table,
+    "task-aware-sweep": sweep_table,
     "idrid-cv": cv_table,
     "idrid-cv-answer": cv_answer_block,
     **{name: _seed_renderer(*source) for name, source in SEED_TABLES.items()},

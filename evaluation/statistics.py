@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score
 
+from evaluation import referable
 from evaluation.metrics import (
     REFERABLE_GRADE,
     _as_numpy,
@@ -241,12 +242,7 @@ def referable_probability(probs: Array) -> np.ndarray:
 
     The same score as ``metrics.grading_metrics``'s ``referable_auc``.
     """
-    p = _probabilities(probs)
-    if p.shape[1] <= REFERABLE_GRADE:
-        raise ValueError(
-            f"probs has {p.shape[1]} classes; referable DR needs at least {REFERABLE_GRADE + 1}"
-        )
-    return p[:, REFERABLE_GRADE:].sum(1)
+    return referable.referable_probability(_probabilities(probs))
 
 
 def referable_labels(grades: Array) -> np.ndarray:

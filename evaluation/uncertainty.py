@@ -4,13 +4,14 @@ One call turns an evaluation's reference grades, decoded grades and grade probab
 ``metrics.json`` blocks ``calibration`` (top-label and referable ECE, reliability bins),
 ``intervals`` (95% bootstrap intervals, resampling duplicate groups when given) and
 ``operating_points`` (referable sensitivity and specificity at a named threshold). The referable
-probability is p(grade >= 2) (evaluation/statistics.py).
+probability is p(grade >= 2) and the decision its threshold (evaluation/referable.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from evaluation.referable import model_threshold
 from evaluation.statistics import (
     binary_ece,
     bootstrap_intervals,
@@ -55,8 +56,10 @@ def uncertainty_report(
     """The three blocks (module docstring) for the images with a known grade.
 
     Operating points: ``specificity 0.90`` (the threshold that reaches it on these images: a
-    readout of the ROC curve, not a threshold fixed in advance) and ``release`` when the model
-    carries a threshold fixed at release time. Intervals use the first operating point.
+    readout of the ROC curve, not a threshold fixed in advance) and the model's own decision
+    threshold (``release_threshold``, fixed at release time; None: the default 0.5 of
+    evaluation/referable.py). The intervals' sensitivity and specificity are the model's
+    threshold's: fixed before these images were seen, so the interval is an honest one.
     """
     known = np.asarray(grades) >= 0
     y, pred, p = np.asarray(grades)[known], np.asarray(predicted)[known], np.asarray(probs)[known]
@@ -73,9 +76,9 @@ def uncertainty_report(
                 f"specificity {TARGET_SPECIFICITY:.2f} on these images",
             )
         )
-    if release_threshold is not None:
-        points.append(operating_point(p_referable, truth, release_threshold, "fixed at release"))
-    threshold = points[0]["threshold"] if points else 0.5
+    threshold = model_threshold({"referable_threshold": release_threshold})
+    name = "fixed at release" if release_threshold is not None else "default (no threshold stored)"
+    points.append(operating_point(p_referable, truth, threshold, name))
     group_ids = None if groups is None else list(np.asarray(groups, dtype=object)[known])
     return {
         "calibration": {

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from engine.testing import GraderOnImage
+from models.adapters import GraderOnImage
 from models.deepmt_dr import DeepMTDR
 from models.ordinal import decode_grades
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from engine.builders import build_dataset, build_loader
 from engine.cli import run_cli
 from engine.config import ConfigError
-from engine.testing import load_trained
+from engine.loading import load_trained
 from evaluation.metrics import lesion_region
 from models.deepmt_dr import any_lesion_map
 from saliency.adapters import SaliencyError, default_input, for_deepmt_dr

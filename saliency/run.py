@@ -4,9 +4,10 @@
     python saliency/run.py --checkpoint CKPT --images a.png b.jpg --methods gradcam,ig --target any_dr
     python saliency/run.py --checkpoint CKPT --images photos/ --input hr --layer grader.layer3
 
-Each photograph is cropped to its field of view (data/fundus.py), resized and graded the way the
-system grades: --input lr (default) resizes it to the LR size, super-resolves it and explains the
-grader on the SR image; --input hr explains the grader on the photograph resized to the HR size.
+Each photograph is decoded, cropped to its field of view and resized to the HR size as predict.py
+and the training cache do, and graded by the one inferer (engine/inference.py): --input lr
+(default) degrades it to the LR input as in training, super-resolves it and explains the grader on
+the SR image; --input hr explains the grader on the HR square.
 Writes, per image, <out>/<name>/input.png (the image the grader saw), <method>.png (RGB overlay)
 and <method>.npy (raw map, float32 HxW; signed for ig and occlusion; overlays of pixel-level maps
 are saturated at their 99th percentile), and for all images
@@ -22,16 +23,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.fundus import crop_to_fov_square
+from data.photo import prepare_photo, read_photo
+from data.prepare import resize_square
 from data.records import DataError
 from engine.cli import run_cli
 from engine.config import ConfigError
-from engine.testing import load_trained
+from engine.inference import Inferer
+from engine.loading import load_trained
 from saliency.adapters import SaliencyError, default_input, for_deepmt_dr, target_label
 from saliency.methods import (
     PIXEL_METHODS,
@@ -142,26 +144,23 @@ def find_images(paths: list[str]) -> list[Path]:
 
 
 def load_fundus(path: Path, side: int, crop: bool = True) -> torch.Tensor:
-    """A photograph -> ``[3,side,side]`` uint8 RGB: FOV-cropped to a square, resized (area)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(
-            f"cannot read image {path} (not an image, or a format OpenCV does not decode)"
-        )
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """A photograph -> ``[3,side,side]`` uint8 RGB at the HR size, decoded and FOV-cropped exactly
+    as predict.py and the training cache do (data/decode.py, data/photo.py)."""
+    image, size = read_photo(path)
     if crop:
-        try:
-            image, _, _ = crop_to_fov_square(image)
-        except DataError as error:
+        prepared = prepare_photo(image, side, size)
+        if prepared.hr is None:
             raise DataError(
-                f"{path}: {error} (pass --no-crop for images already cropped)"
-            ) from error
+                f"{path}: no field of view found (pass --no-crop for images already cropped)"
+            )
+        square = prepared.hr
     elif image.shape[0] != image.shape[1]:
         raise DataError(
             f"{path}: --no-crop needs square images, got {image.shape[1]}x{image.shape[0]}"
         )
-    image = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(image).permute(2, 0, 1)
+    else:
+        square = resize_square(image, side)
+    return torch.from_numpy(np.ascontiguousarray(square.transpose(2, 0, 1)))
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -196,7 +195,6 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError("occlusion needs 0 < --occlusion-stride <= --occlusion-window <= 1")
     paths = find_images(args.images)
     model, config, _ = load_trained(args.checkpoint, args.device)
-    device = next(model.parameters()).device
     explained = for_deepmt_dr(model)
     layer = args.layer or explained.default_layer
     explained.layer(layer)
@@ -208,10 +206,12 @@ def _main(args: argparse.Namespace) -> int:
     side = args.size or config.data.hr_size
     if mode == "lr" and side % scale:
         raise ConfigError(f"--size {side} must be divisible by the model's SR scale {scale}")
-    load_side = side // scale if mode == "lr" else side
     images = [
-        load_fundus(path, load_side, crop=not args.no_crop) for path in paths
+        load_fundus(path, side, crop=not args.no_crop) for path in paths
     ]  # all read before any work
+    # The one inferer (engine/inference.py) makes the graded image: LR degraded from the HR square
+    # as in training, then super-resolved (--input lr); fp32, as the saliency methods need.
+    inferer = Inferer(model, config, mode, amp=False)
     options = Options(
         ig_steps=args.ig_steps,
         ig_max_steps=args.ig_max_steps,
@@ -226,9 +226,9 @@ def _main(args: argparse.Namespace) -> int:
     rows, sheets, summary = [], [], []
     batches = range(0, len(images), args.batch_size)
     for start in batches if args.quiet else tqdm(batches, desc="saliency", unit="batch"):
-        batch = torch.stack(images[start : start + args.batch_size]).to(device).float() / 255.0
+        result = inferer(hr=torch.stack(images[start : start + args.batch_size]))
+        image = result.image.clamp(0, 1)
         with torch.no_grad():
-            image = model.isr(batch).clamp(0, 1) if mode == "lr" else batch
             scores = explained(image)
         target = explained.targets(scores, args.target)
         maps = {
@@ -238,9 +238,8 @@ def _main(args: argparse.Namespace) -> int:
         ig_error = (
             ig_completeness_error(explained, image, target, maps["ig"]) if "ig" in maps else None
         )
-        probs = torch.softmax(scores[:, :num_classes], dim=1)
-        predicted_grades = model.predict_grades(probs)
-        for i, name in enumerate(names[start : start + len(batch)]):
+        probs, predicted_grades = result.probabilities, result.grades
+        for i, name in enumerate(names[start : start + len(image)]):
             folder = out / name
             write_rgb_png(
                 folder / "input.png", np.round(to_rgb_array(image[i]) * 255).astype(np.uint8)

@@ -29,7 +29,7 @@ from scipy.stats import rankdata
 from engine.builders import build_dataset, build_loader
 from engine.cli import run_cli
 from engine.config import ConfigError
-from engine.testing import load_trained
+from engine.loading import load_trained
 from saliency.adapters import SaliencyError, SaliencyModel, default_input, for_deepmt_dr
 from saliency.methods import TITLES, Options, display_map, parse_methods, raw_saliency
 

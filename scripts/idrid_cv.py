@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = _names(args.rows, list(study.rows), "rows")
     folds = _names(args.folds, folds_of(study), "folds")
     runner = CVRunner(
-        study, args.data_root, Path(args.out), Path(args.records), tuple(args.overrides)
+        study,
+        args.data_root,
+        Path(args.out).resolve(),  # recorded in each run's config: the same from any folder
+        Path(args.records).resolve(),
+        tuple(args.overrides),
     )
     pending = runner.pending(rows, folds)
     print(

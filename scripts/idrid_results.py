@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.cli import run_cli
-from engine.table_runner import table_main
+from engine.table_cli import table_main
 
 DEFAULTS = [
     "--dataset",

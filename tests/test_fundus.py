@@ -1,11 +1,11 @@
-"""FOV mask, FOV crop and Ben Graham normalisation on a real fundus (skimage's retina) and drawn discs."""
+"""FOV mask and FOV crop on a real fundus (skimage's retina) and drawn discs."""
 
 import cv2
 import numpy as np
 import pytest
 import skimage.data
 
-from data.fundus import ben_graham, crop_to_fov_square, fov_mask
+from data.fundus import crop_to_fov_square, fov_mask
 from data.records import DataError
 
 
@@ -98,19 +98,6 @@ def test_crop_without_field_raises():
 def test_crop_rejects_mismatched_masks():
     with pytest.raises(DataError, match="mask shape"):
         crop_to_fov_square(_disc_photo(60, 60, (30, 30), 20), [np.zeros((10, 10))])
-
-
-def test_ben_graham_centres_the_field_and_blanks_outside(retina):
-    normalised = ben_graham(retina, sigma=10)
-    mask = fov_mask(retina)
-    assert normalised.dtype == np.uint8 and normalised.shape == retina.shape
-    assert not normalised[~mask].any()
-    assert abs(float(np.median(normalised[mask])) - 128) < 20
-
-
-def test_ben_graham_rejects_bad_sigma(retina):
-    with pytest.raises(DataError, match="sigma"):
-        ben_graham(retina, sigma=0)
 
 
 def _circle(height: int, width: int, centre: tuple[int, int], radius: int) -> np.ndarray:

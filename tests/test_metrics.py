@@ -21,14 +21,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from engine.evaluator import _PerImageSR
 from evaluation.metrics import (
     SegmentationMetrics,
     grading_metrics,
     lesion_region,
     psnr_per_image,
     roc_curves,
-    segmentation_metrics,
-    sr_metrics,
     ssim_per_image,
 )
 
@@ -217,12 +216,12 @@ def test_psnr_ssim_match_skimage_on_bicubic_degradation():
     hr = (hr + 0.1 * torch.sin(torch.arange(64.0) / 2)).clamp(0, 1)  # some fine detail to lose
     lr = F.interpolate(hr, scale_factor=0.25, mode="bicubic", antialias=True, align_corners=False)
     bicubic = F.interpolate(lr, size=(64, 64), mode="bicubic", align_corners=False).clamp(0, 1)
-    result = sr_metrics(bicubic, hr)
-    assert result["psnr"] == pytest.approx(
+    assert psnr_per_image(bicubic, hr).item() == pytest.approx(
         peak_signal_noise_ratio(_hwc(hr[0]), _hwc(bicubic[0]), data_range=1), abs=1e-4
     )
-    assert result["ssim"] == pytest.approx(_skimage_ssim(bicubic[0], hr[0]), abs=1e-4)
-    assert result["n"] == 1
+    assert ssim_per_image(bicubic, hr).item() == pytest.approx(
+        _skimage_ssim(bicubic[0], hr[0]), abs=1e-4
+    )
 
 
 def test_ssim_rejects_images_smaller_than_window():
@@ -247,13 +246,12 @@ def test_fov_metrics_match_skimage_on_fov_pixels():
     hr = _smooth_images(1, 64, 64, seed=5)
     sr = _noisy(hr, 0.04, seed=6)
     fov = _disc_fov(64, 64)
-    result = sr_metrics(sr, hr, fov)
     inside = fov[0, 0].bool().numpy()
     expected_psnr = peak_signal_noise_ratio(_hwc(hr[0])[inside], _hwc(sr[0])[inside], data_range=1)
-    assert result["psnr"] == pytest.approx(expected_psnr, abs=1e-4)
+    assert psnr_per_image(sr, hr, fov).item() == pytest.approx(expected_psnr, abs=1e-4)
     _, full_map = _skimage_ssim(sr[0], hr[0], full=True)
     expected_ssim = full_map[5:-5, 5:-5][inside[5:-5, 5:-5]].mean()
-    assert result["ssim"] == pytest.approx(expected_ssim, abs=1e-4)
+    assert ssim_per_image(sr, hr, fov).item() == pytest.approx(expected_ssim, abs=1e-4)
 
 
 def test_fov_restricts_the_measurement():
@@ -265,16 +263,26 @@ def test_fov_restricts_the_measurement():
     far_outside = torch.from_numpy(~near_fov)
     changed = sr.clone()
     changed[:, :, far_outside] = 1.0 - changed[:, :, far_outside]
-    assert sr_metrics(changed, hr, fov) == sr_metrics(sr, hr, fov)
-    assert sr_metrics(changed, hr) != sr_metrics(sr, hr)
+    for per_image in (psnr_per_image, ssim_per_image):
+        assert torch.equal(per_image(changed, hr, fov), per_image(sr, hr, fov))
+        assert not torch.equal(per_image(changed, hr), per_image(sr, hr))
 
 
-def test_sr_metrics_is_per_image_mean_not_pooled():
+def _split_sr(sr, hr, lesion_masks=None) -> dict:
+    """A split's SR numbers as evaluation reports them (engine/evaluator.py), one batch, no FOV."""
+    masks = torch.zeros(sr.shape[0], 4, *sr.shape[2:]) if lesion_masks is None else lesion_masks
+    split = _PerImageSR()
+    split.add(sr, hr, None, masks)
+    return split.result()
+
+
+def test_split_sr_metrics_are_per_image_means_not_pooled():
     hr = _smooth_images(2, 32, 32, seed=9)
     sr = torch.stack([_noisy(hr[0], 0.01, seed=1), _noisy(hr[1], 0.2, seed=2)])
     per_image = [peak_signal_noise_ratio(_hwc(hr[i]), _hwc(sr[i]), data_range=1) for i in range(2)]
     pooled = peak_signal_noise_ratio(hr.numpy(), sr.numpy(), data_range=1)
-    result = sr_metrics(sr, hr)
+    result = _split_sr(sr, hr)
+    assert result["n"] == 2
     assert result["psnr"] == pytest.approx(np.mean(per_image), abs=1e-4)
     assert abs(result["psnr"] - pooled) > 1.0
     assert result["ssim"] == pytest.approx(
@@ -297,13 +305,13 @@ def test_psnr_lesion_over_dilated_lesions_of_images_with_lesions():
     masks = torch.zeros(2, 4, 64, 64)
     masks[0, 1, 20:24, 30:35] = 1
     masks[0, 3, 40, 10] = 1
-    result = sr_metrics(sr, hr, lesion_masks=masks)
+    result = _split_sr(sr, hr, masks)
     union = masks[0].amax(0).numpy() > 0
     region = ndimage.binary_dilation(union, structure=np.ones((3, 3)))
     expected = peak_signal_noise_ratio(_hwc(hr[0])[region], _hwc(sr[0])[region], data_range=1)
     assert result["psnr_lesion"] == pytest.approx(expected, abs=1e-4)
     assert result["n_lesion"] == 1
-    assert math.isnan(sr_metrics(sr, hr, lesion_masks=torch.zeros_like(masks))["psnr_lesion"])
+    assert math.isnan(_split_sr(sr, hr, torch.zeros_like(masks))["psnr_lesion"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,6 +330,13 @@ def _segmentation_sample(
     valid[0, 3] = False
     valid[1, 0] = False
     return probs, masks, valid
+
+
+def segmentation_metrics(probs, masks, valid, num_bins: int = 1000) -> dict:
+    """``SegmentationMetrics`` of one batch."""
+    metrics = SegmentationMetrics(num_lesions=probs.shape[1], num_bins=num_bins)
+    metrics.update(probs, masks, valid)
+    return metrics.compute()
 
 
 def _pooled_pixels(probs, masks, valid, lesion):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evaluation.metrics import SegmentationMetrics, grading_metrics, roc_curves, sr_metrics
+from evaluation.metrics import SegmentationMetrics, grading_metrics, roc_curves
 from evaluation.report import (
     format_metrics_table,
     plot_confusion,
@@ -79,10 +79,11 @@ def test_table_shows_given_numbers_and_nan():
 @pytest.mark.parametrize("section", ["grading", "sr", "segmentation"])
 def test_table_with_one_section(section):
     y, probs = _grading()
-    hr = torch.rand(1, 3, 16, 16)
+    sr = {"psnr": 30.1, "ssim": 0.91, "psnr_lesion": 28.4, "n": 1, "n_lesion": 1}
+    bicubic = {"psnr": 27.5, "ssim": 0.85, "psnr_lesion": NAN, "n": 1, "n_lesion": 0}
     full = {
         "grading": grading_metrics(y, probs),
-        "sr": {"sr": sr_metrics(hr * 0.9, hr), "bicubic": sr_metrics(hr * 0.8, hr)},
+        "sr": {"sr": sr, "bicubic": bicubic},
         "segmentation": SegmentationMetrics().compute(),
     }
     table = format_metrics_table({section: full[section]})

@@ -170,7 +170,7 @@ def test_cli_pages_sheets_and_keeps_names_unique(checkpoint, photos, tmp_path):
     "case, message",
     [
         ("checkpoint", "checkpoint not found"),
-        ("unreadable", "cannot read image"),
+        ("unreadable", "not an image"),
         ("method", "unknown saliency method 'lime'; valid: gradcam, gradcampp, guided_backprop"),
         ("layer", "unknown layer 'grader.layer9'; candidates: grader.layer1"),
         ("target", "unknown target 'worst'"),

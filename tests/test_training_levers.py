@@ -27,7 +27,7 @@ from engine.reliability import PREEMPTED_EXIT_CODE
 from engine.testing import load_trained, metrics_file
 from engine.trainer import Trainer
 from engine.tta import FLIPS
-from evaluation.metrics import _quadratic_kappa, grading_metrics
+from evaluation.metrics import SegmentationMetrics, _quadratic_kappa, grading_metrics
 from evaluation.thresholds import fit_thresholds
 from models.losses import grading_loss, ordinal_loss
 from models.ordinal import decode_grades, default_thresholds, expected_grade
@@ -391,10 +391,26 @@ def test_tta_probabilities_are_the_mean_of_the_flipped_passes(mode):
     torch.testing.assert_close(plain.probs, views[0], rtol=0, atol=1e-6)  # off: the unflipped pass
     torch.testing.assert_close(flipped.probs, sum(views) / 4, rtol=0, atol=1e-6)
     assert not torch.allclose(flipped.probs, plain.probs, atol=1e-4)
-    for key in ("sr", "segmentation"):  # the unflipped pass's (NaN-aware comparison through JSON)
-        assert json.dumps(flipped.metrics.get(key), sort_keys=True) == json.dumps(
-            plain.metrics.get(key), sort_keys=True
-        )
+    # SR metrics are the unflipped pass's; segmentation scores the lesion maps averaged over the
+    # views, each flipped back (engine/inference.py's policy, as predict.py's).
+    assert json.dumps(flipped.metrics.get("sr"), sort_keys=True) == json.dumps(
+        plain.metrics.get("sr"), sort_keys=True
+    )
+    by_hand = SegmentationMetrics(num_lesions=4, device=torch.device("cpu"))
+    with torch.no_grad():
+        for batch in loader:
+            source = batch["lr"] if mode == "lr" else batch["hr"]
+            maps = []
+            for dims in FLIPS:
+                view = source.flip(dims) if dims else source
+                image = model.isr(view) if mode == "lr" else view
+                lesions = torch.sigmoid(model.segment(image))
+                maps.append(lesions.flip(dims) if dims else lesions)
+            by_hand.update(sum(maps) / 4, batch["masks"], batch["mask_valid"])
+    expected = by_hand.compute()
+    for lesion, values in flipped.metrics["segmentation"].items():
+        for key in ("aupr", "auc"):
+            assert values[key] == pytest.approx(expected[lesion][key], rel=1e-4, nan_ok=True)
 
 
 def test_test_py_tta_flag_is_recorded_next_to_the_plain_evaluation(tmp_path):

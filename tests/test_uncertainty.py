@@ -25,12 +25,21 @@ def test_blocks_hold_what_a_reader_needs():
     for name in ("qwk", "accuracy", "macro_auc", "referable_auc"):
         entry = report["intervals"][name]
         assert entry["low"] <= entry["value"] <= entry["high"]
-    (point,) = report["operating_points"]
+    point, default = report["operating_points"]
     assert point["specificity"] >= 0.90 and 0 <= point["sensitivity"] <= 1
-    with_release = uncertainty_report(
-        grades, predicted, probs, release_threshold=0.5, n_resamples=50
+    # Without a stored threshold the model's decision is the default p_referable >= 0.5, and the
+    # intervals' sensitivity is that decision's.
+    assert default["threshold"] == 0.5 and default["name"].startswith("default")
+    truth, score = grades >= 2, probs[:, 2:].sum(1)
+    assert report["intervals"]["sensitivity"]["value"] == pytest.approx(
+        (score[truth] >= 0.5).mean()
     )
-    assert [p["name"] for p in with_release["operating_points"]][1] == "fixed at release"
+    with_release = uncertainty_report(
+        grades, predicted, probs, release_threshold=0.3, n_resamples=50
+    )
+    fixed = with_release["operating_points"][1]
+    assert fixed["name"] == "fixed at release" and fixed["threshold"] == 0.3
+    assert fixed["sensitivity"] == pytest.approx((score[truth] >= 0.3).mean())
 
 
 def test_unknown_grades_are_left_out_and_groups_widen_intervals():

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from data.decode import DecodeError, decode_rgb
 from data.records import LESIONS, NUM_GRADES, UNKNOWN_GRADE, DataError
 
 log = logging.getLogger(__name__)
@@ -356,31 +357,16 @@ def parse_grade(
 
 # --------------------------------------------------------------------------- decoding
 def read_image(path: Path, min_side: int | None = None) -> np.ndarray:
-    """An image file as HxWx3 uint8 RGB; a DataError naming the file if it is unreadable or truncated.
+    """An image file as upright HxWx3 uint8 RGB (:func:`data.decode.decode_rgb`, the decoder
+    predict.py uses too); a DataError naming the file if it is missing, unreadable or truncated.
 
     ``min_side``: JPEGs may be decoded at 1/2, 1/4 or 1/8 scale (DCT scaling, much faster) as long as
     the shorter side stays at least ``min_side``.
     """
     try:
-        with Image.open(path) as image:
-            if min_side is not None and image.format == "JPEG":
-                width, height = image.size
-                factor = max(1, min(width, height) // max(min_side, 1))
-                if factor >= 2:
-                    image.draft("RGB", (width // factor, height // factor))
-            image.load()
-            return _to_rgb(image)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        raise DataError(f"unreadable image {path}: {error}") from error
-
-
-def _to_rgb(image: Image.Image) -> np.ndarray:
-    if image.mode in ("I;16", "I;16B", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = array.max() or 1.0
-        array = np.clip(array / peak * 255.0, 0, 255).astype(np.uint8)
-        return np.repeat(array[:, :, None], 3, axis=2)
-    return np.asarray(image.convert("RGB"))
+        return decode_rgb(path, min_side)[0]
+    except DecodeError as error:
+        raise DataError(f"unreadable image {error}") from None
 
 
 def read_mask(path: Path, threshold: int = 0) -> np.ndarray:
@@ -417,6 +403,3 @@ def image_size(path: Path) -> tuple[int, int]:
         raise DataError(f"unreadable image {path}: {error}") from error
     return height, width
 
-
-def grade_or_unknown(grade: int | None) -> int:
-    return UNKNOWN_GRADE if grade is None else grade

@@ -1,0 +1,115 @@
+"""engine/seed_sweep.py (the task-aware loss sweep's runner) and the frozen sub-nets it relies on
+(a learning rate of 0 freezes a sub-net in a stage)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+from engine import stage_plan
+from engine.builders import build_model
+from engine.checkpoint import load_checkpoint
+from engine.config import ConfigError, load_config
+from engine.seed_sweep import SweepRunner, load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ARMS = (
+    "  a: {method: deepmt_dr, overrides: [train.stage=joint, loss.task_aware_weight=0]}\n"
+    "  b: {method: deepmt_dr, against: a, overrides: [train.stage=joint, loss.task_aware_weight=100]}\n"
+)
+
+
+def _sweep_file(tmp_path: Path, arms: str = ARMS, seeds: str = "[0, 1]") -> Path:
+    overrides = ", ".join([*TINY, "train.eval_every=0", "train.joint_max_psnr_drop_db=null"])
+    text = (
+        f"preset: configs/demo.yaml\nseeds: {seeds}\noverrides: [{overrides}]\n"
+        'base:\n  method: deepmt_dr\n  overrides: ["train.stage=isr,seg,cls"]\n'
+        f"arms:\n{arms}"
+    )
+    (tmp_path / "sweep.yaml").write_text(text)
+    return tmp_path / "sweep.yaml"
+
+
+def test_sweep_spec_and_its_errors(tmp_path):
+    sweep = load_sweep(_sweep_file(tmp_path))
+    assert list(sweep.arms) == ["a", "b"] and sweep.references == {"b": "a"}
+    assert sweep.seeds == (0, 1)
+    with pytest.raises(ConfigError, match="against 'nope' is not an arm"):
+        load_sweep(_sweep_file(tmp_path, "  a: {method: deepmt_dr, against: nope}\n"))
+    with pytest.raises(ConfigError, match="seeds must be a list of integers"):
+        load_sweep(_sweep_file(tmp_path, seeds="zero"))
+    (tmp_path / "bad.yaml").write_text("preset: configs/demo.yaml\n")
+    with pytest.raises(ConfigError, match="bad.yaml: missing 'base'"):
+        load_sweep(tmp_path / "bad.yaml")
+
+
+def test_arms_of_a_seed_start_from_one_base_run_and_leave_records(tmp_path):
+    sweep = load_sweep(_sweep_file(tmp_path))
+    records = tmp_path / "records"
+    runner = SweepRunner(sweep, tmp_path / "runs", records)
+    first = runner.run_one("a", 0)
+    second = runner.run_one("b", 0)
+    base_dir = tmp_path / "runs" / "seed0" / "base"
+    assert (base_dir / "checkpoints" / "done").is_file()
+    assert second["base_wall_seconds"] < first["base_wall_seconds"]  # trained once, then reused
+    init_a = load_checkpoint(tmp_path / "runs" / "seed0" / "init_a.pt")
+    init_b = load_checkpoint(tmp_path / "runs" / "seed0" / "init_b.pt")
+    for key, value in init_a["model"].items():  # paired: both arms start from the same weights
+        assert torch.equal(value, init_b["model"][key]), key
+    assert first["config_hash"] != second["config_hash"]
+    meta = json.loads((records / "b" / "seed0.json").read_text())
+    assert meta["seed"] == 0 and meta["arm"] == "b"
+    assert set(meta["metrics"]) >= {"qwk", "psnr", "psnr_bicubic", "psnr_lesion"}
+    assert {"cam_pearson", "task_gap"} <= set(meta["mechanism"])
+    rows = (records / "a" / "seed0.csv").read_text().splitlines()
+    assert rows[0].startswith("id,grade,predicted,p0") and len(rows) == 1 + 4  # 4 test images
+    assert runner.pending(["a", "b"], [0, 1]) == [(1, "a"), (1, "b")]
+
+
+def test_a_zero_learning_rate_freezes_that_sub_net_in_the_stage():
+    config = load_config(None, [*TINY, "train.joint.lr_cls=0"])
+    model = build_model(config)
+    trained = stage_plan.freeze_for(model, "joint", config)
+    assert list(trained) == ["isr"]
+    assert model.isr.training and not model.grader.training  # BatchNorm statistics kept, no dropout
+    assert not any(p.requires_grad for p in model.grader.parameters())
+    both = stage_plan.freeze_for(model, "joint", load_config(None, TINY))
+    assert sorted(both) == ["grader", "isr"]
+    isr_frozen = load_config(None, [*TINY, "train.joint.lr_isr=0"])
+    assert stage_plan.stage_trainables(isr_frozen, "joint") == ("grader",)
+    with pytest.raises(ConfigError, match="lr_cls must be >= 0"):
+        load_config(None, [*TINY, "train.joint.lr_cls=-1"])
+
+
+def test_sweep_table_pairs_arms_by_seed(tmp_path):
+    from scipy import stats
+
+    from evaluation.results_tables import sweep_table
+
+    _sweep_file(tmp_path)
+    qwk = {"a": [0.50, 0.60, 0.55], "b": [0.53, 0.61, 0.60]}
+    for arm, values in qwk.items():
+        for seed, value in enumerate(values):
+            folder = tmp_path / "records" / arm
+            folder.mkdir(parents=True, exist_ok=True)
+            record = {
+                "arm": arm,
+                "seed": seed,
+                "commit": "abcdef0",
+                "cpu": "test CPU",
+                "wall_seconds": 60.0,
+                "metrics": {"qwk": value, "psnr": 30.0, "psnr_bicubic": 29.0, "psnr_lesion": 28.0},
+                "mechanism": {"cam_pearson": 0.5, "task_gap": -0.1},
+            }
+            (folder / f"seed{seed}.json").write_text(json.dumps(record))
+    table = sweep_table(tmp_path, "sweep.yaml", "records")
+    deltas = [0.03, 0.01, 0.05]
+    half = stats.t.ppf(0.975, 2) * stats.tstd(deltas) / 3**0.5
+    row = next(line for line in table.splitlines() if line.startswith("| b |"))
+    assert f"+0.030 ({0.03 - half:+.3f}, {0.03 + half:+.3f}), 3 seeds" in row
+    assert "| a | 3 | 0.550 | — | — |" in table and "6 runs recorded" in table
