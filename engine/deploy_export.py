@@ -25,6 +25,7 @@ from the source's release metadata: export the release first to carry its calibr
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.util
 import json
@@ -257,3 +258,14 @@ def print_deployed(deployed: Deployed) -> None:
         print(f"largest difference from PyTorch on a random batch: {differences}")
     print(f"SHA-256 {deployed.sha256}")
     print(f"grade with it: python predict.py PATHS --checkpoint {deployed.path}")
+
+
+def main(args: argparse.Namespace, command: str) -> int:
+    """``python -m engine.export`` for a deployment file (engine/export.py's arguments)."""
+    if args.train_command or args.calibrate_on or args.tta is not None:
+        raise CheckpointError(
+            "--train-command, --calibrate-on and --tta make a release: export the release "
+            "(.pt), then the deployment file from it"
+        )
+    print_deployed(export_deployment(args.source, args.out, args.format, command))
+    return 0

@@ -19,6 +19,9 @@ The format follows --out's suffix (or ``--format``, which must agree with it):
   release facts above, the grade thresholds, the training position and the weights file's SHA-256
   (safetensors has no checksum of its own). Both are written atomically (temp file + rename),
   weights first.
+- ``.onnx`` / ``.pt2``: not a release but a deployment file, the inference network with the
+  metadata predict.py needs, for ONNX Runtime or torch.export (engine/deploy_export.py; not
+  entered in ``RELEASES.json``).
 
 The SHA-256 of the release file (and of the sidecar) is entered in the folder's ``RELEASES.json``
 (``engine/release.py``), replacing any earlier entry of the same name. Exporting a release file
@@ -515,15 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine import deploy_export  # imports engine.export: here, not at the top
 
     if deploy_export.deploy_format(Path(args.out), args.format):
-        if args.train_command or args.calibrate_on or args.tta is not None:
-            raise CheckpointError(
-                "--train-command, --calibrate-on and --tta make a release: export the release "
-                "(.pt), then the deployment file from it"
-            )
-        deploy_export.print_deployed(
-            deploy_export.export_deployment(args.source, args.out, args.format, command)
-        )
-        return 0
+        return deploy_export.main(args, command)
     exported = export_release(
         args.source,
         args.out,

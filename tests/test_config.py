@@ -174,7 +174,7 @@ def test_test_print_config_prints_the_checkpoints_config(tmp_path, capsys):
         (check_method, "method", "nope"),
         (check_loss, "loss.label_smoothing", 1.0),
         (check_train, "train.ema_decay", 1.0),
-        (check_train, "train.seg.lr_cls", 0.0),
+        (check_train, "train.seg.lr_cls", -1.0),
         (lambda config: check_stage("joint", config.train.joint), "train.joint.schedule", "x"),
         (check_test, "test.input", "sr"),
         (check_run, "run.optimizer_impl", "fast"),

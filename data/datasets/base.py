@@ -402,4 +402,3 @@ def image_size(path: Path) -> tuple[int, int]:
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
         raise DataError(f"unreadable image {path}: {error}") from error
     return height, width
-
