@@ -232,6 +232,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{not_read} not read) in {summary.seconds:.1f} s"
     )
     print(f"predictions: {summary.csv}")
+    if summary.reference is not None:
+        reference = summary.reference
+        qwk = reference["intervals"]["qwk"]
+        print(
+            f"against reference grades ({reference['n']} photographs): QWK {qwk['value']:.3f} "
+            f"(95% CI {qwk['low']:.3f} to {qwk['high']:.3f}), ECE "
+            f"{reference['calibration']['ece']:.3f}; {summary.csv.parent / 'summary.json'}"
+        )
     print(f"report: {summary.report}")
     return summary.exit_code
 

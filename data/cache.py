@@ -19,7 +19,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import cv2
 import numpy as np
 import torch
 
+from data.atomic import write_atomic  # re-exported: data/prepare.py imports it from here
 from data.degrade import degrade
 from data.maskbits import unpack_planes
 from data.records import DataError, make_sample
@@ -76,16 +76,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and rename it: a killed run leaves no half file."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def read_settings(cache_dir: Path) -> dict | None:

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from data.atomic import atomic_open
 from data.cli import OneLineParser, run
 from data.datasets import DATASETS, load_index
 from data.datasets.base import Record, read_image
@@ -188,12 +189,10 @@ def crossing_parts(groups: dict[str, str]) -> dict[str, list[str]]:
 def write_groups(path: Path, groups: dict[str, str]) -> None:
     """The groups CSV (``id,group``, sorted by id), written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as handle:
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(GROUPS_HEADER)
         writer.writerows(sorted(groups.items()))
-    temporary.replace(path)
 
 
 def read_groups(path: Path) -> dict[str, str]:

@@ -51,6 +51,12 @@ from data.workers import process_map
 
 log = logging.getLogger(__name__)
 DEFAULT_JPEG_QUALITY = 95
+# How the HR squares are stored: JPEG (small; a photograph's square after a round trip differs by
+# about 42 dB at quality 90, which moves 8% of the 512 release's grades: docs/RELIABILITY.md) or
+# PNG (lossless: test.py then grades the very square predict.py makes from the photograph).
+IMAGE_SUFFIXES = {"jpeg": ".jpg", "png": ".png"}
+# What a cache.json written before a setting existed was built with.
+SETTING_DEFAULTS = {"image_format": "jpeg"}
 LOCK_FILE = "prepare.lock"  # held while a process builds the cache (data/lock.py)
 
 
@@ -117,6 +123,7 @@ class _Job:
     root: Path
     size: int
     jpeg_quality: int
+    image_format: str = "jpeg"
 
 
 @dataclass(frozen=True)
@@ -126,9 +133,9 @@ class _Outcome:
     error: str | None
 
 
-def _paths(record: Record) -> tuple[str, str]:
+def _paths(record: Record, image_format: str = "jpeg") -> tuple[str, str]:
     key = cache_key(record.id)
-    return f"images/{key}.jpg", f"masks/{key}.png"
+    return f"images/{key}{IMAGE_SUFFIXES[image_format]}", f"masks/{key}.png"
 
 
 def _source(record: Record, root: Path) -> str:
@@ -138,8 +145,14 @@ def _source(record: Record, root: Path) -> str:
         return record.image.as_posix()
 
 
-def _entry(record: Record, root: Path, image_sha256: str, masks_sha256: str) -> CacheEntry:
-    image, masks = _paths(record)
+def _entry(
+    record: Record,
+    root: Path,
+    image_sha256: str,
+    masks_sha256: str,
+    image_format: str = "jpeg",
+) -> CacheEntry:
+    image, masks = _paths(record, image_format)
     return CacheEntry(
         id=record.id,
         part=record.part,
@@ -169,17 +182,21 @@ def _prepare_one(job: _Job) -> _Outcome:
         hr, bits = preprocess(record, job.size)
     except DataError as error:
         return _Outcome(record, None, str(error))
-    image_bytes = _encode(
-        ".jpg", np.ascontiguousarray(hr[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, job.jpeg_quality]
-    )
+    bgr = np.ascontiguousarray(hr[:, :, ::-1])
+    if job.image_format == "png":  # lossless: the square a photograph gives, bit for bit
+        image_bytes = _encode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    else:
+        image_bytes = _encode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, job.jpeg_quality])
     mask_bytes = _encode(".png", bits, [cv2.IMWRITE_PNG_COMPRESSION, 6])
-    image_path, mask_path = _paths(record)
+    image_path, mask_path = _paths(record, job.image_format)
     write_atomic(job.cache_dir / mask_path, mask_bytes)
     write_atomic(
         job.cache_dir / image_path, image_bytes
     )  # written last: its presence marks the record done
     return _Outcome(
-        record, _entry(record, job.root, _sha256(image_bytes), _sha256(mask_bytes)), None
+        record,
+        _entry(record, job.root, _sha256(image_bytes), _sha256(mask_bytes), job.image_format),
+        None,
     )
 
 
@@ -205,7 +222,9 @@ def _check_settings(cache_dir: Path, wanted: dict) -> None:
     if settings is None:
         return
     differing = {
-        key: settings.get(key) for key, value in wanted.items() if settings.get(key) != value
+        key: settings.get(key, SETTING_DEFAULTS.get(key))
+        for key, value in wanted.items()
+        if settings.get(key, SETTING_DEFAULTS.get(key)) != value
     }
     if differing:
         raise DataError(
@@ -237,6 +256,7 @@ def prepare(
     skip_bad: bool = False,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     progress: bool = False,
+    image_format: str = "jpeg",
 ) -> PrepareReport:
     """Build or complete the cache of ``dataset`` at ``out``; returns what was done.
 
@@ -247,6 +267,8 @@ def prepare(
         raise DataError(f"--size must be a positive multiple of 16, got {size}")
     if not 1 <= jpeg_quality <= 100:
         raise DataError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
+    if image_format not in IMAGE_SUFFIXES:
+        raise DataError(f"--image-format must be jpeg or png, got {image_format!r}")
     cache_dir = Path(out).expanduser()
     with FolderLock(cache_dir / LOCK_FILE, f"cache {cache_dir}"):  # one builder per cache
         return _build(
@@ -258,6 +280,7 @@ def prepare(
             skip_bad,
             jpeg_quality,
             progress,
+            image_format,
         )
 
 
@@ -270,6 +293,7 @@ def _build(
     skip_bad: bool,
     jpeg_quality: int,
     progress: bool,
+    image_format: str = "jpeg",
 ) -> PrepareReport:
     start = time.perf_counter()
     index = load_index(dataset, root)
@@ -278,6 +302,7 @@ def _build(
         "dataset": dataset,
         "size": size,
         "jpeg_quality": jpeg_quality,
+        "image_format": image_format,
     }
     _check_settings(cache_dir, wanted)
     for folder in ("images", "masks"):
@@ -302,7 +327,7 @@ def _build(
     entries: list[CacheEntry] = []
     todo: list[_Job] = []
     for record in index.records:
-        image_path, mask_path = _paths(record)
+        image_path, mask_path = _paths(record, image_format)
         if (cache_dir / image_path).is_file() and (cache_dir / mask_path).is_file():
             old = previous.get(record.id)
             if old is not None and (old.image, old.masks) == (image_path, mask_path):
@@ -310,11 +335,11 @@ def _build(
             else:
                 hashes = (file_sha256(cache_dir / image_path), file_sha256(cache_dir / mask_path))
             entries.append(
-                _entry(record, root, *hashes)
+                _entry(record, root, *hashes, image_format)
             )  # labels from the index: a fixed CSV is picked up
             report.reused += 1
         else:
-            todo.append(_Job(record, cache_dir, root, size, jpeg_quality))
+            todo.append(_Job(record, cache_dir, root, size, jpeg_quality, image_format))
     processes = min(workers or os.cpu_count() or 1, len(todo))
     if todo:
         log.info(
@@ -366,6 +391,12 @@ def _build_parser() -> OneLineParser:
         help="leave unreadable images out (listed in skipped.csv) instead of stopping",
     )
     parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
+    parser.add_argument(
+        "--image-format",
+        choices=sorted(IMAGE_SUFFIXES),
+        default="jpeg",
+        help="how the HR squares are stored: jpeg (small) or png (lossless)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -381,6 +412,7 @@ def _main(argv: Sequence[str] | None) -> int:
         args.skip_bad,
         args.jpeg_quality,
         progress=not args.quiet,
+        image_format=args.image_format,
     )
     print(
         f"{args.dataset}: {report.total} images in {report.cache_dir} "

@@ -1,6 +1,7 @@
 """The sample schema every dataset yields, so batches collate with the default collate_fn.
 
-A sample is a dict with fixed keys (DESIGN.md section 2):
+A sample is a dict with fixed keys (the contract of every loader in data/datasets/ and of the
+cache, data/cache.py; docs/ARCHITECTURE.md, "Packages"):
 
 - ``lr``         float32 ``[3,h,w]`` in [0,1]
 - ``hr``         float32 ``[3,H,W]`` in [0,1], ``H = scale * h``

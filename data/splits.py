@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+from data.atomic import write_atomic
 from data.duplicates import read_groups
 from data.records import DataError
 from data.synthetic.backgrounds import BACKGROUND_IDRID_IDS
@@ -254,12 +255,8 @@ def write_folds_file(path: Path, dataset: str, folds: dict[str, int], k: int, se
     """``id,fold`` rows, atomically, with the dataset, k and seed in a comment line."""
     body = "id,fold\n" + "".join(f"{image_id},{folds[image_id]}\n" for image_id in sorted(folds))
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(
-        f"# DeepMT-DR folds: dataset={dataset} k={k} seed={seed} sha256={_digest(body)}\n{body}",
-        encoding="utf-8",
-    )
-    temporary.replace(path)
+    header = f"# DeepMT-DR folds: dataset={dataset} k={k} seed={seed} sha256={_digest(body)}\n"
+    write_atomic(path, (header + body).encode("utf-8"))
 
 
 def read_folds_file(path: Path) -> dict[str, int]:
@@ -296,9 +293,7 @@ def write_split_file(
         f"test_fraction={settings.test_fraction} sha256={_digest(body)}\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(header + body, encoding="utf-8")
-    temporary.replace(path)
+    write_atomic(path, (header + body).encode("utf-8"))
 
 
 def read_split_file(path: Path) -> dict[str, str]:

@@ -120,7 +120,8 @@ def apply_fast_paths(
 def cache_path(config: Config) -> Path:
     """Where the preprocessing cache of a public dataset lives: ``<cache_dir>/<dataset>-<hr_size>``."""
     data = config.data
-    return Path(data.cache_dir) / f"{split_name(data.dataset, data.root)}-{data.hr_size}"
+    lossless = "-png" if data.cache_image_format == "png" else ""
+    return Path(data.cache_dir) / f"{split_name(data.dataset, data.root)}-{data.hr_size}{lossless}"
 
 
 def ensure_cache(config: Config, progress: bool = False) -> Path:
@@ -138,6 +139,7 @@ def ensure_cache(config: Config, progress: bool = False) -> Path:
             data.skip_bad,
             data.jpeg_quality,
             progress,
+            data.cache_image_format,
         )
     return path
 

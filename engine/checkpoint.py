@@ -34,7 +34,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data.atomic import atomic_path
 from engine.config import STAGES
 
 log = logging.getLogger(__name__)
@@ -128,27 +128,19 @@ class _HashingWriter:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a crash, a kill or a full disk mid-write leaves the
-    previous file at ``path`` as it was (a full disk raises :class:`CheckpointError` saying so)."""
+    """Write ``state`` to ``path`` atomically (:func:`data.atomic.atomic_path`, the rename made
+    durable): a crash, a kill or a full disk mid-write leaves the previous file at ``path`` as it
+    was (a full disk raises :class:`CheckpointError` saying so)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp_name = None
     try:
-        handle, temp_name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
-        with os.fdopen(handle, "wb") as file:
+        with atomic_path(path, sync_folder=True) as temp, temp.open("r+b") as file:
             file.write(_header("0" * 64, 0))
             payload = _HashingWriter(file)
             torch.save({**state, "format_version": FORMAT_VERSION}, payload)
             file.seek(0)
             file.write(_header(payload.digest.hexdigest(), payload.size))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
     except OSError as error:
-        if temp_name is not None:
-            Path(temp_name).unlink(missing_ok=True)
         previous = (
             "the previous checkpoint there is intact"
             if path.is_file()
@@ -157,26 +149,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         raise CheckpointError(
             f"could not write checkpoint {path}: {error.strerror or error}; {previous}"
         ) from error
-    except BaseException:
-        if temp_name is not None:
-            Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
     return path
-
-
-def _fsync_directory(folder: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

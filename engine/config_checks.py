@@ -88,6 +88,10 @@ def check_data(config: Config) -> None:
         1 <= data.jpeg_quality <= 100,
         f"data.jpeg_quality must be in 1..100, got {data.jpeg_quality}",
     )
+    _require(
+        data.cache_image_format in ("jpeg", "png"),
+        f"data.cache_image_format must be jpeg or png, got {data.cache_image_format!r}",
+    )
     for name in ("n_train", "n_val", "n_test"):
         _require(
             getattr(data, name) > 0, f"data.{name} must be positive, got {getattr(data, name)}"

@@ -28,6 +28,8 @@ class DataConfig:
     # Preprocessing cache of a public dataset: <cache_dir>/<dataset>-<hr_size>, built when missing.
     cache_dir: str = "data_cache"
     jpeg_quality: int = 95
+    # How the preprocessing cache stores HR squares: jpeg (small) or png (lossless; data/prepare.py).
+    cache_image_format: str = "jpeg"
     prepare_workers: int = 0  # 0 = one per CPU core
     skip_bad: bool = False  # leave unreadable images out of the cache instead of stopping
     # Splits the dataset leaves open are carved per patient and written to split_file

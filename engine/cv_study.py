@@ -32,13 +32,14 @@ from pathlib import Path
 import torch
 import yaml
 
+from data.atomic import atomic_open, write_atomic
 from data.lock import FolderLock, LockError
 from data.records import DataError
 from data.splits import SplitSettings, fold_roles, read_folds_file, write_split_file
 from engine.builders import build_model
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, ConfigError, load_config
-from engine.export import git_commit
+from engine.release_facts import git_commit
 from engine.runtime import cpu_flags, cpu_model
 from engine.testing import run_test
 from engine.trainer import Trainer
@@ -227,15 +228,11 @@ def write_record(
         "predicted",
         *sorted((c for c in rows[0] if c[:1] == "p" and c[1:].isdigit()), key=lambda c: int(c[1:])),
     ]
-    temporary = table.with_name(f".{table.name}.tmp")
-    with open(temporary, "w", newline="") as handle:
+    with atomic_open(table, "w", encoding=None, newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda r: r["id"]))
-    temporary.replace(table)
-    temporary = meta.with_name(f".{meta.name}.tmp")
-    temporary.write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n")
-    temporary.replace(meta)
+    write_atomic(meta, (json.dumps(provenance, indent=1, sort_keys=True) + "\n").encode())
 
 
 def train_to_end(config: Config, progress=None) -> Path:

@@ -39,7 +39,7 @@ from data.cache import file_sha256
 from engine.builders import build_model
 from engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from engine.config import Config, config_from_dict
-from engine.export import FORMATS, _write_atomically, git_commit, source_checkpoint
+from engine.export import FORMATS, release_file, source_checkpoint
 from engine.inference_core import release_calibration
 from engine.onnx_inferer import (
     DEPLOY_FORMAT,
@@ -49,6 +49,7 @@ from engine.onnx_inferer import (
     DeploymentError,
     load_deployed,
 )
+from engine.release_facts import git_commit
 from models import DeepMTDR
 
 FORMAT_SUFFIX = {kind: suffix for suffix, kind in DEPLOY_SUFFIXES.items()}  # onnx -> .onnx
@@ -172,12 +173,14 @@ def _write_onnx(program: torch.export.ExportedProgram, text: str, out: Path) -> 
         external_data=False,
     )
     onnx_program.model.metadata_props[METADATA_KEY] = text
-    _write_atomically(out, lambda temp: onnx_program.save(temp, external_data=False))
+    with release_file(out) as temp:
+        onnx_program.save(temp, external_data=False)
 
 
 def _write_pt2(program: torch.export.ExportedProgram, text: str, out: Path) -> None:
     extra = {f"{METADATA_KEY}.json": text}
-    _write_atomically(out, lambda temp: torch.export.save(program, temp, extra_files=extra))
+    with release_file(out) as temp:
+        torch.export.save(program, temp, extra_files=extra)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,28 @@ class _PerImageSR:
         return out
 
 
+def _pool_processes(
+    ids: list[str],
+    grades: torch.Tensor,
+    probs: torch.Tensor,
+    predicted: torch.Tensor,
+    sr_values: dict[str, _PerImageSR],
+    seg: SegmentationMetrics | None,
+    device: torch.device,
+) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each process saw its ShardSampler share; pool them back in dataset order (the SR values
+    and segmentation histograms in place)."""
+    ids = distributed.interleave(distributed.gather_objects(ids))
+    grades = _interleave_rows(distributed.gather_objects(grades))
+    probs = _interleave_rows(distributed.gather_objects(probs))
+    predicted = _interleave_rows(distributed.gather_objects(predicted))
+    for values in sr_values.values():
+        values.gather()
+    if seg is not None:
+        seg.all_reduce(device)
+    return ids, grades, probs, predicted
+
+
 @torch.no_grad()
 def evaluate(
     model: DeepMTDR,
@@ -133,15 +155,9 @@ def evaluate(
     probs_all = torch.cat(probs) if probs else torch.zeros(0)
     predicted_all = torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.long)
     if distributed.current().distributed:
-        # Each process saw its ShardSampler share; pool them back in dataset order.
-        ids = distributed.interleave(distributed.gather_objects(ids))
-        grades_all = _interleave_rows(distributed.gather_objects(grades_all))
-        probs_all = _interleave_rows(distributed.gather_objects(probs_all))
-        predicted_all = _interleave_rows(distributed.gather_objects(predicted_all))
-        for values in sr_values.values():
-            values.gather()
-        if seg is not None:
-            seg.all_reduce(device)
+        ids, grades_all, probs_all, predicted_all = _pool_processes(
+            ids, grades_all, probs_all, predicted_all, sr_values, seg, device
+        )
     metrics: dict = {"mode": mode}
     thresholds = model.decision_thresholds.cpu() if model.decision_thresholds is not None else None
     if bool((grades_all >= 0).any()):

@@ -33,22 +33,19 @@ line for ``pretrained_model/README.md``.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import logging
-import math
-import os
-import re
 import shlex
-import subprocess
 import sys
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from data.atomic import atomic_path
 from data.cache import file_sha256
 from engine.builders import build_model
 from engine.checkpoint import (
@@ -63,33 +60,51 @@ from engine.checkpoint import (
 )
 from engine.cli import run_cli
 from engine.config import Config, config_from_dict
+from engine.output_names import predictions_file
 from engine.release import register
-from engine.testing import checkpoint_tag, run_folder_of, tta_tag
+from engine.release_facts import (
+    DATASET_TERMS,
+    GRADING_KEYS,
+    ROOT,
+    describe_data,
+    git_commit,
+    run_metrics,
+)
+from engine.testing import run_folder_of
 from evaluation.calibration import read_predictions, release_calibration
+from evaluation.formatting import json_safe
+
+__all__ = [  # with the release facts of engine/release_facts.py, which callers import from here
+    "CARRIED_OVER",
+    "DATASET_TERMS",
+    "FLOAT32_KEYS",
+    "FORMATS",
+    "GRADING_KEYS",
+    "MAX_RELEASE_MB",
+    "RELEASE_FORMAT",
+    "ROOT",
+    "Exported",
+    "describe_data",
+    "export_release",
+    "get_args_parser",
+    "git_commit",
+    "half_weights",
+    "main",
+    "readme_line",
+    "release_file",
+    "release_format",
+    "run_metrics",
+    "save_safetensors_release",
+    "source_checkpoint",
+    "validation_predictions",
+]
 
 log = logging.getLogger(__name__)
 
 RELEASE_FORMAT = "deepmt-dr-release-1"
-MAX_RELEASE_MB = 30  # pretrained_model/ holds files up to this size (DESIGN.md)
+# The largest release file pretrained_model/ (committed to git) takes; main() warns above it.
+MAX_RELEASE_MB = 30
 FP16_MAX = torch.finfo(torch.float16).max
-ROOT = Path(__file__).resolve().parents[1]
-# Licences and attributions of the public datasets a release may be trained on (the model card repeats them).
-DATASET_TERMS = {
-    "idrid": "IDRiD (Indian Diabetic Retinopathy Image Dataset), CC BY 4.0: Porwal P. et al., Data 3(3):25, 2018, doi:10.3390/data3030025",
-    "synthetic": "the embedded semi-synthetic dataset (data/synthetic): skimage.data.retina() (CC0) and seven IDRiD grade-0 "
-    "photographs (CC BY 4.0, Porwal et al. 2018) as backgrounds",
-}
-# What the release card keeps of each metrics file: the numbers a reader compares.
-GRADING_KEYS = (
-    "n",
-    "accuracy",
-    "qwk",
-    "macro_f1",
-    "macro_auc",
-    "referable_auc",
-    "referable_sensitivity",
-    "referable_specificity",
-)
 FORMATS = {".pt": "pt", SAFETENSORS_SUFFIX: "safetensors"}  # --out suffix -> format
 # What a converted release keeps of the one it came from: how it was trained and what it scored.
 CARRIED_OVER = (
@@ -154,124 +169,6 @@ def half_weights(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
     return weights, kept
 
 
-def _finite(value):
-    """JSON- and weights_only-safe: NaN becomes None, nested containers are walked."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(key): _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
-def _summary(metrics: dict) -> dict:
-    """The headline numbers of one metrics file (test.py's metrics*.json)."""
-    out = {
-        key: metrics.get(key)
-        for key in ("split", "input", "checkpoint", "dataset", "hr_size", "scale")
-        if key in metrics
-    }
-    if "grading" in metrics:
-        out["grading"] = {key: metrics["grading"].get(key) for key in GRADING_KEYS}
-        out["grading"]["confusion"] = metrics["grading"].get("confusion")
-    if "sr" in metrics:
-        out["sr"] = {
-            name: {key: values.get(key) for key in ("psnr", "ssim", "psnr_lesion")}
-            for name, values in metrics["sr"].items()
-        }
-    if "segmentation" in metrics:
-        out["segmentation_aupr"] = {
-            name: values.get("aupr") for name, values in metrics["segmentation"].items()
-        }
-    return _finite(out)
-
-
-def run_metrics(run_dir: Path | None, checkpoint: Path, state: dict) -> dict:
-    """Metrics the run folder holds for this checkpoint: test.py's ``metrics*.json`` of its tag and the
-    ``log.csv`` row of the epoch it was kept at (validation during training)."""
-    if run_dir is None:
-        return {}
-    own = re.compile(
-        rf"metrics(_(train|val|test)_(lr|hr)(_tta|_no_tta)?)?{re.escape(checkpoint_tag(checkpoint))}\.json"
-    )
-    found: dict = {}
-    for path in sorted(run_dir.glob("metrics*.json")):
-        if not own.fullmatch(path.name):
-            continue  # another checkpoint's file (metrics_val_lr_isr_best.json)
-        try:
-            found[path.name] = _summary(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as error:
-            log.warning("skipped %s: %s", path, error)
-    log_path = run_dir / "log.csv"
-    if log_path.is_file():
-        with log_path.open(newline="") as file:
-            rows = list(csv.DictReader(file))
-        epoch = state.get("best_epoch") or state.get("epoch")
-        kept = [
-            row
-            for row in rows
-            if row.get("stage") == state.get("stage") and str(row.get("epoch")) == str(epoch)
-        ]
-        if kept:
-            found["log.csv"] = {
-                key: value
-                for key, value in kept[-1].items()
-                if key in ("stage", "epoch") or key.startswith("val_")
-            }
-    return found
-
-
-def describe_data(config: Config) -> dict:
-    """What the weights were trained on: dataset, licence, sizes, split file (with its SHA-256)."""
-    data = config.data
-    described = {
-        "dataset": data.dataset,
-        "terms": DATASET_TERMS.get(
-            data.dataset, f"{data.dataset}: see data/datasets/README.md for its licence"
-        ),
-        "root": data.root,
-        "hr_size": data.hr_size,
-        "lr_size": data.hr_size // data.scale,
-        "scale": data.scale,
-        "degradation": {
-            "blur_kernel": data.blur_kernel,
-            "blur_sigma": data.blur_sigma,
-            "noise_var": data.noise_var,
-        },
-    }
-    if data.dataset == "synthetic":
-        described["n_train"] = data.n_train
-        described["seed"] = data.seed
-    else:
-        split_file = (
-            Path(data.split_file) if data.split_file else ROOT / "splits" / f"{data.dataset}.csv"
-        )
-        if split_file.is_file():
-            described["split_file"] = str(
-                split_file.relative_to(ROOT) if split_file.is_relative_to(ROOT) else split_file
-            )
-            described["split_sha256"] = file_sha256(split_file)
-    return described
-
-
-def git_commit() -> str:
-    """HEAD's hash, with ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = (
-            subprocess.run(
-                ["git", "diff", "--quiet", "HEAD"], cwd=ROOT, capture_output=True, check=False
-            ).returncode
-            != 0
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
-
-
 def release_format(out: Path, format: str | None = None) -> str:
     """``pt`` or ``safetensors``: from ``--out``'s suffix, which ``--format`` (if given) must match."""
     by_suffix = FORMATS.get(out.suffix)
@@ -285,24 +182,15 @@ def release_format(out: Path, format: str | None = None) -> str:
     return by_suffix
 
 
-def _write_atomically(path: Path, write) -> None:
-    """``write(temp_path)`` then rename over ``path``: a kill mid-write leaves the previous file as it was."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+@contextmanager
+def release_file(path: Path) -> Iterator[Path]:
+    """:func:`data.atomic.atomic_path` for a release or deployment file: a kill mid-write leaves the
+    previous file as it was, and a failed write is a CheckpointError naming the file."""
     try:
-        write(Path(temp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp's 0600 would keep a release from its readers
-        with open(temp, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(temp, path)
+        with atomic_path(path) as temp:
+            yield temp
     except OSError as error:
-        Path(temp).unlink(missing_ok=True)
         raise CheckpointError(f"could not write {path}: {error.strerror or error}") from error
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def save_safetensors_release(weights: dict[str, torch.Tensor], facts: dict, out: Path) -> Path:
@@ -315,15 +203,106 @@ def save_safetensors_release(weights: dict[str, torch.Tensor], facts: dict, out:
     sidecar = sidecar_of(out)
     tensors = {key: tensor.detach().contiguous() for key, tensor in weights.items()}
     metadata = {"format": SIDECAR_FORMAT, "name": out.stem, "sidecar": sidecar.name}
-    _write_atomically(out, lambda temp: save_file(tensors, str(temp), metadata=metadata))
+    with release_file(out) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
     facts = {
         "format": SIDECAR_FORMAT,
         "weights": {"file": out.name, "sha256": file_sha256(out), "bytes": out.stat().st_size},
         **facts,
     }
     text = json.dumps(facts, indent=2, allow_nan=False) + "\n"
-    _write_atomically(sidecar, lambda temp: temp.write_text(text, encoding="utf-8"))
+    with release_file(sidecar) as temp:
+        temp.write_text(text, encoding="utf-8")
     return sidecar
+
+
+def _release_record(
+    config: Config,
+    state: dict,
+    model: torch.nn.Module,
+    checkpoint: Path,
+    run_dir: Path | None,
+    out: Path,
+    kind: str,
+    kept: list[str],
+    train_command: str | None,
+    command: str | None,
+) -> dict:
+    """The release's facts: its format, input, data, training position, metrics, commands, source."""
+    return {
+        "format": RELEASE_FORMAT,
+        "name": out.stem,
+        "file_format": kind,
+        "weights_dtype": "float16",
+        "float32_tensors": kept,
+        "parameters": sum(parameter.numel() for parameter in model.parameters()),
+        "method": config.method,
+        "input": {
+            "lr_size": config.data.hr_size // config.data.scale,
+            "hr_size": config.data.hr_size,
+            "scale": config.data.scale,
+            "test_input": config.test.input,
+            "test_tta": config.test.tta,
+            "num_classes": config.data.num_classes,
+        },
+        "data": describe_data(config),
+        "trained": {key: state.get(key) for key in RELEASE_STATE_KEYS},
+        "metrics": run_metrics(run_dir, checkpoint, state),
+        "source": str(checkpoint),
+        "source_sha256": file_sha256(checkpoint),
+        "train_command": train_command,
+        "export_command": command,
+        "commit": git_commit(),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "torch": str(torch.__version__),
+    }
+
+
+def _carry_over(release: dict, previous: dict, checkpoint: Path, train_command: str | None) -> None:
+    """A release converted: keep what ``previous`` (its release record) recorded of its training."""
+    release["converted_from"] = {
+        "file": str(checkpoint),
+        "sha256": release["source_sha256"],
+        "commit": previous.get("commit"),
+        "created": previous.get("created"),
+    }
+    release.update({key: previous[key] for key in CARRIED_OVER if previous.get(key) is not None})
+    release["train_command"] = train_command or previous.get("train_command")
+
+
+def _write_release(
+    kind: str, out: Path, weights: dict, state: dict, config: Config, release: dict, entry: dict
+) -> tuple[Path | None, str | None, dict]:
+    """Write the release file (and a safetensors release's sidecar); returns the sidecar, its
+    SHA-256 and the registry entry."""
+    keep = {key: state[key] for key in RELEASE_STATE_KEYS if key in state}
+    if kind != "safetensors":
+        save_checkpoint(
+            {"config": state["config"], "model": weights, "release": release, **keep}, out
+        )
+        return None, None, entry
+    thresholds = weights.get("grade_thresholds")
+    sidecar = save_safetensors_release(
+        weights,
+        {
+            "config": state["config"],
+            "release": release,
+            "state": json_safe(keep),
+            # For readers without this repository: the grade is the expected grade cut at these
+            # (model.grade_decoding=thresholds; else the argmax). The weights' own tensor is what loads.
+            "grade_decoding": config.model.grade_decoding,
+            "grade_thresholds": thresholds.tolist() if thresholds is not None else None,
+        },
+        out,
+    )
+    sidecar_digest = file_sha256(sidecar)
+    entry = {
+        "format": "safetensors",
+        "sidecar": sidecar.name,
+        "sidecar_sha256": sidecar_digest,
+        **entry,
+    }
+    return sidecar, sidecar_digest, entry
 
 
 def export_release(
@@ -358,53 +337,17 @@ def export_release(
     weights, kept = half_weights(state["model"])
     if kept:
         log.warning("kept in float32 (values beyond float16's range): %s", ", ".join(kept))
-    release = {
-        "format": RELEASE_FORMAT,
-        "name": out.stem,
-        "file_format": kind,
-        "weights_dtype": "float16",
-        "float32_tensors": kept,
-        "parameters": sum(parameter.numel() for parameter in model.parameters()),
-        "method": config.method,
-        "input": {
-            "lr_size": config.data.hr_size // config.data.scale,
-            "hr_size": config.data.hr_size,
-            "scale": config.data.scale,
-            "test_input": config.test.input,
-            "test_tta": config.test.tta,
-            "num_classes": config.data.num_classes,
-        },
-        "data": describe_data(config),
-        "trained": {key: state.get(key) for key in RELEASE_STATE_KEYS},
-        "metrics": run_metrics(run_dir, checkpoint, state),
-        "source": str(checkpoint),
-        "source_sha256": file_sha256(checkpoint),
-        "train_command": train_command,
-        "export_command": command,
-        "commit": git_commit(),
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "torch": str(torch.__version__),
-    }
+    release = _release_record(
+        config, state, model, checkpoint, run_dir, out, kind, kept, train_command, command
+    )
     previous = state.get("release")
-    if (
-        isinstance(previous, dict) and run_dir is None
-    ):  # a release converted: keep what it recorded of its training
-        release["converted_from"] = {
-            "file": str(checkpoint),
-            "sha256": release["source_sha256"],
-            "commit": previous.get("commit"),
-            "created": previous.get("created"),
-        }
-        release.update(
-            {key: previous[key] for key in CARRIED_OVER if previous.get(key) is not None}
-        )
-        release["train_command"] = train_command or previous.get("train_command")
+    if isinstance(previous, dict) and run_dir is None:
+        _carry_over(release, previous, checkpoint, train_command)
     predictions = calibrate_on or validation_predictions(run_dir, config, run_tta)
     if predictions is not None:
         grades, probs = read_predictions(Path(predictions))
         release.update(release_calibration(grades, probs, specificity, str(predictions)))
-    release = _finite(release)
-    keep = {key: state[key] for key in RELEASE_STATE_KEYS if key in state}
+    release = json_safe(release)
     entry = {
         "lr_size": release["input"]["lr_size"],
         "hr_size": release["input"]["hr_size"],
@@ -412,33 +355,9 @@ def export_release(
         "commit": release["commit"],
         "created": release["created"],
     }
-    sidecar = sidecar_digest = None
-    if kind == "safetensors":
-        thresholds = weights.get("grade_thresholds")
-        sidecar = save_safetensors_release(
-            weights,
-            {
-                "config": state["config"],
-                "release": release,
-                "state": _finite(keep),
-                # For readers without this repository: the grade is the expected grade cut at these
-                # (model.grade_decoding=thresholds; else the argmax). The weights' own tensor is what loads.
-                "grade_decoding": config.model.grade_decoding,
-                "grade_thresholds": thresholds.tolist() if thresholds is not None else None,
-            },
-            out,
-        )
-        sidecar_digest = file_sha256(sidecar)
-        entry = {
-            "format": "safetensors",
-            "sidecar": sidecar.name,
-            "sidecar_sha256": sidecar_digest,
-            **entry,
-        }
-    else:
-        save_checkpoint(
-            {"config": state["config"], "model": weights, "release": release, **keep}, out
-        )
+    sidecar, sidecar_digest, entry = _write_release(
+        kind, out, weights, state, config, release, entry
+    )
     digest, size = file_sha256(out), out.stat().st_size
     register(out, {"sha256": digest, "bytes": size, **entry})
     return Exported(out, digest, size, release, sidecar, sidecar_digest)
@@ -458,8 +377,9 @@ def validation_predictions(run_dir: Path | None, config: Config, run_tta: bool) 
     """test.py's validation predictions in the release's input and TTA, if the run folder has them."""
     if run_dir is None:
         return None
-    hr = "_hr" if config.test.input == "hr" else ""
-    path = Path(run_dir) / f"predictions_val{hr}{tta_tag(config.test.tta, run_tta)}.csv"
+    path = predictions_file(
+        run_dir, "val", config.test.input, tta=config.test.tta, test_tta=run_tta
+    )
     return path if path.is_file() else None
 
 

@@ -16,10 +16,9 @@ mismatch names the file that differs. A name without a registry entry is looked 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from data.atomic import write_atomic
 from data.cache import file_sha256
 from engine.checkpoint import SAFETENSORS_SUFFIX, CheckpointError
 
@@ -60,14 +59,7 @@ def register(path: str | Path, entry: dict) -> Path:
     registry = read_registry(path.parent)
     registry[path.stem] = {"file": path.name, **entry}
     target = path.parent / REGISTRY
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{REGISTRY}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(json.dumps(dict(sorted(registry.items())), indent=2) + "\n")
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, (json.dumps(dict(sorted(registry.items())), indent=2) + "\n").encode())
     return target
 
 

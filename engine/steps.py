@@ -1,4 +1,5 @@
-"""The four stage steps of DeepMT-DR and their losses (DESIGN.md section 4), top to bottom.
+"""The four stage steps of DeepMT-DR and their losses, top to bottom (what each stage trains:
+engine/trainer.py's docstring and docs/ARCHITECTURE.md, "The path of a training batch").
 
 Each step takes the :class:`~engine.trainer.Trainer` (its model, config, grad scaler and class
 weights) and a batch already on the device, computes the stage's losses under the caller's

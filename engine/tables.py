@@ -2,27 +2,34 @@
 
 ``results.csv`` holds one row per (table row, seed) with every metric (:data:`RESULT_COLUMNS`);
 :func:`write_markdown` turns it into mean +- sample standard deviation over seeds per table row
-(:data:`TABLE_COLUMNS`), :func:`plot_bars` into a grouped bar chart. Cells a method has no value
-for (PSNR without an ISR net, lesion AUPR without segmentation) are empty in the CSV and ``-``
-in the table. The bar chart follows ``evaluation/report.py``: a ``Figure`` on an Agg canvas,
-never pyplot.
+(columns: :func:`table_columns`; the summary and its table lines are those of
+``evaluation/seed_tables.py``, which also regenerates the docs' copies), :func:`plot_bars` into a
+grouped bar chart. Cells a method has no value for (PSNR without an ISR net, lesion AUPR without
+segmentation) are empty in the CSV and ``-`` in the table. The bar chart follows
+``evaluation/figures.py``: a ``Figure`` on an Agg canvas, never pyplot.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import os
 import statistics
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evaluation.report import DPI
-from evaluation.results_tables import SEED_METRICS
+from data.atomic import atomic_open
+from evaluation.figures import DPI
+from evaluation.formatting import format_number
+from evaluation.seed_tables import (
+    SEED_METRICS,
+    mean_sd,
+    seed_table_columns,
+    seed_table_lines,
+    summarise_seeds,
+)
 
 LESIONS = ("MA", "HE", "EX", "SE")
 RESULT_COLUMNS = (
@@ -32,18 +39,14 @@ RESULT_COLUMNS = (
     "lesion_aupr", *[f"aupr_{name}" for name in LESIONS],
     "test_input", "scale", "n_test", "epoch_seconds", "wall_seconds", "run_dir",
 )  # fmt: skip
-# (results.csv key, markdown header, digits) of the summary table, in order: one list for the
-# runner's tables and their regeneration from results.csv (evaluation/results_tables.py).
+# (results.csv key, markdown header, digits) of the summary table, in order: one list, and one
+# summary and table of it, for the runner's tables and their regeneration from results.csv
+# (evaluation/seed_tables.py).
 METRICS = SEED_METRICS
 BAR_METRICS = ("accuracy", "qwk", "macro_f1", "macro_auc")
 
 
-def table_columns(reference: str | None) -> list[str]:
-    """The markdown table's header cells (with a paired QWK difference column when there is a reference row)."""
-    columns = ["row", "seeds", *[header for _, header, _ in METRICS]]
-    if reference:
-        columns.append(f"ΔQWK vs {reference}")
-    return [*columns, "train min"]
+table_columns = seed_table_columns  # the markdown table's header cells
 
 
 # ------------------------------------------------------------------------------------- results.csv
@@ -59,32 +62,18 @@ def write_results(rows: Sequence[dict], path: str | Path) -> Path:
     """Write ``results.csv`` atomically (temp file + rename): an interrupted run never truncates it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as file:
-            writer = csv.DictWriter(file, RESULT_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows({key: _cell(row.get(key)) for key in RESULT_COLUMNS} for row in rows)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", encoding=None, newline="") as file:
+        writer = csv.DictWriter(file, RESULT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({key: _cell(row.get(key)) for key in RESULT_COLUMNS} for row in rows)
     return path
 
 
 def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
+    """A results.csv cell: a float to 6 significant digits (empty for NaN), anything else as text."""
     if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _number(text: str | None) -> float | None:
-    if text in (None, ""):
-        return None
-    value = float(text)
-    return None if math.isnan(value) else value
+        return format_number(value, ".6g")
+    return "" if value is None else str(value)
 
 
 def result_row(
@@ -139,74 +128,7 @@ def result_row(
     }
 
 
-# ---------------------------------------------------------------------------------------- summary
-def summarise(
-    results: Sequence[dict[str, str]], order: Sequence[str] | None = None
-) -> dict[str, dict]:
-    """``{row: {"seeds": [..], key: [values...]}}`` per table row, rows in ``order`` (else first seen)."""
-    summary: dict[str, dict] = {}
-    for result in results:
-        entry = summary.setdefault(result["row"], {"seeds": [], "qwk_by_seed": {}})
-        entry["seeds"].append(int(result["seed"]))
-        for key in (
-            *[key for key, _, _ in METRICS],
-            "epoch_seconds",
-            "wall_seconds",
-            "psnr_bicubic",
-            "ssim_bicubic",
-        ):
-            value = _number(result.get(key))
-            if value is not None:
-                entry.setdefault(key, []).append(value)
-        qwk = _number(result.get("qwk"))
-        if qwk is not None:
-            entry["qwk_by_seed"][int(result["seed"])] = qwk
-        entry["scale"] = result.get("scale", "")
-    names = [name for name in (order or []) if name in summary] + [
-        name for name in summary if name not in (order or [])
-    ]
-    return {name: summary[name] for name in names}
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (None from a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def _format(values: Sequence[float] | None, digits: int, sign: str = "") -> str:
-    if not values:
-        return "-"
-    mean, std = mean_std(values)
-    text = f"{mean:{sign}.{digits}f}"
-    return text if std is None else f"{text} ± {std:.{digits}f}"
-
-
-def paired_difference(entry: dict, reference: dict) -> list[float]:
-    """Per-seed QWK differences to the reference row over the seeds both have."""
-    seeds = sorted(set(entry["qwk_by_seed"]) & set(reference["qwk_by_seed"]))
-    return [entry["qwk_by_seed"][seed] - reference["qwk_by_seed"][seed] for seed in seeds]
-
-
-def markdown_table(summary: dict[str, dict], reference: str | None = None) -> list[str]:
-    """The summary as markdown table lines with :func:`table_columns` as header."""
-    columns = table_columns(reference)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for name, entry in summary.items():
-        cells = [name, str(len(entry["seeds"]))]
-        cells += [_format(entry.get(key), digits) for key, _, digits in METRICS]
-        if reference:
-            differences = (
-                paired_difference(entry, summary[reference])
-                if reference in summary and name != reference
-                else []
-            )
-            cells.append(_format(differences, 3, sign="+"))
-        minutes = [seconds / 60 for seconds in entry.get("epoch_seconds", [])]
-        cells.append(f"{statistics.fmean(minutes):.1f}" if minutes else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
+# ---------------------------------------------------------------------------------------- table.md
 def write_markdown(
     results: Sequence[dict[str, str]],
     path: str | Path,
@@ -219,8 +141,8 @@ def write_markdown(
     """``table.md``: title, notes (command, machine), the table, the bicubic reference and a legend.
 
     ``split``: what the runs were tested on (``val`` for a dataset copy without its test set)."""
-    summary = summarise(results, list(descriptions))
-    lines = [f"# {title}", "", *header_notes, "", *markdown_table(summary, reference), ""]
+    summary = summarise_seeds(results, list(descriptions))
+    lines = [f"# {title}", "", *header_notes, "", *seed_table_lines(summary, reference), ""]
     seeds = sorted({seed for entry in summary.values() for seed in entry["seeds"]})
     lines.append(
         f"Mean ± sample standard deviation over seeds (run.seed {', '.join(map(str, seeds))}); "
@@ -268,7 +190,7 @@ def plot_bars(
     split: str = "test",
 ) -> Path:
     """Grouped bars: accuracy, QWK, macro F1 and macro AUC per row, mean with std error bars."""
-    summary = summarise(results, order)
+    summary = summarise_seeds(results, order or [])
     names = list(summary)
     width = 0.8 / max(len(names), 1)
     figure = Figure(
@@ -282,7 +204,7 @@ def plot_bars(
         means, errors = [], []
         for key in BAR_METRICS:
             values = summary[name].get(key)
-            mean, std = mean_std(values) if values else (math.nan, None)
+            mean, std = mean_sd(values) if values else (math.nan, None)
             means.append(mean)
             errors.append(std or 0.0)
             if not math.isnan(mean):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -35,6 +34,7 @@ from engine.output_names import (
 )
 from engine.runtime import configure_threads
 from evaluation import report
+from evaluation.formatting import json_safe
 from evaluation.metrics import roc_curves
 from evaluation.referable import model_threshold
 from evaluation.uncertainty import uncertainty_report
@@ -57,16 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def _json_safe(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
 
 
 def write_predictions(result: EvalResult, path: Path) -> None:
@@ -226,7 +216,7 @@ def run_test(
     metrics_path = metrics_file(run_dir, split, mode, test_input, checkpoint, tta, test_tta)
     figures = figures_dir(figures_root, config.run.name, metrics_path)
     metrics["report"] = str(figures / "report.html")
-    metrics_path.write_text(json.dumps(_json_safe(metrics), indent=2))
+    metrics_path.write_text(json.dumps(json_safe(metrics), indent=2))
     write_predictions(result, predictions_file(run_dir, split, mode, checkpoint, tta, test_tta))
     panels = sample_panels(inferer, dataset, samples, figures / "samples", mode)
     _write_figures(result, metrics, figures, panels)

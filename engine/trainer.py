@@ -1,4 +1,4 @@
-"""Staged training of DeepMT-DR (DESIGN.md section 4).
+"""Staged training of DeepMT-DR (a batch's path: docs/ARCHITECTURE.md, "The path of a training batch").
 
 Stages, in the order ``--stage all`` runs them, each resumable and each keeping its own
 ``<stage>_last.pt`` / ``<stage>_best.pt``:

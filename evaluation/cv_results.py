@@ -148,7 +148,8 @@ def study_summary(
     found = read_records(records, rows)
     folds = common_folds(found)
     if not folds:
-        return {"folds": [], "rows": {}, "differences": {}}
+        recorded = {row: sorted(found[row]) for row in rows if found.get(row)}
+        return {"folds": [], "rows": {}, "differences": {}, "recorded": recorded}
     pooled = {row: pool(found[row], folds) for row in rows}
     ids = pooled[reference].ids
     for row, data in pooled.items():
@@ -197,7 +198,17 @@ def study_summary(
 def markdown(summary: dict, rows: dict[str, str], reference: str) -> str:
     """The results table (rows x metrics with intervals) and the paired-difference table."""
     if not summary["folds"]:
-        return "No (row, fold) record yet: run `python scripts/idrid_cv.py`.\n"
+        recorded = summary.get("recorded") or {}
+        if not recorded:
+            return "No (row, fold) record yet: run `python scripts/idrid_cv.py`.\n"
+        done = "; ".join(
+            f"{row} fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}"
+            for row, folds in recorded.items()
+        )
+        return (
+            f"No fold has a record of every row yet, so nothing is pooled (recorded so far: {done}); "
+            "`python scripts/idrid_cv.py` continues the study.\n"
+        )
     head = "| row | " + " | ".join(LABELS[m] for m in SHOWN) + " | per-fold QWK (mean ± sd) |"
     lines = [head, "|---" * (len(SHOWN) + 2) + "|"]
     for row in rows:

@@ -3,7 +3,7 @@
 The expected grade ``sum_k p_k * k`` is cut at C-1 increasing thresholds (``models/ordinal.py``);
 the thresholds that maximise quadratic weighted kappa on the training predictions are found by
 coordinate search, one threshold at a time. The kappa is this project's one implementation
-(``evaluation.metrics._quadratic_kappa``, scikit-learn's ``cohen_kappa_score(weights="quadratic")``).
+(``evaluation.metrics_grading._quadratic_kappa``, scikit-learn's ``cohen_kappa_score(weights="quadratic")``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from data.records import UNKNOWN_GRADE
-from evaluation.metrics import _quadratic_kappa
+from evaluation.metrics_grading import _quadratic_kappa
 from models.ordinal import default_thresholds, expected_grade, grades_from_expected
 
 MAX_CANDIDATES = 64  # positions tried per threshold and sweep (a kappa costs ~1 ms)

@@ -1,6 +1,6 @@
 """What the compared methods and ablations swap in for the ISR net: a parameter-free bicubic
 upsampler. (Their graders: the torchvision ResNet-50 of ``models.grading.ResNetGrader`` and
-Chen et al.'s net, top-level ``chen_net.py`` as the design card keeps it.)
+Chen et al.'s net, ``chen_net.py`` at the repository root, built by ``models/registry.py``.)
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 DeepMT-DR's grader (:class:`GradingNet`) is torchvision's ResNet-18 with its 7x7 stem widened to the image plus lesion channels, spatial
 pyramid pooling (levels 4, 2, 1, i.e. 21 bins of 512 features) and a two-layer head. Departures
-from the published KeNet_v1 (README lists them): a ReLU between the two Linear layers, ImageNet
+from the published KeNet_v1 (docs/DIFFERENCES.md lists them): a ReLU between the two Linear layers, ImageNet
 normalisation of the image channels, one head used for training and test alike, and SPP by
 adaptive max pooling so it also works on feature maps smaller than 4x4.
 """

@@ -3,7 +3,7 @@
 The published multi-scale U-Net (parallel 3x3 and 5x5 convolutions in every block, five
 levels of widths ``16r .. 256r`` for width multiplier ``r``) with deep supervision: a 1x1 head
 at every decoder level, each upsampled to full size and summed with fixed weights. Departures
-from the published code (README lists them): the full-resolution head takes part in the sum
+from the published code (docs/DIFFERENCES.md lists them): the full-resolution head takes part in the sum
 (upstream dropped it, so its output was blocky at 1/2 resolution), heads are upsampled
 bilinearly, and the lesions are four independent sigmoid channels (they overlap, so a softmax
 with a background channel, which upstream trained with sigmoid and consumed with softmax, is

@@ -1,9 +1,10 @@
-"""Losses of DeepMT-DR (DESIGN.md section 4). Weights live in the config, not here.
+"""Losses of DeepMT-DR, used by the stage steps of engine/steps.py. Weights live in the config
+(``LossConfig`` of engine/config_schema.py), not here.
 
-Departures from the published code (README lists them): Dice is the standard soft Dice with
-the factor 2 (upstream's per-pixel form had its optimum at p=0.73), computed per lesion over the
-batch on the device; invalid lesion channels (no ground truth) are ignored; the
-segmentation-aware loss compares probabilities, not logits.
+Departures from the published code (docs/DIFFERENCES.md lists them, B8 for the Dice): Dice is
+the standard soft Dice with the factor 2 (upstream's per-pixel form had its optimum at p=0.73),
+computed per lesion over the batch on the device; invalid lesion channels (no ground truth) are
+ignored; the segmentation-aware loss compares probabilities, not logits.
 """
 
 from __future__ import annotations

@@ -72,6 +72,7 @@ def agreement(
     cache_dir: str | None = None,
     jpeg_quality: int | None = None,
     amp: str = "auto",
+    image_format: str | None = None,
 ) -> dict:
     started = time.perf_counter()
     path = resolve_checkpoint(checkpoint)
@@ -80,6 +81,8 @@ def agreement(
         config.data.cache_dir = cache_dir
     if jpeg_quality:
         config.data.jpeg_quality = jpeg_quality
+    if image_format:
+        config.data.cache_image_format = image_format
     use_dataset(config, path, None, data_root)
     mode = config.test.input
     temperature, threshold = release_calibration(state)
@@ -150,6 +153,7 @@ def agreement(
         "checkpoint": str(path),
         "split": split,
         "cache_jpeg_quality": (read_settings(cache_path(config)) or {}).get("jpeg_quality"),
+        "cache_image_format": (read_settings(cache_path(config)) or {}).get("image_format", "jpeg"),
         "mode": mode,
         "precision": grader.inferer.precision,
         "n": count,
@@ -184,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         "--jpeg-quality", type=int, help="JPEG quality of the HR squares if the cache is built here"
     )
     parser.add_argument(
+        "--image-format",
+        choices=("jpeg", "png"),
+        help="how the cache stores HR squares if it is built here (png: lossless)",
+    )
+    parser.add_argument(
         "--amp",
         choices=("auto", "on", "off"),
         default="auto",
@@ -202,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         args.cache_dir,
         args.jpeg_quality,
         args.amp,
+        args.image_format,
     )
     quality = f"_q{args.jpeg_quality}" if args.jpeg_quality else ""
+    quality += "_png" if args.image_format == "png" else ""
     quality += "_fp32" if args.amp == "off" else ""
     out = args.out or DEFAULT_OUT / f"{Path(record['checkpoint']).stem}_{args.split}{quality}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

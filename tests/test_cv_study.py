@@ -191,3 +191,17 @@ def test_a_run_another_process_trains_is_waited_for_not_touched(tmp_path, monkey
     )
     assert runner._train(config) == config.run_dir / "checkpoints" / "best.pt"
     assert (config.run_dir / "checkpoints" / "partial").is_file()
+
+
+def test_a_study_with_no_common_fold_says_what_is_recorded(tmp_path):
+    records = tmp_path / "records"
+    ids = [f"toy/grading/train/{i:03d}" for i in range(10)]
+    grades, probs, predicted = _predictions(10, 0, signal=1.0)
+    _fake_record(records, "a", 0, ids, grades, probs, predicted)
+    _fake_record(records, "b", 1, ids, grades, probs, predicted)
+    summary = study_summary(records, ["a", "b", "c"], "a", groups={}, n_resamples=50)
+    text = markdown(summary, {"a": "", "b": "", "c": ""}, "a")
+    assert "No fold has a record of every row yet" in text
+    assert "recorded so far: a fold 0; b fold 1)" in text
+    empty = study_summary(tmp_path / "none", ["a"], "a", groups={}, n_resamples=50)
+    assert markdown(empty, {"a": ""}, "a").startswith("No (row, fold) record yet")

@@ -4,6 +4,7 @@ exit codes, --demo, TTA / HR input / --save-sr, batching, and Grad-CAM from the 
 from __future__ import annotations
 
 import csv
+import json
 import time
 
 import numpy as np
@@ -343,3 +344,33 @@ def test_a_compared_method_without_segmentation_grades_too(tmp_path, photos):
     )
     (row,) = _rows(out)
     assert row["status"] == "ok" and row["area_MA"] == "" and (out / row["panel"]).is_file()
+
+
+def test_reference_grades_get_the_evaluation_blocks(tmp_path, checkpoint, photos, capsys):
+    """A CSV list with reference grades: summary.json with the grading metrics, calibration,
+    intervals and both operating points, a reliability diagram, and the lines in the report."""
+    listing = tmp_path / "list.csv"
+    listing.write_text(
+        "path,grade\n" + "".join(f"{path},{grade}\n" for path, grade in zip(photos, (0, 2, 4)))
+    )
+    out = tmp_path / "out"
+    assert _predict([str(listing), "--checkpoint", str(checkpoint), "--out", str(out), *FAST]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = _rows(out)
+    assert summary["n"] == 3 and summary["grading"]["n"] == 3
+    predicted = [int(row["grade"]) for row in rows]
+    assert summary["grading"]["accuracy"] == pytest.approx(
+        sum(p == g for p, g in zip(predicted, (0, 2, 4))) / 3
+    )
+    assert {"ece", "reliability"} <= set(summary["calibration"])
+    assert {"qwk", "accuracy", "referable_auc"} <= set(summary["intervals"])
+    assert [point["threshold"] for point in summary["operating_points"]][-1] == 0.5
+    assert (out / "reliability.png").stat().st_size > 0
+    assert "against reference grades" in (out / "report.html").read_text()
+    assert "against reference grades (3 photographs)" in capsys.readouterr().out
+    # Without reference grades there is no summary.
+    plain = tmp_path / "plain"
+    assert (
+        _predict([str(photos[0]), "--checkpoint", str(checkpoint), "--out", str(plain), *FAST]) == 0
+    )
+    assert not (plain / "summary.json").exists()

@@ -224,3 +224,26 @@ def test_corrupt_cache_file_names_it(tmp_path):
 def test_missing_cache_says_how_to_build_it(tmp_path):
     with pytest.raises(DataError, match="python -m data.prepare"):
         read_manifest(tmp_path / "nothing")
+
+
+def test_a_lossless_cache_holds_the_square_a_photograph_gives(tmp_path):
+    """--image-format png: the cached HR square equals, bit for bit, the square predict.py makes
+    from the same photograph (data/photo.py); a JPEG cache differs by its compression."""
+    from data.photo import PhotoDataset, PhotoInput
+
+    labels = _csv_dataset(tmp_path / "data")
+    prepare("csv", labels, tmp_path / "png", size=SIZE, workers=1, image_format="png")
+    prepare("csv", labels, tmp_path / "jpeg", size=SIZE, workers=1)
+    assert read_settings(tmp_path / "png")["image_format"] == "png"
+    png = CachedFundus(tmp_path / "png", read_manifest(tmp_path / "png"), 4)
+    jpeg = CachedFundus(tmp_path / "jpeg", read_manifest(tmp_path / "jpeg"), 4)
+    index = next(i for i, entry in enumerate(png.entries) if entry.id.endswith("/g2"))
+    assert png.entries[index].image.endswith(".png")
+    photo = PhotoDataset([PhotoInput(tmp_path / "data" / "images" / "g2.jpg")], SIZE)[0]["hr"]
+    as_bytes = lambda sample: (sample["hr"] * 255).round().to(torch.uint8)  # noqa: E731
+    assert torch.equal(as_bytes(png[index]), photo)
+    assert not torch.equal(as_bytes(jpeg[index]), photo)
+    with pytest.raises(DataError, match="image_format"):  # one cache folder, one storage
+        prepare("csv", labels, tmp_path / "png", size=SIZE, workers=1)
+    with pytest.raises(DataError, match="--image-format must be jpeg or png"):
+        prepare("csv", labels, tmp_path / "x", size=SIZE, workers=1, image_format="webp")
