@@ -4,9 +4,9 @@ the same grade whichever command grades it.
 
 One policy for each choice:
 
-- **Precision**: ``run.amp`` resolved for the device (``engine/runtime.py``; bf16 autocast on a
-  CPU with bf16 units, the configured dtype on CUDA), unless the caller passes the autocast of a
-  running training or an explicit ``amp``.
+- **Precision**: ``run.amp`` resolved for the device and autocast in ``run.amp_dtype`` by the rule
+  training uses too (``engine/runtime.py``: ``auto`` is bf16 where the CPU or GPU has it, else
+  fp32), unless the caller passes the autocast of a running training or an explicit ``amp``.
 - **LR input**: given with the HR image (a dataset's own LR), or made from it by
   :func:`data.degrade.degrade` with the config's blur, scale and noise, as the training cache
   does (noise drawn from a generator seeded by ``data.seed``; every real-data preset has none).

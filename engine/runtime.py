@@ -159,10 +159,16 @@ def resolve_speed(
     return SpeedChoice(amp_on, channels_last_on, reason)
 
 
+def autocast_dtype(amp_dtype: str = "bfloat16") -> torch.dtype:
+    """The one autocast dtype rule: ``run.amp_dtype`` (``resolve_speed``'s ``auto`` turns autocast on
+    for bf16 only where the device has it, so float16 on a CPU runs only when asked for)."""
+    return torch.float16 if amp_dtype == "float16" else torch.bfloat16
+
+
 def autocast_factory(device: torch.device, enabled: bool, amp_dtype: str = "bfloat16"):
-    """The zero-argument context factory of the one autocast rule: ``amp_dtype`` on CUDA, bf16 on a
-    CPU (CPU float16 autocast is emulated), nothing when ``enabled`` is false."""
+    """The zero-argument autocast context factory of training and inference alike (trainer,
+    engine/inference.py): :func:`autocast_dtype`, nothing when ``enabled`` is false."""
     if not enabled:
         return nullcontext
-    dtype = torch.float16 if device.type == "cuda" and amp_dtype == "float16" else torch.bfloat16
+    dtype = autocast_dtype(amp_dtype)
     return lambda: torch.autocast(device.type, dtype=dtype)

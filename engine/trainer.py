@@ -80,7 +80,7 @@ from engine.reliability import (
     stop_requested,
 )
 from engine.run_folder import StageProgress, run_status  # noqa: F401 (re-exported)
-from engine.runtime import configure_threads, resolve_speed
+from engine.runtime import autocast_dtype, autocast_factory, configure_threads, resolve_speed
 from engine.stage_plan import TRAINABLE  # noqa: F401 (re-exported)
 from engine.steps import eval_mode as _eval_mode  # noqa: F401 (re-exported)
 
@@ -128,7 +128,8 @@ class Trainer:
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.amp_enabled = self.speed.amp
         log.info("speed: %s", self.speed.describe(self.threads))
-        self.amp_dtype = torch.bfloat16 if config.run.amp_dtype == "bfloat16" else torch.float16
+        self.amp_dtype = autocast_dtype(config.run.amp_dtype)
+        self._autocast = autocast_factory(self.device, self.amp_enabled, config.run.amp_dtype)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_enabled and self.amp_dtype == torch.float16
         )
@@ -157,9 +158,8 @@ class Trainer:
         return None if weights is None else weights.to(self.device)
 
     def autocast(self):
-        if not self.amp_enabled:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        """The run's autocast context (engine/runtime.py's one rule)."""
+        return self._autocast()
 
     def _submodules(self, names: tuple[str, ...]) -> dict[str, nn.Module]:
         """The named sub-nets that exist and have parameters (engine/stage_plan.py)."""
