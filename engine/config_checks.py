@@ -238,6 +238,14 @@ def check_train(config: Config) -> None:
 def check_test(config: Config) -> None:
     """``test``: the input test.py grades."""
     _one_of("test.input", config.test.input, INPUTS)
+    test = config.test
+    _require(
+        test.seg_tile >= 0, f"test.seg_tile must be >= 0 (0: whole images), got {test.seg_tile}"
+    )
+    _require(
+        test.seg_tile == 0 or 0 <= test.seg_tile_overlap < test.seg_tile,
+        f"test.seg_tile_overlap must be in [0, test.seg_tile), got {test.seg_tile_overlap}",
+    )
 
 
 def check_run(config: Config) -> None:

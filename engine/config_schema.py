@@ -221,8 +221,14 @@ class EvaluationConfig:
     input: str = "lr"
     # Flip test-time augmentation in validation and test.py (--tta): grade probabilities averaged
     # over the four flips of the input (identity, left-right, top-bottom, both; engine/tta.py),
-    # as predict.py --tta; segmentation and SR metrics stay those of the unflipped pass.
+    # as predict.py --tta; lesion maps are averaged too (each flipped back), SR is the unflipped
+    # view's (engine/inference.py).
     tta: bool = False
+    # Segmentation of images larger than seg_tile pixels by overlapping seg_tile windows blended
+    # over seg_tile_overlap pixels (models/tiling.py), in test.py and predict.py alike; 0: whole
+    # images (memory grows with the image; a net trained on crops sees its crop size).
+    seg_tile: int = 0
+    seg_tile_overlap: int = 64
 
 
 @dataclass

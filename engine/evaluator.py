@@ -108,6 +108,7 @@ def evaluate(
     tta: bool = False,
     temperature: float = 1.0,
     referable_threshold: float | None = None,
+    seg_tile: tuple[int, int] | None = None,
 ) -> EvalResult:
     """Run the model over ``loader`` through the one inferer (engine/inference.py) and score it.
 
@@ -119,10 +120,13 @@ def evaluate(
     inferer's flip policy (probabilities and lesion maps averaged over four flips); SR metrics are
     the unflipped view's. ``autocast``: the precision to run in (a training's; test.py passes the
     release's ``run.amp``). ``temperature`` / ``referable_threshold``: a release's calibration and
-    referral threshold (evaluation/referable.py). Grades follow the model's decoding.
+    referral threshold (evaluation/referable.py). ``seg_tile``: (tile, overlap) of tiled segmentation
+    (models/tiling.py; None or 0: whole images). Grades follow the model's decoding.
     """
     model.eval()
-    inferer = Inferer(model, None, mode, tta=tta, autocast=autocast, temperature=temperature)
+    inferer = Inferer(
+        model, None, mode, tta=tta, autocast=autocast, temperature=temperature, seg_tile=seg_tile
+    )
     sr_values = {"sr": _PerImageSR(), "bicubic": _PerImageSR()}
     seg = SegmentationMetrics(num_lesions=4, device=device) if model.use_lesions else None
     ids, grades, probs, predicted = [], [], [], []

@@ -45,6 +45,7 @@ from engine.runtime import SpeedChoice, autocast_factory, resolve_speed
 from engine.tta import FLIPS, flip
 from models import DeepMTDR
 from models.cam import gradcam_in_forward
+from models.tiling import tiled_apply
 
 # Inference, MODES and release_calibration live in engine/inference_core.py (shared with the
 # ONNX Runtime inferer) and are imported from here as before.
@@ -59,6 +60,9 @@ class Inferer:
     ``amp`` (``"auto"``, True or False; None: the config's ``run.amp``) for the model's device.
     ``config`` (the checkpoint's) gives the LR degradation and ``run.amp``; None when every batch
     brings its LR image and ``autocast`` is given. ``temperature``: a release's calibration.
+    ``seg_tile``: ``(tile, overlap)`` segments images larger than ``tile`` by blended windows
+    (models/tiling.py); None takes the config's ``test.seg_tile`` / ``test.seg_tile_overlap``
+    (0: whole images).
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class Inferer:
         amp: str | bool | None = None,
         autocast: Callable[[], object] | None = None,
         temperature: float = 1.0,
+        seg_tile: tuple[int, int] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -77,6 +82,9 @@ class Inferer:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.model, self.config, self.mode = model, config, mode
         self.temperature = float(temperature)
+        if seg_tile is None and config is not None:
+            seg_tile = (config.test.seg_tile, config.test.seg_tile_overlap)
+        self.seg_tile = seg_tile or (0, 0)
         self.views = FLIPS if tta else FLIPS[:1]
         self.device = next(model.parameters()).device
         if autocast is None:
@@ -176,7 +184,7 @@ class Inferer:
         with self.autocast():
             image = model.isr(source).float() if self.mode == "lr" else source
             if lesion_logits is None:
-                lesion_logits = model.segment(image)
+                lesion_logits = self.segment(image)
             if explain:
                 logits, cam_map = gradcam_in_forward(
                     lambda: model.grade_with_lesions(image, lesion_logits).grade_logits,
@@ -187,6 +195,13 @@ class Inferer:
             else:
                 logits, cam_map = model.grade_with_lesions(image, lesion_logits).grade_logits, None
         return logits.float(), torch.sigmoid(lesion_logits.float()), image, cam_map
+
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
+        """Lesion logits of ``image``: whole, or by blended windows when it is larger than the tile."""
+        tile, overlap = self.seg_tile
+        if tile and max(image.shape[-2:]) > tile:
+            return tiled_apply(self.model.segment, image, tile, overlap)
+        return self.model.segment(image)
 
     def _decoded_grade_weights(
         self, other_views: list[torch.Tensor]

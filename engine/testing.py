@@ -250,6 +250,7 @@ def _evaluate(
         tta=tta,
         temperature=temperature,
         referable_threshold=referable_threshold,
+        seg_tile=inferer.seg_tile,
     )
     if mode == "lr":
         # The task-aware loss's signals (engine/mechanism.py): SR-vs-HR CAM agreement and the task gap.
