@@ -36,7 +36,12 @@ from engine.runtime import configure_threads
 from evaluation import report
 from evaluation.formatting import json_safe
 from evaluation.metrics import roc_curves
-from evaluation.referable import model_threshold
+from evaluation.referable import (
+    REFERABLE_GRADE,
+    is_referable,
+    model_threshold,
+    referable_probability,
+)
 from evaluation.uncertainty import uncertainty_report
 from models.adapters import GraderOnImage
 
@@ -59,16 +64,33 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def write_predictions(result: EvalResult, path: Path) -> None:
+def write_predictions(
+    result: EvalResult, path: Path, referable_threshold: float | None = None
+) -> None:
+    """test.py's per-image CSV of a split: ``id``, ``grade`` (the reference; -1 unknown),
+    ``predicted``, ``p0``.., ``p_referable`` and ``referable`` (the decision, 0 or 1) by the one
+    rule (evaluation/referable.py). predict.py's per-photograph CSV names the model's grade
+    ``grade`` and the reference ``reference_grade``; the referable columns are the same."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    classes = result.probs.shape[1]
+    with_referable = classes > REFERABLE_GRADE
+    score = referable_probability(result.probs) if with_referable else None
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
-        classes = result.probs.shape[1]
-        writer.writerow(["id", "grade", "predicted", *[f"p{c}" for c in range(classes)]])
-        for sample_id, grade, predicted, probs in zip(
-            result.ids, result.grades.tolist(), result.predicted.tolist(), result.probs.tolist()
+        referable_columns = ["p_referable", "referable"] if with_referable else []
+        writer.writerow(
+            ["id", "grade", "predicted", *[f"p{c}" for c in range(classes)], *referable_columns]
+        )
+        for index, (sample_id, grade, predicted, probs) in enumerate(
+            zip(
+                result.ids, result.grades.tolist(), result.predicted.tolist(), result.probs.tolist()
+            )
         ):
-            writer.writerow([sample_id, grade, predicted, *[f"{p:.5f}" for p in probs]])
+            extra = []
+            if with_referable:
+                p = float(score[index])
+                extra = [f"{p:.5f}", int(is_referable(p, referable_threshold))]
+            writer.writerow([sample_id, grade, predicted, *[f"{p:.5f}" for p in probs], *extra])
 
 
 def sample_panels(
@@ -217,7 +239,11 @@ def run_test(
     figures = figures_dir(figures_root, config.run.name, metrics_path)
     metrics["report"] = str(figures / "report.html")
     metrics_path.write_text(json.dumps(json_safe(metrics), indent=2))
-    write_predictions(result, predictions_file(run_dir, split, mode, checkpoint, tta, test_tta))
+    write_predictions(
+        result,
+        predictions_file(run_dir, split, mode, checkpoint, tta, test_tta),
+        referable_threshold,
+    )
     panels = sample_panels(inferer, dataset, samples, figures / "samples", mode)
     _write_figures(result, metrics, figures, panels)
     return metrics, run_dir

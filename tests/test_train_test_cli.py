@@ -1,5 +1,6 @@
 """train.py and test.py end to end on tiny images, resume, and bad input at the command line."""
 
+import csv
 import json
 
 import pytest
@@ -72,6 +73,12 @@ def test_train_all_stages_then_test(tmp_path, tiny_overrides, capsys):
         assert (figures / "e2e" / name).stat().st_size > 0
     assert len(list((figures / "e2e" / "samples").glob("*.png"))) == 2
     assert len((run / "predictions_test.csv").read_text().splitlines()) == 5
+    # The one referable rule in test.py's CSV: p_referable = p2 + p3 + p4, referable at 0.5.
+    with (run / "predictions_test.csv").open(newline="") as file:
+        for row in csv.DictReader(file):
+            score = sum(float(row[f"p{c}"]) for c in (2, 3, 4))
+            assert float(row["p_referable"]) == pytest.approx(score, abs=2e-5)
+            assert row["referable"] == str(int(float(row["p_referable"]) >= 0.5))
     # A stage's checkpoint (ISR alone, before the joint stage) gets its own files.
     final = (run / "metrics.json").read_text()
     stage_argv = [
