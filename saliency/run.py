@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(str(error)) from error
 
 
-def _main(args: argparse.Namespace) -> int:
-    methods = parse_methods(args.methods)
+def _check_args(args: argparse.Namespace) -> None:
+    """The numeric options' ranges, before any work (a one-line ConfigError otherwise)."""
     if (
         args.batch_size <= 0
         or (args.size is not None and args.size <= 0)
@@ -193,22 +193,47 @@ def _main(args: argparse.Namespace) -> int:
         )
     if not (0 < args.occlusion_stride <= args.occlusion_window <= 1):
         raise ConfigError("occlusion needs 0 < --occlusion-stride <= --occlusion-window <= 1")
+
+
+def _write_maps(folder: Path, image: torch.Tensor, maps: dict, index: int) -> list:
+    """One image's input.png and, per method, its raw map (.npy) and overlay (.png); the panels."""
+    write_rgb_png(folder / "input.png", np.round(to_rgb_array(image) * 255).astype(np.uint8))
+    panels = []
+    for method, raw in maps.items():
+        np.save(folder / f"{method}.npy", raw[index, 0].cpu().numpy().astype(np.float32))
+        shown = display_map(raw[index : index + 1])[0]
+        rgb = overlay(image, saturate(shown) if method in PIXEL_METHODS else shown)
+        write_rgb_png(folder / f"{method}.png", rgb)
+        panels.append((TITLES[method], rgb))
+    return panels
+
+
+def _summary_row(name: str, path: Path, predicted: int, label: str, probs, ig_error) -> dict:
+    return {
+        "image": name,
+        "path": str(path),
+        "predicted": predicted,
+        "target": label,
+        **{f"p{c}": f"{float(p):.4f}" for c, p in enumerate(probs)},
+        **({"ig_completeness_error": f"{float(ig_error):.4f}"} if ig_error is not None else {}),
+    }
+
+
+def _main(args: argparse.Namespace) -> int:
+    methods = parse_methods(args.methods)
+    _check_args(args)
     paths = find_images(args.images)
     model, config, _ = load_trained(args.checkpoint, args.device)
     explained = for_deepmt_dr(model)
     layer = args.layer or explained.default_layer
     explained.layer(layer)
-    explained.targets(
-        torch.zeros(1, config.data.num_classes + 1), args.target
-    )  # check the target now
+    explained.targets(torch.zeros(1, config.data.num_classes + 1), args.target)  # check it now
     mode = args.input or default_input(config)
     scale = model.isr.scale
     side = args.size or config.data.hr_size
     if mode == "lr" and side % scale:
         raise ConfigError(f"--size {side} must be divisible by the model's SR scale {scale}")
-    images = [
-        load_fundus(path, side, crop=not args.no_crop) for path in paths
-    ]  # all read before any work
+    images = [load_fundus(path, side, crop=not args.no_crop) for path in paths]  # read up front
     # The one inferer (engine/inference.py) makes the graded image: LR degraded from the HR square
     # as in training, then super-resolved (--input lr); fp32, as the saliency methods need.
     inferer = Inferer(model, config, mode, amp=False)
@@ -219,9 +244,7 @@ def _main(args: argparse.Namespace) -> int:
         occlusion_window=args.occlusion_window,
         occlusion_stride=args.occlusion_stride,
     )
-    out = Path(args.out)
-    names = unique_names(paths)
-    num_classes = config.data.num_classes
+    out, names, num_classes = Path(args.out), unique_names(paths), config.data.num_classes
     title = f"{Path(args.checkpoint).name}, input {mode}, layer {layer}"
     rows, sheets, summary = [], [], []
     batches = range(0, len(images), args.batch_size)
@@ -238,54 +261,26 @@ def _main(args: argparse.Namespace) -> int:
         ig_error = (
             ig_completeness_error(explained, image, target, maps["ig"]) if "ig" in maps else None
         )
-        probs, predicted_grades = result.probabilities, result.grades
+        probs = result.probabilities
         for i, name in enumerate(names[start : start + len(image)]):
-            folder = out / name
-            write_rgb_png(
-                folder / "input.png", np.round(to_rgb_array(image[i]) * 255).astype(np.uint8)
-            )
-            panels = []
-            for method, raw in maps.items():
-                np.save(folder / f"{method}.npy", raw[i, 0].cpu().numpy().astype(np.float32))
-                shown = display_map(raw[i : i + 1])[0]
-                rgb = overlay(image[i], saturate(shown) if method in PIXEL_METHODS else shown)
-                write_rgb_png(folder / f"{method}.png", rgb)
-                panels.append((TITLES[method], rgb))
-            predicted = int(predicted_grades[i])
+            panels = _write_maps(out / name, image[i], maps, i)
+            predicted = int(result.grades[i])
             label = target_label(int(target[i]), num_classes)
-            rows.append(
-                SheetRow(
-                    f"{name}\npredicted {predicted} (p={float(probs[i, predicted]):.2f}), map: {label}",
-                    to_rgb_array(image[i]),
-                    panels,
-                )
+            caption = (
+                f"{name}\npredicted {predicted} (p={float(probs[i, predicted]):.2f}), map: {label}"
             )
-            summary.append(
-                {
-                    "image": name,
-                    "path": str(paths[start + i]),
-                    "predicted": predicted,
-                    "target": label,
-                    **{f"p{c}": f"{float(p):.4f}" for c, p in enumerate(probs[i])},
-                    **(
-                        {"ig_completeness_error": f"{float(ig_error[i]):.4f}"}
-                        if ig_error is not None
-                        else {}
-                    ),
-                }
-            )
-            if len(rows) == ROWS_PER_SHEET or start + i + 1 == len(
-                images
-            ):  # one sheet at a time: bounded memory
+            rows.append(SheetRow(caption, to_rgb_array(image[i]), panels))
+            error = ig_error[i] if ig_error is not None else None
+            summary.append(_summary_row(name, paths[start + i], predicted, label, probs[i], error))
+            if len(rows) == ROWS_PER_SHEET or start + i + 1 == len(images):  # bounded memory
                 sheets.append(contact_sheet(out / sheet_name(len(sheets) + 1), rows, title))
                 rows = []
     with (out / "summary.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
-    print(
-        f"{len(paths)} images x {len(methods)} methods -> {out} ({', '.join(p.name for p in sheets)}, summary.csv)"
-    )
+    sheet_names = ", ".join(p.name for p in sheets)
+    print(f"{len(paths)} images x {len(methods)} methods -> {out} ({sheet_names}, summary.csv)")
     return 0
 
 
