@@ -29,6 +29,7 @@ from tqdm import tqdm
 from engine.builders import build_dataset, build_loader
 from engine.cli import run_cli
 from engine.config import ConfigError
+from engine.inference import Inferer
 from engine.loading import load_trained
 from evaluation.metrics import lesion_region
 from models.deepmt_dr import any_lesion_map
@@ -87,15 +88,14 @@ def lesion_agreement(
     """
     model, config, _ = load_trained(checkpoint, device)
     mode = mode or default_input(config)
-    device_ = next(model.parameters()).device
     explained = for_deepmt_dr(model)
     layer = layer or explained.default_layer
     explained.layer(layer)
     explained.targets(torch.zeros(1, config.data.num_classes + 1), target)  # check the target now
     loader = build_loader(build_dataset(config, split), batch_size, False, 0)
-    references = (
-        [UNIFORM, LESION_NET] if model.use_lesions else [UNIFORM]
-    )  # no lesion map without a seg net
+    # The one inferer (engine/inference.py) grades, in fp32 as the saliency methods need.
+    inferer = Inferer(model, config, mode, amp=False)
+    references = [UNIFORM, LESION_NET] if model.use_lesions else [UNIFORM]  # no seg net: no map
     names = [*references, *methods]
     mass: dict[str, list[np.ndarray]] = {name: [] for name in names}
     auc: dict[str, list[np.ndarray]] = {name: [] for name in names}
@@ -103,25 +103,15 @@ def lesion_agreement(
     counted = 0
     for batch in progress(loader) if progress else loader:
         masks = batch["masks"] * batch["mask_valid"][:, :, None, None]
-        region = lesion_region(masks, batch["fov"]).to(device_)
+        region = lesion_region(masks, batch["fov"]).to(inferer.device)
         keep = region.flatten(1).amax(1) > 0
         keep &= torch.cumsum(keep.long(), 0) + counted <= n
         if not keep.any():
             continue
-        region, fov = region[keep], batch["fov"].to(device_)[keep]
-        source = batch["lr" if mode == "lr" else "hr"].to(device_)[keep]
-        with torch.no_grad():
-            image = model.isr(source).clamp(0, 1) if mode == "lr" else source
-            scores = explained(image)
-        target_index = explained.targets(scores, target)
-        maps = {UNIFORM: torch.ones_like(fov)}
-        if model.use_lesions:
-            with torch.no_grad():
-                maps[LESION_NET] = any_lesion_map(torch.sigmoid(model.segment(image)))
-        for method in methods:
-            maps[method] = display_map(
-                raw_saliency(explained, image, method, target_index, layer, options)
-            )
+        region, fov = region[keep], batch["fov"].to(inferer.device)[keep]
+        maps = _saliency_maps(
+            inferer, explained, batch, keep, fov, methods, (target, layer, options)
+        )
         for name, saliency in maps.items():
             m, a = agreement_per_image(saliency, region, fov)
             mass[name].append(m)
@@ -134,14 +124,6 @@ def lesion_agreement(
             break
     if counted == 0:
         raise ConfigError(f"no {split} image with lesion pixels in its field of view")
-    rows = {}
-    for name in names:
-        masses, aucs = np.concatenate(mass[name]), np.concatenate(auc[name])
-        rows[name] = {
-            "mass_in_lesions": float(np.nanmean(masses)) if np.isfinite(masses).any() else math.nan,
-            "auc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else math.nan,
-            "zero_maps": int(np.isnan(masses).sum()),
-        }
     return {
         "checkpoint": str(checkpoint),
         "split": split,
@@ -150,7 +132,36 @@ def lesion_agreement(
         "target": target,
         "layer": layer,
         "lesion_area_fraction": float(np.concatenate(area).mean()),
-        "methods": rows,
+        "methods": {name: _method_row(mass[name], auc[name]) for name in names},
+    }
+
+
+def _saliency_maps(inferer, explained, batch, keep, fov, methods, how) -> dict:
+    """The uniform reference, the lesion net's any-lesion map and each method's map of the kept
+    images of ``batch`` (graded as the inferer grades them)."""
+    target, layer, options = how
+    lr = batch["lr"][keep] if inferer.mode == "lr" else None
+    result = inferer(batch["hr"][keep], lr)
+    image = result.image.clamp(0, 1)
+    with torch.no_grad():
+        scores = explained(image)
+    target_index = explained.targets(scores, target)
+    maps = {UNIFORM: torch.ones_like(fov)}
+    if inferer.model.use_lesions:
+        maps[LESION_NET] = any_lesion_map(result.lesions)
+    for method in methods:
+        maps[method] = display_map(
+            raw_saliency(explained, image, method, target_index, layer, options)
+        )
+    return maps
+
+
+def _method_row(masses: list[np.ndarray], aucs: list[np.ndarray]) -> dict:
+    masses, aucs = np.concatenate(masses), np.concatenate(aucs)
+    return {
+        "mass_in_lesions": float(np.nanmean(masses)) if np.isfinite(masses).any() else math.nan,
+        "auc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else math.nan,
+        "zero_maps": int(np.isnan(masses).sum()),
     }
 
 
