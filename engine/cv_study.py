@@ -131,6 +131,31 @@ def load_study(path: str | Path) -> Study:
     )
 
 
+def machine_provenance() -> dict:
+    """What a record says about where it ran: commit, CPU model and flags, torch, threads."""
+    return {
+        "commit": git_commit(),
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_flags": [flag for flag in CPU_FLAGS_NOTED if flag in cpu_flags()],
+    }
+
+
+def choose_names(text: str | None, known: list, what: str) -> list:
+    """A runner's ``--rows`` / ``--folds`` / ``--arms`` / ``--seeds``: comma-separated names of
+    ``known`` (all of them when empty); a ConfigError naming the unknown ones."""
+    if not text:
+        return list(known)
+    chosen = [type(known[0])(name.strip()) for name in text.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"--{what}: unknown {what} {unknown} (known: {', '.join(map(str, known))})"
+        )
+    return chosen
+
+
 def fold_split_file(study: Study, fold: int, out_dir: Path) -> Path:
     """A split file (``data/splits.py`` format) in which ``fold`` validates and the others train."""
     folds = read_folds_file(study.folds_file)
@@ -337,11 +362,7 @@ class CVRunner:
             "config_hash": config_hash(config),
             "overrides": [*self.study.overrides, *spec.overrides, *self.extra],
             "start": spec.start,
-            "commit": git_commit(),
-            "cpu": cpu_model(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu_flags": [flag for flag in CPU_FLAGS_NOTED if flag in cpu_flags()],
+            **machine_provenance(),
             "wall_seconds": round(time.time() - started, 1),
             "shared_wall_seconds": round(
                 shared_seconds, 1

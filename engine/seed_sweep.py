@@ -22,23 +22,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
 from engine.config import Config, ConfigError, load_config
 from engine.cv_study import (
-    CPU_FLAGS_NOTED,
     ROOT,
     RunSpec,
     _run_spec,
     config_hash,
     is_recorded,
+    machine_provenance,
     train_to_end,
     transferred_init,
     write_record,
 )
-from engine.export import git_commit
-from engine.runtime import cpu_flags, cpu_model
 from engine.testing import run_test
 
 log = logging.getLogger(__name__)
@@ -174,11 +171,7 @@ class SweepRunner:
             "overrides": [*self.sweep.overrides, *spec.overrides, *self.extra],
             "metrics": {name: _get(metrics, keys) for name, keys in SUMMARY_KEYS},
             "mechanism": metrics.get("mechanism"),
-            "commit": git_commit(),
-            "cpu": cpu_model(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu_flags": [flag for flag in CPU_FLAGS_NOTED if flag in cpu_flags()],
+            **machine_provenance(),
             "wall_seconds": round(time.time() - started, 1),
             "base_wall_seconds": round(base_seconds, 1),  # when this call trained the base run
         }

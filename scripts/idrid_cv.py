@@ -20,20 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.cli import run_cli  # noqa: E402
-from engine.config import ConfigError  # noqa: E402
-from engine.cv_study import CVRunner, folds_of, load_study  # noqa: E402
-
-
-def _names(text: str | None, known: list, what: str) -> list:
-    if not text:
-        return list(known)
-    chosen = [type(known[0])(name.strip()) for name in text.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in known]
-    if unknown:
-        raise ConfigError(
-            f"--{what}: unknown {what} {unknown} (known: {', '.join(map(str, known))})"
-        )
-    return chosen
+from engine.cv_study import CVRunner, choose_names, folds_of, load_study  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     study = load_study(args.study)
-    rows = _names(args.rows, list(study.rows), "rows")
-    folds = _names(args.folds, folds_of(study), "folds")
+    rows = choose_names(args.rows, list(study.rows), "rows")
+    folds = choose_names(args.folds, folds_of(study), "folds")
     runner = CVRunner(
         study,
         args.data_root,

@@ -20,20 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.cli import run_cli  # noqa: E402
-from engine.config import ConfigError  # noqa: E402
+from engine.cv_study import choose_names  # noqa: E402
 from engine.seed_sweep import SweepRunner, load_sweep  # noqa: E402
-
-
-def _names(text: str | None, known: list, what: str) -> list:
-    if not text:
-        return list(known)
-    chosen = [type(known[0])(name.strip()) for name in text.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in known]
-    if unknown:
-        raise ConfigError(
-            f"--{what}: unknown {what} {unknown} (known: {', '.join(map(str, known))})"
-        )
-    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     sweep = load_sweep(args.sweep)
-    arms = _names(args.arms, list(sweep.arms), "arms")
-    seeds = _names(args.seeds, list(sweep.seeds), "seeds")
+    arms = choose_names(args.arms, list(sweep.arms), "arms")
+    seeds = choose_names(args.seeds, list(sweep.seeds), "seeds")
     runner = SweepRunner(
         sweep,
         Path(args.out).resolve(),  # recorded in each run's config: the same from any folder
