@@ -115,7 +115,8 @@ def compare(straight: Path, chaos: Path) -> list[str]:
     return differing
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line: kill count, runs root, preset, recovery interval, seed, overrides."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -135,7 +136,93 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def run_straight(common: list[str], log: Path) -> tuple[float, float]:
+    """Run the never-killed reference; returns its wall time and its start-up time (seconds)."""
+    child = Child(["--name", "straight", *common], log)
+    if child.wait() != 0:
+        sys.exit(f"error: the straight run failed; see {log}")
+    reference_seconds = time.time() - child.launched
+    startup = (child.training_since or child.launched) - child.launched
+    return reference_seconds, startup
+
+
+def kill_once(chaos_argv: list[str], log: Path, delay: float, chaos_dir: Path) -> dict | None:
+    """Start the resumed run and SIGKILL it after ``delay`` s; None if it finished first."""
+    child = Child(chaos_argv, log)
+    code = child.wait(delay)
+    if code is not None:  # finished (or failed) before its kill
+        if code != 0:
+            sys.exit(f"error: a resumed run exited with {code}; see {log}")
+        return None
+    saved = newest_checkpoint_time(chaos_dir / "checkpoints")
+    killed = child.kill()
+    child.reader.join()
+    since = child.training_since
+    lost = 0.0 if since is None else killed - max(saved, since)
+    return {"after_s": round(delay, 1), "during_startup": since is None, "lost_s": round(lost, 1)}
+
+
+def run_chaos(
+    args: argparse.Namespace, common: list[str], log: Path, startup: float, working: float
+) -> list[dict]:
+    """Kill the resumed run ``--kills`` times (fewer if it finishes), then let it finish."""
+    rng = random.Random(args.seed)
+    chaos_argv = [
+        "--name",
+        "chaos",
+        "--resume",
+        *common,
+        f"train.checkpoint_every_minutes={args.every_minutes}",
+    ]
+    kills = []
+    while len(kills) < args.kills:
+        delay = rng.uniform(startup / 2, startup + 2 * working / args.kills)
+        kill = kill_once(chaos_argv, log, delay, args.out / "chaos")
+        if kill is None:
+            break
+        kills.append(kill)
+    else:
+        child = Child(chaos_argv, log)
+        if child.wait() != 0:
+            sys.exit(f"error: the final resumed run failed; see {log}")
+    return kills
+
+
+def report(
+    args: argparse.Namespace,
+    common: list[str],
+    kills: list[dict],
+    timings: tuple[float, float, float],
+) -> dict:
+    """The JSON summary: bitwise and log equality, work lost per kill, timings, machine."""
+    reference_seconds, startup, chaos_seconds = timings
+    straight_dir, chaos_dir = args.out / "straight", args.out / "chaos"
+    differing = compare(straight_dir, chaos_dir)
+    lost = [kill["lost_s"] for kill in kills if not kill["during_startup"]]
+    return {
+        "kills": len(kills),
+        "killed_during_startup": sum(kill["during_startup"] for kill in kills),
+        "bitwise_equal": not differing,
+        "differing": differing[:20],
+        "log_rows_equal": log_rows(straight_dir) == log_rows(chaos_dir),
+        "recovery_interval_s": 60 * args.every_minutes,
+        "median_lost_s": round(statistics.median(lost), 1) if lost else None,
+        "max_lost_s": max(lost, default=None),
+        "kill_log": kills,
+        "straight_s": round(reference_seconds, 1),
+        "startup_s": round(startup, 1),
+        "chaos_s": round(chaos_seconds, 1),
+        "overrides": common,
+        "cpu": cpu_name(),
+        "commit": commit(),
+    }
+
+
+def main() -> None:
+    args = parse_args()
     common = [
         *(["--config", args.config] if args.config else []),
         *args.overrides,
@@ -147,66 +234,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "chaos.log"
 
-    child = Child(["--name", "straight", *common], log)
-    if child.wait() != 0:
-        sys.exit(f"error: the straight run failed; see {log}")
-    reference_seconds = time.time() - child.launched
-    startup = (child.training_since or child.launched) - child.launched
+    reference_seconds, startup = run_straight(common, log)
     working = max(reference_seconds - startup, 1.0)
-
-    rng = random.Random(args.seed)
-    chaos_argv = [
-        "--name",
-        "chaos",
-        "--resume",
-        *common,
-        f"train.checkpoint_every_minutes={args.every_minutes}",
-    ]
-    kills, started = [], time.time()
-    while len(kills) < args.kills:
-        delay = rng.uniform(startup / 2, startup + 2 * working / args.kills)
-        child = Child(chaos_argv, log)
-        code = child.wait(delay)
-        if code is not None:  # finished (or failed) before its kill
-            if code != 0:
-                sys.exit(f"error: a resumed run exited with {code}; see {log}")
-            break
-        saved = newest_checkpoint_time(chaos_dir / "checkpoints")
-        killed = child.kill()
-        child.reader.join()
-        since = child.training_since
-        lost = 0.0 if since is None else killed - max(saved, since)
-        kills.append(
-            {"after_s": round(delay, 1), "during_startup": since is None, "lost_s": round(lost, 1)}
-        )
-    else:
-        child = Child(chaos_argv, log)
-        if child.wait() != 0:
-            sys.exit(f"error: the final resumed run failed; see {log}")
+    started = time.time()
+    kills = run_chaos(args, common, log, startup, working)
     chaos_seconds = time.time() - started
-    differing = compare(straight_dir, chaos_dir)
-    lost = [kill["lost_s"] for kill in kills if not kill["during_startup"]]
-    print(
-        json.dumps(
-            {
-                "kills": len(kills),
-                "killed_during_startup": sum(kill["during_startup"] for kill in kills),
-                "bitwise_equal": not differing,
-                "differing": differing[:20],
-                "log_rows_equal": log_rows(straight_dir) == log_rows(chaos_dir),
-                "recovery_interval_s": 60 * args.every_minutes,
-                "median_lost_s": round(statistics.median(lost), 1) if lost else None,
-                "max_lost_s": max(lost, default=None),
-                "kill_log": kills,
-                "straight_s": round(reference_seconds, 1),
-                "startup_s": round(startup, 1),
-                "chaos_s": round(chaos_seconds, 1),
-                "overrides": common,
-                "cpu": cpu_name(),
-                "commit": commit(),
-            }
-        )
-    )
+    print(json.dumps(report(args, common, kills, (reference_seconds, startup, chaos_seconds))))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ def same_weights(state: dict, reference: dict) -> bool:
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line: checkpoint, number of flips, seed, --legacy and the scratch folder."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -71,75 +72,100 @@ def main() -> None:
         type=Path,
         help="folder for the scratch copy (default: /dev/shm when there, else the temp folder)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def flip_trials(
+    copy: Path, size: int, load, reference: dict, flips: int, rng: random.Random
+) -> dict:
+    """Flip one random byte of ``copy`` per trial, load it, restore it; counts the outcomes."""
+    detected, changed, unchanged, undetected_offsets, errors = 0, 0, 0, [], {}
+    with copy.open("r+b") as file:
+        for _ in range(flips):
+            offset, mask = rng.randrange(size), rng.randrange(1, 256)
+            file.seek(offset)
+            original = file.read(1)[0]
+            file.seek(offset)
+            file.write(bytes([original ^ mask]))
+            file.flush()
+            try:
+                state = load(copy)
+            except Exception as error:  # any failure to load is a detection
+                detected += 1
+                errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+            else:
+                undetected_offsets.append(offset)
+                if same_weights(state, reference):
+                    unchanged += 1
+                else:
+                    changed += 1
+            file.seek(offset)
+            file.write(bytes([original]))
+            file.flush()
+    return {
+        "detected": detected,
+        "changed": changed,
+        "unchanged": unchanged,
+        "undetected_offsets": undetected_offsets,
+        "errors": errors,
+    }
+
+
+def measure(args: argparse.Namespace, reference_state: dict, reference: dict, folder: Path) -> dict:
+    """Write the scratch copy in the measured format, time a clean load and run the trials."""
+    copy = folder / "copy.pt"
+    if args.legacy:
+        torch.save({**reference_state, "format_version": 1}, copy)
+        load = load_legacy
+    else:
+        shutil.copyfile(args.checkpoint, copy)
+        load = load_checkpoint
+    size = copy.stat().st_size
+    started = time.perf_counter()
+    load(copy)
+    clean_load = time.perf_counter() - started
+    rng = random.Random(args.seed)
+    started = time.perf_counter()
+    counts = flip_trials(copy, size, load, reference, args.flips, rng)
+    seconds = time.perf_counter() - started
+    return {**counts, "size": size, "clean_load": clean_load, "seconds": seconds}
+
+
+def report(args: argparse.Namespace, result: dict) -> dict:
+    """The JSON summary: format, detection counts, timings, machine."""
+    return {
+        "checkpoint": str(args.checkpoint),
+        "format": "legacy bare torch zip (format_version 1)"
+        if args.legacy
+        else "checksummed (format_version 2)",
+        "bytes": result["size"],
+        "flips": args.flips,
+        "seed": args.seed,
+        "detected": result["detected"],
+        "detected_pct": round(100 * result["detected"] / max(args.flips, 1), 2),
+        "undetected_weights_changed": result["changed"],
+        "undetected_weights_same": result["unchanged"],
+        "undetected_offsets": result["undetected_offsets"][:20],
+        "errors": result["errors"],
+        "clean_load_seconds": round(result["clean_load"], 3),
+        "seconds": round(result["seconds"], 1),
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "commit": commit(),
+    }
+
+
+def main() -> None:
+    args = parse_args()
     reference_state = load_checkpoint(args.checkpoint)
     reference = reference_state["model"]
     scratch_root = args.scratch or (Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
     folder = Path(tempfile.mkdtemp(prefix="flip_bytes_", dir=scratch_root))
-    copy = folder / "copy.pt"
     try:
-        if args.legacy:
-            torch.save({**reference_state, "format_version": 1}, copy)
-            load = load_legacy
-        else:
-            shutil.copyfile(args.checkpoint, copy)
-            load = load_checkpoint
-        size = copy.stat().st_size
-        started = time.perf_counter()
-        load(copy)
-        clean_load = time.perf_counter() - started
-        rng = random.Random(args.seed)
-        detected, changed, unchanged, undetected_offsets, errors = 0, 0, 0, [], {}
-        started = time.perf_counter()
-        with copy.open("r+b") as file:
-            for _ in range(args.flips):
-                offset, mask = rng.randrange(size), rng.randrange(1, 256)
-                file.seek(offset)
-                original = file.read(1)[0]
-                file.seek(offset)
-                file.write(bytes([original ^ mask]))
-                file.flush()
-                try:
-                    state = load(copy)
-                except Exception as error:  # any failure to load is a detection
-                    detected += 1
-                    errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
-                else:
-                    undetected_offsets.append(offset)
-                    if same_weights(state, reference):
-                        unchanged += 1
-                    else:
-                        changed += 1
-                file.seek(offset)
-                file.write(bytes([original]))
-                file.flush()
-        seconds = time.perf_counter() - started
+        result = measure(args, reference_state, reference, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(
-        json.dumps(
-            {
-                "checkpoint": str(args.checkpoint),
-                "format": "legacy bare torch zip (format_version 1)"
-                if args.legacy
-                else "checksummed (format_version 2)",
-                "bytes": size,
-                "flips": args.flips,
-                "seed": args.seed,
-                "detected": detected,
-                "detected_pct": round(100 * detected / max(args.flips, 1), 2),
-                "undetected_weights_changed": changed,
-                "undetected_weights_same": unchanged,
-                "undetected_offsets": undetected_offsets[:20],
-                "errors": errors,
-                "clean_load_seconds": round(clean_load, 3),
-                "seconds": round(seconds, 1),
-                "cpu": cpu_name(),
-                "torch": torch.__version__,
-                "commit": commit(),
-            }
-        )
-    )
+    print(json.dumps(report(args, result)))
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ def make_photographs(
     return photos
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: photograph count and size, sampling, checkpoint and predict.py options."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -122,18 +123,15 @@ def main() -> int:
         type=Path,
         help="also write every (photographs, rss_mb, seconds) sample here",
     )
-    args = parser.parse_args()
-    if args.n < args.at:
-        parser.error("--n must be at least --at")
-    width, height = (int(side) for side in args.size.lower().split("x"))
-    model, config, _ = load_trained(resolve_checkpoint(args.checkpoint), "cpu")
-    if args.hr_size:
-        config.data.hr_size = args.hr_size
-    configure_threads(0)
+    return parser
+
+
+def run_predict(args: argparse.Namespace, model, config, size: tuple[int, int]) -> dict:
+    """Grade ``--n`` generated photographs as predict.py does, sampling RSS every ``--every``."""
     with tempfile.TemporaryDirectory(prefix="deepmt_predict_memory_") as work:
         work = Path(work)
         (work / "photos").mkdir()
-        photos = make_photographs(work / "photos", args.n, (width, height))
+        photos = make_photographs(work / "photos", args.n, size)
         samples: list[tuple[int, float, float]] = []
         state = {"done": 0, "next": args.every}
         started = time.perf_counter()
@@ -158,46 +156,74 @@ def main() -> int:
         summary = predict(model, config, photos, settings, on_progress=on_progress)
         seconds = time.perf_counter() - started
         written = sum(1 for _ in (work / "out" / "thumbs").iterdir())
+    return {
+        "samples": samples,
+        "summary": summary,
+        "rss_start": rss_start,
+        "seconds": seconds,
+        "written": written,
+    }
+
+
+def report(args: argparse.Namespace, config, size: tuple[int, int], run: dict) -> dict:
+    """The JSON line: RSS at --at and at the end, growth, range after --at, time per photograph."""
+    width, height = size
+    samples, seconds = run["samples"], run["seconds"]
     at = next(sample for sample in samples if sample[0] >= args.at)
     last = samples[-1]
     after = [rss for done, rss, _ in samples if done >= at[0]]
-    if args.samples_csv:
-        args.samples_csv.write_text(
-            "photographs,rss_mb,seconds\n"
-            + "".join(f"{d},{r:.1f},{s:.1f}\n" for d, r, s in samples)
-        )
-    print(
-        json.dumps(
-            {
-                "bench": "predict_memory",
-                "photographs": args.n,
-                "graded": summary.graded,
-                "thumbnails_written": written,
-                "photo_size": f"{width}x{height} JPEG q90",
-                "checkpoint": args.checkpoint,
-                "input": args.input or config.test.input,
-                "network_input": f"HR {config.data.hr_size}"
-                + (
-                    f" (LR {config.data.hr_size // config.data.scale})"
-                    if (args.input or config.test.input) == "lr"
-                    else ""
-                ),
-                "panels": not args.no_panels,
-                "batch_size": args.batch_size,
-                "workers": args.workers,
-                "rss_mb_before": round(rss_start, 1),
-                "rss_mb_at": {str(at[0]): round(at[1], 1), str(last[0]): round(last[1], 1)},
-                "growth_percent": round(100 * (last[1] - at[1]) / at[1], 2),
-                "rss_mb_range_after_at": [round(min(after), 1), round(max(after), 1)],
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "seconds": round(seconds, 1),
-                "seconds_per_photograph": round(seconds / args.n, 3),
-                "load_average_1min_after": round(os.getloadavg()[0], 2),
-                "rss_reader": "psutil" if _has_psutil() else "/proc/self/status VmRSS",
-                **stamp(torch.device("cpu")),
-            }
-        )
+    return {
+        "bench": "predict_memory",
+        "photographs": args.n,
+        "graded": run["summary"].graded,
+        "thumbnails_written": run["written"],
+        "photo_size": f"{width}x{height} JPEG q90",
+        "checkpoint": args.checkpoint,
+        "input": args.input or config.test.input,
+        "network_input": f"HR {config.data.hr_size}"
+        + (
+            f" (LR {config.data.hr_size // config.data.scale})"
+            if (args.input or config.test.input) == "lr"
+            else ""
+        ),
+        "panels": not args.no_panels,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "rss_mb_before": round(run["rss_start"], 1),
+        "rss_mb_at": {str(at[0]): round(at[1], 1), str(last[0]): round(last[1], 1)},
+        "growth_percent": round(100 * (last[1] - at[1]) / at[1], 2),
+        "rss_mb_range_after_at": [round(min(after), 1), round(max(after), 1)],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "seconds": round(seconds, 1),
+        "seconds_per_photograph": round(seconds / args.n, 3),
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
+        "rss_reader": "psutil" if _has_psutil() else "/proc/self/status VmRSS",
+        **stamp(torch.device("cpu")),
+    }
+
+
+def write_samples_csv(path: Path, samples: list[tuple[int, float, float]]) -> None:
+    """Write every (photographs, rss_mb, seconds) sample as CSV (--samples-csv)."""
+    path.write_text(
+        "photographs,rss_mb,seconds\n" + "".join(f"{d},{r:.1f},{s:.1f}\n" for d, r, s in samples)
     )
+
+
+def main() -> int:
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.n < args.at:
+        parser.error("--n must be at least --at")
+    width, height = (int(side) for side in args.size.lower().split("x"))
+    model, config, _ = load_trained(resolve_checkpoint(args.checkpoint), "cpu")
+    if args.hr_size:
+        config.data.hr_size = args.hr_size
+    configure_threads(0)
+    run = run_predict(args, model, config, (width, height))
+    line = report(args, config, (width, height), run)
+    if args.samples_csv:
+        write_samples_csv(args.samples_csv, run["samples"])
+    print(json.dumps(line))
     return 0
 
 

@@ -55,7 +55,8 @@ def rows_logged(run: Path) -> int:
     return max(len(log.read_text().splitlines()) - 1, 0) if log.is_file() else 0
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line: duration, sampling interval, runs root, pass criteria, overrides."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -69,12 +70,13 @@ def main() -> None:
         "--window", type=int, default=6, help="samples in the start and end medians"
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args()
-    run = args.out / "soak"
-    if run.exists():
-        sys.exit(f"error: {run} exists: choose another --out")
-    args.out.mkdir(parents=True, exist_ok=True)
-    argv = ["--quiet", "--name", "soak", *DEFAULTS, *args.overrides, f"run.out_dir={args.out}"]
+    return parser.parse_args()
+
+
+def run_and_sample(
+    args: argparse.Namespace, argv: list[str], run: Path
+) -> tuple[list[dict], int, bool, float]:
+    """Run and sample train.py, SIGTERM after --minutes: (samples, exit code, ended early, start)."""
     with (args.out / "soak.log").open("w") as output:
         process = subprocess.Popen(
             [sys.executable, "train.py", *argv], cwd=ROOT, stdout=output, stderr=subprocess.STDOUT
@@ -92,12 +94,29 @@ def main() -> None:
         if not finished_early:
             process.send_signal(signal.SIGTERM)
         code = process.wait()
-    with (args.out / "soak_samples.csv").open("w") as file:
+    return samples, code, finished_early, started
+
+
+def write_samples(path: Path, samples: list[dict]) -> None:
+    """Write the per-sample series as CSV (soak_samples.csv)."""
+    with path.open("w") as file:
         file.write("t_s,epochs,rss_mib,threads,fds\n")
         file.writelines(
             f"{s['t_s']},{s['epochs']},{s['rss_mib']:.1f},{s['threads']},{s['fds']}\n"
             for s in samples
         )
+
+
+def summarize(
+    args: argparse.Namespace,
+    samples: list[dict],
+    code: int,
+    finished_early: bool,
+    started: float,
+    argv: list[str],
+) -> dict:
+    """The JSON summary: RSS growth, threads and fds after the first epoch vs at the end, pass."""
+    run = args.out / "soak"
     after_first_epoch = [s for s in samples if s["epochs"] >= 1]
     base = after_first_epoch[0] if after_first_epoch else None
     last = samples[-1] if samples else None
@@ -138,7 +157,19 @@ def main() -> None:
         and last["fds"] <= base["fds"]
         and result["preempted_cleanly"]
     )
-    print(json.dumps(result))
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    run = args.out / "soak"
+    if run.exists():
+        sys.exit(f"error: {run} exists: choose another --out")
+    args.out.mkdir(parents=True, exist_ok=True)
+    argv = ["--quiet", "--name", "soak", *DEFAULTS, *args.overrides, f"run.out_dir={args.out}"]
+    samples, code, finished_early, started = run_and_sample(args, argv, run)
+    write_samples(args.out / "soak_samples.csv", samples)
+    print(json.dumps(summarize(args, samples, code, finished_early, started, argv)))
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def build_trainer(args) -> Trainer:
     return trainer
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line: stage, sizes, precision and layout levers, --naive and --cache."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -112,14 +113,14 @@ def main() -> None:
         parser.error(
             "--cache applies to the cls and joint stages, whose segmentation net is frozen"
         )
+    return args
 
-    trainer = build_trainer(args)
+
+def build_variants(
+    args: argparse.Namespace, trainer: Trainer, optimizers: dict, step, batch: dict
+) -> dict:
+    """The timed step functions by name: project, and naive / project_cached when asked for."""
     device, config = trainer.device, trainer.config
-    optimizers = trainer._prepare_stage(args.stage)
-    step = getattr(trainer, f"step_{args.stage}")
-    batch = random_batch(args.batch, args.hr, args.scale)
-    if device.type == "cuda":
-        batch = {key: value.pin_memory() for key, value in batch.items()}
 
     def project_step() -> None:
         with trainer.autocast():
@@ -159,6 +160,12 @@ def main() -> None:
 
         frozen = FrozenOutputs.compute([batch], lesion_logits, device)
         variants["project_cached"] = cached_step
+    return variants
+
+
+def time_variants(args: argparse.Namespace, trainer: Trainer, variants: dict) -> dict:
+    """One result line per variant: throughput, FLOPs and peak memory of its timed steps."""
+    device, config = trainer.device, trainer.config
     common = {
         "bench": "train_step",
         "stage": args.stage,
@@ -183,6 +190,11 @@ def main() -> None:
             "compile": fast and config.run.compile,
             **throughput_fields(args.batch, seconds, flops, device),
         }
+    return lines
+
+
+def add_speedups(args: argparse.Namespace, lines: dict) -> None:
+    """Add speedup_vs_uncached (--cache) and speedup_vs_naive (--naive) to the lines compared."""
     if args.cache:
         lines["project_cached"]["speedup_vs_uncached"] = round(
             lines["project_cached"]["images_per_s"] / lines["project"]["images_per_s"], 2
@@ -191,6 +203,19 @@ def main() -> None:
         lines["project"]["speedup_vs_naive"] = round(
             lines["project"]["images_per_s"] / lines["naive"]["images_per_s"], 2
         )
+
+
+def main() -> None:
+    args = parse_args()
+    trainer = build_trainer(args)
+    optimizers = trainer._prepare_stage(args.stage)
+    step = trainer.stage_step(args.stage)
+    batch = random_batch(args.batch, args.hr, args.scale)
+    if trainer.device.type == "cuda":
+        batch = {key: value.pin_memory() for key, value in batch.items()}
+    variants = build_variants(args, trainer, optimizers, step, batch)
+    lines = time_variants(args, trainer, variants)
+    add_speedups(args, lines)
     for line in lines.values():
         print(json.dumps(line))
 

@@ -304,6 +304,22 @@ def _build(
         "jpeg_quality": jpeg_quality,
         "image_format": image_format,
     }
+    previous = _start_cache(cache_dir, index, root, wanted)
+
+    report = PrepareReport(cache_dir)
+    entries, pending = _reuse_cached(index.records, previous, root, cache_dir, image_format, report)
+    todo = [_Job(record, cache_dir, root, size, jpeg_quality, image_format) for record in pending]
+    entries += _run_jobs(dataset, todo, root, size, workers, skip_bad, progress, report)
+    if not entries:
+        raise DataError(f"{dataset}: no image could be prepared from {root}")
+    write_manifest(cache_dir, entries)
+    _write_skipped(cache_dir, report.skipped)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _start_cache(cache_dir: Path, index, root: Path, wanted: dict) -> dict[str, CacheEntry]:
+    """Check and write the cache's settings, clear stale temporaries; returns the old manifest."""
     _check_settings(cache_dir, wanted)
     for folder in ("images", "masks"):
         (cache_dir / folder).mkdir(parents=True, exist_ok=True)
@@ -317,16 +333,25 @@ def _build(
         cache_dir / SETTINGS, json.dumps(settings, indent=1, sort_keys=True).encode("utf-8")
     )
     _remove_stale_temporaries(cache_dir)
-    previous = (
+    return (
         {entry.id: entry for entry in read_manifest(cache_dir)}
         if (cache_dir / MANIFEST).is_file()
         else {}
     )
 
-    report = PrepareReport(cache_dir)
+
+def _reuse_cached(
+    records: Sequence[Record],
+    previous: dict[str, CacheEntry],
+    root: Path,
+    cache_dir: Path,
+    image_format: str,
+    report: PrepareReport,
+) -> tuple[list[CacheEntry], list[Record]]:
+    """Entries of the records whose files are already cached (counted reused); the rest to do."""
     entries: list[CacheEntry] = []
-    todo: list[_Job] = []
-    for record in index.records:
+    pending: list[Record] = []
+    for record in records:
         image_path, mask_path = _paths(record, image_format)
         if (cache_dir / image_path).is_file() and (cache_dir / mask_path).is_file():
             old = previous.get(record.id)
@@ -339,7 +364,21 @@ def _build(
             )  # labels from the index: a fixed CSV is picked up
             report.reused += 1
         else:
-            todo.append(_Job(record, cache_dir, root, size, jpeg_quality, image_format))
+            pending.append(record)
+    return entries, pending
+
+
+def _run_jobs(
+    dataset: str,
+    todo: list[_Job],
+    root: Path,
+    size: int,
+    workers: int,
+    skip_bad: bool,
+    progress: bool,
+    report: PrepareReport,
+) -> list[CacheEntry]:
+    """Preprocess ``todo`` in worker processes (counted written or skipped); the new entries."""
     processes = min(workers or os.cpu_count() or 1, len(todo))
     if todo:
         log.info(
@@ -349,6 +388,7 @@ def _build(
             size,
             max(processes, 1),
         )
+    entries: list[CacheEntry] = []
     with tqdm(total=len(todo), disable=not progress, desc=f"prepare {dataset}", unit="img") as bar:
         for outcome in process_map(_prepare_one, todo, processes, chunksize=4):
             bar.update()
@@ -360,12 +400,7 @@ def _build(
                 report.skipped.append((_source(outcome.record, root), outcome.error))
             else:
                 raise DataError(f"{outcome.error} (pass --skip-bad to leave such images out)")
-    if not entries:
-        raise DataError(f"{dataset}: no image could be prepared from {root}")
-    write_manifest(cache_dir, entries)
-    _write_skipped(cache_dir, report.skipped)
-    report.seconds = time.perf_counter() - start
-    return report
+    return entries
 
 
 def _build_parser() -> OneLineParser:

@@ -78,6 +78,7 @@ def build_model(config: Config) -> DeepMTDR:
             grader_hidden=model.grader_hidden,
             grader_dropout=model.grader_dropout,
             grader_head_activation=model.grader_head_activation,
+            grader_width=model.grader_width,
             imagenet_weights=model.imagenet_weights,
             cam_stages=model.cam_stages,
             grade_decoding=model.grade_decoding,

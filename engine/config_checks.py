@@ -145,6 +145,18 @@ def check_model(config: Config) -> None:
         "model.grader_head_activation: the chen_net grader has its own head; leave it relu",
     )
     _require(
+        model.grader_width > 0, f"model.grader_width must be positive, got {model.grader_width}"
+    )
+    _require(
+        model.grader_width == 1.0 or model.grader != "chen_net",
+        "model.grader_width: the chen_net grader has fixed widths; leave it 1",
+    )
+    _require(
+        model.grader_width == 1.0 or model.imagenet_weights is None,
+        f"model.grader_width={model.grader_width} cannot load ImageNet weights (model.imagenet_weights); "
+        "use width 1 or no ImageNet weights",
+    )
+    _require(
         model.imagenet_weights is None or bool(str(model.imagenet_weights).strip()),
         "model.imagenet_weights must be a .pth path, imagenet, or null; got an empty value",
     )

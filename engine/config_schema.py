@@ -103,6 +103,10 @@ class ModelConfig:
     # The grader head's hidden activation: "relu" (published) or "leaky_relu" (on in the IDRiD
     # presets: with ReLU the SPP head's hidden units died on real images, models/grading.py).
     grader_head_activation: str = "relu"
+    # The grader ResNet's channel widths as a multiple of the published ones (1: 64..512). Its
+    # convolutions cost width squared: the CPU demo's 0.5 is what makes it fit 9 minutes on an
+    # AVX2-only CPU (docs/BENCHMARKS.md, "The demo"). ImageNet weights need 1.
+    grader_width: float = 1.0
     # ImageNet initialisation of the grader's ResNet: a local torchvision .pth file, or "imagenet":
     # torchvision's IMAGENET1K_V1 weights from torch's hub cache (downloaded there when missing).
     imagenet_weights: str | None = None

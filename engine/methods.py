@@ -76,12 +76,14 @@ METHODS: dict[str, Method] = {
             "model.grader": "chen_net",
             "model.grader_hidden": 256,
             "model.grader_head_activation": "relu",
+            "model.grader_width": 1.0,
         },
         pool_grader_epochs=True,
     ),
     "resnet50_cls": Method(
         "torchvision ResNet-50 (from scratch, or model.imagenet_weights=PATH) on the bicubic-upsampled LR image",
-        {**_LR_GRADER, "model.grader": "resnet50"},
+        # torchvision's widths, whatever width the preset gives the ResNet-18 grader.
+        {**_LR_GRADER, "model.grader": "resnet50", "model.grader_width": 1.0},
         pool_grader_epochs=True,
     ),
 }

@@ -430,10 +430,10 @@ class Trainer:
             )
 
     def _validate_epoch(self, progress: StageProgress, epoch: int, row: dict) -> None:
-        """Validate, put the numbers in ``row`` and mark it when it is the stage's new best (never
-        under the joint stage's PSNR floor)."""
-        stage = progress.name
+        """Validate into ``row`` (timed); mark it as the stage's new best (never under the PSNR floor)."""
+        stage, started = progress.name, time.perf_counter()
         metrics = self.validate(stage)
+        row["val_seconds"] = round(time.perf_counter() - started, 2)
         metric = selection_metric(stage, metrics)
         row.update(validation.val_columns(metrics))
         row["val_selection"] = metric

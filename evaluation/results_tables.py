@@ -32,6 +32,7 @@ from evaluation.cv_tables import (
     recorded_folds,
     verdict,
 )
+from evaluation.demo_tables import demo_profile_table, demo_seeds_table
 from evaluation.formatting import format_number
 from evaluation.seed_tables import (
     SEED_METRICS,
@@ -244,6 +245,8 @@ RENDERERS: dict[str, Renderer] = {
     "task-aware-sweep": sweep_table,
     "idrid-cv": cv_table,
     "idrid-cv-answer": cv_answer_block,
+    "demo-seeds": demo_seeds_table,
+    "demo-profile": demo_profile_table,
     **{name: _seed_renderer(*source) for name, source in SEED_TABLES.items()},
 }
 

@@ -45,6 +45,35 @@ HEAD_ACTIVATIONS = {
 }
 
 
+def scaled_resnet(arch: str, width: float) -> tv_models.ResNet:
+    """torchvision's ``arch`` with every stage's channels scaled by ``width`` (1: the network as
+    published). Convolution FLOPs fall with ``width`` squared, which is how the CPU demo affords a
+    ResNet grader; blocks, strides and initialisation stay torchvision's."""
+    backbone = getattr(tv_models, arch)(weights=None)
+    if width == 1.0:
+        return backbone
+    block = type(backbone.layer1[0])
+    depths = [len(getattr(backbone, name)) for name in STAGES]
+    channels = [max(8, round(64 * width * 2**i)) for i in range(len(STAGES))]
+    backbone.inplanes = channels[0]  # what torchvision's _make_layer builds the next stage from
+    backbone.conv1 = nn.Conv2d(3, channels[0], 7, 2, 3, bias=False)
+    backbone.bn1 = nn.BatchNorm2d(channels[0])
+    for i, name in enumerate(STAGES):
+        setattr(
+            backbone,
+            name,
+            backbone._make_layer(block, channels[i], depths[i], stride=1 if i == 0 else 2),
+        )
+    backbone.fc = nn.Linear(channels[-1] * block.expansion, backbone.fc.out_features)
+    for module in backbone.modules():  # torchvision's own initialisation of a ResNet
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return backbone
+
+
 class ResNetGrader(nn.Module):
     """A torchvision ResNet on ``cat(image, lesion maps)`` ``[N,3+L,H,W]`` in [0,1] -> grade logits.
 
@@ -66,17 +95,22 @@ class ResNetGrader(nn.Module):
         arch: str = "resnet50",
         pool: str = "gap",
         head_activation: str = "relu",
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if width <= 0 or (width != 1.0 and pretrained_path is not None):
+            raise ValueError(
+                f"grader width must be positive, and 1 with ImageNet weights; got {width}"
+            )
         if pool not in ("spp", "gap"):
             raise ValueError(f"grader pooling must be spp or gap, got {pool!r}")
         if head_activation not in HEAD_ACTIVATIONS:
             raise ValueError(
                 f"grader head activation must be one of {', '.join(HEAD_ACTIVATIONS)}, got {head_activation!r}"
             )
-        backbone = getattr(tv_models, arch)(weights=None)
+        backbone = scaled_resnet(arch, width)
         if pretrained_path is not None:
             state = load_torchvision_state(pretrained_path, arch)
             check_backbone_state(state, backbone, pretrained_path, arch)
@@ -142,6 +176,7 @@ class GradingNet(ResNetGrader):
         dropout: float = 0.5,
         pretrained_path: str | Path | None = None,
         head_activation: str = "relu",
+        width: float = 1.0,
     ) -> None:
         super().__init__(
             num_classes,
@@ -152,6 +187,7 @@ class GradingNet(ResNetGrader):
             arch="resnet18",
             pool="spp",
             head_activation=head_activation,
+            width=width,
         )
 
 

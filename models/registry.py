@@ -53,6 +53,7 @@ def resnet18_spp(
     dropout: float = 0.5,
     pretrained_path=None,
     head_activation: str = "relu",
+    width: float = 1.0,
 ) -> nn.Module:
     """DeepMT-DR's grader (the published KeNet_v1): ResNet-18 + spatial pyramid pooling."""
     return GradingNet(
@@ -62,6 +63,7 @@ def resnet18_spp(
         dropout=dropout,
         pretrained_path=pretrained_path,
         head_activation=head_activation,
+        width=width,
     )
 
 
@@ -91,6 +93,7 @@ def resnet50(
     dropout: float = 0.5,
     pretrained_path=None,
     head_activation: str = "relu",
+    width: float = 1.0,
 ) -> nn.Module:
     """torchvision ResNet-50 with global average pooling and a two-layer head."""
     return ResNetGrader(
@@ -101,6 +104,7 @@ def resnet50(
         pretrained_path,
         arch="resnet50",
         head_activation=head_activation,
+        width=width,
     )
 
 
@@ -118,6 +122,7 @@ def deepmt_dr(
     grader_hidden: int = 512,
     grader_dropout: float = 0.5,
     grader_head_activation: str = "relu",
+    grader_width: float = 1.0,
     imagenet_weights: str | None = None,
     cam_stages: str = "all",
     grade_decoding: str = "argmax",
@@ -143,6 +148,7 @@ def deepmt_dr(
         dropout=grader_dropout,
         pretrained_path=imagenet_weights,
         **({"head_activation": grader_head_activation} if grader_head_activation != "relu" else {}),
+        **({"width": grader_width} if grader_width != 1.0 else {}),
     )
     isr_net = (
         ISRNet(scale, isr_channels, isr_blocks, isr_bicubic_skip)

@@ -64,6 +64,98 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
+def _predict_rows(
+    model,
+    config,
+    photos: list[PhotoInput],
+    mode: str,
+    batch_size: int,
+    amp: str,
+    temperature: float,
+    threshold: float | None,
+) -> list[dict]:
+    """predict.py's path on the original photographs: the rows of its predictions.csv."""
+    with tempfile.TemporaryDirectory() as folder:
+        settings = PredictSettings(
+            Path(folder), mode, batch_size, amp=amp, panels=False, workers=0, ignore_quality=True
+        )
+        settings.temperature, settings.referable_threshold = temperature, threshold
+        predict(model, config, photos, settings)
+        with (Path(folder) / "predictions.csv").open(newline="") as file:
+            return list(csv.DictReader(file))
+
+
+def _grade_squares(
+    grader: BatchGrader, dataset, photo_set: PhotoDataset, batch_size: int, quality: int
+) -> tuple[list[int], list[int], list[float]]:
+    """predict.py's grader on cache squares and photo JPEG round trips; with cache-vs-photo PSNR."""
+    via_cache, via_jpeg, psnr = [], [], []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        fov = torch.stack([item["fov"] for item in items])
+        hr = torch.stack([(item["hr"] * 255).round().to(torch.uint8) for item in items])
+        via_cache += grader(hr, fov)["grades"].tolist()
+        squares = [photo_set[start + offset]["hr"] for offset in range(len(items))]
+        psnr += [_psnr(a, b) if b is not None else math.nan for a, b in zip(hr, squares)]
+        # The photograph's own square through a JPEG round trip at the cache's quality: does the
+        # storage alone account for the differences?
+        stored = torch.stack(
+            [_jpeg_round_trip(b if b is not None else a, quality) for a, b in zip(hr, squares)]
+        )
+        via_jpeg += grader(stored, fov)["grades"].tolist()
+    return via_cache, via_jpeg, psnr
+
+
+def _per_image(tested, rows: list[dict], via_cache, via_jpeg, psnr) -> list[dict]:
+    """The record's per-image lines: true grade, the four gradings, both p_referable, PSNR."""
+    predicted = [int(row["grade"]) if row["grade"] else -1 for row in rows]
+    p_predict = [float(row["p_referable"] or "nan") for row in rows]
+    p_test = tested.probs[:, 2:].sum(1).tolist()
+    return [
+        {
+            "id": image_id,
+            "grade": int(grade),
+            "test": int(a),
+            "predict": b,
+            "cache_via_predict": c,
+            "photo_jpeg_via_predict": d,
+            "p_referable_test": round(pa, 5),
+            "p_referable_predict": round(pb, 5),
+            "cache_vs_photo_psnr_db": round(q, 2),
+        }
+        for image_id, grade, a, b, c, d, pa, pb, q in zip(
+            tested.ids,
+            tested.grades.tolist(),
+            tested.predicted.tolist(),
+            predicted,
+            via_cache,
+            via_jpeg,
+            p_test,
+            p_predict,
+            psnr,
+        )
+    ]
+
+
+def _summary(images: list[dict], psnr: list[float]) -> dict:
+    """The agreements between the gradings, the largest p_referable gap and the median PSNR."""
+    count = len(images)
+    same = lambda key: sum(image["test"] == image[key] for image in images)  # noqa: E731
+    differing = [image for image in images if image["test"] != image["predict"]]
+    return {
+        "n": count,
+        "agree_test_predict": same("predict") / count,
+        "agree_test_cache_via_predict": same("cache_via_predict") / count,
+        "agree_predict_photo_jpeg": sum(i["predict"] == i["photo_jpeg_via_predict"] for i in images)
+        / count,
+        "max_abs_p_referable_difference": max(
+            abs(image["p_referable_test"] - image["p_referable_predict"]) for image in images
+        ),
+        "median_cache_vs_photo_psnr_db": float(torch.tensor(psnr).nanmedian()),
+        "differing": [image["id"] for image in differing],
+    }
+
+
 def agreement(
     checkpoint: str,
     data_root: str | None,
@@ -95,60 +187,12 @@ def agreement(
     manifest = {entry.id: entry for entry in read_manifest(cache_path(config))}
     root = Path(config.data.root)
     photos = [PhotoInput(root / manifest[i].source) for i in tested.ids]
-    with tempfile.TemporaryDirectory() as folder:
-        settings = PredictSettings(
-            Path(folder), mode, batch_size, amp=amp, panels=False, workers=0, ignore_quality=True
-        )
-        settings.temperature, settings.referable_threshold = temperature, threshold
-        predict(model, config, photos, settings)
-        with (Path(folder) / "predictions.csv").open(newline="") as file:
-            rows = list(csv.DictReader(file))
-    predicted = [int(row["grade"]) if row["grade"] else -1 for row in rows]
-    p_predict = [float(row["p_referable"] or "nan") for row in rows]
-    via_cache, via_jpeg, psnr = [], [], []
+    rows = _predict_rows(model, config, photos, mode, batch_size, amp, temperature, threshold)
     photo_set = PhotoDataset(photos, config.data.hr_size)
     quality = (read_settings(cache_path(config)) or {}).get("jpeg_quality", 95)
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        fov = torch.stack([item["fov"] for item in items])
-        hr = torch.stack([(item["hr"] * 255).round().to(torch.uint8) for item in items])
-        via_cache += grader(hr, fov)["grades"].tolist()
-        squares = [photo_set[start + offset]["hr"] for offset in range(len(items))]
-        psnr += [_psnr(a, b) if b is not None else math.nan for a, b in zip(hr, squares)]
-        # The photograph's own square through a JPEG round trip at the cache's quality: does the
-        # storage alone account for the differences?
-        stored = torch.stack(
-            [_jpeg_round_trip(b if b is not None else a, quality) for a, b in zip(hr, squares)]
-        )
-        via_jpeg += grader(stored, fov)["grades"].tolist()
-    p_test = tested.probs[:, 2:].sum(1).tolist()
-    images = [
-        {
-            "id": image_id,
-            "grade": int(grade),
-            "test": int(a),
-            "predict": b,
-            "cache_via_predict": c,
-            "photo_jpeg_via_predict": d,
-            "p_referable_test": round(pa, 5),
-            "p_referable_predict": round(pb, 5),
-            "cache_vs_photo_psnr_db": round(q, 2),
-        }
-        for image_id, grade, a, b, c, d, pa, pb, q in zip(
-            tested.ids,
-            tested.grades.tolist(),
-            tested.predicted.tolist(),
-            predicted,
-            via_cache,
-            via_jpeg,
-            p_test,
-            p_predict,
-            psnr,
-        )
-    ]
-    count = len(images)
-    same = lambda key: sum(image["test"] == image[key] for image in images)  # noqa: E731
-    differing = [image for image in images if image["test"] != image["predict"]]
+    via_cache, via_jpeg, psnr = _grade_squares(grader, dataset, photo_set, batch_size, quality)
+    images = _per_image(tested, rows, via_cache, via_jpeg, psnr)
+    summary = _summary(images, psnr)
     return {
         "checkpoint": str(path),
         "split": split,
@@ -156,16 +200,7 @@ def agreement(
         "cache_image_format": (read_settings(cache_path(config)) or {}).get("image_format", "jpeg"),
         "mode": mode,
         "precision": grader.inferer.precision,
-        "n": count,
-        "agree_test_predict": same("predict") / count,
-        "agree_test_cache_via_predict": same("cache_via_predict") / count,
-        "agree_predict_photo_jpeg": sum(i["predict"] == i["photo_jpeg_via_predict"] for i in images)
-        / count,
-        "max_abs_p_referable_difference": max(
-            abs(image["p_referable_test"] - image["p_referable_predict"]) for image in images
-        ),
-        "median_cache_vs_photo_psnr_db": float(torch.tensor(psnr).nanmedian()),
-        "differing": [image["id"] for image in differing],
+        **summary,
         "cpu": cpu_model(),
         "commit": git_commit(),
         "wall_seconds": round(time.perf_counter() - started, 1),

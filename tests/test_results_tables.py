@@ -35,7 +35,9 @@ def test_marked_blocks_are_rewritten_and_the_rest_is_kept():
         regenerate("<!-- table:nope -->\n<!-- /table:nope -->", ROOT, renderers)
 
 
-@pytest.mark.parametrize("name", ["README.md", "docs/RESULTS.md", "docs/RELIABILITY.md"])
+@pytest.mark.parametrize(
+    "name", ["README.md", "docs/RESULTS.md", "docs/RELIABILITY.md", "docs/BENCHMARKS.md"]
+)
 def test_committed_tables_equal_their_regeneration(name):
     text = (ROOT / name).read_text(encoding="utf-8")
     assert set(table_names(text)) <= set(RENDERERS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -126,6 +127,7 @@ class SyntheticFundus(torch.utils.data.Dataset):
         if not todo:
             return
         log.info("rendering %d synthetic %s samples at %d px", len(todo), self.split, self.hr_size)
+        started = time.perf_counter()
         jobs = [self._job(index) for index in todo]
         with tqdm(
             total=len(todo), disable=not progress, desc=f"synthetic {self.split}", unit="img"
@@ -133,6 +135,12 @@ class SyntheticFundus(torch.utils.data.Dataset):
             for index, image, bits, grade in render_all(jobs):
                 self._store(index, image, bits, grade)
                 bar.update()
+        log.info(
+            "rendered %d synthetic %s samples in %.1f s",
+            len(todo),
+            self.split,
+            time.perf_counter() - started,
+        )
 
     @property
     def grades(self) -> list[int]:

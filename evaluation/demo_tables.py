@@ -1,0 +1,119 @@
+"""The demo's tables, from the records of ``bench/demo_seeds.py`` (``docs/records/demo/``).
+
+Two blocks: ``demo-seeds`` (README.md and docs/RESULTS.md: min / median / max over the seeds of each
+CPU kind, never the best run alone) and ``demo-profile`` (docs/BENCHMARKS.md: where the training
+time goes, median over the seeds of each CPU kind).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+DEMO_RECORDS = "docs/records/demo"
+STAGES = ("isr", "seg", "cls", "joint")
+
+
+def demo_records(root: Path, records: str = DEMO_RECORDS) -> dict[str, list[dict]]:
+    """``{kernels folder: [record, ...]}`` sorted by seed; a folder is one CPU kind's kernels."""
+    found: dict[str, list[dict]] = {}
+    for path in sorted((root / records).glob("*/seed*.json")):
+        found.setdefault(path.parent.name, []).append(json.loads(path.read_text()))
+    for runs in found.values():
+        runs.sort(key=lambda record: record["seed"])
+    return found
+
+
+def _kind(runs: list[dict]) -> str:
+    first = runs[0]
+    kernels = "kernels capped at AVX2" if first["kernels"] == "avx2" else "its own kernels"
+    return f"{first['cpu']}, {kernels} ({first['precision']})"
+
+
+def _spread(values: list[float], digits: int) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return " / ".join(
+        f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values))
+    )
+
+
+def demo_seeds_table(root: Path, records: str = DEMO_RECORDS) -> str:
+    """One row per CPU kind: seeds, training minutes, test QWK, SR PSNR and its gain over bicubic,
+    each as min / median / max over the seeds."""
+    found = demo_records(root, records)
+    if not found:
+        return "No demo records yet: `python bench/demo_seeds.py`.\n"
+    rows = [
+        "| CPU (kernels, precision) | seeds | training min | test QWK | SR PSNR dB "
+        "| SR minus bicubic dB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for runs in found.values():
+        tests = [record["test"] for record in runs]
+        rows.append(
+            f"| {_kind(runs)} | {', '.join(str(r['seed']) for r in runs)} "
+            f"| {_spread([r['train_seconds'] / 60 for r in runs], 1)} "
+            f"| {_spread([t['qwk'] for t in tests], 3)} "
+            f"| {_spread([t['psnr_sr'] for t in tests], 2)} "
+            f"| {_spread([t['psnr_sr'] - t['psnr_bicubic'] for t in tests], 2)} |"
+        )
+    commits = sorted({record["commit"][:7] for runs in found.values() for record in runs})
+    note = (
+        "\nmin / median / max over the seeds (`run.seed`; the data are the same); 2 cores each, "
+        f"test split of 300 images; commit {', '.join(commits)}. "
+        "`python bench/demo_seeds.py --seeds 0,1,2 [--kernels avx2]`; records in "
+        f"`{records}/`.\n"
+    )
+    return "\n".join(rows) + "\n" + note
+
+
+def demo_profile_table(root: Path, records: str = DEMO_RECORDS) -> str:
+    """Seconds of the demo's training by part (median over the seeds of each CPU kind)."""
+    found = demo_records(root, records)
+    if not found:
+        return "No demo records yet: `python bench/demo_seeds.py`.\n"
+    kinds = list(found.values())
+    parts: list[tuple[str, Callable[[dict], float]]] = [
+        ("rendering the data", lambda r: r["profile"]["render"])
+    ]
+    for stage in STAGES:
+        parts.append((f"`{stage}` training", lambda r, s=stage: r["profile"]["stages"][s]["train"]))
+        parts.append(
+            (f"`{stage}` validation", lambda r, s=stage: r["profile"]["stages"][s]["validate"])
+        )
+    parts.append(("caching the frozen nets' outputs", lambda r: r["profile"]["cache"]))
+
+    named = list(parts)
+
+    def accounted(record: dict) -> float:
+        return sum(get(record) for _, get in named)
+
+    parts.append(("start-up, checkpoints, the rest", lambda r: r["train_seconds"] - accounted(r)))
+    rows = [
+        "| part | " + " | ".join(_kind(runs) for runs in kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    for label, get in parts:
+        cells = []
+        for runs in kinds:
+            median = statistics.median(get(record) for record in runs)
+            total = statistics.median(record["train_seconds"] for record in runs)
+            cells.append(f"{median:.0f} s ({median / total:.0%})")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    rows.append(
+        "| **training, wall** | "
+        + " | ".join(
+            f"**{statistics.median(r['train_seconds'] for r in runs):.0f} s**" for runs in kinds
+        )
+        + " |"
+    )
+    loads = [record["load_average_at_end"] for runs in kinds for record in runs]
+    note = (
+        f"\nMedian over seeds {', '.join(str(r['seed']) for r in kinds[0])}; the 1-minute load "
+        f"average at the end of the runs was {min(loads):.1f} to {max(loads):.1f} on 2 cores. "
+        f"Records in `{records}/`.\n"
+    )
+    return "\n".join(rows) + "\n" + note

@@ -1,0 +1,105 @@
+"""bench/demo_seeds.py and its tables (evaluation/demo_tables.py): records, profile, ranges."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import demo_seeds
+from evaluation.demo_tables import demo_profile_table, demo_records, demo_seeds_table
+
+
+def _record(seed: int, kernels: str, qwk: float, psnr: float, seconds: float) -> dict:
+    stages = {
+        stage: {"train": 10.0, "validate": 2.0, "epochs": 1}
+        for stage in ("isr", "seg", "cls", "joint")
+    }
+    return {
+        "seed": seed,
+        "kernels": kernels,
+        "precision": "run.amp=fp32",
+        "train_seconds": seconds,
+        "test_seconds": 5.0,
+        "profile": {"render": 6.0, "cache": 4.0, "stages": stages},
+        "test": {"qwk": qwk, "psnr_sr": psnr, "psnr_bicubic": 30.0, "accuracy": 0.5},
+        "load_average_at_end": 1.5,
+        "cpu": "Test CPU",
+        "commit": "abcdef1234",
+    }
+
+
+def _write(root: Path, folder: str, record: dict) -> None:
+    path = root / "docs/records/demo" / folder / f"seed{record['seed']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def test_seed_table_gives_min_median_max_per_cpu_kind(tmp_path):
+    for seed, qwk, psnr, seconds in (
+        (0, 0.80, 33.0, 300),
+        (1, 0.70, 32.0, 360),
+        (2, 0.76, 34.0, 330),
+    ):
+        _write(tmp_path, "avx2_test-cpu", _record(seed, "avx2", qwk, psnr, seconds))
+    _write(tmp_path, "native_test-cpu", _record(0, "native", 0.9, 33.5, 200))
+    table = demo_seeds_table(tmp_path)
+    avx2 = next(line for line in table.splitlines() if "capped at AVX2" in line)
+    assert "| 0, 1, 2 |" in avx2
+    assert "0.700 / 0.760 / 0.800" in avx2  # never the best run alone
+    assert "5.0 / 5.5 / 6.0" in avx2  # training minutes
+    assert "2.00 / 3.00 / 4.00" in avx2  # SR minus bicubic
+    native = next(line for line in table.splitlines() if "its own kernels" in line)
+    assert "| 0.900 |" in native  # one seed: the value, no range
+
+
+def test_profile_parts_add_up_to_the_wall_time(tmp_path):
+    _write(tmp_path, "avx2_test-cpu", _record(0, "avx2", 0.8, 33.0, 100))
+    table = demo_profile_table(tmp_path)
+    lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
+    assert "6 s (6%)" in lines["rendering the data"]
+    assert "10 s (10%)" in lines["`cls` training"]
+    # 100 - 6 render - 4 cache - 4 stages x 12 s = 42 s not in a named part.
+    assert "42 s (42%)" in lines["start-up, checkpoints, the rest"]
+    assert "**100 s**" in lines["**training, wall**"]
+
+
+def test_profile_is_read_from_the_run_log_and_csv(tmp_path):
+    log_csv = tmp_path / "log.csv"
+    log_csv.write_text(
+        "stage,epoch,seconds,val_seconds\nisr,1,20.5,5.5\nisr,2,19.5,4.5\ncls,1,30,\n"
+    )
+    profile = demo_seeds.stage_profile(log_csv)
+    assert profile["isr"] == {"train": 30.0, "validate": 10.0, "epochs": 2}
+    assert profile["cls"]["train"] == 30.0 and profile["cls"]["validate"] == 0.0
+    text = (
+        "rendered 1600 synthetic train samples in 12.5 s\nrendered 200 synthetic val samples in 2.5 s\n"
+        "cached the frozen nets' outputs of 1600 HR images in 13.4 s\n"
+    )
+    assert demo_seeds.log_profile(text) == {"render": 15.0, "cache": 13.4}
+    assert demo_seeds.cpu_slug("AMD EPYC 9R14 96-Core") == "amd-epyc-9r14-96-core"
+
+
+def test_runner_records_a_seed_and_skips_it_next_time(tmp_path, tiny_overrides, capsys):
+    records = tmp_path / "records"
+    argv = [
+        "--seeds",
+        "3",
+        "--out",
+        str(tmp_path / "runs"),
+        "--records",
+        str(records),
+        *tiny_overrides,
+    ]
+    assert demo_seeds.main(argv) == 0
+    (path,) = records.glob("native_*/seed3.json")
+    record = json.loads(path.read_text())
+    assert record["seed"] == 3 and record["kernels"] == "native"
+    assert set(record["profile"]["stages"]) == {"isr", "seg", "cls", "joint"}
+    assert record["profile"]["render"] > 0
+    assert 0 < record["test"]["psnr_sr"] < 100 and -1 <= record["test"]["qwk"] <= 1
+    assert record["train_seconds"] >= sum(
+        part["train"] + part["validate"] for part in record["profile"]["stages"].values()
+    )
+    assert demo_records(tmp_path, "records")  # the table reader finds it
+    assert demo_seeds.main(argv) == 0
+    assert "skipped" in capsys.readouterr().out
