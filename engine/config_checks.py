@@ -230,6 +230,10 @@ def check_train(config: Config) -> None:
         f"train.max_steps_per_epoch must be >= 0, got {train.max_steps_per_epoch}",
     )
     _require(
+        train.threshold_images >= 0,
+        f"train.threshold_images must be >= 0 (0: every training image), got {train.threshold_images}",
+    )
+    _require(
         train.eval_every >= 0,
         f"train.eval_every must be >= 0 (0: never validate), got {train.eval_every}",
     )

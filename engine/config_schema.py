@@ -199,6 +199,10 @@ class TrainConfig:
     clip_grad: float = 0.0
     max_steps_per_epoch: int = 0  # 0 = the whole training set each epoch
     eval_every: int = 1  # 0: never validate (each stage hands on its last weights; grade thresholds are still fitted)
+    # model.grade_decoding=thresholds: how many training images the thresholds are fitted on at each
+    # validation, spread evenly over the training set (0: all of them). The fit is a full
+    # evaluation pass; the CPU demo fits on 400 of its 1600 images to save a minute.
+    threshold_images: int = 0
     # Recovery checkpoints inside an epoch (checkpoints/recovery.pt, one file replaced each time):
     # every N steps and/or every M minutes of training; 0 turns either off. --resume continues
     # the newest checkpoint, so a killed run loses at most one interval (docs/RELIABILITY.md).

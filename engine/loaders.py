@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from data.augment import augment_batch
 from data.crop import random_crop, random_flip
@@ -62,13 +62,17 @@ def sampling_weights(config: Config, stage: str, subset) -> torch.Tensor | None:
     return balanced_weights(dataset_grades(subset))
 
 
-def eval_loader(trainer: Trainer, dataset, stage: str) -> DataLoader:
-    """The stage's images of ``dataset`` in order, each evaluated by exactly one process."""
+def eval_loader(trainer: Trainer, dataset, stage: str, limit: int = 0) -> DataLoader:
+    """The stage's images of ``dataset`` in order, each evaluated by exactly one process;
+    ``limit`` > 0 keeps that many of them, evenly spaced (every part of an ordered set counts)."""
     config = trainer.config
     batch = max(getattr(config.train, stage).batch_size // trainer.world.size, 8)
     pin = config.data.pin_memory and trainer.device.type == "cuda"
+    images = stage_subset(dataset, stage)
+    if 0 < limit < len(images):
+        images = Subset(images, torch.linspace(0, len(images) - 1, limit).round().long().tolist())
     return build_loader(
-        stage_subset(dataset, stage),
+        images,
         batch,
         False,
         0,

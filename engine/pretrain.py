@@ -2,8 +2,8 @@
 embedded dataset, with the config made here for the real run.
 
 The pre-training trains the real run's network (every ``model.*`` key, ``data.scale``, the method)
-on the embedded semi-synthetic dataset with ``configs/demo.yaml``'s schedule (1600 images, 12
-epochs over the four stages), at the real run's ``data.hr_size`` or ``train.init_synthetic_hr_size``,
+on the embedded semi-synthetic dataset with ``configs/demo.yaml``'s schedule and losses (1600
+images, a few epochs per stage), at the real run's ``data.hr_size`` or ``train.init_synthetic_hr_size``,
 and runs where and as fast as the real run does (device, threads, speed switches). Its folder is
 ``<run.out_dir>/synthetic_<hash>``, the hash covering what changes its weights, so every real run
 with the same pre-training shares one folder: built once, resumed if interrupted, then reused

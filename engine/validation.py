@@ -12,6 +12,7 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from engine import loaders, run_folder, stage_plan
+from engine.builders import stage_subset
 from engine.evaluator import evaluate, selection_metric, stage_eval_mode
 from evaluation.thresholds import fit_thresholds
 
@@ -53,10 +54,14 @@ def fit_grade_thresholds(trainer: Trainer, stage: str, mode: str) -> None:
     """Set ``model.grade_thresholds`` to those maximising QWK on the stage's TRAINING images
     (evaluation/thresholds.py), graded as validation grades (``mode``, test.tta), without
     augmentation or gradients; no validation label reaches them."""
-    loader = loaders.eval_loader(trainer, trainer.train_set, stage)
-    # The cls stage's cached lesion maps of these images are in this loader's order when one
-    # process reads them all.
-    frozen = trainer.frozen_train if stage == "cls" and not trainer.world.distributed else None
+    loader = loaders.eval_loader(
+        trainer, trainer.train_set, stage, limit=trainer.config.train.threshold_images
+    )
+    spread = len(loader.dataset) < len(stage_subset(trainer.train_set, stage))
+    # The cls stage's cached lesion maps are in the order of all its training images when one
+    # process reads them all; a spread subset computes its own.
+    whole = stage == "cls" and not trainer.world.distributed and not spread
+    frozen = trainer.frozen_train if whole else None
     result = evaluate(
         trainer.model,
         loader,

@@ -117,3 +117,41 @@ def demo_profile_table(root: Path, records: str = DEMO_RECORDS) -> str:
         f"Records in `{records}/`.\n"
     )
     return "\n".join(rows) + "\n" + note
+
+
+DEMO_LEVERS = "docs/records/demo_levers"
+
+
+def _qwks(values: list[float]) -> str:
+    return ", ".join(f"{value:.2f}" for value in values) or "—"
+
+
+def demo_levers_table(root: Path, records: str = DEMO_LEVERS) -> str:
+    """The runs that found why the demo swung (one seed each): validation QWK per epoch of the
+    cls stage (on HR) and of the joint stage (on SR), then the test split of the kept epoch."""
+    runs = [json.loads(path.read_text()) for path in sorted((root / records).glob("*.json"))]
+    runs.sort(
+        key=lambda record: (record["overrides"] != [], len(record["overrides"]), record["seed"])
+    )
+    rows = [
+        "| run | seed | kernels | overrides of the old preset | val QWK, cls epochs (HR) "
+        "| val QWK, joint epochs (SR) | test QWK | test accuracy | SR / bicubic dB | wall min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        test = run["test"]
+        overrides = ", ".join(f"`{o}`" for o in run["overrides"]) or "none"
+        rows.append(
+            f"| {run['name']} | {run['seed']} | {run['kernels']} ({run['precision']}) | {overrides} "
+            f"| {_qwks(run['val_qwk_cls_by_epoch'])} | {_qwks(run['val_qwk_joint_by_epoch'])} "
+            f"| {test['qwk']:.3f} | {test['accuracy']:.3f} "
+            f"| {test['psnr_sr']:.2f} / {test['psnr_bicubic']:.2f} "
+            f"| {run['train_wall_seconds'] / 60:.1f} ({run['load']}) |"
+        )
+    first = runs[0]
+    note = (
+        f"\n`run.seed` 103 is the old preset's; {first['cpu']}, {first['date']}; wall "
+        "times under the load named in each row, so compare them only within a row's kind. "
+        f"Records in `{records}/`.\n"
+    )
+    return "\n".join(rows) + "\n" + note

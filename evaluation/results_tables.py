@@ -32,7 +32,7 @@ from evaluation.cv_tables import (
     recorded_folds,
     verdict,
 )
-from evaluation.demo_tables import demo_profile_table, demo_seeds_table
+from evaluation.demo_tables import demo_levers_table, demo_profile_table, demo_seeds_table
 from evaluation.formatting import format_number
 from evaluation.seed_tables import (
     SEED_METRICS,
@@ -247,6 +247,7 @@ RENDERERS: dict[str, Renderer] = {
     "idrid-cv-answer": cv_answer_block,
     "demo-seeds": demo_seeds_table,
     "demo-profile": demo_profile_table,
+    "demo-levers": demo_levers_table,
     **{name: _seed_renderer(*source) for name, source in SEED_TABLES.items()},
 }
 

@@ -6,7 +6,12 @@ import json
 from pathlib import Path
 
 from bench import demo_seeds
-from evaluation.demo_tables import demo_profile_table, demo_records, demo_seeds_table
+from evaluation.demo_tables import (
+    demo_levers_table,
+    demo_profile_table,
+    demo_records,
+    demo_seeds_table,
+)
 
 
 def _record(seed: int, kernels: str, qwk: float, psnr: float, seconds: float) -> dict:
@@ -103,3 +108,34 @@ def test_runner_records_a_seed_and_skips_it_next_time(tmp_path, tiny_overrides, 
     assert demo_records(tmp_path, "records")  # the table reader finds it
     assert demo_seeds.main(argv) == 0
     assert "skipped" in capsys.readouterr().out
+
+
+def test_levers_table_lists_each_run_with_its_overrides(tmp_path):
+    folder = tmp_path / "docs/records/demo_levers"
+    folder.mkdir(parents=True)
+    base = {
+        "kernels": "avx2",
+        "precision": "fp32",
+        "val_qwk_cls_by_epoch": [0.5, 0.8],
+        "val_qwk_joint_by_epoch": [0.6],
+        "test": {"qwk": 0.61, "accuracy": 0.4, "psnr_sr": 33.0, "psnr_bicubic": 31.5},
+        "train_wall_seconds": 600,
+        "load": "idle",
+        "cpu": "Test CPU",
+        "date": "2026-12-07",
+        "seed": 103,
+    }
+    (folder / "a.json").write_text(json.dumps({**base, "name": "old", "overrides": []}))
+    lever = {
+        **base,
+        "name": "new",
+        "overrides": ["model.grader_width=0.5"],
+        "val_qwk_joint_by_epoch": [0.7, 0.8],
+    }
+    (folder / "b.json").write_text(json.dumps(lever))
+    lines = demo_levers_table(tmp_path).splitlines()
+    assert (
+        lines[2].startswith("| old | 103 |") and "| none |" in lines[2]
+    )  # the unchanged preset first
+    assert "`model.grader_width=0.5`" in lines[3] and "| 0.70, 0.80 |" in lines[3]
+    assert "| 10.0 (idle) |" in lines[2]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from photo_fixtures import tiny_checkpoint
 from torch.nn import functional as F
+from torch.utils.data import Subset
 
 from engine import export
 from engine.builders import build_loader, build_model, stage_subset
@@ -178,6 +179,31 @@ def test_thresholds_are_fitted_on_the_training_images_only(tmp_path, stage):
         after["grading"]["confusion"] != before["grading"]["confusion"]
     )  # ... which validation did see
     assert after["grading"]["thresholds"] == thresholds.tolist()
+
+
+@pytest.mark.parametrize("stage", ["cls", "joint"])
+def test_threshold_images_fits_on_an_even_spread_of_the_training_images(tmp_path, stage):
+    overrides = [*CLS_RUN, f"run.out_dir={tmp_path}", "model.grade_decoding=thresholds"]
+    trainer = Trainer(load_config(None, [*overrides, "train.threshold_images=3"]))
+    trainer._prepare_stage(stage)
+    trainer._cache_frozen_outputs(stage)
+    trainer.validate(stage)
+    images = stage_subset(trainer.train_set, stage)
+    keep = torch.linspace(0, len(images) - 1, 3).round().long().tolist()
+    assert keep[0] == 0 and keep[-1] == len(images) - 1  # first, middle, last
+    spread = Subset(images, keep)
+    by_hand = evaluate(
+        trainer.model,
+        build_loader(spread, 8, False, 0),
+        trainer.device,
+        "hr" if stage == "cls" else "lr",
+    )
+    assert by_hand.grades.numel() == 3
+    assert torch.equal(
+        trainer.model.grade_thresholds, fit_thresholds(by_hand.probs, by_hand.grades)
+    )
+    with pytest.raises(ConfigError, match="train.threshold_images"):
+        load_config(None, [*overrides, "train.threshold_images=-1"])
 
 
 def test_eval_every_zero_never_validates_but_still_fits_thresholds(tmp_path):
