@@ -47,9 +47,9 @@ def demo_seeds_table(root: Path, records: str = DEMO_RECORDS) -> str:
     if not found:
         return "No demo records yet: `python bench/demo_seeds.py`.\n"
     rows = [
-        "| CPU (kernels, precision) | seeds | training min | test QWK | SR PSNR dB "
-        "| SR minus bicubic dB |",
-        "|---|---|---|---|---|---|",
+        "| CPU (kernels, precision) | seeds | training min | test QWK | test accuracy "
+        "| SR PSNR dB | SR minus bicubic dB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for runs in found.values():
         tests = [record["test"] for record in runs]
@@ -57,6 +57,7 @@ def demo_seeds_table(root: Path, records: str = DEMO_RECORDS) -> str:
             f"| {_kind(runs)} | {', '.join(str(r['seed']) for r in runs)} "
             f"| {_spread([r['train_seconds'] / 60 for r in runs], 1)} "
             f"| {_spread([t['qwk'] for t in tests], 3)} "
+            f"| {_spread([t['accuracy'] for t in tests], 3)} "
             f"| {_spread([t['psnr_sr'] for t in tests], 2)} "
             f"| {_spread([t['psnr_sr'] - t['psnr_bicubic'] for t in tests], 2)} |"
         )
