@@ -131,7 +131,7 @@ def test_the_cli_prints_the_tables_and_writes_every_step(tmp_path):
     ).stdout
     for row in (
         "| pixel | 10 (l1) |",
-        "| grading | 1 |",
+        "| grading | 1 (CE + 0.5 x ordinal) |",  # the demo preset's ordinal term
         "| seg_aware | 1 |",
         "| task_aware | 10 |",
         "| cosine |",

@@ -53,8 +53,11 @@ def test_idrid_presets_follow_the_protocol():
     assert (paper.data.dataset, paper.data.hr_size, paper.data.scale) == ("idrid", 1024, 4)
     assert small.model.seg_width <= 2
     assert small.data.jpeg_quality == 90  # the 18 MB cache that travels
-    # The same nets as the embedded demo, so train.init_from=runs/demo/checkpoints/best.pt loads.
-    assert _shapes(small) == _shapes(load_config(CONFIG_DIR / "demo.yaml"))
+    # The embedded demo's nets with the grader at full width, so a demo run trained with
+    # model.grader_width=1 can start it (train.init_from, pretrained_model/README.md).
+    demo_full_width = load_config(CONFIG_DIR / "demo.yaml", ["model.grader_width=1"])
+    assert _shapes(small) == _shapes(demo_full_width)
+    assert _shapes(small) != _shapes(load_config(CONFIG_DIR / "demo.yaml"))
 
 
 def test_committed_idrid_split_is_intact_and_sized():

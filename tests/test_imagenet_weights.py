@@ -119,7 +119,13 @@ def test_imagenet_offline_without_a_cached_file_is_one_line_naming_the_file_and_
 def test_imagenet_offline_train_cli_prints_one_error_line(offline_hub, tmp_path, capsys):
     code = run_cli(
         train_cli.main,
-        ["--quiet", *TINY, f"run.out_dir={tmp_path / 'runs'}", "model.imagenet_weights=imagenet"],
+        [
+            "--quiet",
+            *TINY,
+            f"run.out_dir={tmp_path / 'runs'}",
+            "model.grader_width=1",  # ImageNet weights need the published widths
+            "model.imagenet_weights=imagenet",
+        ],
     )
     err = capsys.readouterr().err
     assert (
