@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.cv_study import choose_names, machine_provenance  # noqa: E402
+from engine.cv_study import machine_provenance  # noqa: E402
 
 AVX2_CAP = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 RENDERED = re.compile(r"rendered (\d+) synthetic (\w+) samples in ([\d.]+) s")
@@ -144,16 +144,20 @@ def run_seed(seed: int, kernels: str, out: Path, record_path: Path, overrides: l
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated run.seed values")
+    parser.add_argument(
+        "--seeds",
+        type=lambda text: [int(seed) for seed in text.split(",") if seed.strip()],
+        default=[0, 1, 2],
+        help="comma-separated run.seed values",
+    )
     parser.add_argument("--kernels", choices=("native", "avx2"), default="native")
     parser.add_argument("--out", default="runs/demo_seeds", help="run folders (not committed)")
     parser.add_argument("--records", default=str(ROOT / "docs/records/demo"))
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args(argv)
-    seeds = choose_names(args.seeds, list(range(100)), "seeds")
     cpu = machine_provenance()["cpu"]
     folder = Path(args.records) / f"{args.kernels}_{cpu_slug(cpu)}"
-    for seed in seeds:
+    for seed in args.seeds:
         record_path = folder / f"seed{seed}.json"
         if record_path.is_file():
             print(f"seed {seed}: recorded in {record_path}, skipped")
