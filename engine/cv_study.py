@@ -43,6 +43,7 @@ from engine.release_facts import git_commit
 from engine.runtime import cpu_flags, cpu_model
 from engine.testing import run_test
 from engine.trainer import Trainer
+from evaluation.prediction_csv import TEST_COLUMNS, read_graded
 
 log = logging.getLogger(__name__)
 
@@ -239,24 +240,23 @@ def is_recorded(records: Path, row: str, fold: int, unit: str = "fold") -> bool:
 def write_record(
     records: Path, row: str, fold: int, predictions: Path, provenance: dict, unit: str = "fold"
 ) -> None:
-    """Copy the held-out predictions (id, grade, predicted, p0..) and write the provenance JSON,
-    each atomically, the JSON last (a record counts only with both)."""
+    """Copy the held-out predictions (test.py's columns: id, grade = reference, predicted, p0..;
+    evaluation/prediction_csv.py), sorted by id, and write the provenance JSON, each atomically,
+    the JSON last (a record counts only with both)."""
     table, meta = record_paths(records, row, fold, unit)
     table.parent.mkdir(parents=True, exist_ok=True)
-    with open(predictions, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
+    rows = read_graded(predictions)
+    if not rows.keys:
         raise DataError(f"{predictions}: no predictions to record")
-    columns = [
-        "id",
-        "grade",
-        "predicted",
-        *sorted((c for c in rows[0] if c[:1] == "p" and c[1:].isdigit()), key=lambda c: int(c[1:])),
-    ]
+    classes = rows.probs.shape[1]
     with atomic_open(table, "w", encoding=None, newline="") as handle:
-        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: r["id"]))
+        writer = csv.writer(handle)
+        writer.writerow([*TEST_COLUMNS, *(f"p{c}" for c in range(classes))])
+        for index in sorted(range(len(rows.keys)), key=rows.keys.__getitem__):
+            probs = [f"{p:.5f}" for p in rows.probs[index]]
+            writer.writerow(
+                [rows.keys[index], rows.reference[index], rows.predicted[index], *probs]
+            )
     write_atomic(meta, (json.dumps(provenance, indent=1, sort_keys=True) + "\n").encode())
 
 

@@ -8,16 +8,14 @@ by the one referable rule (evaluation/referable.py). Written to ``summary.json``
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 
-import numpy as np
-
 from data.atomic import write_atomic
 from evaluation.formatting import json_safe
 from evaluation.metrics import grading_metrics
+from evaluation.prediction_csv import read_graded
 from evaluation.report import plot_reliability
 from evaluation.uncertainty import uncertainty_report
 
@@ -25,33 +23,13 @@ SUMMARY_FILE = "summary.json"
 RELIABILITY_FILE = "reliability.png"
 
 
-def graded_with_reference(
-    csv_path: Path, num_classes: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(reference [N], grade [N], probabilities [N,C])`` of the rows graded ``ok`` that carry a
-    reference grade, read back from predictions.csv (streamed: a large run holds N small rows)."""
-    references, grades, probs = [], [], []
-    with csv_path.open(newline="", encoding="utf-8") as file:
-        for row in csv.DictReader(file):
-            if row["status"] != "ok" or row["reference_grade"] in ("", None):
-                continue
-            references.append(int(row["reference_grade"]))
-            grades.append(int(row["grade"]))
-            probs.append([float(row[f"p{c}"]) for c in range(num_classes)])
-    shape = (len(probs), num_classes)
-    return (
-        np.asarray(references, dtype=np.int64),
-        np.asarray(grades, dtype=np.int64),
-        np.asarray(probs, dtype=np.float64).reshape(shape),
-    )
-
-
 def reference_summary(
-    out: Path, num_classes: int, referable_threshold: float | None, resamples: int = 2000
+    out: Path, referable_threshold: float | None, resamples: int = 2000
 ) -> dict | None:
     """Score ``out``/predictions.csv against its reference grades; None when no graded row has one.
     Writes ``summary.json`` and ``reliability.png`` into ``out``."""
-    reference, grades, probs = graded_with_reference(out / "predictions.csv", num_classes)
+    rows = read_graded(out / "predictions.csv").with_reference()
+    reference, grades, probs = rows.reference, rows.predicted, rows.probs
     if reference.size == 0:
         return None
     summary = {

@@ -376,9 +376,7 @@ def predict(
             if on_progress is not None:
                 on_progress(len(items))
         outputs.file.close()  # every row written: score the run against its reference grades
-        summary.reference = reference_summary(
-            out, config.data.num_classes, settings.referable_threshold
-        )
+        summary.reference = reference_summary(out, settings.referable_threshold)
         if summary.reference is not None:
             report.facts.extend(summary_facts(summary.reference))
     finally:

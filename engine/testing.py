@@ -36,6 +36,7 @@ from engine.runtime import configure_threads
 from evaluation import report
 from evaluation.formatting import json_safe
 from evaluation.metrics import roc_curves
+from evaluation.prediction_csv import TEST_COLUMNS
 from evaluation.referable import (
     REFERABLE_GRADE,
     is_referable,
@@ -70,7 +71,7 @@ def write_predictions(
     """test.py's per-image CSV of a split: ``id``, ``grade`` (the reference; -1 unknown),
     ``predicted``, ``p0``.., ``p_referable`` and ``referable`` (the decision, 0 or 1) by the one
     rule (evaluation/referable.py). predict.py's per-photograph CSV names the model's grade
-    ``grade`` and the reference ``reference_grade``; the referable columns are the same."""
+    ``grade`` and the reference ``reference_grade``; evaluation/prediction_csv.py reads both."""
     path.parent.mkdir(parents=True, exist_ok=True)
     classes = result.probs.shape[1]
     with_referable = classes > REFERABLE_GRADE
@@ -78,9 +79,7 @@ def write_predictions(
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         referable_columns = ["p_referable", "referable"] if with_referable else []
-        writer.writerow(
-            ["id", "grade", "predicted", *[f"p{c}" for c in range(classes)], *referable_columns]
-        )
+        writer.writerow([*TEST_COLUMNS, *[f"p{c}" for c in range(classes)], *referable_columns])
         for index, (sample_id, grade, predicted, probs) in enumerate(
             zip(
                 result.ids, result.grades.tolist(), result.predicted.tolist(), result.probs.tolist()

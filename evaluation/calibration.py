@@ -9,7 +9,6 @@ predictions CSV): ``log p`` are logits up to a per-row constant, which the softm
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from data.records import DataError
+from evaluation.prediction_csv import read_graded
 from evaluation.referable import referable_probability, referable_truth
 from evaluation.statistics import (
     binary_ece,
@@ -50,23 +50,12 @@ def fit_temperature(logits: np.ndarray, grades: np.ndarray) -> float:
 
 
 def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(grades [N], probabilities [N,C])`` of the images with a known grade in test.py's
-    predictions CSV (columns ``id, grade, predicted, p0..``)."""
-    try:
-        with Path(path).open(newline="") as file:
-            rows = list(csv.DictReader(file))
-    except OSError as error:
-        raise DataError(f"cannot read predictions {path}: {error.strerror}") from None
-    columns = sorted(
-        (key for key in (rows[0] if rows else {}) if key[1:].isdigit() and key[0] == "p"),
-        key=lambda key: int(key[1:]),
-    )
-    if not rows or "grade" not in rows[0] or not columns:
-        raise DataError(f"{path}: not a predictions CSV of test.py (id, grade, predicted, p0..)")
-    known = [row for row in rows if int(row["grade"]) >= 0]
-    grades = np.array([int(row["grade"]) for row in known], dtype=np.int64)
-    probs = np.array([[float(row[key]) for key in columns] for row in known], dtype=np.float64)
-    return grades, probs
+    """``(grades [N], probabilities [N,C])`` of the images with a known reference grade in a
+    predictions CSV (test.py's or predict.py's; evaluation/prediction_csv.py)."""
+    rows = read_graded(path).with_reference()
+    if not rows.keys:
+        raise DataError(f"{path}: no graded image with a known reference grade")
+    return rows.reference, rows.probs
 
 
 def release_calibration(

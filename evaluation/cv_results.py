@@ -13,13 +13,13 @@ finished folds (themselves held-out predictions), so no image's own label sets i
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from evaluation.prediction_csv import read_graded
 from evaluation.statistics import (
     bootstrap_intervals,
     fold_spread,
@@ -56,19 +56,9 @@ def read_fold(csv_path: Path) -> FoldRecord:
     """One (row, fold) record: its predictions CSV and the provenance JSON beside it. Held-out
     images without a grade (segmentation-only photographs, grade -1) are left out: no metric
     here can score them."""
-    with open(csv_path, newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if int(row["grade"]) >= 0]
-    classes = sorted(
-        (c for c in rows[0] if c[:1] == "p" and c[1:].isdigit()), key=lambda c: int(c[1:])
-    )
+    rows = read_graded(csv_path).with_reference()
     meta = json.loads(csv_path.with_suffix(".json").read_text())
-    return FoldRecord(
-        [r["id"] for r in rows],
-        np.array([int(r["grade"]) for r in rows]),
-        np.array([int(r["predicted"]) for r in rows]),
-        np.array([[float(r[c]) for c in classes] for r in rows]),
-        meta,
-    )
+    return FoldRecord(rows.keys, rows.reference, rows.predicted, rows.probs, meta)
 
 
 def read_records(records: Path, rows: list[str]) -> dict[str, dict[int, FoldRecord]]:
