@@ -79,7 +79,7 @@ def main() -> None:
                 "hr": args.hr,
                 "lr": args.hr // args.scale,
                 "scale": args.scale,
-                "seg_width": args.seg_width,
+                "seg_width": config.model.seg_width,  # an override wins over --seg-width
                 "batch": args.batch,
                 **stamp(device),
                 "dtype": "bfloat16" if args.amp else "float32",

@@ -172,7 +172,7 @@ def time_variants(args: argparse.Namespace, trainer: Trainer, variants: dict) ->
         "hr": args.hr,
         "lr": args.hr // args.scale,
         "scale": args.scale,
-        "seg_width": args.seg_width,
+        "seg_width": trainer.config.model.seg_width,  # an override wins over --seg-width
         "batch": args.batch,
         **stamp(device),
     }

@@ -52,6 +52,7 @@ def test_train_step_prints_project_and_naive_lines_with_the_ratio():
     assert FIELDS <= project.keys() and FIELDS <= naive.keys()
     assert (project["variant"], naive["variant"]) == ("project", "naive")
     assert project["hr"] == 64 and project["lr"] == 16 and project["gflop_per_image"] > 0
+    assert project["seg_width"] == 0.25  # the override, not --seg-width's default, is reported
     assert (
         project["gflop_per_image"] == naive["gflop_per_image"]
     )  # the same math, computed two ways

@@ -94,6 +94,8 @@ def test_runner_records_a_seed_and_skips_it_next_time(tmp_path, tiny_overrides, 
         "--records",
         str(records),
         *tiny_overrides,
+        # One epoch per stage: the record needs each stage's time, not the preset's schedule.
+        *(f"train.{stage}.epochs=1" for stage in ("isr", "seg", "cls")),
     ]
     assert demo_seeds.main(argv) == 0
     (path,) = records.glob("native_*/seed3.json")
