@@ -53,6 +53,12 @@ METHODS: dict[str, Method] = {
         _LR_GRADER,
         pool_grader_epochs=True,
     ),
+    "hr_then_lr_cls": Method(
+        "ResNet-18 grader trained on the HR image (cls stage), then fine-tuned on the bicubic-upsampled LR image (joint stage): DeepMT-DR's grader curriculum without ISR and lesion maps",
+        # The start DeepMT-DR's grader has (trained on HR, then moved to its LR-derived input), so
+        # the comparison with lr_cls separates that curriculum from the ISR net and lesion maps.
+        {**_LR_GRADER, "train.stage": "cls,joint", "train.input": "hr"},
+    ),
     "hr_cls": Method(
         "ResNet-18 grader trained and tested on the true HR image (upper bound)",
         {**_LR_GRADER, "train.input": "hr", "test.input": "hr"},

@@ -76,14 +76,18 @@ log = logging.getLogger(__name__)
 Planned = tuple[Row, int, Config]  # a (row, seed) and its run's config
 
 
-def _epoch_seconds(run_dir: Path) -> float | None:
-    """Training time of a run from its log.csv (epochs incl. validation; survives resumes)."""
+def _log_facts(run_dir: Path) -> tuple[float | None, float | None]:
+    """From a run's log.csv: its training time (epochs incl. validation; survives resumes) and
+    the grader's mean training cross-entropy in the last epoch it trained (its stage's
+    ``train_ce``): ln 5 = 1.61 on five balanced grades is a grader that never fitted its images."""
     path = run_dir / "log.csv"
     if not path.is_file():
-        return None
+        return None, None
     with path.open(newline="") as file:
-        seconds = [float(row["seconds"]) for row in csv.DictReader(file) if row.get("seconds")]
-    return sum(seconds) if seconds else None
+        rows = list(csv.DictReader(file))
+    seconds = [float(row["seconds"]) for row in rows if row.get("seconds")]
+    losses = [float(row["train_ce"]) for row in rows if row.get("train_ce")]
+    return (sum(seconds) if seconds else None), (losses[-1] if losses else None)
 
 
 class _Datasets:
@@ -174,9 +178,9 @@ class _Table:
     def record(self, row: Row, seed: int, config: Config, wall: float | None) -> None:
         """A tested run into results.csv, and the table rewritten."""
         metrics = json.loads(self.metrics_path(config).read_text())
-        seconds = _epoch_seconds(config.run_dir)
+        seconds, train_ce = _log_facts(config.run_dir)
         result = result_row(
-            row.name, row.method, seed, metrics, config, seconds, wall, config.run_dir
+            row.name, row.method, seed, metrics, config, seconds, wall, config.run_dir, train_ce
         )
         self.results.append(result)
         write_results(self.results, self.results_path)

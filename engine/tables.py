@@ -25,9 +25,11 @@ from evaluation.figures import DPI
 from evaluation.formatting import format_number
 from evaluation.seed_tables import (
     SEED_METRICS,
+    TRAIN_CE_LEGEND,
     mean_sd,
     seed_table_columns,
     seed_table_lines,
+    shows_train_ce,
     summarise_seeds,
 )
 
@@ -38,6 +40,7 @@ RESULT_COLUMNS = (
     "psnr", "ssim", "psnr_lesion", "psnr_bicubic", "ssim_bicubic",
     "lesion_aupr", *[f"aupr_{name}" for name in LESIONS],
     "test_input", "scale", "n_test", "epoch_seconds", "wall_seconds", "run_dir",
+    "grader_train_ce",
 )  # fmt: skip
 # (results.csv key, markdown header, digits) of the summary table, in order: one list, and one
 # summary and table of it, for the runner's tables and their regeneration from results.csv
@@ -85,6 +88,7 @@ def result_row(
     epoch_seconds: float | None,
     wall_seconds: float | None,
     run_dir: Path,
+    grader_train_ce: float | None = None,
 ) -> dict:
     """One ``results.csv`` row from a run's ``metrics.json`` and resolved config.
 
@@ -121,6 +125,7 @@ def result_row(
         epoch_seconds=epoch_seconds,
         wall_seconds=wall_seconds,
         run_dir=str(run_dir),
+        grader_train_ce=grader_train_ce,
     )
     return {
         key: (None if isinstance(value, float) and math.isnan(value) else value)
@@ -152,6 +157,8 @@ def write_markdown(
         "referable AUC: grade >= 2 against the rest; lesion AUPR: mean over the four lesions, on the image the grader sees. "
         "`train min`: training epochs incl. validation, mean per run."
     )
+    if shows_train_ce(summary):
+        lines.append(TRAIN_CE_LEGEND)
     if reference:
         lines.append(
             f"ΔQWK: QWK minus {reference}'s QWK of the same seed, mean ± standard deviation over seeds."

@@ -42,9 +42,26 @@ def mean_sd_text(values: Sequence[float] | None, digits: int, sign: str = "") ->
     return text if sd is None else f"{text} ± {sd:.{digits}f}"
 
 
-def seed_table_columns(reference: str | None) -> list[str]:
-    """The table's header cells (with a paired QWK difference column when there is a reference row)."""
+# The grader's training cross-entropy in its last epoch: shown when the runs recorded it (table
+# runs since 2026-12-07), so that a row at chance shows whether its grader fitted its own images.
+TRAIN_CE = ("grader_train_ce", "grader train CE", 2)
+TRAIN_CE_LEGEND = (
+    "grader train CE: the grader's mean training cross-entropy in the last epoch it trained "
+    "(ln 5 = 1.61 is the class prior of five balanced grades: a grader that never fitted its own "
+    "training images)."
+)
+
+
+def shows_train_ce(summary: dict[str, dict]) -> bool:
+    return any(TRAIN_CE[0] in entry for entry in summary.values())
+
+
+def seed_table_columns(reference: str | None, train_ce: bool = False) -> list[str]:
+    """The table's header cells (with a paired QWK difference column when there is a reference
+    row, and the grader's training CE when the runs recorded it)."""
     columns = ["row", "seeds", *[header for _, header, _ in SEED_METRICS]]
+    if train_ce:
+        columns.append(TRAIN_CE[1])
     if reference:
         columns.append(f"ΔQWK vs {reference}")
     return [*columns, "train min"]
@@ -61,6 +78,7 @@ def summarise_seeds(results: Sequence[dict[str, str]], order: Sequence[str]) -> 
         entry["seeds"].append(seed)
         for key in (
             *[key for key, _, _ in SEED_METRICS],
+            TRAIN_CE[0],
             "epoch_seconds",
             "wall_seconds",
             "psnr_bicubic",
@@ -79,12 +97,15 @@ def summarise_seeds(results: Sequence[dict[str, str]], order: Sequence[str]) -> 
 
 def seed_table_lines(summary: dict[str, dict], reference: str | None) -> list[str]:
     """Markdown lines: one row per table row, mean ± sd over seeds, the paired ΔQWK to ``reference``."""
-    columns = seed_table_columns(reference)
+    train_ce = shows_train_ce(summary)
+    columns = seed_table_columns(reference, train_ce)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, entry in summary.items():
         cells = [name, str(len(entry["seeds"]))] + [
             mean_sd_text(entry.get(key), digits) for key, _, digits in SEED_METRICS
         ]
+        if train_ce:
+            cells.append(mean_sd_text(entry.get(TRAIN_CE[0]), TRAIN_CE[2]))
         if reference:
             ref = summary.get(reference)
             seeds = (
@@ -119,7 +140,7 @@ def seed_table(root: Path, results: str, rows_file: str, split: str = "test") ->
         "rest; lesion AUPR: mean over the four lesions, on the image the grader sees; `train min`: training epochs "
         "with their validation, mean per run."
     )
-    notes = [legend]
+    notes = [legend, *([TRAIN_CE_LEGEND] if shows_train_ce(summary) else [])]
     if reference:
         notes.append(f"ΔQWK: QWK minus `{reference}`'s of the same seed, mean ± sd over seeds.")
     bicubic = {}

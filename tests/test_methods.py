@@ -75,6 +75,7 @@ EXPECTED = {
     # method: (stages that train, ISR kind, lesion maps, grader class, train.input, test.input)
     "deepmt_dr": (["isr", "seg", "cls", "joint"], "net", True, "GradingNet", "hr", "lr"),
     "lr_cls": (["cls"], "bicubic", False, "GradingNet", "lr", "lr"),
+    "hr_then_lr_cls": (["cls", "joint"], "bicubic", False, "GradingNet", "hr", "lr"),
     "hr_cls": (["cls"], "bicubic", False, "GradingNet", "hr", "hr"),
     "sr_then_cls": (["isr", "cls"], "net", False, "GradingNet", "lr", "lr"),
     "seg_then_cls": (["seg", "cls"], "bicubic", True, "GradingNet", "lr", "lr"),
