@@ -97,6 +97,27 @@ def test_table_without_reference_has_no_difference_column(tmp_path):
     assert not any(cell.startswith("ΔQWK") for cell in header)
 
 
+def test_the_graders_training_ce_is_a_column_when_the_runs_recorded_it(tmp_path):
+    lines = _table(tmp_path)
+    assert "grader train CE" not in lines[4]  # older results.csv: no such column
+    recorded = FIXTURE.replace("psnr_lesion\n", "psnr_lesion,grader_train_ce\n")
+    recorded = "\n".join(
+        line
+        + (",1.609" if line.startswith("lr_cls") else ",0.9" if line.startswith("deep") else "")
+        for line in recorded.splitlines()
+    )
+    (tmp_path / "results.csv").write_text(recorded + "\n")
+    path = write_markdown(
+        read_results(tmp_path / "results.csv"), tmp_path / "t.md", "T", {"lr_cls": "b"}, "lr_cls"
+    )
+    lines = path.read_text().splitlines()
+    header = [cell.strip() for cell in lines[3].strip("|").split("|")]
+    assert header == table_columns("lr_cls", train_ce=True)
+    assert dict(zip(header, _cells(lines, "lr_cls")))["grader train CE"] == "1.61 ± 0.00"
+    assert dict(zip(header, _cells(lines, "deepmt_dr")))["grader train CE"] == "0.90 ± 0.00"
+    assert any("ln 5 = 1.61" in line for line in lines)
+
+
 def test_bar_chart_and_results_round_trip(tmp_path):
     fixture = tmp_path / "fixture.csv"
     fixture.write_text(FIXTURE)
@@ -175,6 +196,8 @@ def test_runner_skips_finished_rows_collects_tested_ones_and_resumes(tmp_path, m
     assert [row["row"] for row in read_results(out / "results.csv")] == ["lr_cls"]
     assert (out / "table.md").is_file() and (out / "table.png").stat().st_size > 0
     assert (out / "runs" / "lr_cls_seed0" / "metrics.json").is_file()
+    (recorded,) = read_results(out / "results.csv")
+    assert float(recorded["grader_train_ce"]) > 0  # the last cls epoch's train_ce of log.csv
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished row was trained again")
