@@ -82,6 +82,7 @@ def build_model(config: Config) -> DeepMTDR:
             imagenet_weights=model.imagenet_weights,
             cam_stages=model.cam_stages,
             grade_decoding=model.grade_decoding,
+            grader_input_size=model.grader_input_size,
         )
     except ImageNetWeightsError as error:
         raise ConfigError(str(error)) from None

@@ -147,6 +147,11 @@ def check_model(config: Config) -> None:
     _require(
         model.grader_width > 0, f"model.grader_width must be positive, got {model.grader_width}"
     )
+    size, hr = model.grader_input_size, config.data.hr_size
+    _require(
+        size == 0 or (0 < size <= hr and hr % size == 0),
+        f"model.grader_input_size must be 0 (the HR size) or divide data.hr_size={hr}, got {size}",
+    )
     _require(
         model.grader_width == 1.0 or model.grader != "chen_net",
         "model.grader_width: the chen_net grader has fixed widths; leave it 1",

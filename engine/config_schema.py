@@ -107,6 +107,10 @@ class ModelConfig:
     # convolutions cost width squared: the CPU demo's 0.5 is what makes it fit 9 minutes on an
     # AVX2-only CPU (docs/BENCHMARKS.md, "The demo"). ImageNet weights need 1.
     grader_width: float = 1.0
+    # The side the grader works at (0: the HR size). At HR 1024 a grader at 512 costs a quarter:
+    # the SR image is block-averaged and the lesion maps, segmented at full resolution, are
+    # max-pooled, so a microaneurysm of a few pixels still reaches it (models/deepmt_dr.py).
+    grader_input_size: int = 0
     # ImageNet initialisation of the grader's ResNet: a local torchvision .pth file, or "imagenet":
     # torchvision's IMAGENET1K_V1 weights from torch's hub cache (downloaded there when missing).
     imagenet_weights: str | None = None

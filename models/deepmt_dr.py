@@ -48,6 +48,7 @@ class DeepMTDR(nn.Module):
     instead of the fused multi-scale map. ``grade_decoding`` (models/ordinal.py): a grade is the
     argmax of the ``num_classes`` probabilities, or their expected grade cut at the buffer
     ``grade_thresholds`` ``[C-1]`` (saved with the weights; fitted on the training images).
+    ``grader_size``: the side the grader works at (:meth:`grader_input`); 0: the image's.
     """
 
     def __init__(
@@ -58,8 +59,11 @@ class DeepMTDR(nn.Module):
         cam_stages: str = "all",
         num_classes: int = 5,
         grade_decoding: str = "argmax",
+        grader_size: int = 0,
     ) -> None:
         super().__init__()
+        if grader_size < 0:
+            raise ValueError(f"grader_size must be >= 0 (0: the image's size), got {grader_size}")
         expected = seg.num_lesions if seg is not None else 0
         if grader.num_lesions != expected:
             raise ValueError(
@@ -77,6 +81,7 @@ class DeepMTDR(nn.Module):
         self.cam_stages = cam_stages
         self.cam_fusion = CAMFusion(num_stages=len(grader.stages()))
         self.grade_decoding = grade_decoding
+        self.grader_size = grader_size
         self.register_buffer("grade_thresholds", default_thresholds(num_classes))
 
     @property
@@ -98,9 +103,29 @@ class DeepMTDR(nn.Module):
             return image.new_zeros((image.shape[0], 0, *image.shape[-2:]))
         return self.seg(image)
 
+    def grader_input(self, image: torch.Tensor, lesion_logits: torch.Tensor) -> torch.Tensor:
+        """``[N,3+L,S,S]``: the image and its lesion probabilities as the grader sees them.
+
+        With ``grader_size`` S under the image's size (an integer factor k of it), the image is
+        averaged over k x k blocks and the lesion probabilities max-pooled: segmentation runs at
+        full resolution, where a microaneurysm is a few pixels, and a one-pixel lesion reaches
+        the grader at full strength while the grader costs k^2 times less.
+        """
+        probs = torch.sigmoid(lesion_logits)
+        size = image.shape[-1]
+        if not self.grader_size or self.grader_size >= size:
+            return torch.cat([image, probs], dim=1)
+        if image.shape[-2] % self.grader_size or size % self.grader_size:
+            raise ValueError(
+                f"the grader takes {self.grader_size} px: the image's {tuple(image.shape[-2:])} "
+                "must be a multiple of it"
+            )
+        factor = size // self.grader_size
+        return torch.cat([F.avg_pool2d(image, factor), F.max_pool2d(probs, factor)], dim=1)
+
     def grade_with_lesions(self, image: torch.Tensor, lesion_logits: torch.Tensor) -> GradeResult:
         """Grade ``image`` given its lesion logits (e.g. computed once under ``no_grad``)."""
-        grader_input = torch.cat([image, torch.sigmoid(lesion_logits)], dim=1)
+        grader_input = self.grader_input(image, lesion_logits)
         grade_logits, features = self.grader.forward_features(grader_input)
         return GradeResult(lesion_logits, grade_logits, features)
 

@@ -126,6 +126,7 @@ def deepmt_dr(
     imagenet_weights: str | None = None,
     cam_stages: str = "all",
     grade_decoding: str = "argmax",
+    grader_input_size: int = 0,
 ) -> nn.Module:
     """DeepMT-DR; the defaults are the paper's (x4, 32-channel ISR, U-Net ratio 4, ResNet-18).
 
@@ -162,4 +163,5 @@ def deepmt_dr(
         cam_stages=cam_stages,
         num_classes=num_classes,
         grade_decoding=grade_decoding,
+        grader_size=grader_input_size,
     )
