@@ -190,3 +190,17 @@ def test_each_section_check_rejects_a_bad_value_naming_the_key(check, key, bad):
     for checker in (check, validate):
         with pytest.raises(ConfigError, match=rf"^{re.escape(key)}\b.*{re.escape(shown)}"):
             checker(config)
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
+def test_every_shipped_preset_loads_and_builds_its_model(preset):
+    """Each preset of configs/ passes validation (a dataset preset with a data root) and its
+    networks build: a preset that a schema change broke fails here, not in a user's first run."""
+    from engine.builders import build_model
+
+    config = load_config(
+        CONFIG_DIR / preset, ["data.root=somewhere", "model.imagenet_weights=null"]
+    )
+    assert config.data.hr_size % config.data.scale == 0
+    model = build_model(config)
+    assert sum(p.numel() for p in model.parameters()) > 0
