@@ -244,6 +244,13 @@ def write_record(
     evaluation/prediction_csv.py), sorted by id, and write the provenance JSON, each atomically,
     the JSON last (a record counts only with both)."""
     table, meta = record_paths(records, row, fold, unit)
+    write_predictions_record(predictions, table)
+    write_atomic(meta, (json.dumps(provenance, indent=1, sort_keys=True) + "\n").encode())
+
+
+def write_predictions_record(predictions: Path, table: Path) -> None:
+    """test.py's per-image predictions, sorted by id, probabilities to 5 digits (small diffs in
+    git), written atomically to ``table``."""
     table.parent.mkdir(parents=True, exist_ok=True)
     rows = read_graded(predictions)
     if not rows.keys:
@@ -257,7 +264,6 @@ def write_record(
             writer.writerow(
                 [rows.keys[index], rows.reference[index], rows.predicted[index], *probs]
             )
-    write_atomic(meta, (json.dumps(provenance, indent=1, sort_keys=True) + "\n").encode())
 
 
 def train_to_end(config: Config, progress=None) -> Path:

@@ -34,6 +34,7 @@ from evaluation.cv_tables import (
 )
 from evaluation.demo_tables import demo_levers_table, demo_profile_table, demo_seeds_table
 from evaluation.formatting import format_number
+from evaluation.release_tables import run_record_table
 from evaluation.seed_tables import (
     SEED_METRICS,
     SEED_TABLES,
@@ -248,6 +249,7 @@ RENDERERS: dict[str, Renderer] = {
     "demo-seeds": demo_seeds_table,
     "demo-profile": demo_profile_table,
     "demo-levers": demo_levers_table,
+    "idrid-1024-run": lambda root: run_record_table(root, "docs/records/idrid_1024"),
     **{name: _seed_renderer(*source) for name, source in SEED_TABLES.items()},
 }
 

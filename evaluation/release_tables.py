@@ -1,0 +1,100 @@
+"""Tables of a recorded run (``scripts/record_run.py``): where its training time went and how
+its evaluations scored, grading with intervals, SR against bicubic and the lesion maps per lesion.
+Rendered into the docs by ``scripts/results_tables.py`` like every generated table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evaluation.formatting import format_number
+
+LESIONS = ("MA", "HE", "EX", "SE")
+
+
+def _interval(entry: dict | None, value: float | None = None) -> str:
+    if entry:
+        return f"{entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+    return format_number(value, ".3f", "—")
+
+
+def _stage_lines(record: dict) -> list[str]:
+    lines = ["| stage | epochs | wall min |", "|---|---|---|"]
+    total = 0.0
+    for stage, entry in record["stages"].items():
+        total += entry["seconds"]
+        lines.append(f"| {stage} | {entry['epochs']} | {entry['seconds'] / 60:.1f} |")
+    lines.append(f"| all | | **{total / 60:.1f}** |")
+    return lines
+
+
+def _psnr(sr: dict | None, key: str) -> str:
+    if not sr or key not in sr.get("sr", {}):
+        return "—"
+    return f"{sr['sr'][key]:.2f} ({sr['bicubic'][key]:.2f})"
+
+
+def _evaluation_lines(record: dict) -> list[str]:
+    header = (
+        "| evaluation | images | QWK [95% CI] | referable AUC [95% CI] | accuracy | "
+        "PSNR dB (bicubic) | lesion PSNR dB (bicubic) | "
+        + " | ".join(f"AUPR {lesion}" for lesion in (*LESIONS, "mean"))
+        + " |"
+    )
+    lines = [header, "|" + "---|" * (8 + len(LESIONS))]
+    for name, data in record["evaluations"].items():
+        grading, intervals = data["grading"], data.get("intervals") or {}
+        segmentation = data.get("segmentation") or {}
+        aupr = [
+            format_number(segmentation.get(lesion, {}).get("aupr"), ".3f", "—")
+            for lesion in (*LESIONS, "mean")
+        ]
+        lines.append(
+            f"| {name} ({data['input'].upper()} input{', flip TTA' if data['tta'] else ''}) "
+            f"| {grading['n']} | {_interval(intervals.get('qwk'), grading['qwk'])} "
+            f"| {_interval(intervals.get('referable_auc'), grading['referable_auc'])} "
+            f"| {grading['accuracy']:.3f} | {_psnr(data.get('sr'), 'psnr')} "
+            f"| {_psnr(data.get('sr'), 'psnr_lesion')} | " + " | ".join(aupr) + " |"
+        )
+    return lines
+
+
+def _confusion_lines(name: str, data: dict) -> list[str]:
+    matrix = data["grading"]["confusion"]
+    lines = [
+        f"Confusion matrix of `{name}` (rows: reference grade, columns: predicted):",
+        "",
+        "| | " + " | ".join(f"pred {k}" for k in range(len(matrix))) + " |",
+        "|---|" + "---|" * len(matrix),
+    ]
+    lines += [
+        f"| grade {k} | " + " | ".join(str(v) for v in row) + " |" for k, row in enumerate(matrix)
+    ]
+    return lines
+
+
+def run_record_table(root: Path, records: str) -> str:
+    """The stage-time table, the evaluations table and the first evaluation's confusion matrix of
+    the record in ``root / records``; a line saying so when there is none yet."""
+    path = root / records / "record.json"
+    if not path.is_file():
+        return f"No record yet (`python scripts/record_run.py RUN --out {records}`).\n"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    first = next(iter(record["evaluations"].items()))
+    lines = [
+        *_stage_lines(record),
+        "",
+        *_evaluation_lines(record),
+        "",
+        *_confusion_lines(*first),
+        "",
+        f"Run `{record['run']}` (config hash {record['config_hash']}), commit "
+        f"{record['commit'][:7]}, {record['cpu']}, {record['threads']} threads, torch "
+        f"{record['torch']}. 95% intervals: bootstrap over photographs (duplicate groups "
+        f"resampled whole). PSNR inside the field of view; lesion PSNR inside the dilated lesion "
+        f"masks; AUPR per lesion over the pixels of the images that have that lesion's mask. "
+        f"Source: `{records}/record.json` (per-image predictions beside it).",
+    ]
+    if record.get("note"):
+        lines.append(f"Note: {record['note']}")
+    return "\n".join(lines) + "\n"
