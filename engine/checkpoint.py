@@ -85,6 +85,9 @@ RESUME_MAY_CHANGE = frozenset(
         "train.checkpoint_every_minutes",
         "train.max_bad_steps",
         *(f"train.{stage}.epochs" for stage in STAGES),
+        # How often a stage validates: which epoch is "best" may differ, not what is learned.
+        "train.eval_every",
+        *(f"train.{stage}.eval_every" for stage in STAGES),
         # Speed switches: the same training within float tolerance ("auto" resolves per machine,
         # so a job requeued on another node may change them).
         "run.amp",

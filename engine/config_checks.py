@@ -221,6 +221,10 @@ def check_stage(stage: str, settings: StageConfig) -> None:
         crop is None or (crop >= 0 and crop % SEG_DIVISOR == 0),
         f"{key}.crop_size {crop} must be 0 or a positive multiple of {SEG_DIVISOR}",
     )
+    _require(
+        settings.eval_every is None or settings.eval_every >= 0,
+        f"{key}.eval_every must be >= 0 (0: never validate) or null, got {settings.eval_every}",
+    )
 
 
 def check_train(config: Config) -> None:

@@ -165,6 +165,10 @@ class StageConfig:
     # Steps per epoch of this stage (a random part of the training set, new each epoch);
     # 0 = train.max_steps_per_epoch, or the whole set.
     max_steps: int = 0
+    # Validate every N epochs of this stage (and after its last); None takes train.eval_every.
+    # A stage of many short epochs (idrid_1024's 300 seg epochs) would otherwise spend most of its
+    # time validating.
+    eval_every: int | None = None
 
 
 def _stage(**kwargs) -> Any:

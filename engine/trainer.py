@@ -414,7 +414,7 @@ class Trainer:
         for scheduler in progress.schedulers.values():
             scheduler.step()
         is_last = epoch + 1 == getattr(self.config.train, stage).epochs
-        every = self.config.train.eval_every
+        every = validation.eval_every(self.config.train, stage)
         if every == 0 and is_last:  # no validation at all: the stage's last weights go on
             validation.fit_stage_thresholds(self, stage)
         elif every > 0 and ((epoch + 1) % every == 0 or is_last):

@@ -38,6 +38,13 @@ def val_columns(metrics: dict) -> dict[str, float]:
     return row
 
 
+def eval_every(train, stage: str) -> int:
+    """How many epochs of ``stage`` between validations: ``train.<stage>.eval_every``, else
+    ``train.eval_every`` (0: never)."""
+    own = getattr(train, stage).eval_every
+    return train.eval_every if own is None else own
+
+
 def fits_thresholds(trainer: Trainer, stage: str) -> bool:
     return trainer.config.model.grade_decoding == "thresholds" and stage in ("cls", "joint")
 

@@ -231,6 +231,29 @@ def test_eval_every_zero_never_validates_but_still_fits_thresholds(tmp_path):
         load_config(None, [*TINY, "train.eval_every=-1"])
 
 
+def test_a_stage_eval_every_overrides_the_global_one(tmp_path):
+    """train.cls.eval_every=2 over train.eval_every=1: a 3-epoch stage validates after epochs 2
+    and 3 (its last) only; unset, the stage follows train.eval_every."""
+    config = load_config(
+        None,
+        [
+            *CLS_RUN,
+            f"run.out_dir={tmp_path}",
+            "run.name=every2",
+            "train.eval_every=1",
+            "train.cls.eval_every=2",
+            "train.cls.epochs=3",
+        ],
+    )
+    Trainer(config).fit()
+    lines = (config.run_dir / "log.csv").read_text().splitlines()
+    column = lines[0].split(",").index("val_qwk")
+    validated = [line.split(",")[column] != "" for line in lines[1:]]
+    assert validated == [False, True, True]
+    with pytest.raises(ConfigError, match="train.seg.eval_every must be >= 0"):
+        load_config(None, [*TINY, "train.seg.eval_every=-2"])
+
+
 # ----------------------------------------------------------------------------- carried with the model
 def test_thresholds_survive_save_load_export_and_reach_predict(tmp_path):
     checkpoint = tiny_checkpoint(
