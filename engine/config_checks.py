@@ -22,6 +22,7 @@ from engine.methods import METHODS
 from models.deepmt_dr import CAM_STAGES
 from models.grading import HEAD_ACTIVATIONS
 from models.isr import SUPPORTED_SCALES
+from models.losses import SEG_LOSSES
 from models.ordinal import GRADE_DECODINGS
 from models.registry import GRADERS, ISR_KINDS
 
@@ -187,6 +188,10 @@ def check_loss(config: Config) -> None:
     )
     _require(
         loss.ordinal_weight >= 0, f"loss.ordinal_weight must be >= 0, got {loss.ordinal_weight}"
+    )
+    _one_of("loss.seg_loss", loss.seg_loss, SEG_LOSSES)
+    _require(
+        loss.seg_pos_weight > 0, f"loss.seg_pos_weight must be positive, got {loss.seg_pos_weight}"
     )
     weights, classes = loss.class_weights, config.data.num_classes
     _require(

@@ -134,6 +134,10 @@ class LossConfig:
     pixel_weight: float = 1.0
     tv_weight: float = 1e-6
     seg_weight: float = 1.0
+    # The segmentation loss (models/losses.py): "dice_focal" (Dice + focal) or "dice_bce" (Dice +
+    # BCE with lesion pixels weighted seg_pos_weight).
+    seg_loss: str = "dice_focal"
+    seg_pos_weight: float = 10.0
     seg_aware_weight: float = 1.0
     task_aware_weight: float = 10.0
     cls_weight: float = 1.0

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 # ----------------------------------------------------------------- isr: ISR + segmentation on HR crops
 def step_isr(trainer: Trainer, batch: dict) -> dict[str, torch.Tensor]:
-    """SR pixel + TV into the ISR net; with lesions, Dice + focal on the SR image's lesion maps and
+    """SR pixel + TV into the ISR net; with lesions, the segmentation loss on the SR image's maps and
     the segmentation-aware loss (SR maps against the HR image's) into both nets."""
     weights, model = trainer.config.loss, trainer.model
     sr = model.isr(batch["lr"])
@@ -46,7 +46,13 @@ def step_isr(trainer: Trainer, batch: dict) -> dict[str, torch.Tensor]:
         sr_lesions = model.seg(sr)
         with torch.no_grad():
             hr_lesions = model.seg(batch["hr"])
-        losses["seg"] = segmentation_loss(sr_lesions, batch["masks"], batch["mask_valid"])
+        losses["seg"] = segmentation_loss(
+            sr_lesions,
+            batch["masks"],
+            batch["mask_valid"],
+            weights.seg_loss,
+            weights.seg_pos_weight,
+        )
         losses["seg_aware"] = seg_aware_loss(sr_lesions, hr_lesions)
         total = (
             total
@@ -77,9 +83,14 @@ def frozen_lesions(trainer: Trainer, batch: dict, image: torch.Tensor) -> torch.
 
 
 def step_seg(trainer: Trainer, batch: dict) -> dict[str, torch.Tensor]:
-    """Dice + focal of the segmentation net on the stage image."""
+    """Dice + focal (or + weighted BCE: loss.seg_loss) of the segmentation net on the stage image."""
+    weights = trainer.config.loss
     loss = segmentation_loss(
-        trainer.model.seg(stage_image(trainer, batch)), batch["masks"], batch["mask_valid"]
+        trainer.model.seg(stage_image(trainer, batch)),
+        batch["masks"],
+        batch["mask_valid"],
+        weights.seg_loss,
+        weights.seg_pos_weight,
     )
     trainer.scaler.scale(loss).backward()
     return {"loss": loss, "seg": loss}

@@ -72,11 +72,35 @@ def focal_loss(
     return (loss * weights).sum() / weights.sum().clamp_min(1)
 
 
-def segmentation_loss(
-    logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor
+def weighted_bce_loss(
+    logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, pos_weight: float
 ) -> torch.Tensor:
-    """Dice + focal on the lesion channels that have ground truth."""
-    return dice_loss(logits, masks, valid) + focal_loss(logits, masks, valid)
+    """Binary cross entropy with lesion pixels weighted ``pos_weight`` (the background 1), mean over
+    pixels of valid lesion channels: the segmentation literature's other answer to lesions that
+    cover 0.1% of a photograph."""
+    weight = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+    bce = F.binary_cross_entropy_with_logits(logits, masks, reduction="none", pos_weight=weight)
+    weights = _valid_weights(masks, valid)
+    return (bce.mean(dim=(2, 3)) * weights).sum() / weights.sum().clamp_min(1)
+
+
+SEG_LOSSES = ("dice_focal", "dice_bce")
+
+
+def segmentation_loss(
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    valid: torch.Tensor,
+    kind: str = "dice_focal",
+    pos_weight: float = 10.0,
+) -> torch.Tensor:
+    """Dice plus focal (``kind="dice_focal"``) or plus positive-weighted BCE (``"dice_bce"``) on
+    the lesion channels that have ground truth (``loss.seg_loss``, ``loss.seg_pos_weight``)."""
+    if kind == "dice_focal":
+        return dice_loss(logits, masks, valid) + focal_loss(logits, masks, valid)
+    if kind == "dice_bce":
+        return dice_loss(logits, masks, valid) + weighted_bce_loss(logits, masks, valid, pos_weight)
+    raise ValueError(f"segmentation loss {kind!r} is not one of {SEG_LOSSES}")
 
 
 def seg_aware_loss(sr_lesion_logits: torch.Tensor, hr_lesion_logits: torch.Tensor) -> torch.Tensor:

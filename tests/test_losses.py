@@ -1,5 +1,7 @@
 """Losses: the Dice optimum, invalid channels ignored, unknown grades ignored, class weights."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from models.losses import (
     seg_aware_loss,
     segmentation_loss,
     tv_loss,
+    weighted_bce_loss,
 )
 
 
@@ -34,8 +37,30 @@ def test_invalid_channels_are_ignored():
     logits = torch.randn(2, 4, 8, 8)
     changed = logits.clone()
     changed[:, 1] = 50  # garbage on the invalid channel only
-    for loss in (dice_loss, focal_loss, segmentation_loss):
+    weighted = partial(segmentation_loss, kind="dice_bce", pos_weight=7.0)
+    for loss in (dice_loss, focal_loss, segmentation_loss, weighted):
         torch.testing.assert_close(loss(logits, masks, valid), loss(changed, masks, valid))
+
+
+def test_weighted_bce_matches_torch_in_float64_and_weights_lesion_pixels():
+    masks, valid = _masks().double(), torch.ones(2, 4, dtype=torch.bool)
+    logits = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, masks, pos_weight=torch.tensor(5.0, dtype=torch.float64)
+    )
+    torch.testing.assert_close(weighted_bce_loss(logits, masks, valid, 5.0), expected)
+    # A missed lesion pixel costs pos_weight times a false alarm of the same confidence.
+    valid_one = torch.ones(1, 1, dtype=torch.bool)
+    lesion, background = torch.ones(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)
+    miss = weighted_bce_loss(torch.full((1, 1, 1, 1), -3.0), lesion, valid_one, 5.0)
+    alarm = weighted_bce_loss(torch.full((1, 1, 1, 1), 3.0), background, valid_one, 5.0)
+    torch.testing.assert_close(miss, 5 * alarm)
+    dice = dice_loss(logits, masks, valid)
+    torch.testing.assert_close(
+        segmentation_loss(logits, masks, valid, "dice_bce", 5.0), dice + expected
+    )
+    with pytest.raises(ValueError, match="not one of"):
+        segmentation_loss(logits, masks, valid, "bce")
 
 
 def test_focal_loss_down_weights_easy_pixels():
