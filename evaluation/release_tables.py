@@ -10,6 +10,7 @@ from pathlib import Path
 from evaluation.formatting import format_number
 
 LESIONS = ("MA", "HE", "EX", "SE")
+STAGE_ORDER = ("isr", "seg", "cls", "joint")  # the record's JSON keeps its keys sorted
 
 
 def _interval(entry: dict | None, value: float | None = None) -> str:
@@ -21,7 +22,8 @@ def _interval(entry: dict | None, value: float | None = None) -> str:
 def _stage_lines(record: dict) -> list[str]:
     lines = ["| stage | epochs | wall min |", "|---|---|---|"]
     total = 0.0
-    for stage, entry in record["stages"].items():
+    stages = sorted(record["stages"].items(), key=lambda item: STAGE_ORDER.index(item[0]))
+    for stage, entry in stages:
         total += entry["seconds"]
         lines.append(f"| {stage} | {entry['epochs']} | {entry['seconds'] / 60:.1f} |")
     lines.append(f"| all | | **{total / 60:.1f}** |")
@@ -42,7 +44,7 @@ def _evaluation_lines(record: dict) -> list[str]:
         + " |"
     )
     lines = [header, "|" + "---|" * (8 + len(LESIONS))]
-    for name, data in record["evaluations"].items():
+    for name, data in _evaluations(record):
         grading, intervals = data["grading"], data.get("intervals") or {}
         segmentation = data.get("segmentation") or {}
         aupr = [
@@ -57,6 +59,13 @@ def _evaluation_lines(record: dict) -> list[str]:
             f"| {_psnr(data.get('sr'), 'psnr_lesion')} | " + " | ".join(aupr) + " |"
         )
     return lines
+
+
+def _evaluations(record: dict) -> list[tuple[str, dict]]:
+    """The evaluations, the system's (LR input) before the HR upper bound's."""
+    return sorted(
+        record["evaluations"].items(), key=lambda item: (item[1]["input"] != "lr", item[0])
+    )
 
 
 def _confusion_lines(name: str, data: dict) -> list[str]:
@@ -80,7 +89,7 @@ def run_record_table(root: Path, records: str) -> str:
     if not path.is_file():
         return f"No record yet (`python scripts/record_run.py RUN --out {records}`).\n"
     record = json.loads(path.read_text(encoding="utf-8"))
-    first = next(iter(record["evaluations"].items()))
+    first = _evaluations(record)[0]
     lines = [
         *_stage_lines(record),
         "",
@@ -88,7 +97,7 @@ def run_record_table(root: Path, records: str) -> str:
         "",
         *_confusion_lines(*first),
         "",
-        f"Run `{record['run']}` (config hash {record['config_hash']}), commit "
+        f"Run `{record['run']}` (config hash {record['config_hash']}), recorded at commit "
         f"{record['commit'][:7]}, {record['cpu']}, {record['threads']} threads, torch "
         f"{record['torch']}. 95% intervals: bootstrap over photographs (duplicate groups "
         f"resampled whole). PSNR inside the field of view; lesion PSNR inside the dilated lesion "
