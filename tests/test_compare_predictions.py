@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +12,11 @@ import pytest
 
 from data.records import DataError
 from data.splits import SplitSettings, write_split_file
+from engine.cli import run_cli
 from evaluation.intervals import summary_metrics
 from evaluation.paired_compare import align, compare, held_out
 from evaluation.prediction_csv import GradedRows, read_graded
-
-ROOT = Path(__file__).resolve().parents[1]
+from scripts.compare_predictions import main as compare_main
 
 
 def write_test_csv(path: Path, ids, grades, probs) -> Path:
@@ -113,34 +111,18 @@ def test_held_out_drops_every_copy_of_a_photograph_trained_on():
     assert held_out(["x2", "y"], [new], groups) == {"x2", "y"}
 
 
-def test_cli_prints_the_table_writes_json_and_applies_held_out(two_models, tmp_path):
+def test_cli_prints_the_table_writes_json_and_applies_held_out(two_models, tmp_path, capsys):
     good, weak, ids, _ = two_models
     split = tmp_path / "split.csv"
     roles = {key: ("train" if i < 30 else "val") for i, key in enumerate(ids)}
     write_split_file(split, "idrid", roles, SplitSettings())
     out = tmp_path / "cmp.json"
-    command = [sys.executable, str(ROOT / "scripts/compare_predictions.py"), str(good), str(weak)]
-    done = subprocess.run(
-        [
-            *command,
-            "--names",
-            "big,small",
-            "--held-out",
-            str(split),
-            "--json",
-            str(out),
-            "--resamples",
-            "200",
-            "--groups",
-            str(tmp_path / "none.csv"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "| qwk |" in done.stdout and "big minus small" in done.stdout
-    numbers = json.loads(out.read_text())
-    assert numbers["images"] == 29  # ids 30..58 (59 has no reference in B)
-    bad = subprocess.run([*command, "--names", "one"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--names needs two" in bad.stderr
+    arguments = [str(good), str(weak), "--names", "big,small", "--held-out", str(split)]
+    arguments += ["--json", str(out), "--resamples", "200", "--groups", str(tmp_path / "no.csv")]
+    assert run_cli(compare_main, arguments) == 0
+    shown = capsys.readouterr().out
+    assert "| qwk |" in shown and "big minus small" in shown
+    assert json.loads(out.read_text())["images"] == 29  # ids 30..58 (59 has no reference in B)
+    with pytest.raises(SystemExit):
+        compare_main([str(good), str(weak), "--names", "one"])
+    assert "--names needs two" in capsys.readouterr().err

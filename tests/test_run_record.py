@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from data.records import DataError
+from engine.cli import run_cli
 from engine.config import load_config, save_config
 from engine.output_names import predictions_file
 from engine.run_record import evaluation_name, stage_times, write_run_record
 from evaluation.release_tables import run_record_table
-
-ROOT = Path(__file__).resolve().parents[1]
+from scripts.record_run import main as record_main
 
 
 def make_run(folder: Path, tta: bool = True) -> Path:
@@ -113,30 +111,12 @@ def test_evaluation_names():
     assert evaluation_name(Path("metrics.json")) == "test"
 
 
-def test_cli_records_every_metrics_file(tmp_path):
+def test_cli_records_every_metrics_file(tmp_path, capsys):
+    """In process (scripts/record_run.py's main under run_cli): a subprocess would cost the
+    suite a torch import."""
     run = make_run(tmp_path / "run")
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts/record_run.py"),
-            str(run),
-            "--out",
-            str(tmp_path / "r"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "r" / "record.json").is_file() and "metrics_val_lr_tta.json" in done.stdout
-    missing = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts/record_run.py"),
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert missing.returncode == 2 and "not a run folder" in missing.stderr
+    assert run_cli(record_main, [str(run), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "record.json").is_file()
+    assert "metrics_val_lr_tta.json" in capsys.readouterr().out
+    assert run_cli(record_main, [str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
