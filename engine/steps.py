@@ -254,8 +254,13 @@ def step_joint(trainer: Trainer, batch: dict) -> dict[str, torch.Tensor]:
     losses = {**grading_parts, **isr_losses}
     isr_total = sum(terms.values())
     # Two gradients, both computed before any step.
-    isr_grads = torch.autograd.grad(scaler.scale(isr_total), isr_params, retain_graph=True)
-    grader_grads = torch.autograd.grad(scaler.scale(weights.cls_weight * grading), grader_params)
+    isr_grads = torch.autograd.grad(
+        scaler.scale(isr_total), isr_params, retain_graph=bool(grader_params)
+    )
+    grader_grads = ()  # train.joint.lr_cls=0 freezes the grader: nothing to differentiate
+    if grader_params:
+        grading_total = scaler.scale(weights.cls_weight * grading)
+        grader_grads = torch.autograd.grad(grading_total, grader_params)
     for param, grad in zip(isr_params + grader_params, isr_grads + grader_grads):
         param.grad = grad
     return {"loss": isr_total, **losses}

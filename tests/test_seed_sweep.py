@@ -86,6 +86,37 @@ def test_a_zero_learning_rate_freezes_that_sub_net_in_the_stage():
         load_config(None, [*TINY, "train.joint.lr_cls=-1"])
 
 
+@pytest.mark.parametrize("override, frozen", [("lr_cls", "grader"), ("lr_isr", "isr")])
+def test_a_joint_stage_with_a_frozen_sub_net_trains_and_leaves_it_unchanged(
+    tmp_path, override, frozen
+):
+    """The sweep's frozen_w* and isr_frozen arms: the joint step runs (a frozen grader once made
+    autograd.grad fail on an empty parameter list) and the frozen net's weights do not move."""
+    from engine.trainer import Trainer
+
+    config = load_config(
+        None,
+        [
+            *TINY,
+            "train.stage=joint",
+            "train.joint.epochs=1",
+            "train.eval_every=0",
+            f"train.joint.{override}=0",
+            f"run.out_dir={tmp_path}",
+            f"run.name={frozen}",
+        ],
+    )
+    trainer = Trainer(config)
+    start = {k: v.clone() for k, v in getattr(trainer.model, frozen).state_dict().items()}
+    moving = "isr" if frozen == "grader" else "grader"
+    other = {k: v.clone() for k, v in getattr(trainer.model, moving).state_dict().items()}
+    trainer.fit()
+    after = getattr(trainer.model, frozen).state_dict()
+    assert all(torch.equal(start[k], after[k]) for k in start)
+    moved = getattr(trainer.model, moving).state_dict()
+    assert any(not torch.equal(other[k], moved[k]) for k in other)
+
+
 def test_sweep_table_pairs_arms_by_seed(tmp_path):
     from scipy import stats
 
