@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.formatting import format_interval
 from evaluation.prediction_csv import read_graded
 from evaluation.statistics import (
     bootstrap_intervals,
@@ -123,10 +124,6 @@ def pool(records: dict[int, FoldRecord], folds: list[int]) -> Pooled:
     )
 
 
-def _interval(entry: dict, digits: int = 3) -> str:
-    return f"{entry['value']:.{digits}f} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
-
-
 def _difference(entry: dict) -> str:
     return f"{entry['difference']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}], p = {entry['p_value']:.3f}"
 
@@ -213,7 +210,7 @@ def markdown(summary: dict, rows: dict[str, str], reference: str) -> str:
         sd = "" if np.isnan(spread["sd"]) else f" ± {spread['sd']:.3f}"
         lines.append(
             f"| {row} | "
-            + " | ".join(_interval(entry["intervals"][m]) for m in SHOWN)
+            + " | ".join(format_interval(entry["intervals"][m]) for m in SHOWN)
             + f" | {spread['mean']:.3f}{sd} |"
         )
     lines += [

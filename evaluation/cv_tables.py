@@ -14,7 +14,7 @@ import yaml
 from data.duplicates import read_groups
 from data.splits import read_folds_file
 from evaluation.cv_results import markdown, study_summary
-from evaluation.formatting import format_number
+from evaluation.formatting import format_interval, format_number
 
 CV_STUDY = "scripts/idrid_cv.yaml"
 CV_RECORDS = "docs/records/idrid_cv"
@@ -133,10 +133,7 @@ def cv_answer(
         where = f"On all {summary['images']} held-out photographs of the {k} folds"
     rows = summary["rows"]
     qwk = {row: rows[row]["intervals"]["qwk"] for row in (reference, baseline) if row in rows}
-    pooled = ", ".join(
-        f"`{row}` {entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
-        for row, entry in qwk.items()
-    )
+    pooled = ", ".join(f"`{row}` {format_interval(entry)}" for row, entry in qwk.items())
     main = summary["differences"][baseline]["qwk"]
     reading = {
         "better": "DeepMT-DR **beats** grading the LR photograph directly",

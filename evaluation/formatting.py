@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["format_number", "json_safe", "parse_number"]
+__all__ = ["format_interval", "format_number", "json_safe", "parse_number"]
 
 
 def format_number(value: float | int | None, spec: str, missing: str = "") -> str:
@@ -18,6 +18,11 @@ def format_number(value: float | int | None, spec: str, missing: str = "") -> st
     if value is None or math.isnan(value):
         return missing
     return format(value, spec)
+
+
+def format_interval(entry: dict, digits: int = 3) -> str:
+    """``value [low, high]`` of a bootstrap interval entry (``evaluation/intervals.py``)."""
+    return f"{entry['value']:.{digits}f} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
 
 
 def parse_number(text: str | None) -> float | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data.records import DataError
+from evaluation.formatting import format_interval
 from evaluation.intervals import METRICS, bootstrap_intervals, paired_difference
 from evaluation.prediction_csv import GradedRows
 
@@ -130,9 +131,6 @@ def compare(
 def markdown(result: dict, names: tuple[str, str]) -> str:
     """One table: metric, each model's value [95% interval], the difference [interval], p."""
 
-    def interval(entry: dict) -> str:
-        return f"{entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
-
     a, b = names
     lines = [
         f"| metric | {a} | {b} | {a} minus {b} | p |",
@@ -141,7 +139,7 @@ def markdown(result: dict, names: tuple[str, str]) -> str:
     for metric in METRICS:
         d = result["difference"][metric]
         lines.append(
-            f"| {metric} | {interval(result['a'][metric])} | {interval(result['b'][metric])} | "
+            f"| {metric} | {format_interval(result['a'][metric])} | {format_interval(result['b'][metric])} | "
             f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {d['p_value']:.3f} |"
         )
     lines.append("")

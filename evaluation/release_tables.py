@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evaluation.formatting import format_number
+from data.records import LESIONS
+from evaluation.formatting import format_interval, format_number
 
-LESIONS = ("MA", "HE", "EX", "SE")
 STAGE_ORDER = ("isr", "seg", "cls", "joint")  # the record's JSON keeps its keys sorted
 
 
 def _interval(entry: dict | None, value: float | None = None) -> str:
-    if entry:
-        return f"{entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
-    return format_number(value, ".3f", "—")
+    """The value with its interval; the bare value where the evaluation has no interval."""
+    return format_interval(entry) if entry else format_number(value, ".3f", "—")
 
 
 def _stage_lines(record: dict) -> list[str]:
