@@ -4,7 +4,7 @@ Each seed trains ``configs/demo.yaml`` with ``run.seed=S`` in a fresh process (s
 applies from torch's import), tests the final checkpoint on the embedded test split, and writes a
 small record::
 
-    <records>/<kernels>_<cpu slug>/seed<S>.json   wall times, the profile, test metrics, provenance
+    <records>/<kernels>_<cpu slug>-<cpu kind>/seed<S>.json   wall times, profile, test metrics, provenance
 
 ``--kernels avx2`` caps PyTorch's and oneDNN's kernels at AVX2 (``ATEN_CPU_CAPABILITY=avx2``,
 ``ONEDNN_MAX_CPU_ISA=AVX2``), which is how a CPU with AVX-512 stands in for the AVX2-only kind:
@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.cv_study import machine_provenance  # noqa: E402
+from engine.runtime import cpu_flags  # noqa: E402
+from evaluation.demo_tables import cpu_kind  # noqa: E402
 
 AVX2_CAP = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 RENDERED = re.compile(r"rendered (\d+) synthetic (\w+) samples in ([\d.]+) s")
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args(argv)
     cpu = machine_provenance()["cpu"]
-    folder = Path(args.records) / f"{args.kernels}_{cpu_slug(cpu)}"
+    folder = Path(args.records) / f"{args.kernels}_{cpu_slug(f'{cpu} {cpu_kind(cpu_flags())}')}"
     for seed in args.seeds:
         record_path = folder / f"seed{seed}.json"
         if record_path.is_file():

@@ -409,6 +409,17 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
     )  # checked above; strict=False lets OPTIONAL_TENSORS be absent
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a model state's tensors (names, dtypes, shapes, values; sorted by name), which
+    says whether two runs started from the same weights whatever file or machine holds them."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def rng_state() -> dict[str, Any]:
     """RNG states of python, numpy and torch (CPU and CUDA), as tensors and plain types."""
     state = {

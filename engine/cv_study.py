@@ -140,6 +140,7 @@ def machine_provenance() -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_flags": [flag for flag in CPU_FLAGS_NOTED if flag in cpu_flags()],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # "AVX2" where capped
     }
 
 

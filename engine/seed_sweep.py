@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from engine.checkpoint import load_checkpoint, weights_digest
 from engine.config import Config, ConfigError, load_config
 from engine.cv_study import (
     ROOT,
@@ -174,6 +175,8 @@ class SweepRunner:
             **machine_provenance(),
             "wall_seconds": round(time.time() - started, 1),
             "base_wall_seconds": round(base_seconds, 1),  # when this call trained the base run
+            # Arms are paired by seed only where they started from the same base weights.
+            "base_weights_sha256": weights_digest(load_checkpoint(source)["model"]),
         }
         write_record(self.records, arm, seed, predictions, provenance, UNIT)
         self.done.append(f"{arm}/seed{seed}")

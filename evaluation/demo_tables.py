@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 DEMO_RECORDS = "docs/records/demo"
@@ -26,10 +26,27 @@ def demo_records(root: Path, records: str = DEMO_RECORDS) -> dict[str, list[dict
     return found
 
 
+def cpu_kind(flags: Iterable[str]) -> str:
+    """The CPU kind that decides training speed, by its widest vector and bf16 units (the kinds
+    the project's machines come in): "AMX", "AVX-512 BF16", "AVX-512", "AVX2 only" or "no AVX2"."""
+    flags = set(flags)
+    for flag, kind in (
+        ("amx_bf16", "AMX"),
+        ("avx512_bf16", "AVX-512 BF16"),
+        ("avx512f", "AVX-512"),
+        ("avx2", "AVX2 only"),
+    ):
+        if flag in flags:
+            return kind
+    return "no AVX2"
+
+
 def _kind(runs: list[dict]) -> str:
     first = runs[0]
     kernels = "kernels capped at AVX2" if first["kernels"] == "avx2" else "its own kernels"
-    return f"{first['cpu']}, {kernels} ({first['precision']})"
+    return (
+        f"{first['cpu']} ({cpu_kind(first.get('cpu_flags', []))}), {kernels} ({first['precision']})"
+    )
 
 
 def _spread(values: list[float], digits: int) -> str:

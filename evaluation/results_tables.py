@@ -32,7 +32,12 @@ from evaluation.cv_tables import (
     recorded_folds,
     verdict,
 )
-from evaluation.demo_tables import demo_levers_table, demo_profile_table, demo_seeds_table
+from evaluation.demo_tables import (
+    cpu_kind,
+    demo_levers_table,
+    demo_profile_table,
+    demo_seeds_table,
+)
 from evaluation.formatting import format_number
 from evaluation.release_tables import run_record_table
 from evaluation.seed_tables import (
@@ -186,6 +191,16 @@ def paired_t_interval(
     return mean - half, mean + half
 
 
+def _machine(record: dict) -> str:
+    return f"{record['cpu']} ({cpu_kind(record.get('cpu_flags', []))})"
+
+
+def same_base(record: dict, other: dict) -> bool:
+    """Whether two arms of a seed started from the same base weights: their recorded digests agree,
+    or neither has one (the first records, whose arms all shared one base run in one session)."""
+    return record.get("base_weights_sha256") == other.get("base_weights_sha256")
+
+
 def sweep_table(root: Path, sweep: str = SWEEP, records: str = SWEEP_RECORDS) -> str:
     """One row per arm: seeds, QWK, the paired QWK difference against the arm it is compared
     with (mean and 95% t-interval over the seeds both have), PSNR, lesion PSNR, CAM agreement
@@ -206,7 +221,11 @@ def sweep_table(root: Path, sweep: str = SWEEP, records: str = SWEEP_RECORDS) ->
         against = values.get("against")
         difference = "—"
         if against:
-            common = sorted(set(runs) & set(found.get(against, {})))
+            common = [
+                seed
+                for seed in sorted(set(runs) & set(found.get(against, {})))
+                if same_base(runs[seed], found[against][seed])
+            ]
             deltas = [
                 runs[s]["metrics"]["qwk"] - found[against][s]["metrics"]["qwk"] for s in common
             ]
@@ -230,8 +249,10 @@ def sweep_table(root: Path, sweep: str = SWEEP, records: str = SWEEP_RECORDS) ->
         if not every
         else f"\n{len(every)} runs recorded (commit(s) "
         + ", ".join(sorted({record["commit"][:7] for record in every}))
-        + f"; {every[0]['cpu']}, {statistics.fmean(r['wall_seconds'] for r in every) / 60:.1f} min "
-        f"per arm run). `python scripts/task_aware_sweep.py`; records: `{records}/`.\n"
+        + f"; {', '.join(sorted({_machine(record) for record in every}))}, "
+        f"{statistics.fmean(r['wall_seconds'] for r in every) / 60:.1f} min per arm run). "
+        "Arms are paired by seed only where both started from the same base weights "
+        f"(`base_weights_sha256`). `python scripts/task_aware_sweep.py`; records: `{records}/`.\n"
     )
     return "\n".join(rows) + "\n" + note
 

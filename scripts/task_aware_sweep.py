@@ -4,7 +4,8 @@
     python scripts/task_aware_sweep.py --arms l1_w0,l1_w10 --seeds 0 # some of them
     python scripts/task_aware_sweep.py --list                        # what is left, without training
 
-Arms and settings: scripts/task_aware_sweep.yaml (the embedded data: no dataset needed). Each
+Arms and settings: scripts/task_aware_sweep.yaml (the embedded data: no dataset needed; fp32 on
+AVX2 kernels, so a seed's base run is the same on every machine). Each
 finished (arm, seed) writes its record under docs/records/task_aware_sweep/<arm>/ (commit it); a
 record already there is skipped. Checkpoints go to --out (runs/task_aware_sweep), never committed.
 Tables: python scripts/results_tables.py.
@@ -13,11 +14,18 @@ Tables: python scripts/results_tables.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+# Before torch loads: AVX2 kernels on every CPU kind, so that a seed's base run (fp32, one thread,
+# scripts/task_aware_sweep.yaml) is bitwise the same on any machine; DEEPMTDR_NATIVE_KERNELS=1 opts out.
+if os.environ.get("DEEPMTDR_NATIVE_KERNELS") != "1":
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 from engine.cli import run_cli  # noqa: E402
 from engine.cv_study import choose_names  # noqa: E402

@@ -1,6 +1,15 @@
 """Shared fixtures: a tiny CPU configuration so end-to-end runs take seconds."""
 
+import os
+
 import pytest
+import torch
+
+# pyproject's addopts run the suite in two pytest-xdist workers (the tests' tiny tensors keep only
+# one core busy per process). Each worker then computes on one thread: OpenMP threads of two
+# processes spinning against each other on two cores make a run several times slower.
+THREADS = 1 if "PYTEST_XDIST_WORKER" in os.environ else 2
+torch.set_num_threads(THREADS)
 
 TINY = [
     "data.hr_size=64",
@@ -13,7 +22,7 @@ TINY = [
     "model.isr_blocks=1",
     "model.seg_width=0.25",
     "model.grader_hidden=32",
-    "run.threads=2",
+    f"run.threads={THREADS}",
     # The plain fp32 path on every CPU kind (run.amp=auto would pick bf16 only on some).
     "run.amp=false",
     "run.channels_last=false",

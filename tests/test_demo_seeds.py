@@ -46,14 +46,15 @@ def test_seed_table_gives_min_median_max_per_cpu_kind(tmp_path):
         (2, 0.76, 34.0, 330),
     ):
         _write(tmp_path, "avx2_test-cpu", _record(seed, "avx2", qwk, psnr, seconds))
-    _write(tmp_path, "native_test-cpu", _record(0, "native", 0.9, 33.5, 200))
+    native = {**_record(0, "native", 0.9, 33.5, 200), "cpu_flags": ["avx2"]}
+    _write(tmp_path, "native_test-cpu-avx2-only", native)
     table = demo_seeds_table(tmp_path)
     avx2 = next(line for line in table.splitlines() if "capped at AVX2" in line)
     assert "| 0, 1, 2 |" in avx2
     assert "0.700 / 0.760 / 0.800" in avx2  # never the best run alone
     assert "5.0 / 5.5 / 6.0" in avx2  # training minutes
     assert "2.00 / 3.00 / 4.00" in avx2  # SR minus bicubic
-    native = next(line for line in table.splitlines() if "its own kernels" in line)
+    native = next(line for line in table.splitlines() if "(AVX2 only), its own kernels" in line)
     assert "| 0.900 |" in native  # one seed: the value, no range
 
 
@@ -82,6 +83,16 @@ def test_profile_is_read_from_the_run_log_and_csv(tmp_path):
     )
     assert demo_seeds.log_profile(text) == {"render": 15.0, "cache": 13.4}
     assert demo_seeds.cpu_slug("AMD EPYC 9R14 96-Core") == "amd-epyc-9r14-96-core"
+
+
+def test_cpu_kind_names_the_widest_units():
+    from evaluation.demo_tables import cpu_kind
+
+    assert cpu_kind(["avx2", "avx512f", "avx512_bf16", "amx_bf16"]) == "AMX"
+    assert cpu_kind(["avx2", "avx512f", "avx512_bf16"]) == "AVX-512 BF16"
+    assert cpu_kind(["avx2", "avx512f"]) == "AVX-512"
+    assert cpu_kind(["avx2"]) == "AVX2 only"
+    assert cpu_kind([]) == "no AVX2"
 
 
 def test_runner_records_a_seed_and_skips_it_next_time(tmp_path, tiny_overrides, capsys):

@@ -99,7 +99,9 @@ def test_the_joint_terms_gradients_add_up_to_the_joint_steps_isr_gradient(tmp_pa
             atol=1e-5 * float(want.abs().max()),
         )
     got = flatten([sum(parts[index] for parts in grads.values()) for index in range(len(expected))])
-    assert float((got - flatten(expected)).norm()) <= 1e-5 * float(flatten(expected).norm())
+    # Each weight gradient sums ~10^5 float32 products (batch x pixels): rounding in another
+    # order reaches about sqrt(10^5) x 6e-8 = 2e-5 of the norm; a missing or doubled term is ~1.
+    assert float((got - flatten(expected)).norm()) <= 1e-4 * float(flatten(expected).norm())
     assert all(float(flatten(parts).norm()) > 0 for parts in grads.values())
 
 

@@ -62,6 +62,8 @@ def test_arms_of_a_seed_start_from_one_base_run_and_leave_records(tmp_path):
     for key, value in init_a["model"].items():  # paired: both arms start from the same weights
         assert torch.equal(value, init_b["model"][key]), key
     assert first["config_hash"] != second["config_hash"]
+    assert len(first["base_weights_sha256"]) == 64  # the table pairs arms on it
+    assert first["base_weights_sha256"] == second["base_weights_sha256"]
     meta = json.loads((records / "b" / "seed0.json").read_text())
     assert meta["seed"] == 0 and meta["arm"] == "b"
     assert set(meta["metrics"]) >= {"qwk", "psnr", "psnr_bicubic", "psnr_lesion"}
@@ -144,3 +146,25 @@ def test_sweep_table_pairs_arms_by_seed(tmp_path):
     row = next(line for line in table.splitlines() if line.startswith("| b |"))
     assert f"+0.030 ({0.03 - half:+.3f}, {0.03 + half:+.3f}), 3 seeds" in row
     assert "| a | 3 | 0.550 | — | — |" in table and "6 runs recorded" in table
+    # A seed whose two arms started from different base weights is not a pair.
+    for arm, digest in (("a", "1" * 64), ("b", "2" * 64)):
+        path = tmp_path / "records" / arm / "seed2.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "base_weights_sha256": digest}))
+    row = next(
+        line
+        for line in sweep_table(tmp_path, "sweep.yaml", "records").splitlines()
+        if line.startswith("| b |")
+    )
+    assert "+0.020 (" in row and "2 seeds" in row
+
+
+def test_weights_digest_sees_every_value_name_and_dtype():
+    from engine.checkpoint import weights_digest
+
+    state = {"a.weight": torch.arange(6.0).reshape(2, 3), "b.bias": torch.zeros(2)}
+    digest = weights_digest(state)
+    assert digest == weights_digest({key: value.clone() for key, value in reversed(state.items())})
+    changed = {**state, "b.bias": torch.tensor([0.0, 1e-7])}
+    renamed = {"a.weight": state["a.weight"], "c.bias": state["b.bias"]}
+    double = {**state, "b.bias": state["b.bias"].double()}
+    assert len({digest, *(weights_digest(s) for s in (changed, renamed, double))}) == 4
