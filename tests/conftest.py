@@ -11,27 +11,6 @@ import torch
 THREADS = 1 if "PYTEST_XDIST_WORKER" in os.environ else 2
 torch.set_num_threads(THREADS)
 
-# The files whose tests take longest (subprocesses, torchrun, the notebook, the ONNX export;
-# `--durations=30`, docs/BENCHMARKS.md "The test suite"). They go first, so that neither worker
-# is left with one of them at the end while the other idles (with --no-loadscope-reorder, xdist
-# hands out files in this order).
-SLOW_FIRST = (
-    "test_saliency_cli.py",
-    "test_onnx_export.py",
-    "test_distributed.py",
-    "test_demo_seeds.py",
-    "test_tables.py",
-    "test_reliability.py",
-    "test_bench_speed.py",
-    "test_fast_paths.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: index for index, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: others keep order
-
-
 TINY = [
     "data.hr_size=64",
     "data.n_train=8",
