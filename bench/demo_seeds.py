@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.cv_study import machine_provenance  # noqa: E402
+from engine.kernel_cap import AVX2_CAP  # noqa: E402
 from engine.runtime import cpu_flags  # noqa: E402
 from evaluation.demo_tables import cpu_kind  # noqa: E402
 
-AVX2_CAP = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 RENDERED = re.compile(r"rendered (\d+) synthetic (\w+) samples in ([\d.]+) s")
 CACHED = re.compile(r"cached the frozen nets' outputs of \d+ \w+ images in ([\d.]+) s")
 SPEED = re.compile(r"speed: (run\.amp=\S+), .*")

@@ -41,12 +41,15 @@ def cpu_kind(flags: Iterable[str]) -> str:
     return "no AVX2"
 
 
+def machine_label(record: dict) -> str:
+    """``CPU model (kind)`` of a record that holds ``cpu`` and ``cpu_flags``."""
+    return f"{record['cpu']} ({cpu_kind(record.get('cpu_flags', []))})"
+
+
 def _kind(runs: list[dict]) -> str:
     first = runs[0]
     kernels = "kernels capped at AVX2" if first["kernels"] == "avx2" else "its own kernels"
-    return (
-        f"{first['cpu']} ({cpu_kind(first.get('cpu_flags', []))}), {kernels} ({first['precision']})"
-    )
+    return f"{machine_label(first)}, {kernels} ({first['precision']})"
 
 
 def _spread(values: list[float], digits: int) -> str:

@@ -33,10 +33,10 @@ from evaluation.cv_tables import (
     verdict,
 )
 from evaluation.demo_tables import (
-    cpu_kind,
     demo_levers_table,
     demo_profile_table,
     demo_seeds_table,
+    machine_label,
 )
 from evaluation.formatting import format_number
 from evaluation.release_tables import run_record_table
@@ -191,10 +191,6 @@ def paired_t_interval(
     return mean - half, mean + half
 
 
-def _machine(record: dict) -> str:
-    return f"{record['cpu']} ({cpu_kind(record.get('cpu_flags', []))})"
-
-
 def same_base(record: dict, other: dict) -> bool:
     """Whether two arms of a seed started from the same base weights: their recorded digests agree,
     or neither has one (the first records, whose arms all shared one base run in one session)."""
@@ -249,7 +245,7 @@ def sweep_table(root: Path, sweep: str = SWEEP, records: str = SWEEP_RECORDS) ->
         if not every
         else f"\n{len(every)} runs recorded (commit(s) "
         + ", ".join(sorted({record["commit"][:7] for record in every}))
-        + f"; {', '.join(sorted({_machine(record) for record in every}))}, "
+        + f"; {', '.join(sorted({machine_label(record) for record in every}))}, "
         f"{statistics.fmean(r['wall_seconds'] for r in every) / 60:.1f} min per arm run). "
         "Arms are paired by seed only where both started from the same base weights "
         f"(`base_weights_sha256`). `python scripts/task_aware_sweep.py`; records: `{records}/`.\n"

@@ -23,9 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 # Before torch loads: AVX2 kernels on every CPU kind, so that a seed's base run (fp32, one thread,
 # scripts/task_aware_sweep.yaml) is bitwise the same on any machine; DEEPMTDR_NATIVE_KERNELS=1 opts out.
+from engine.kernel_cap import cap_kernels_at_avx2  # noqa: E402  (imports no torch)
+
 if os.environ.get("DEEPMTDR_NATIVE_KERNELS") != "1":
-    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
-    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+    cap_kernels_at_avx2()
 
 from engine.cli import run_cli  # noqa: E402
 from engine.cv_study import choose_names  # noqa: E402

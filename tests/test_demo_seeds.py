@@ -152,3 +152,12 @@ def test_levers_table_lists_each_run_with_its_overrides(tmp_path):
     )  # the unchanged preset first
     assert "`model.grader_width=0.5`" in lines[3] and "| 0.70, 0.80 |" in lines[3]
     assert "| 10.0 (idle) |" in lines[2]
+
+
+def test_kernel_cap_sets_avx2_where_nothing_else_is_asked_for():
+    from engine.kernel_cap import AVX2_CAP, cap_kernels_at_avx2
+
+    environ = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
+    cap_kernels_at_avx2(environ)
+    assert environ == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
+    assert set(AVX2_CAP) == set(environ)
