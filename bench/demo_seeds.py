@@ -144,6 +144,36 @@ def run_seed(seed: int, kernels: str, out: Path, record_path: Path, overrides: l
     return record
 
 
+def val_qwk_by_epoch(log_csv: Path, stage: str) -> list[float]:
+    """Validation QWK of each validated epoch of ``stage`` in a run's ``log.csv``."""
+    with log_csv.open(newline="") as file:
+        return [
+            float(row["val_qwk"])
+            for row in csv.DictReader(file)
+            if row["stage"] == stage and row.get("val_qwk")
+        ]
+
+
+def lever_record(name: str, record: dict, run_dir: Path) -> dict:
+    """A seed's record in the form of ``docs/records/demo_levers`` (one row of the levers table):
+    the overrides tried, validation QWK per cls and joint epoch, test metrics, wall time."""
+    log = run_dir / "log.csv"
+    return {
+        "name": name,
+        "overrides": record["overrides"],
+        "seed": record["seed"],
+        "kernels": "capped at AVX2" if record["kernels"] == "avx2" else "native",
+        "precision": record["precision"],
+        "val_qwk_cls_by_epoch": val_qwk_by_epoch(log, "cls"),
+        "val_qwk_joint_by_epoch": val_qwk_by_epoch(log, "joint"),
+        "test": record["test"],
+        "train_wall_seconds": record["train_seconds"],
+        "load": f"1-min load {record['load_average_at_end']:.1f} at the end",
+        "date": time.strftime("%Y-%m-%d"),
+        **{key: record[key] for key in ("cpu", "cpu_family", "cpu_flags", "commit") if key in record},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -155,16 +185,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernels", choices=("native", "avx2"), default="native")
     parser.add_argument("--out", default="runs/demo_seeds", help="run folders (not committed)")
     parser.add_argument("--records", default=str(ROOT / "docs/records/demo"))
+    parser.add_argument(
+        "--lever",
+        metavar="NAME",
+        help="a trial of other settings: also write <NAME>_seed<S>.json into --lever-records",
+    )
+    parser.add_argument("--lever-records", default=str(ROOT / "docs/records/demo_levers"))
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args(argv)
-    cpu = machine_provenance()["cpu"]
-    folder = Path(args.records) / f"{args.kernels}_{cpu_slug(f'{cpu} {cpu_kind(cpu_flags())}')}"
+    machine = machine_provenance()
+    cpu = machine["cpu"]
+    family = f" family {machine['cpu_family']}" if machine["cpu_family"] is not None else ""
+    folder = Path(args.records) / (
+        f"{args.kernels}_{cpu_slug(f'{cpu}{family} {cpu_kind(cpu_flags())}')}"
+    )
     for seed in args.seeds:
         record_path = folder / f"seed{seed}.json"
         if record_path.is_file():
             print(f"seed {seed}: recorded in {record_path}, skipped")
             continue
-        record = run_seed(seed, args.kernels, Path(args.out).resolve(), record_path, args.overrides)
+        out = Path(args.out).resolve()
+        record = run_seed(seed, args.kernels, out, record_path, args.overrides)
+        if args.lever:
+            lever = lever_record(args.lever, record, out / f"demo_{args.kernels}_seed{seed}")
+            lever_path = Path(args.lever_records) / f"{args.lever}_seed{seed}.json"
+            lever_path.parent.mkdir(parents=True, exist_ok=True)
+            lever_path.write_text(json.dumps(lever, indent=2) + "\n")
         test = record["test"]
         print(
             f"seed {seed} ({args.kernels} kernels, {record['precision']}, {cpu}): train "

@@ -258,9 +258,9 @@ class RunConfig:
     device: str = "auto"
     seed: int = 103
     deterministic: bool = False
-    # Speed switches (docs/BENCHMARKS.md). "auto" (engine/runtime.py): bf16 autocast and
-    # channels-last where bf16 runs on hardware (CUDA; CPUs with AMX or AVX-512 BF16), the plain
-    # fp32 path elsewhere (an AVX2-only CPU emulates bf16: 11.7x slower). true/false force it.
+    # Speed switches (docs/BENCHMARKS.md). "auto" (engine/runtime.py): bf16 autocast where bf16
+    # runs on hardware (CUDA; CPUs with AMX or AVX-512 BF16), fp32 elsewhere (an AVX2-only CPU
+    # emulates bf16: 11.7x slower); channels-last on CPUs and CUDA. true/false force it.
     amp: Any = "auto"  # autocast in amp_dtype (float16 adds a GradScaler)
     amp_dtype: str = "bfloat16"
     channels_last: Any = "auto"

@@ -40,7 +40,7 @@ from engine.builders import build_model
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, ConfigError, load_config
 from engine.release_facts import git_commit
-from engine.runtime import cpu_flags, cpu_model
+from engine.runtime import cpu_family, cpu_flags, cpu_model
 from engine.testing import run_test
 from engine.trainer import Trainer
 from evaluation.prediction_csv import TEST_COLUMNS, read_graded
@@ -137,6 +137,7 @@ def machine_provenance() -> dict:
     return {
         "commit": git_commit(),
         "cpu": cpu_model(),
+        "cpu_family": cpu_family(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_flags": [flag for flag in CPU_FLAGS_NOTED if flag in cpu_flags()],

@@ -3,9 +3,9 @@
 ``run.amp=auto`` turns bf16 autocast on only where bf16 has hardware behind it: CUDA devices
 that support it, and CPUs with AMX or AVX-512 BF16 units that oneDNN is allowed to use. On a
 CPU without them (AVX2 only) oneDNN emulates bf16 and a ``cls`` step ran 11.7x slower than
-fp32. ``run.channels_last=auto`` follows the same rule: channels-last feeds the bf16 and
-tensor-core kernels, and changed nothing measurable in fp32 on an AVX-512 CPU
-(docs/BENCHMARKS.md).
+fp32. ``run.channels_last=auto`` is on for CPUs and CUDA alike: besides feeding the bf16 and
+tensor-core kernels, it made the demo's fp32 steps 19-46% faster on a Zen 5 EPYC, both on its
+AVX-512 kernels and capped at AVX2, and was never slower (docs/BENCHMARKS.md, "Speed switches").
 """
 
 from __future__ import annotations
@@ -45,6 +45,17 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def cpu_family() -> int | None:
+    """The CPU family number from /proc/cpuinfo (AMD: 25 = Zen 3/4, 26 = Zen 5), else None: two
+    CPUs of one model name and kind can differ by 1.4x in speed."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("cpu family"):
+                return int(line.split(":", 1)[1])
+    return None
 
 
 def cpu_flags() -> frozenset[str]:
@@ -152,9 +163,7 @@ def resolve_speed(
         native, reason = False, f"{device.type}: fp32"
     amp_on = native if amp == "auto" else bool(amp)
     channels_last_on = (
-        (device.type == "cuda" or amp_on and native)
-        if channels_last == "auto"
-        else bool(channels_last)
+        device.type in ("cuda", "cpu") if channels_last == "auto" else bool(channels_last)
     )
     return SpeedChoice(amp_on, channels_last_on, reason)
 

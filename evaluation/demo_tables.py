@@ -42,8 +42,11 @@ def cpu_kind(flags: Iterable[str]) -> str:
 
 
 def machine_label(record: dict) -> str:
-    """``CPU model (kind)`` of a record that holds ``cpu`` and ``cpu_flags``."""
-    return f"{record['cpu']} ({cpu_kind(record.get('cpu_flags', []))})"
+    """``CPU model [family N] (kind)`` of a record that holds ``cpu`` and ``cpu_flags`` (and
+    ``cpu_family`` since 2026-12-07: one model name covers CPUs 1.4x apart in speed)."""
+    family = record.get("cpu_family")
+    name = f"{record['cpu']} family {family}" if family is not None else record["cpu"]
+    return f"{name} ({cpu_kind(record.get('cpu_flags', []))})"
 
 
 def _kind(runs: list[dict]) -> str:
@@ -155,7 +158,7 @@ def demo_levers_table(root: Path, records: str = DEMO_LEVERS) -> str:
         key=lambda record: (record["overrides"] != [], len(record["overrides"]), record["seed"])
     )
     rows = [
-        "| run | seed | kernels | overrides of the old preset | val QWK, cls epochs (HR) "
+        "| run | seed | machine, kernels | overrides of the preset | val QWK, cls epochs (HR) "
         "| val QWK, joint epochs (SR) | test QWK | test accuracy | SR / bicubic dB | wall min |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -163,16 +166,18 @@ def demo_levers_table(root: Path, records: str = DEMO_LEVERS) -> str:
         test = run["test"]
         overrides = ", ".join(f"`{o}`" for o in run["overrides"]) or "none"
         rows.append(
-            f"| {run['name']} | {run['seed']} | {run['kernels']} ({run['precision']}) | {overrides} "
+            f"| {run['name']} | {run['seed']} | {machine_label(run)}, {run['kernels']} "
+            f"({run['precision']}) | {overrides} "
             f"| {_qwks(run['val_qwk_cls_by_epoch'])} | {_qwks(run['val_qwk_joint_by_epoch'])} "
             f"| {test['qwk']:.3f} | {test['accuracy']:.3f} "
             f"| {test['psnr_sr']:.2f} / {test['psnr_bicubic']:.2f} "
             f"| {run['train_wall_seconds'] / 60:.1f} ({run['load']}) |"
         )
-    first = runs[0]
+    dates = sorted({run["date"] for run in runs})
     note = (
-        f"\n`run.seed` 103 is the old preset's; {first['cpu']}, {first['date']}; wall "
-        "times under the load named in each row, so compare them only within a row's kind. "
+        f"\n`run.seed` 103 is the old preset's; runs of {dates[0]} to {dates[-1]}; wall times "
+        "under the load named in each row, so compare them only between rows of one machine and "
+        "kernels (a row's overrides are of the preset at its commit). "
         f"Records in `{records}/`.\n"
     )
     return "\n".join(rows) + "\n" + note

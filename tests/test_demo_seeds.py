@@ -95,6 +95,15 @@ def test_cpu_kind_names_the_widest_units():
     assert cpu_kind([]) == "no AVX2"
 
 
+def test_machine_label_names_the_family_where_the_record_has_it():
+    from evaluation.demo_tables import machine_label
+
+    old = {"cpu": "AMD EPYC", "cpu_flags": ["avx2"]}
+    assert machine_label(old) == "AMD EPYC (AVX2 only)"
+    new = {**old, "cpu_family": 26, "cpu_flags": ["avx2", "avx512f", "avx512_bf16"]}
+    assert machine_label(new) == "AMD EPYC family 26 (AVX-512 BF16)"
+
+
 def test_runner_records_a_seed_and_skips_it_next_time(tmp_path, tiny_overrides, capsys):
     records = tmp_path / "records"
     argv = [
