@@ -266,6 +266,11 @@ RENDERERS: dict[str, Renderer] = {
     "demo-seeds": demo_seeds_table,
     "demo-profile": demo_profile_table,
     "demo-levers": demo_levers_table,
+    # The demo preset before the grader at 64 px and channels-last (commit 6ae3e63).
+    "demo-seeds-6ae3e63": lambda root: demo_seeds_table(root, "docs/records/demo_preset_6ae3e63"),
+    "demo-profile-6ae3e63": lambda root: demo_profile_table(
+        root, "docs/records/demo_preset_6ae3e63"
+    ),
     "idrid-1024-run": lambda root: run_record_table(root, "docs/records/idrid_1024"),
     **{name: _seed_renderer(*source) for name, source in SEED_TABLES.items()},
 }
