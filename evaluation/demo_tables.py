@@ -94,12 +94,8 @@ def demo_seeds_table(root: Path, records: str = DEMO_RECORDS) -> str:
     return "\n".join(rows) + "\n" + note
 
 
-def demo_profile_table(root: Path, records: str = DEMO_RECORDS) -> str:
-    """Seconds of the demo's training by part (median over the seeds of each CPU kind)."""
-    found = demo_records(root, records)
-    if not found:
-        return "No demo records yet: `python bench/demo_seeds.py`.\n"
-    kinds = list(found.values())
+def profile_parts() -> list[tuple[str, Callable[[dict], float]]]:
+    """The parts of a demo record's training time: (label, seconds of a record)."""
     parts: list[tuple[str, Callable[[dict], float]]] = [
         ("rendering the data", lambda r: r["profile"]["render"])
     ]
@@ -109,13 +105,54 @@ def demo_profile_table(root: Path, records: str = DEMO_RECORDS) -> str:
             (f"`{stage}` validation", lambda r, s=stage: r["profile"]["stages"][s]["validate"])
         )
     parts.append(("caching the frozen nets' outputs", lambda r: r["profile"]["cache"]))
-
     named = list(parts)
 
-    def accounted(record: dict) -> float:
-        return sum(get(record) for _, get in named)
+    def rest(record: dict) -> float:
+        return record["train_seconds"] - sum(get(record) for _, get in named)
 
-    parts.append(("start-up, checkpoints, the rest", lambda r: r["train_seconds"] - accounted(r)))
+    parts.append(("start-up, checkpoints, the rest", rest))
+    return parts
+
+
+def demo_time_estimate(root: Path, measured: str, before: str, after: str) -> str:
+    """The demo's training time on a machine not at hand, per part: its measured time under the
+    old preset (``measured``) scaled by how that part changed from the old preset (``before``)
+    to the new one (``after``), both measured elsewhere with the same kernels. Paths are records
+    of ``bench/demo_seeds.py`` relative to ``root``."""
+    there, old, new = (json.loads((root / path).read_text()) for path in (measured, before, after))
+    rows = [
+        f"| part | old preset, {machine_label(there)} (measured) | old preset, "
+        f"{machine_label(old)}, capped | new preset, same, capped | new preset, "
+        f"{machine_label(there)} (estimate) |",
+        "|---|---|---|---|---|",
+    ]
+    total = 0.0
+    for label, get in profile_parts():
+        scale = get(new) / get(old) if get(old) > 0 else 1.0
+        estimate = get(there) * scale
+        total += estimate
+        rows.append(
+            f"| {label} | {get(there):.0f} s | {get(old):.0f} s | {get(new):.0f} s "
+            f"| {estimate:.0f} s |"
+        )
+    rows.append(
+        f"| **training, wall** | **{there['train_seconds']:.0f} s** | **{old['train_seconds']:.0f} "
+        f"s** | **{new['train_seconds']:.0f} s** | **{total:.0f} s** ({total / 60:.1f} min) |"
+    )
+    note = (
+        f"\nSeed {new['seed']}; records `{measured}`, `{before}`, `{after}`. An estimate, not a "
+        "measurement: it assumes each part gains on that machine what it gained here.\n"
+    )
+    return "\n".join(rows) + "\n" + note
+
+
+def demo_profile_table(root: Path, records: str = DEMO_RECORDS) -> str:
+    """Seconds of the demo's training by part (median over the seeds of each CPU kind)."""
+    found = demo_records(root, records)
+    if not found:
+        return "No demo records yet: `python bench/demo_seeds.py`.\n"
+    kinds = list(found.values())
+    parts = profile_parts()
     rows = [
         "| part | " + " | ".join(_kind(runs) for runs in kinds) + " |",
         "|---|" + "---|" * len(kinds),

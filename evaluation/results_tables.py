@@ -34,6 +34,7 @@ from evaluation.cv_tables import (
 )
 from evaluation.demo_tables import (
     demo_levers_table,
+    demo_time_estimate,
     demo_profile_table,
     demo_seeds_table,
     machine_label,
@@ -270,6 +271,12 @@ RENDERERS: dict[str, Renderer] = {
     "demo-seeds-6ae3e63": lambda root: demo_seeds_table(root, "docs/records/demo_preset_6ae3e63"),
     "demo-profile-6ae3e63": lambda root: demo_profile_table(
         root, "docs/records/demo_preset_6ae3e63"
+    ),
+    "demo-avx2-estimate": lambda root: demo_time_estimate(
+        root,
+        "docs/records/demo_preset_6ae3e63/native_amd-epyc-avx2-only/seed0.json",
+        "docs/records/demo_preset_6ae3e63/avx2_amd-epyc-family-26-avx-512-bf16/seed0.json",
+        "docs/records/demo/avx2_amd-epyc-family-26-avx-512-bf16/seed0.json",
     ),
     "idrid-1024-run": lambda root: run_record_table(root, "docs/records/idrid_1024"),
     **{name: _seed_renderer(*source) for name, source in SEED_TABLES.items()},

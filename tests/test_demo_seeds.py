@@ -11,6 +11,7 @@ from evaluation.demo_tables import (
     demo_profile_table,
     demo_records,
     demo_seeds_table,
+    demo_time_estimate,
 )
 
 
@@ -170,3 +171,21 @@ def test_kernel_cap_sets_avx2_where_nothing_else_is_asked_for():
     cap_kernels_at_avx2(environ)
     assert environ == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
     assert set(AVX2_CAP) == set(environ)
+
+
+def test_time_estimate_scales_each_part_of_the_measured_run(tmp_path):
+    measured = _record(0, "native", 0.8, 33.0, 300.0)  # parts sum to 58 s; the rest is 242 s
+    before = _record(0, "avx2", 0.8, 33.0, 150.0)
+    after = json.loads(json.dumps(before))
+    after["profile"]["stages"]["cls"]["train"] = 5.0  # cls training halved
+    after["train_seconds"] = 145.0
+    paths = []
+    for name, record in (("measured", measured), ("before", before), ("after", after)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(record))
+        paths.append(path.name)
+    table = demo_time_estimate(tmp_path, *paths)
+    cls_row = next(line for line in table.splitlines() if line.startswith("| `cls` training"))
+    assert cls_row.endswith("| 10 s | 10 s | 5 s | 5 s |")
+    # Every part unchanged but cls training: 300 s measured, minus the 5 s it saved.
+    assert "**295 s** (4.9 min)" in table
