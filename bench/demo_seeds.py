@@ -170,7 +170,11 @@ def lever_record(name: str, record: dict, run_dir: Path) -> dict:
         "train_wall_seconds": record["train_seconds"],
         "load": f"1-min load {record['load_average_at_end']:.1f} at the end",
         "date": time.strftime("%Y-%m-%d"),
-        **{key: record[key] for key in ("cpu", "cpu_family", "cpu_flags", "commit") if key in record},
+        **{
+            key: record[key]
+            for key in ("cpu", "cpu_family", "cpu_flags", "commit")
+            if key in record
+        },
     }
 
 

@@ -34,9 +34,9 @@ from evaluation.cv_tables import (
 )
 from evaluation.demo_tables import (
     demo_levers_table,
-    demo_time_estimate,
     demo_profile_table,
     demo_seeds_table,
+    demo_time_estimate,
     machine_label,
 )
 from evaluation.formatting import format_number
