@@ -189,3 +189,23 @@ def test_time_estimate_scales_each_part_of_the_measured_run(tmp_path):
     assert cls_row.endswith("| 10 s | 10 s | 5 s | 5 s |")
     # Every part unchanged but cls training: 300 s measured, minus the 5 s it saved.
     assert "**295 s** (4.9 min)" in table
+
+
+def test_lever_record_reads_each_stages_validation_qwk_from_the_log(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "log.csv").write_text(
+        "stage,epoch,val_qwk,seconds\nisr,1,,3\ncls,1,0.5,3\ncls,2,0.75,3\njoint,1,0.7,3\n"
+    )
+    record = {**_record(4, "avx2", 0.8, 33.0, 120.0), "overrides": ["a=1"], "cpu_family": 26}
+    lever = demo_seeds.lever_record("trial", record, run_dir)
+    assert lever["val_qwk_cls_by_epoch"] == [0.5, 0.75]
+    assert lever["val_qwk_joint_by_epoch"] == [0.7]
+    assert (lever["name"], lever["seed"], lever["kernels"]) == ("trial", 4, "capped at AVX2")
+    assert lever["overrides"] == ["a=1"] and lever["cpu_family"] == 26
+    # The levers table reads it like the hand-made records before it.
+    (tmp_path / "docs/records/demo_levers").mkdir(parents=True)
+    (tmp_path / "docs/records/demo_levers/trial_seed4.json").write_text(json.dumps(lever))
+    table = demo_levers_table(tmp_path)
+    assert "| trial | 4 | Test CPU family 26 (no AVX2), capped at AVX2" in table
+    assert "| 0.50, 0.75 | 0.70 |" in table
