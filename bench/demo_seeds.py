@@ -33,8 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.cv_study import machine_provenance  # noqa: E402
 from engine.kernel_cap import AVX2_CAP  # noqa: E402
-from engine.runtime import cpu_flags  # noqa: E402
-from evaluation.demo_tables import cpu_kind  # noqa: E402
+from evaluation.demo_tables import machine_label  # noqa: E402
 
 RENDERED = re.compile(r"rendered (\d+) synthetic (\w+) samples in ([\d.]+) s")
 CACHED = re.compile(r"cached the frozen nets' outputs of \d+ \w+ images in ([\d.]+) s")
@@ -95,12 +94,17 @@ def test_summary(metrics: dict) -> dict[str, float]:
     }
 
 
+def run_name(kernels: str, seed: int) -> str:
+    """The run folder of one seed under ``--out``."""
+    return f"demo_{kernels}_seed{seed}"
+
+
 def run_seed(seed: int, kernels: str, out: Path, record_path: Path, overrides: list[str]) -> dict:
     """Train and test one seed in fresh processes; write and return its record."""
     env = dict(os.environ)
     if kernels == "avx2":
         env.update(AVX2_CAP)
-    name = f"demo_{kernels}_seed{seed}"
+    name = run_name(kernels, seed)
     run_dir = out / name
     out.mkdir(parents=True, exist_ok=True)
     # The runner's folder and seed come last, so no override moves them.
@@ -199,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     machine = machine_provenance()
     cpu = machine["cpu"]
-    family = f" family {machine['cpu_family']}" if machine["cpu_family"] is not None else ""
-    folder = Path(args.records) / (
-        f"{args.kernels}_{cpu_slug(f'{cpu}{family} {cpu_kind(cpu_flags())}')}"
-    )
+    folder = Path(args.records) / f"{args.kernels}_{cpu_slug(machine_label(machine))}"
     for seed in args.seeds:
         record_path = folder / f"seed{seed}.json"
         if record_path.is_file():
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out).resolve()
         record = run_seed(seed, args.kernels, out, record_path, args.overrides)
         if args.lever:
-            lever = lever_record(args.lever, record, out / f"demo_{args.kernels}_seed{seed}")
+            lever = lever_record(args.lever, record, out / run_name(args.kernels, seed))
             lever_path = Path(args.lever_records) / f"{args.lever}_seed{seed}.json"
             lever_path.parent.mkdir(parents=True, exist_ok=True)
             lever_path.write_text(json.dumps(lever, indent=2) + "\n")

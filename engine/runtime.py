@@ -37,40 +37,39 @@ BF16_ISAS = (
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def cpu_model() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
+def cpuinfo_field(name: str) -> str | None:
+    """The value of the first ``name`` line of /proc/cpuinfo (Linux), else None."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(name):
                 return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_family() -> int | None:
     """The CPU family number from /proc/cpuinfo (AMD: 25 = Zen 3/4, 26 = Zen 5), else None: two
     CPUs of one model name and kind can differ by 1.4x in speed."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("cpu family"):
-                return int(line.split(":", 1)[1])
-    return None
+    family = cpuinfo_field("cpu family")
+    return int(family) if family else None
 
 
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (Linux /proc/cpuinfo), else those torch's cpuinfo reports."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    flags = set()
+    flags = cpuinfo_field("flags")
+    if flags is not None:
+        return frozenset(flags.split())
+    found = set()
     if torch.cpu._is_amx_tile_supported():
-        flags.add("amx_bf16")
+        found.add("amx_bf16")
     if torch.cpu._is_avx512_bf16_supported():
-        flags.add("avx512_bf16")
-    return frozenset(flags)
+        found.add("avx512_bf16")
+    return frozenset(found)
 
 
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:

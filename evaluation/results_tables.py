@@ -267,7 +267,7 @@ RENDERERS: dict[str, Renderer] = {
     "demo-seeds": demo_seeds_table,
     "demo-profile": demo_profile_table,
     "demo-levers": demo_levers_table,
-    # The demo preset before the grader at 64 px and channels-last (commit 6ae3e63).
+    # The demo preset before channels-last in fp32 and the single isr validation (commit 6ae3e63).
     "demo-seeds-6ae3e63": lambda root: demo_seeds_table(root, "docs/records/demo_preset_6ae3e63"),
     "demo-profile-6ae3e63": lambda root: demo_profile_table(
         root, "docs/records/demo_preset_6ae3e63"
