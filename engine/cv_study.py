@@ -39,6 +39,7 @@ from data.splits import SplitSettings, fold_roles, read_folds_file, write_split_
 from engine.builders import build_model
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, ConfigError, load_config
+from engine.logging import log_facts
 from engine.release_facts import git_commit
 from engine.runtime import cpu_family, cpu_flags, cpu_model
 from engine.testing import run_test
@@ -378,6 +379,8 @@ class CVRunner:
             "input": metrics.get("input"),
             "tta": metrics.get("tta"),
             "images": sum(1 for _ in open(predictions)) - 1,
+            # The grader's training CE in its last epoch: near ln 5 it never fitted its images.
+            "grader_train_ce": log_facts(config.run_dir)[1],
         }
         write_record(self.records, row, fold, predictions, provenance)
         self.done.append(f"{row}/fold{fold}")

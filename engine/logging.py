@@ -44,6 +44,20 @@ class CSVLog:
             writer.writerows(self.rows)
 
 
+def log_facts(run_dir: Path) -> tuple[float | None, float | None]:
+    """From a run's log.csv: its training time (epochs incl. validation; survives resumes) and
+    the grader's mean training cross-entropy in the last epoch it trained (its stage's
+    ``train_ce``): ln 5 = 1.61 on five balanced grades is a grader that never fitted its images."""
+    path = run_dir / "log.csv"
+    if not path.is_file():
+        return None, None
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    seconds = [float(row["seconds"]) for row in rows if row.get("seconds")]
+    losses = [float(row["train_ce"]) for row in rows if row.get("train_ce")]
+    return (sum(seconds) if seconds else None), (losses[-1] if losses else None)
+
+
 class TensorBoardLog:
     """Scalars to TensorBoard under ``run_dir/tensorboard``; silently off if tensorboard is absent."""
 

@@ -29,7 +29,6 @@ folder a cell may use: engine/table_reuse.py; the ``run.py`` command line: engin
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import multiprocessing
@@ -49,6 +48,7 @@ from engine.config import (
     ConfigError,  # noqa: F401 (re-exported: the runner's errors)
     config_from_dict,
 )
+from engine.logging import log_facts
 from engine.output_names import metrics_file
 from engine.runtime import available_cpus, cpu_model
 from engine.table_reuse import (
@@ -74,20 +74,6 @@ from engine.trainer import Trainer
 log = logging.getLogger(__name__)
 
 Planned = tuple[Row, int, Config]  # a (row, seed) and its run's config
-
-
-def _log_facts(run_dir: Path) -> tuple[float | None, float | None]:
-    """From a run's log.csv: its training time (epochs incl. validation; survives resumes) and
-    the grader's mean training cross-entropy in the last epoch it trained (its stage's
-    ``train_ce``): ln 5 = 1.61 on five balanced grades is a grader that never fitted its images."""
-    path = run_dir / "log.csv"
-    if not path.is_file():
-        return None, None
-    with path.open(newline="") as file:
-        rows = list(csv.DictReader(file))
-    seconds = [float(row["seconds"]) for row in rows if row.get("seconds")]
-    losses = [float(row["train_ce"]) for row in rows if row.get("train_ce")]
-    return (sum(seconds) if seconds else None), (losses[-1] if losses else None)
 
 
 class _Datasets:
@@ -178,7 +164,7 @@ class _Table:
     def record(self, row: Row, seed: int, config: Config, wall: float | None) -> None:
         """A tested run into results.csv, and the table rewritten."""
         metrics = json.loads(self.metrics_path(config).read_text())
-        seconds, train_ce = _log_facts(config.run_dir)
+        seconds, train_ce = log_facts(config.run_dir)
         result = result_row(
             row.name, row.method, seed, metrics, config, seconds, wall, config.run_dir, train_ce
         )

@@ -128,6 +128,27 @@ def _difference(entry: dict) -> str:
     return f"{entry['difference']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}], p = {entry['p_value']:.3f}"
 
 
+def _train_ce(records: dict[int, FoldRecord], folds: list[int]) -> dict | None:
+    """The grader's last-epoch training CE, mean over the folds whose record has it (records
+    before 2026-12-07 do not), or None."""
+    have = [f for f in folds if records[f].meta.get("grader_train_ce") is not None]
+    if not have:
+        return None
+    mean = float(np.mean([records[f].meta["grader_train_ce"] for f in have]))
+    return {"mean": mean, "folds": have}
+
+
+def _train_ce_text(entry: dict | None, folds: list[int]) -> str:
+    if entry is None:
+        return "-"
+    text = f"{entry['mean']:.2f}"
+    if entry["folds"] != folds:
+        text += (
+            f" (fold{'s' if len(entry['folds']) > 1 else ''} {', '.join(map(str, entry['folds']))})"
+        )
+    return text
+
+
 def study_summary(
     records: Path, rows: list[str], reference: str, groups: dict[str, str], n_resamples: int = 2000
 ) -> dict:
@@ -166,6 +187,7 @@ def study_summary(
                 for f in folds
             ),
             "cpus": sorted({found[row][f].meta.get("cpu", "?") for f in folds}),
+            "train_ce": _train_ce(found[row], folds),
         }
         if row != reference:
             summary["differences"][row] = paired_difference(
@@ -202,8 +224,10 @@ def markdown(summary: dict, rows: dict[str, str], reference: str) -> str:
             f"No fold has a record of every row yet, so nothing is pooled (recorded so far: {done}); "
             "`python scripts/idrid_cv.py` continues the study.\n"
         )
+    with_ce = any(entry.get("train_ce") for entry in summary["rows"].values())
     head = "| row | " + " | ".join(LABELS[m] for m in SHOWN) + " | per-fold QWK (mean ± sd) |"
-    lines = [head, "|---" * (len(SHOWN) + 2) + "|"]
+    head += " grader train CE |" if with_ce else ""
+    lines = [head, "|---" * (len(SHOWN) + 2 + with_ce) + "|"]
     for row in rows:
         entry = summary["rows"][row]
         spread = entry["fold_qwk"]
@@ -212,6 +236,7 @@ def markdown(summary: dict, rows: dict[str, str], reference: str) -> str:
             f"| {row} | "
             + " | ".join(format_interval(entry["intervals"][m]) for m in SHOWN)
             + f" | {spread['mean']:.3f}{sd} |"
+            + (f" {_train_ce_text(entry.get('train_ce'), summary['folds'])} |" if with_ce else "")
         )
     lines += [
         "",
@@ -232,6 +257,12 @@ def markdown(summary: dict, rows: dict[str, str], reference: str) -> str:
         f"referable operating point: {_operating_point_text(summary['folds'])}. "
         f"Training and grading: {hours:.1f} h of wall time on {', '.join(cpus)}.",
     ]
+    if with_ce:
+        lines.append(
+            "grader train CE: the grader's mean training cross-entropy in the last epoch it "
+            "trained (class-weighted; ln 5 = 1.61 is a grader that never fitted its images), mean "
+            "over the folds whose record has it (recorded since 2026-12-07)."
+        )
     for row, summary_line in rows.items():
         lines.append(f"- `{row}`: {summary_line}")
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from engine.cv_study import (
     transferred_init,
     write_record,
 )
+from engine.logging import log_facts
 from evaluation.cv_results import markdown, read_records, study_summary
 from evaluation.statistics import summary_metrics
 
@@ -100,14 +101,14 @@ def test_config_hash_ignores_where_and_how_fast(tmp_path):
     assert config_hash(config) == config_hash(moved) != config_hash(changed)
 
 
-def _fake_record(records: Path, row: str, fold: int, ids, grades, probs, predicted) -> None:
+def _fake_record(records: Path, row: str, fold: int, ids, grades, probs, predicted, **meta) -> None:
     source = records.parent / f"{row}{fold}.csv"
     with open(source, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "grade", "predicted", "p0", "p1", "p2", "p3", "p4", "extra"])
         for i, g, q, p in zip(ids, grades, predicted, probs):
             writer.writerow([i, g, q, *[f"{v:.6f}" for v in p], "x"])
-    write_record(records, row, fold, source, {"wall_seconds": 60.0, "cpu": "test CPU"})
+    write_record(records, row, fold, source, {"wall_seconds": 60.0, "cpu": "test CPU", **meta})
 
 
 def _predictions(n: int, seed: int, signal: float):
@@ -128,7 +129,9 @@ def test_records_pool_into_paired_intervals_and_skip_what_is_done(tmp_path):
         grades, probs_a, pred_a = _predictions(60, fold, signal=3.0)
         _, probs_b, pred_b = _predictions(60, fold + 10, signal=0.0)
         _fake_record(records, "a", fold, ids, grades, probs_a, pred_a)
-        _fake_record(records, "b", fold, ids, grades, probs_b, pred_b)
+        # Only b's fold 1 record has the grader's training CE (older records do not).
+        ce = {"grader_train_ce": 1.6} if fold == 1 else {}
+        _fake_record(records, "b", fold, ids, grades, probs_b, pred_b, **ce)
     _fake_record(
         records, "a", 2, rng_ids[:5], [0] * 5, np.full((5, 5), 0.2), [0] * 5
     )  # b has no fold 2
@@ -164,6 +167,9 @@ def test_records_pool_into_paired_intervals_and_skip_what_is_done(tmp_path):
     summary["total_folds"] = 4
     table = markdown(summary, {"a": "row a", "b": "row b"}, "a")
     assert "| a | " in table and "| b | " in table and "Folds 0, 1 of 4" in table
+    assert "grader train CE |" in table.splitlines()[0]
+    row_a, row_b = (next(x for x in table.splitlines() if x.startswith(f"| {r} |")) for r in "ab")
+    assert row_a.endswith("| - |") and row_b.endswith("| 1.60 (fold 1) |")
     meta = json.loads((records / "a" / "fold0.json").read_text())
     assert meta["cpu"] == "test CPU"
 
@@ -205,3 +211,12 @@ def test_a_study_with_no_common_fold_says_what_is_recorded(tmp_path):
     assert "recorded so far: a fold 0; b fold 1)" in text
     empty = study_summary(tmp_path / "none", ["a"], "a", groups={}, n_resamples=50)
     assert markdown(empty, {"a": ""}, "a").startswith("No (row, fold) record yet")
+
+
+def test_log_facts_reads_training_time_and_the_last_grader_ce(tmp_path):
+    assert log_facts(tmp_path) == (None, None)  # no log.csv: nothing to say
+    (tmp_path / "log.csv").write_text(
+        "stage,epoch,seconds,train_ce\nisr,0,10.5,\ncls,0,20.0,1.61\ncls,1,30.0,1.20\njoint,0,5.0,\n"
+    )
+    seconds, train_ce = log_facts(tmp_path)
+    assert seconds == pytest.approx(65.5) and train_ce == pytest.approx(1.20)
