@@ -44,6 +44,7 @@ from engine.release_facts import git_commit
 from engine.runtime import cpu_family, cpu_flags, cpu_model
 from engine.testing import run_test
 from engine.trainer import Trainer
+from evaluation.cv_results import read_pairs
 from evaluation.prediction_csv import TEST_COLUMNS, read_graded
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class Study:
     shared: dict[str, RunSpec]
     rows: dict[str, RunSpec]
     path: Path = field(default=Path("."))
+    pairs: tuple[tuple[str, str], ...] = ()  # (a, b): a minus b, beside the reference's differences
 
 
 def _run_spec(name: str, values: dict, shared: dict[str, RunSpec], where: Path) -> RunSpec:
@@ -121,6 +123,10 @@ def load_study(path: str | Path) -> Study:
     reference = values.get("reference") or next(iter(rows))
     if reference not in rows:
         raise ConfigError(f"{path}: reference {reference!r} is not a row")
+    try:
+        pairs = read_pairs(values.get("pairs"), list(rows), path)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return Study(
         values.get("title", path.stem),
         ROOT / values["preset"],
@@ -130,6 +136,7 @@ def load_study(path: str | Path) -> Study:
         shared,
         rows,
         path,
+        pairs,
     )
 
 

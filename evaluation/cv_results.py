@@ -128,6 +128,16 @@ def _difference(entry: dict) -> str:
     return f"{entry['difference']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}], p = {entry['p_value']:.3f}"
 
 
+def read_pairs(values, rows: list[str], where: Path | str) -> tuple[tuple[str, str], ...]:
+    """A study's ``pairs`` (``[[a, b], ...]``: a minus b, paired), checked against its rows."""
+    pairs = []
+    for pair in values or []:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(name in rows for name in pair)):
+            raise ValueError(f"{where}: pairs entry {pair!r} must be [row, other row], both rows")
+        pairs.append((str(pair[0]), str(pair[1])))
+    return tuple(pairs)
+
+
 def _train_ce(records: dict[int, FoldRecord], folds: list[int]) -> dict | None:
     """The grader's last-epoch training CE, mean over the folds whose record has it (records
     before 2026-12-07 do not), or None."""
@@ -150,9 +160,15 @@ def _train_ce_text(entry: dict | None, folds: list[int]) -> str:
 
 
 def study_summary(
-    records: Path, rows: list[str], reference: str, groups: dict[str, str], n_resamples: int = 2000
+    records: Path,
+    rows: list[str],
+    reference: str,
+    groups: dict[str, str],
+    n_resamples: int = 2000,
+    pairs: tuple[tuple[str, str], ...] = (),
 ) -> dict:
-    """Everything the tables show, as plain numbers (see module docstring)."""
+    """Everything the tables show, as plain numbers (see module docstring); ``pairs`` adds
+    ``a`` minus ``b`` for other pairs of rows, paired the same way."""
     found = read_records(records, rows)
     folds = common_folds(found)
     if not folds:
@@ -164,7 +180,13 @@ def study_summary(
         if data.ids != ids:
             raise ValueError(f"{records / row}: its folds hold other images than {reference}'s")
     group_of = [groups.get(i, i) for i in ids]
-    summary: dict = {"folds": folds, "images": len(ids), "rows": {}, "differences": {}}
+    summary: dict = {
+        "folds": folds,
+        "images": len(ids),
+        "rows": {},
+        "differences": {},
+        "pairs": {},
+    }
     ref = pooled[reference]
     for row, data in pooled.items():
         per_fold = [
@@ -190,18 +212,25 @@ def study_summary(
             "train_ce": _train_ce(found[row], folds),
         }
         if row != reference:
-            summary["differences"][row] = paired_difference(
-                ref.grades,
-                ref.predicted,
-                ref.probs,
-                data.predicted,
-                data.probs,
-                ref.thresholds,
-                data.thresholds,
-                group_of,
-                n_resamples,
-            )
+            summary["differences"][row] = _paired(ref, data, group_of, n_resamples)
+    for a, b in pairs:
+        summary["pairs"][(a, b)] = _paired(pooled[a], pooled[b], group_of, n_resamples)
     return summary
+
+
+def _paired(a: Pooled, b: Pooled, group_of: list[str], n_resamples: int) -> dict:
+    """Row ``a`` minus row ``b`` on the same images, bootstrap-paired (statistics.paired_difference)."""
+    return paired_difference(
+        a.grades,
+        a.predicted,
+        a.probs,
+        b.predicted,
+        b.probs,
+        a.thresholds,
+        b.thresholds,
+        group_of,
+        n_resamples,
+    )
 
 
 def _operating_point_text(folds: list[int]) -> str:
@@ -248,6 +277,13 @@ def markdown(summary: dict, rows: dict[str, str], reference: str) -> str:
             f"| {row} | {_difference(diff['qwk'])} | {_difference(diff['referable_auc'])} "
             f"| {_difference(diff['accuracy'])} |"
         )
+    if summary.get("pairs"):
+        lines += ["", "| other pairs | ΔQWK | Δ referable AUC | Δ accuracy |", "|---|---|---|---|"]
+        for (a, b), diff in summary["pairs"].items():
+            lines.append(
+                f"| {a} minus {b} | {_difference(diff['qwk'])} "
+                f"| {_difference(diff['referable_auc'])} | {_difference(diff['accuracy'])} |"
+            )
     hours = sum(entry["wall_seconds"] for entry in summary["rows"].values()) / 3600
     cpus = sorted({cpu for entry in summary["rows"].values() for cpu in entry["cpus"]})
     lines += [

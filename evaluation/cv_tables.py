@@ -13,7 +13,7 @@ import yaml
 
 from data.duplicates import read_groups
 from data.splits import read_folds_file
-from evaluation.cv_results import markdown, study_summary
+from evaluation.cv_results import markdown, read_pairs, study_summary
 from evaluation.formatting import format_interval, format_number
 
 CV_STUDY = "scripts/idrid_cv.yaml"
@@ -51,7 +51,8 @@ def _cv_study(root: Path, study: str = CV_STUDY, records: str = CV_RECORDS) -> t
         spec["k_folds"] = sorted(
             {fold for fold in read_folds_file(folds_file).values() if fold >= 0}
         )
-        summary = study_summary(folder, list(spec["rows"]), spec["reference"], groups)
+        pairs = read_pairs(spec.get("pairs"), list(spec["rows"]), root / study)
+        summary = study_summary(folder, list(spec["rows"]), spec["reference"], groups, pairs=pairs)
         summary["total_folds"] = len(spec["k_folds"])
         spec["recorded"] = recorded_folds(folder, list(spec["rows"]))
         _CV_CACHE.clear()

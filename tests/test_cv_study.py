@@ -55,6 +55,12 @@ def test_study_spec_and_its_errors(tmp_path):
         load_study(_study_file(tmp_path, "  a:\n    method: deepmt_dr\n    start: nope\n"))
     with pytest.raises(ConfigError, match="rows.a needs a 'method'"):
         load_study(_study_file(tmp_path, "  a:\n    overrides: []\n"))
+    path = _study_file(tmp_path, ROWS)
+    path.write_text(path.read_text() + "pairs:\n  - [b, a]\n")
+    assert load_study(path).pairs == (("b", "a"),)
+    path.write_text(path.read_text() + "  - [b, nope]\n")
+    with pytest.raises(ConfigError, match=r"pairs entry \['b', 'nope'\] must be"):
+        load_study(path)
 
 
 def test_fold_split_files_hold_out_one_fold_and_exclude_conflicts(tmp_path):
@@ -151,7 +157,9 @@ def test_records_pool_into_paired_intervals_and_skip_what_is_done(tmp_path):
         ]
     runner = CVRunner(study, "unused", tmp_path / "runs", records)
     assert runner.pending(["a", "b"], [0, 1, 2, 3]) == [(2, "b"), (3, "a"), (3, "b")]
-    summary = study_summary(records, ["a", "b"], "a", groups={}, n_resamples=300)
+    summary = study_summary(
+        records, ["a", "b"], "a", groups={}, n_resamples=300, pairs=(("b", "a"),)
+    )
     assert summary["folds"] == [0, 1] and summary["images"] == 120  # only the folds every row has
     found = read_records(records, ["a"])
     grades = np.concatenate([found["a"][f].grades for f in (0, 1)])
@@ -163,11 +171,15 @@ def test_records_pool_into_paired_intervals_and_skip_what_is_done(tmp_path):
     )
     difference = summary["differences"]["b"]["qwk"]
     assert difference["low"] > 0 and difference["p_value"] < 0.01  # a informative, b at chance
+    reverse = summary["pairs"][("b", "a")]["qwk"]  # b minus a: the same resamples, sign flipped
+    assert reverse["difference"] == pytest.approx(-difference["difference"], abs=1e-12)
+    assert reverse["high"] == pytest.approx(-difference["low"], abs=1e-12)
     table = markdown(summary, {"a": "row a", "b": "row b"}, "a")
     summary["total_folds"] = 4
     table = markdown(summary, {"a": "row a", "b": "row b"}, "a")
     assert "| a | " in table and "| b | " in table and "Folds 0, 1 of 4" in table
     assert "grader train CE |" in table.splitlines()[0]
+    assert "| b minus a | " in table
     row_a, row_b = (next(x for x in table.splitlines() if x.startswith(f"| {r} |")) for r in "ab")
     assert row_a.endswith("| - |") and row_b.endswith("| 1.60 (fold 1) |")
     meta = json.loads((records / "a" / "fold0.json").read_text())
