@@ -253,14 +253,14 @@ def step_joint(trainer: Trainer, batch: dict) -> dict[str, torch.Tensor]:
     terms, isr_losses = joint_isr_terms(trainer, batch, sr, result, grading)
     losses = {**grading_parts, **isr_losses}
     isr_total = sum(terms.values())
-    # Two gradients, both computed before any step.
-    isr_grads = torch.autograd.grad(
-        scaler.scale(isr_total), isr_params, retain_graph=bool(grader_params)
-    )
-    grader_grads = ()  # train.joint.lr_cls=0 freezes the grader: nothing to differentiate
-    if grader_params:
-        grading_total = scaler.scale(weights.cls_weight * grading)
-        grader_grads = torch.autograd.grad(grading_total, grader_params)
-    for param, grad in zip(isr_params + grader_params, isr_grads + grader_grads):
+    # One backward gives both gradients: of the ISR net's terms only ``grading`` reaches the
+    # grader's weights (the task-aware CAMs run with those weights frozen, eval_attention; pixel,
+    # tv and seg-aware never pass the grader), so d isr_total / d grader is d(cls_weight x grading)
+    # / d grader, the grader's own loss. A second backward through the grader cost 3% of the
+    # demo's step and 8-12% of idrid_small's (docs/BENCHMARKS.md, "The joint step's one backward");
+    # tests/test_trainer_steps.py checks the grader's gradient against the grading loss alone.
+    # (train.joint.lr_cls=0 freezes the grader: grader_params is then empty.)
+    params = isr_params + grader_params
+    for param, grad in zip(params, torch.autograd.grad(scaler.scale(isr_total), params)):
         param.grad = grad
     return {"loss": isr_total, **losses}
