@@ -78,6 +78,7 @@ class RunSpec:
     overrides: tuple[str, ...] = ()
     start: str | None = None  # a shared run of the same fold this run starts from
     summary: str = ""
+    supplementary: bool = False  # outside the main table: compared on the folds it has finished
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,11 @@ def _run_spec(name: str, values: dict, shared: dict[str, RunSpec], where: Path) 
     if not isinstance(overrides, list):
         raise ConfigError(f"{where}: {name}.overrides must be a list of key=value strings")
     return RunSpec(
-        values["method"], tuple(str(o) for o in overrides), start, values.get("summary", "")
+        values["method"],
+        tuple(str(o) for o in overrides),
+        start,
+        values.get("summary", ""),
+        bool(values.get("supplementary", False)),
     )
 
 

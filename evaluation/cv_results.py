@@ -233,6 +233,74 @@ def _paired(a: Pooled, b: Pooled, group_of: list[str], n_resamples: int) -> dict
     )
 
 
+def supplementary_summary(
+    records: Path,
+    rows: list[str],
+    reference: str,
+    groups: dict[str, str],
+    folds: list[int],
+    n_resamples: int = 2000,
+) -> dict[str, dict]:
+    """Rows outside the main comparison (``supplementary: true`` in the study), each pooled on the
+    folds of ``folds`` it has finished and paired with ``reference`` on those photographs only, so
+    such a row can be added to a study under way without holding back the main table."""
+    found = read_records(records, [reference, *rows])
+    out: dict[str, dict] = {}
+    for row in rows:
+        have = [f for f in folds if f in found[row] and f in found[reference]]
+        if not have:
+            out[row] = {"folds": []}
+            continue
+        ref, data = pool(found[reference], have), pool(found[row], have)
+        if data.ids != ref.ids:
+            raise ValueError(f"{records / row}: its folds hold other images than {reference}'s")
+        group_of = [groups.get(i, i) for i in ref.ids]
+        intervals = {
+            name: bootstrap_intervals(
+                pooled.grades,
+                pooled.predicted,
+                pooled.probs,
+                pooled.thresholds,
+                group_of,
+                n_resamples,
+            )
+            for name, pooled in ((row, data), (reference, ref))
+        }
+        out[row] = {
+            "folds": have,
+            "images": len(ref.ids),
+            "intervals": intervals[row],
+            "reference_intervals": intervals[reference],
+            "difference": _paired(ref, data, group_of, n_resamples),
+            "train_ce": _train_ce(found[row], have),
+        }
+    return out
+
+
+def supplementary_markdown(supplementary: dict[str, dict], reference: str) -> str:
+    """The supplementary rows' table (empty text when the study has none)."""
+    if not supplementary:
+        return ""
+    lines = [
+        f"| supplementary row | folds | images | QWK | referable AUC | grader train CE "
+        f"| {reference} QWK, same folds | {reference} minus row: ΔQWK |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row, entry in supplementary.items():
+        if not entry["folds"]:
+            lines.append(f"| {row} | none yet | | | | | | |")
+            continue
+        lines.append(
+            f"| {row} | {', '.join(map(str, entry['folds']))} | {entry['images']} "
+            f"| {format_interval(entry['intervals']['qwk'])} "
+            f"| {format_interval(entry['intervals']['referable_auc'])} "
+            f"| {_train_ce_text(entry['train_ce'], entry['folds'])} "
+            f"| {format_interval(entry['reference_intervals']['qwk'])} "
+            f"| {_difference(entry['difference']['qwk'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _operating_point_text(folds: list[int]) -> str:
     if len(folds) < 2:  # fold_threshold's fallback: no other fold to fit on yet
         return "p_referable >= 0.5 (one fold recorded: no other fold to fit the specificity threshold on yet)"

@@ -13,7 +13,13 @@ import yaml
 
 from data.duplicates import read_groups
 from data.splits import read_folds_file
-from evaluation.cv_results import markdown, read_pairs, study_summary
+from evaluation.cv_results import (
+    markdown,
+    read_pairs,
+    study_summary,
+    supplementary_markdown,
+    supplementary_summary,
+)
 from evaluation.formatting import format_interval, format_number
 
 CV_STUDY = "scripts/idrid_cv.yaml"
@@ -51,10 +57,15 @@ def _cv_study(root: Path, study: str = CV_STUDY, records: str = CV_RECORDS) -> t
         spec["k_folds"] = sorted(
             {fold for fold in read_folds_file(folds_file).values() if fold >= 0}
         )
-        pairs = read_pairs(spec.get("pairs"), list(spec["rows"]), root / study)
-        summary = study_summary(folder, list(spec["rows"]), spec["reference"], groups, pairs=pairs)
+        core = [r for r, v in spec["rows"].items() if not v.get("supplementary")]
+        extra = [r for r in spec["rows"] if r not in core]
+        pairs = read_pairs(spec.get("pairs"), core, root / study)
+        summary = study_summary(folder, core, spec["reference"], groups, pairs=pairs)
         summary["total_folds"] = len(spec["k_folds"])
-        spec["recorded"] = recorded_folds(folder, list(spec["rows"]))
+        summary["supplementary"] = supplementary_summary(
+            folder, extra, spec["reference"], groups, spec["k_folds"]
+        )
+        spec["recorded"] = recorded_folds(folder, core)
         _CV_CACHE.clear()
         _CV_CACHE[key] = (spec, summary)
     return _CV_CACHE[key]
@@ -64,7 +75,18 @@ def cv_table(root: Path, study: str = CV_STUDY, records: str = CV_RECORDS) -> st
     """The cross-validated comparison (evaluation/cv_results.py) from its committed records."""
     spec, summary = _cv_study(root, study, records)
     rows = {name: values.get("summary", "") for name, values in spec["rows"].items()}
-    return markdown(summary, rows, spec["reference"])
+    core = {name: text for name, text in rows.items() if name not in summary["supplementary"]}
+    text = markdown(summary, core, spec["reference"])
+    if summary["supplementary"]:
+        text += (
+            "\nSupplementary rows, added while the study ran: each pooled on the folds it has "
+            f"finished and paired with `{spec['reference']}` on the same photographs (referable "
+            "operating point from those folds only).\n\n"
+            + supplementary_markdown(summary["supplementary"], spec["reference"])
+            + "\n"
+            + "".join(f"- `{name}`: {rows[name]}\n" for name in summary["supplementary"])
+        )
+    return text
 
 
 def _folds_text(folds: Sequence[int]) -> str:
@@ -154,6 +176,20 @@ def cv_answer(
         }[verdict(task)]
         sentences.append(
             f"The task-aware loss: {_difference_text('`' + reference + '`', '`' + ablation + '`', task)}: {effect}."
+        )
+    for row, entry in (summary.get("supplementary") or {}).items():
+        if not entry["folds"]:
+            continue
+        diff = entry["difference"]["qwk"]
+        reading = {
+            "better": "DeepMT-DR **beats** it too",
+            "worse": f"`{row}` grades **better** than DeepMT-DR",
+            "unclear": "the two **cannot be told apart**",
+        }[verdict(diff)]
+        sentences.append(
+            f"Against the supplementary row `{row}`, on the {entry['images']} photographs of folds "
+            f"{_folds_text(entry['folds'])}: "
+            f"{_difference_text('`' + reference + '`', '`' + row + '`', diff)}: {reading}."
         )
     sentences.append(
         "Intervals: bootstrap over photographs (whole duplicate groups resampled), paired on the same "

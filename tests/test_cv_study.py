@@ -23,7 +23,14 @@ from engine.cv_study import (
     write_record,
 )
 from engine.logging import log_facts
-from evaluation.cv_results import markdown, read_records, study_summary
+from evaluation.cv_results import (
+    markdown,
+    read_records,
+    study_summary,
+    supplementary_markdown,
+    supplementary_summary,
+)
+from evaluation.cv_tables import cv_answer
 from evaluation.statistics import summary_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,3 +239,32 @@ def test_log_facts_reads_training_time_and_the_last_grader_ce(tmp_path):
     )
     seconds, train_ce = log_facts(tmp_path)
     assert seconds == pytest.approx(65.5) and train_ce == pytest.approx(1.20)
+
+
+def test_a_supplementary_row_is_compared_on_the_folds_it_has(tmp_path):
+    records = tmp_path / "records"
+    records.mkdir()
+    ids = [f"toy/grading/train/{i:03d}" for i in range(120)]
+    for fold in (0, 1):
+        grades, probs, predicted = _predictions(60, fold, signal=3.0)
+        _fake_record(records, "a", fold, ids[fold * 60 : (fold + 1) * 60], grades, probs, predicted)
+        _, probs_b, pred_b = _predictions(60, fold + 10, signal=0.0)
+        _fake_record(records, "b", fold, ids[fold * 60 : (fold + 1) * 60], grades, probs_b, pred_b)
+    grades, _, _ = _predictions(60, 0, signal=3.0)  # the same photographs and grades as a's fold 0
+    _, probs, predicted = _predictions(60, 7, signal=0.0)
+    _fake_record(records, "s", 0, ids[:60], grades, probs, predicted, grader_train_ce=1.55)
+    extra = supplementary_summary(records, ["s", "t"], "a", {}, [0, 1, 2], n_resamples=300)
+    assert extra["t"] == {"folds": []}  # nothing recorded yet
+    entry = extra["s"]
+    assert entry["folds"] == [0] and entry["images"] == 60  # fold 0 only: a's fold 1 is not paired
+    found = read_records(records, ["a"])
+    own = summary_metrics(found["a"][0].grades, found["a"][0].predicted, found["a"][0].probs, 0.5)
+    assert entry["reference_intervals"]["qwk"]["value"] == pytest.approx(own["qwk"], abs=1e-9)
+    assert entry["difference"]["qwk"]["low"] > 0  # a informative, s at chance
+    table = supplementary_markdown(extra, "a")
+    assert "| s | 0 | 60 |" in table and "| 1.55 |" in table and "| t | none yet |" in table
+    summary = study_summary(records, ["a", "b"], "a", groups={}, n_resamples=300)
+    summary["supplementary"] = extra
+    answer = cv_answer(summary, {"a": [0, 1], "b": [0, 1]}, [0, 1], "a", baseline="b", ablation="-")
+    assert "Against the supplementary row `s`, on the 60 photographs of folds 0" in answer
+    assert "DeepMT-DR **beats** it too" in answer
