@@ -187,8 +187,8 @@ def cv_answer(
             "unclear": "the two **cannot be told apart**",
         }[verdict(diff)]
         sentences.append(
-            f"Against the supplementary row `{row}`, on the {entry['images']} photographs of folds "
-            f"{_folds_text(entry['folds'])}: "
+            f"Against the supplementary row `{row}`, on the {entry['images']} photographs of "
+            f"fold{'s' if len(entry['folds']) > 1 else ''} {_folds_text(entry['folds'])}: "
             f"{_difference_text('`' + reference + '`', '`' + row + '`', diff)}: {reading}."
         )
     sentences.append(

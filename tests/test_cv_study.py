@@ -266,5 +266,5 @@ def test_a_supplementary_row_is_compared_on_the_folds_it_has(tmp_path):
     summary = study_summary(records, ["a", "b"], "a", groups={}, n_resamples=300)
     summary["supplementary"] = extra
     answer = cv_answer(summary, {"a": [0, 1], "b": [0, 1]}, [0, 1], "a", baseline="b", ablation="-")
-    assert "Against the supplementary row `s`, on the 60 photographs of folds 0" in answer
+    assert "Against the supplementary row `s`, on the 60 photographs of fold 0:" in answer
     assert "DeepMT-DR **beats** it too" in answer
