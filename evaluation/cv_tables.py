@@ -117,6 +117,26 @@ def _difference_text(name: str, other: str, difference: dict) -> str:
     )
 
 
+def _supplementary_sentences(summary: dict, reference: str) -> list[str]:
+    """One sentence per supplementary row that has a fold: the reference minus it, read."""
+    sentences = []
+    for row, entry in (summary.get("supplementary") or {}).items():
+        if not entry["folds"]:
+            continue
+        diff = entry["difference"]["qwk"]
+        reading = {
+            "better": "DeepMT-DR **beats** it too",
+            "worse": f"`{row}` grades **better** than DeepMT-DR",
+            "unclear": "the two **cannot be told apart**",
+        }[verdict(diff)]
+        sentences.append(
+            f"Against the supplementary row `{row}`, on the {entry['images']} photographs of "
+            f"fold{'s' if len(entry['folds']) > 1 else ''} {_folds_text(entry['folds'])}: "
+            f"{_difference_text('`' + reference + '`', '`' + row + '`', diff)}: {reading}."
+        )
+    return sentences
+
+
 def cv_answer(
     summary: dict,
     recorded: dict[str, list[int]],
@@ -177,20 +197,7 @@ def cv_answer(
         sentences.append(
             f"The task-aware loss: {_difference_text('`' + reference + '`', '`' + ablation + '`', task)}: {effect}."
         )
-    for row, entry in (summary.get("supplementary") or {}).items():
-        if not entry["folds"]:
-            continue
-        diff = entry["difference"]["qwk"]
-        reading = {
-            "better": "DeepMT-DR **beats** it too",
-            "worse": f"`{row}` grades **better** than DeepMT-DR",
-            "unclear": "the two **cannot be told apart**",
-        }[verdict(diff)]
-        sentences.append(
-            f"Against the supplementary row `{row}`, on the {entry['images']} photographs of "
-            f"fold{'s' if len(entry['folds']) > 1 else ''} {_folds_text(entry['folds'])}: "
-            f"{_difference_text('`' + reference + '`', '`' + row + '`', diff)}: {reading}."
-        )
+    sentences += _supplementary_sentences(summary, reference)
     sentences.append(
         "Intervals: bootstrap over photographs (whole duplicate groups resampled), paired on the same "
         "resamples; the table below has every row and metric."
