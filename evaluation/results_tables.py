@@ -17,11 +17,8 @@ from __future__ import annotations
 import json
 import math
 import re
-import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-
-import yaml
 
 from evaluation.cv_tables import (
     CV_RECORDS,
@@ -37,9 +34,7 @@ from evaluation.demo_tables import (
     demo_profile_table,
     demo_seeds_table,
     demo_time_estimate,
-    machine_label,
 )
-from evaluation.formatting import format_number
 from evaluation.release_tables import run_record_table
 from evaluation.seed_tables import (
     SEED_METRICS,
@@ -47,6 +42,12 @@ from evaluation.seed_tables import (
     seed_table,
     seed_table_lines,
     summarise_seeds,
+)
+from evaluation.sweep_tables import (
+    paired_t_interval,
+    sweep_answer,
+    sweep_records,
+    sweep_table,
 )
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "seed_table",
     "seed_table_lines",
     "summarise_seeds",
+    "sweep_answer",
     "sweep_records",
     "sweep_table",
     "table_names",
@@ -161,99 +163,6 @@ def agreement_table(root: Path, release: str = "deepmt_dr_idrid_small", split: s
     return "\n".join(rows) + "\n" + note
 
 
-# ------------------------------------------------------------------------------------------------
-# The task-aware loss sweep (scripts/task_aware_sweep.yaml, records under docs/records/task_aware_sweep/)
-# ------------------------------------------------------------------------------------------------
-
-SWEEP = "scripts/task_aware_sweep.yaml"
-SWEEP_RECORDS = "docs/records/task_aware_sweep"
-
-
-def sweep_records(root: Path, records: str = SWEEP_RECORDS) -> dict[str, dict[int, dict]]:
-    """``{arm: {seed: record JSON}}`` of every recorded (arm, seed)."""
-    found: dict[str, dict[int, dict]] = {}
-    for path in sorted((root / records).glob("*/seed*.json")):
-        record = json.loads(path.read_text())
-        found.setdefault(record["arm"], {})[int(record["seed"])] = record
-    return found
-
-
-def paired_t_interval(
-    differences: Sequence[float], confidence: float = 0.95
-) -> tuple[float, float]:
-    """Student-t interval of the mean of paired per-seed differences (NaN below two seeds)."""
-    from scipy import stats
-
-    n = len(differences)
-    if n < 2:
-        return math.nan, math.nan
-    mean, sd = statistics.fmean(differences), statistics.stdev(differences)
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    return mean - half, mean + half
-
-
-def same_base(record: dict, other: dict) -> bool:
-    """Whether two arms of a seed started from the same base weights: their recorded digests agree,
-    or neither has one (the first records, whose arms all shared one base run in one session)."""
-    return record.get("base_weights_sha256") == other.get("base_weights_sha256")
-
-
-def sweep_table(root: Path, sweep: str = SWEEP, records: str = SWEEP_RECORDS) -> str:
-    """One row per arm: seeds, QWK, the paired QWK difference against the arm it is compared
-    with (mean and 95% t-interval over the seeds both have), PSNR, lesion PSNR, CAM agreement
-    (Pearson SR vs HR) and the task gap."""
-    spec = yaml.safe_load((root / sweep).read_text(encoding="utf-8"))
-    found = sweep_records(root, records)
-    rows = [
-        "| arm | seeds | QWK | ΔQWK vs | ΔQWK (95% CI) | PSNR dB (bicubic) | lesion PSNR dB "
-        "| CAM Pearson SR/HR | task gap |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arm, values in spec["arms"].items():
-        runs = found.get(arm, {})
-        if not runs:
-            rows.append(f"| {arm} | 0 | | | | | | | |")
-            continue
-        mean = lambda get, runs=runs: statistics.fmean(get(r) for r in runs.values())  # noqa: E731
-        against = values.get("against")
-        difference = "—"
-        if against:
-            common = [
-                seed
-                for seed in sorted(set(runs) & set(found.get(against, {})))
-                if same_base(runs[seed], found[against][seed])
-            ]
-            deltas = [
-                runs[s]["metrics"]["qwk"] - found[against][s]["metrics"]["qwk"] for s in common
-            ]
-            if deltas:
-                low, high = paired_t_interval(deltas)
-                difference = (
-                    f"{statistics.fmean(deltas):+.3f} ({format_number(low, '+.3f', 'n/a')}, "
-                    f"{format_number(high, '+.3f', 'n/a')}), {len(deltas)} seeds"
-                )
-        rows.append(
-            f"| {arm} | {len(runs)} | {mean(lambda r: r['metrics']['qwk']):.3f} | {against or '—'} "
-            f"| {difference} | {mean(lambda r: r['metrics']['psnr']):.2f} "
-            f"({mean(lambda r: r['metrics']['psnr_bicubic']):.2f}) "
-            f"| {mean(lambda r: r['metrics']['psnr_lesion']):.2f} "
-            f"| {format_number(mean(lambda r: r['mechanism']['cam_pearson']), '.3f', 'n/a')} "
-            f"| {format_number(mean(lambda r: r['mechanism']['task_gap']), '+.3f', 'n/a')} |"
-        )
-    every = [record for runs in found.values() for record in runs.values()]
-    note = (
-        "\nNo run recorded yet.\n"
-        if not every
-        else f"\n{len(every)} runs recorded (commit(s) "
-        + ", ".join(sorted({record["commit"][:7] for record in every}))
-        + f"; {', '.join(sorted({machine_label(record) for record in every}))}, "
-        f"{statistics.fmean(r['wall_seconds'] for r in every) / 60:.1f} min per arm run). "
-        "Arms are paired by seed only where both started from the same base weights "
-        f"(`base_weights_sha256`). `python scripts/task_aware_sweep.py`; records: `{records}/`.\n"
-    )
-    return "\n".join(rows) + "\n" + note
-
-
 def _seed_renderer(results: str, rows_file: str, split: str) -> Renderer:
     return lambda root: seed_table(root, results, rows_file, split)
 
@@ -262,6 +171,7 @@ RENDERERS: dict[str, Renderer] = {
     "idrid-duplicates": duplicates_table,
     "inference-agreement": agreement_table,
     "task-aware-sweep": sweep_table,
+    "task-aware-answer": sweep_answer,
     "idrid-cv": cv_table,
     "idrid-cv-answer": cv_answer_block,
     "demo-seeds": demo_seeds_table,

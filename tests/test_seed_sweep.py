@@ -168,3 +168,48 @@ def test_weights_digest_sees_every_value_name_and_dtype():
     renamed = {"a.weight": state["a.weight"], "c.bias": state["b.bias"]}
     double = {**state, "b.bias": state["b.bias"].double()}
     assert len({digest, *(weights_digest(s) for s in (changed, renamed, double))}) == 4
+
+
+def _answer_records(tmp_path, qwk: dict, psnr: dict) -> None:
+    for arm, values in qwk.items():
+        folder = tmp_path / "records" / arm
+        folder.mkdir(parents=True, exist_ok=True)
+        for seed, value in enumerate(values):
+            record = {
+                "arm": arm,
+                "seed": seed,
+                "commit": "abcdef0",
+                "cpu": "test CPU",
+                "wall_seconds": 60.0,
+                "metrics": {
+                    "qwk": value,
+                    "psnr": psnr[arm],
+                    "psnr_bicubic": 29.0,
+                    "psnr_lesion": 1,
+                },
+                "mechanism": {"cam_pearson": 0.3 if arm == "a" else 0.6, "task_gap": 0.2},
+            }
+            (folder / f"seed{seed}.json").write_text(json.dumps(record))
+
+
+def test_sweep_answer_reads_the_paired_differences_in_words(tmp_path):
+    from evaluation.sweep_tables import sweep_answer
+
+    _sweep_file(tmp_path, seeds="[0, 1, 2]")
+    _answer_records(
+        tmp_path, {"a": [0.50, 0.60, 0.55], "b": [0.53, 0.61, 0.60]}, {"a": 30, "b": 28}
+    )
+    text = sweep_answer(tmp_path, "sweep.yaml", "records")
+    assert text.startswith("**The task-aware loss sweep, all 3 paired seeds:**")
+    assert "the best, `b`, by +0.030 (" in text and "PSNR cost of 2.00 dB" in text
+    assert "no measurable effect on grading" in text  # (-0.020, +0.080) contains 0
+    assert "Pearson 0.30 at weight 0, 0.60 at weight 100" in text
+    assert "From weight 100 on, the SR image falls under bicubic" in text
+    # Every seed better by about the same: the interval leaves 0 and the words say so.
+    _answer_records(
+        tmp_path, {"a": [0.50, 0.60, 0.55], "b": [0.55, 0.66, 0.60]}, {"a": 30, "b": 30}
+    )
+    text = sweep_answer(tmp_path, "sweep.yaml", "records")
+    assert "It **helps** grading in `b`" in text and "stays above bicubic" in text
+    _sweep_file(tmp_path, seeds="[0, 1, 2, 3, 4]")  # five asked for, three recorded
+    assert "has 3 of its 5 paired seeds" in sweep_answer(tmp_path, "sweep.yaml", "records")
