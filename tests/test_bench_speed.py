@@ -53,9 +53,9 @@ def test_train_step_prints_project_and_naive_lines_with_the_ratio():
     assert (project["variant"], naive["variant"]) == ("project", "naive")
     assert project["hr"] == 64 and project["lr"] == 16 and project["gflop_per_image"] > 0
     assert project["seg_width"] == 0.25  # the override, not --seg-width's default, is reported
-    assert (
-        project["gflop_per_image"] == naive["gflop_per_image"]
-    )  # the same math, computed two ways
+    # The same losses; the project takes both gradients from one backward, where the published
+    # step passes through the grader twice, so it counts no more FLOPs (and within 20%).
+    assert 0.8 * naive["gflop_per_image"] <= project["gflop_per_image"] <= naive["gflop_per_image"]
     assert project["speedup_vs_naive"] == round(project["images_per_s"] / naive["images_per_s"], 2)
 
 
