@@ -119,27 +119,37 @@ def test_a_joint_stage_with_a_frozen_sub_net_trains_and_leaves_it_unchanged(
     assert any(not torch.equal(other[k], moved[k]) for k in other)
 
 
-def test_sweep_table_pairs_arms_by_seed(tmp_path):
-    from scipy import stats
-
-    from evaluation.results_tables import sweep_table
-
-    _sweep_file(tmp_path)
-    qwk = {"a": [0.50, 0.60, 0.55], "b": [0.53, 0.61, 0.60]}
+def _sweep_records(tmp_path, qwk: dict, psnr=None, pearson=None, task_gap: float = -0.1) -> None:
+    """Sweep records under ``tmp_path/records``: per arm, one per seed with these QWKs; PSNR and
+    CAM Pearson per arm (30 dB and 0.5 when not given)."""
     for arm, values in qwk.items():
+        folder = tmp_path / "records" / arm
+        folder.mkdir(parents=True, exist_ok=True)
         for seed, value in enumerate(values):
-            folder = tmp_path / "records" / arm
-            folder.mkdir(parents=True, exist_ok=True)
             record = {
                 "arm": arm,
                 "seed": seed,
                 "commit": "abcdef0",
                 "cpu": "test CPU",
                 "wall_seconds": 60.0,
-                "metrics": {"qwk": value, "psnr": 30.0, "psnr_bicubic": 29.0, "psnr_lesion": 28.0},
-                "mechanism": {"cam_pearson": 0.5, "task_gap": -0.1},
+                "metrics": {
+                    "qwk": value,
+                    "psnr": (psnr or {}).get(arm, 30.0),
+                    "psnr_bicubic": 29.0,
+                    "psnr_lesion": 28.0,
+                },
+                "mechanism": {"cam_pearson": (pearson or {}).get(arm, 0.5), "task_gap": task_gap},
             }
             (folder / f"seed{seed}.json").write_text(json.dumps(record))
+
+
+def test_sweep_table_pairs_arms_by_seed(tmp_path):
+    from scipy import stats
+
+    from evaluation.results_tables import sweep_table
+
+    _sweep_file(tmp_path)
+    _sweep_records(tmp_path, {"a": [0.50, 0.60, 0.55], "b": [0.53, 0.61, 0.60]})
     table = sweep_table(tmp_path, "sweep.yaml", "records")
     deltas = [0.03, 0.01, 0.05]
     half = stats.t.ppf(0.975, 2) * stats.tstd(deltas) / 3**0.5
@@ -170,46 +180,24 @@ def test_weights_digest_sees_every_value_name_and_dtype():
     assert len({digest, *(weights_digest(s) for s in (changed, renamed, double))}) == 4
 
 
-def _answer_records(tmp_path, qwk: dict, psnr: dict) -> None:
-    for arm, values in qwk.items():
-        folder = tmp_path / "records" / arm
-        folder.mkdir(parents=True, exist_ok=True)
-        for seed, value in enumerate(values):
-            record = {
-                "arm": arm,
-                "seed": seed,
-                "commit": "abcdef0",
-                "cpu": "test CPU",
-                "wall_seconds": 60.0,
-                "metrics": {
-                    "qwk": value,
-                    "psnr": psnr[arm],
-                    "psnr_bicubic": 29.0,
-                    "psnr_lesion": 1,
-                },
-                "mechanism": {"cam_pearson": 0.3 if arm == "a" else 0.6, "task_gap": 0.2},
-            }
-            (folder / f"seed{seed}.json").write_text(json.dumps(record))
-
-
 def test_sweep_answer_reads_the_paired_differences_in_words(tmp_path):
     from evaluation.sweep_tables import sweep_answer
 
+    def answer(b_qwk: list[float], b_psnr: float) -> str:  # arm a: weight 0, b: weight 100
+        qwk = {"a": [0.50, 0.60, 0.55], "b": b_qwk}
+        psnr, pearson = {"a": 30, "b": b_psnr}, {"a": 0.3, "b": 0.6}
+        _sweep_records(tmp_path, qwk, psnr, pearson, task_gap=0.2)
+        return sweep_answer(tmp_path, "sweep.yaml", "records")
+
     _sweep_file(tmp_path, seeds="[0, 1, 2]")
-    _answer_records(
-        tmp_path, {"a": [0.50, 0.60, 0.55], "b": [0.53, 0.61, 0.60]}, {"a": 30, "b": 28}
-    )
-    text = sweep_answer(tmp_path, "sweep.yaml", "records")
+    text = answer([0.53, 0.61, 0.60], 28)
     assert text.startswith("**The task-aware loss sweep, all 3 paired seeds:**")
     assert "the best, `b`, by +0.030 (" in text and "PSNR cost of 2.00 dB" in text
     assert "no measurable effect on grading" in text  # (-0.020, +0.080) contains 0
     assert "Pearson 0.30 at weight 0, 0.60 at weight 100" in text
     assert "From weight 100 on, the SR image falls under bicubic" in text
     # Every seed better by about the same: the interval leaves 0 and the words say so.
-    _answer_records(
-        tmp_path, {"a": [0.50, 0.60, 0.55], "b": [0.55, 0.66, 0.60]}, {"a": 30, "b": 30}
-    )
-    text = sweep_answer(tmp_path, "sweep.yaml", "records")
+    text = answer([0.55, 0.66, 0.60], 30)
     assert "It **helps** grading in `b`" in text and "stays above bicubic" in text
     _sweep_file(tmp_path, seeds="[0, 1, 2, 3, 4]")  # five asked for, three recorded
     assert "has 3 of its 5 paired seeds" in sweep_answer(tmp_path, "sweep.yaml", "records")
