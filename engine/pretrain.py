@@ -23,6 +23,7 @@ from pathlib import Path
 from data.lock import LockError
 from engine.checkpoint import RESUME_MAY_CHANGE, CheckpointError, rng_state, set_rng_state
 from engine.config import CONFIG_DIR, STAGES, Config, ConfigError, flat_keys, load_config, validate
+from engine.release import resolve_checkpoint
 from engine.run_folder import run_status
 
 log = logging.getLogger("engine.trainer")  # the training log, whichever file writes its lines
@@ -104,17 +105,20 @@ def pretraining_hash(pre: Config) -> str:
 
 
 def init_checkpoint(config: Config, train: Callable[[Config], object]) -> Path:
-    """The checkpoint train.init_from names: a file, or the synthetic pre-training's best.pt
+    """The checkpoint train.init_from names: a checkpoint or release file, a run folder, a release
+    name (``deepmt_dr_idrid_small``: a larger model can start from a released one), or the
+    synthetic pre-training's best.pt
     (``train(pre)`` trains or resumes that run, :func:`synthetic_init`)."""
     value = config.train.init_from
     if value == SYNTHETIC:
         return synthetic_init(config, train)
-    if not Path(value).is_file():
+    try:  # a checkpoint file, a run folder (its best.pt) or a release name, hash-checked
+        return resolve_checkpoint(value)
+    except CheckpointError as error:
         raise CheckpointError(
-            f"train.init_from={value}: no such checkpoint file; pass a checkpoint .pt or "
-            f"{SYNTHETIC} (pre-train this model on the embedded dataset first)"
-        )
-    return Path(value)
+            f"train.init_from={value}: {error}; pass a checkpoint, a run folder, a release name "
+            f"or {SYNTHETIC} (pre-train this model on the embedded dataset first)"
+        ) from None
 
 
 def synthetic_init(config: Config, train: Callable[[Config], object]) -> Path:

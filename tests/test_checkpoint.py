@@ -131,3 +131,49 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, tiny_ove
     )
     with pytest.raises(CheckpointError, match="pre/checkpoints/best.pt does not match"):
         wrong.fit()
+
+
+def test_init_from_takes_a_run_folder_or_a_release_name(tmp_path, tiny_overrides, monkeypatch):
+    """A larger model starts from a released one (issue 28: the 1024 run from the 512 release):
+    train.init_from names a run folder or a release in pretrained_model/, hash-checked."""
+    pytest.importorskip("safetensors")
+    from engine import export, release
+    from engine.checkpoint import CheckpointError
+    from engine.cli import run_cli
+    from engine.config import load_config
+    from engine.trainer import Trainer
+
+    first = Trainer(load_config(None, [*tiny_overrides, "train.stage=isr", "run.name=pre"]))
+    first.fit()
+    folder = tmp_path / "releases"
+    out = folder / "tiny_release.safetensors"
+    assert run_cli(export.main, [str(tmp_path / "runs" / "pre"), "--out", str(out)]) == 0
+    monkeypatch.setattr(release, "RELEASE_DIR", folder)
+    trained = first.model.isr.state_dict()
+    for source, exact in ((tmp_path / "runs" / "pre", True), ("tiny_release", False)):
+        name = f"from_{'run' if exact else 'release'}"
+        second = Trainer(
+            load_config(
+                None,
+                [
+                    *tiny_overrides,
+                    "train.stage=seg",
+                    f"run.name={name}",
+                    f"train.init_from={source}",
+                ],
+            )
+        )
+        second.fit()
+        for key, value in first.model.isr.state_dict().items():
+            started = second.model.isr.state_dict()[key]
+            # a release stores float16 weights: the start is the trained weights, rounded
+            expected = value if exact else value.half().float()
+            assert torch.equal(started, expected), (source, key)
+    assert set(trained) == set(second.model.isr.state_dict())
+    missing = Trainer(
+        load_config(None, [*tiny_overrides, "run.name=none", "train.init_from=no_such_release"])
+    )
+    with pytest.raises(CheckpointError) as caught:
+        missing.fit()
+    message = str(caught.value)
+    assert message.startswith("train.init_from=no_such_release: ") and "\n" not in message
