@@ -15,7 +15,13 @@ sys.path.insert(0, str(ROOT))
 
 from evaluation.results_tables import regenerate  # noqa: E402
 
-DOCS = ("README.md", "docs/RESULTS.md", "docs/RELIABILITY.md", "docs/BENCHMARKS.md")
+DOCS = (
+    "README.md",
+    "docs/RESULTS.md",
+    "docs/RELIABILITY.md",
+    "docs/BENCHMARKS.md",
+    "pretrained_model/README.md",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,14 @@ def test_marked_blocks_are_rewritten_and_the_rest_is_kept():
 
 
 @pytest.mark.parametrize(
-    "name", ["README.md", "docs/RESULTS.md", "docs/RELIABILITY.md", "docs/BENCHMARKS.md"]
+    "name",
+    [
+        "README.md",
+        "docs/RESULTS.md",
+        "docs/RELIABILITY.md",
+        "docs/BENCHMARKS.md",
+        "pretrained_model/README.md",
+    ],
 )
 def test_committed_tables_equal_their_regeneration(name):
     text = (ROOT / name).read_text(encoding="utf-8")
