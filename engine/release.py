@@ -29,7 +29,7 @@ DEFAULT_RELEASE = "deepmt_dr_idrid_small"
 RELEASE_RECIPE = {
     DEFAULT_RELEASE: (
         "python train.py --dataset idrid --data-root ../shared/data/idrid --config configs/idrid_small.yaml",
-        f"python -m engine.export runs/idrid_small --out pretrained_model/{DEFAULT_RELEASE}.pt",
+        f"python -m engine.export runs/idrid_small --out pretrained_model/{DEFAULT_RELEASE}{SAFETENSORS_SUFFIX}",
     ),
 }
 
@@ -142,7 +142,9 @@ def resolve_checkpoint(name_or_path: str | Path, release_dir: str | Path | None 
                 for suffix in (".pt", SAFETENSORS_SUFFIX)
                 if (release_dir / f"{name}{suffix}").is_file()
             ]
-            candidate = _shown(found[0] if found else release_dir / f"{name}.pt")
+            # absent: name the file its recipe makes (the open format), else the .pt
+            suffix = SAFETENSORS_SUFFIX if name in RELEASE_RECIPE else ".pt"
+            candidate = _shown(found[0] if found else release_dir / f"{name}{suffix}")
         if not candidate.is_file():
             if name in registry or name in RELEASE_RECIPE:
                 raise _absent_release(name, candidate)

@@ -211,7 +211,7 @@ def test_default_release_missing_says_how_to_make_it(tmp_path, photos, capsys, m
     assert _predict([str(photos[0]), "--out", str(tmp_path / "out"), *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert (
-        "deepmt_dr_idrid_small.pt is absent" in err
+        "deepmt_dr_idrid_small.safetensors is absent" in err
         and "python -m engine.export runs/idrid_small --out" in err
     )
     assert "--checkpoint FILE" in err and "\n" not in err

@@ -156,7 +156,7 @@ def test_checkpoints_by_path_run_folder_and_name(tmp_path, run_dir):
         release.resolve_checkpoint("nope", tmp_path)
     with pytest.raises(
         CheckpointError,
-        match=r"deepmt_dr_idrid_small.pt is absent: make it with `python train.py --dataset idrid",
+        match=r"deepmt_dr_idrid_small.safetensors is absent: make it with `python train.py --dataset idrid",
     ):
         release.resolve_checkpoint("deepmt_dr_idrid_small", tmp_path)
     with pytest.raises(CheckpointError, match="without checkpoints/best.pt"):
