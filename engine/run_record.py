@@ -45,7 +45,8 @@ KEPT_METRICS = (
 
 def stage_times(log_csv: Path) -> dict[str, dict[str, float | int]]:
     """Per stage, in training order: epochs and the summed ``seconds`` of ``log.csv`` (training
-    epochs with their validation passes; a resumed epoch counts once, its last line)."""
+    epochs with their validation passes; a resumed epoch counts once, its last line). Epoch 0 (the
+    joint stage's validation of the weights it starts from) adds its seconds but is no epoch."""
     try:
         with log_csv.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -58,9 +59,9 @@ def stage_times(log_csv: Path) -> dict[str, dict[str, float | int]]:
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{log_csv}, line {line}: no stage, epoch or seconds") from None
     stages: dict[str, dict[str, float | int]] = {}
-    for (stage, _), seconds in last.items():
+    for (stage, epoch), seconds in last.items():
         entry = stages.setdefault(stage, {"epochs": 0, "seconds": 0.0})
-        entry["epochs"] += 1
+        entry["epochs"] += epoch > 0
         entry["seconds"] = round(entry["seconds"] + seconds, 1)
     return stages
 
@@ -108,6 +109,8 @@ def write_run_record(run_dir: Path, out: Path, metrics_paths: list[Path], note: 
         "note": note,
         **machine_provenance(),
     }
+    if config.run.threads:  # the run's threads, not this recording process's
+        record["threads"] = config.run.threads
     path = out / RECORD
     write_atomic(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     return path

@@ -97,7 +97,7 @@ def run_record_table(root: Path, records: str) -> str:
         *_confusion_lines(*first),
         "",
         f"Run `{record['run']}` (config hash {record['config_hash']}), recorded at commit "
-        f"{record['commit'][:7]}, {record['cpu']}, {record['threads']} threads, torch "
+        f"{record['commit'][:7]}, {record['cpu']}, {record['threads']} thread{'s' if record['threads'] != 1 else ''}, torch "
         f"{record['torch']}. 95% intervals: bootstrap over photographs (duplicate groups "
         f"resampled whole). PSNR inside the field of view; lesion PSNR inside the dilated lesion "
         f"masks; AUPR per lesion over the pixels of the images that have that lesion's mask. "

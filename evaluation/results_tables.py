@@ -189,6 +189,10 @@ RENDERERS: dict[str, Renderer] = {
         "docs/records/demo/avx2_amd-epyc-family-26-avx-512-bf16/seed0.json",
     ),
     "idrid-1024-run": lambda root: run_record_table(root, "docs/records/idrid_1024"),
+    # The 512 preset from random initialisation on the grouped split (issue 28: its ISR net).
+    "idrid-small-scratch-run": lambda root: run_record_table(
+        root, "docs/records/idrid_small_scratch"
+    ),
     # The releases' model cards (pretrained_model/README.md): the runs they were exported from.
     "release-idrid-small": lambda root: run_record_table(root, "docs/records/release_idrid_small"),
     **{name: _seed_renderer(*source) for name, source in SEED_TABLES.items()},

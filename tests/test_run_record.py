@@ -21,7 +21,9 @@ from scripts.record_run import main as record_main
 def make_run(folder: Path, tta: bool = True) -> Path:
     """A run folder as train.py + test.py --split val --tta leave it (no checkpoints needed)."""
     folder.mkdir(parents=True)
-    config = load_config(None, ["data.hr_size=64", "test.tta=false", "run.name=tiny"])
+    config = load_config(
+        None, ["data.hr_size=64", "test.tta=false", "run.name=tiny", "run.threads=3"]
+    )
     save_config(config, folder / "config.yaml")
     (folder / "log.csv").write_text(
         "stage,epoch,lr,train_loss,seconds\n"
@@ -29,6 +31,8 @@ def make_run(folder: Path, tta: bool = True) -> Path:
         "isr,2,0.001,0.4,30.0\n"
         "isr,2,0.001,0.4,45.0\n"  # epoch 2 resumed: its last line counts
         "cls,1,0.001,1.2,120.0\n"
+        "joint,0,0.001,,40.0\n"  # the joint stage's validation of its incoming weights
+        "joint,1,0.001,1.1,200.0\n"
     )
     metrics = {
         "split": "val",
@@ -61,6 +65,7 @@ def test_stage_times_count_a_resumed_epoch_once(tmp_path):
     assert stage_times(run / "log.csv") == {
         "isr": {"epochs": 2, "seconds": 105.0},
         "cls": {"epochs": 1, "seconds": 120.0},
+        "joint": {"epochs": 1, "seconds": 240.0},
     }
     (tmp_path / "bad.csv").write_text("stage,epoch,seconds\nisr,one,3\n")
     with pytest.raises(DataError, match="bad.csv, line 2"):
@@ -79,6 +84,7 @@ def test_record_keeps_metrics_predictions_and_provenance_without_local_paths(tmp
     assert evaluation["grading"]["qwk"] == 0.5
     assert "report" not in evaluation and "checkpoint" not in evaluation
     assert {"commit", "cpu", "torch", "threads"} <= set(record)
+    assert record["threads"] == 3  # the run's run.threads, not the recording process's
     with open(out / "val_lr_tta.csv", newline="") as handle:
         ids = [row["id"] for row in csv.DictReader(handle)]
     assert ids == ["a", "b", "c"]  # sorted: small diffs in git
@@ -99,7 +105,7 @@ def test_table_renders_stages_evaluations_and_confusion(tmp_path):
     run = make_run(tmp_path / "run")
     write_run_record(run, tmp_path / "records", [run / "metrics_val_lr_tta.json"])
     table = run_record_table(tmp_path, "records")
-    assert "| isr | 2 | 1.8 |" in table and "| all | | **3.8** |" in table
+    assert "| isr | 2 | 1.8 |" in table and "| all | | **7.8** |" in table
     assert "0.500 [0.100, 0.800]" in table  # QWK with its interval
     assert "33.10 (31.00)" in table and "30.20 (28.00)" in table
     assert "| 0.120 | — | 0.500 | — | 0.310 |" in table  # AUPR MA HE EX SE mean
