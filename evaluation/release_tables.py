@@ -106,3 +106,46 @@ def run_record_table(root: Path, records: str) -> str:
     if record.get("note"):
         lines.append(f"Note: {record['note']}")
     return "\n".join(lines) + "\n"
+
+
+def lever_records_table(root: Path, records: str, arms: dict[str, str]) -> str:
+    """One line per lever arm (``arms``: record folder under ``root / records`` -> what differs):
+    each arm's lesion AUPR from its first evaluation and its training time, for arms that differ
+    in one setting and were evaluated alike; a line saying so for arms not recorded yet."""
+    lines = [
+        "| arm | what differs | evaluation | "
+        + " | ".join(f"AUPR {lesion}" for lesion in (*LESIONS, "mean"))
+        + " | train min |",
+        "|---|---|---|" + "---|" * (len(LESIONS) + 2),
+    ]
+    missing, first = [], None
+    for arm, what in arms.items():
+        path = root / records / arm / "record.json"
+        if not path.is_file():
+            missing.append(arm)
+            continue
+        record = json.loads(path.read_text(encoding="utf-8"))
+        first = first or record
+        name, data = _evaluations(record)[0]
+        segmentation = data.get("segmentation") or {}
+        aupr = [
+            format_number(segmentation.get(lesion, {}).get("aupr"), ".3f", "—")
+            for lesion in (*LESIONS, "mean")
+        ]
+        minutes = sum(entry["seconds"] for entry in record["stages"].values()) / 60
+        evaluation = f"{name} ({data['input'].upper()}{', flip TTA' if data['tta'] else ''})"
+        lines.append(
+            f"| `{arm}` | {what} | {evaluation} | " + " | ".join(aupr) + f" | {minutes:.1f} |"
+        )
+    if first is None:
+        return f"No record yet (`python scripts/record_run.py RUN --out {records}/ARM`).\n"
+    lines += [
+        "",
+        f"Recorded at commit {first['commit'][:7]}, {first['cpu']}, {first['threads']} "
+        f"thread{'s' if first['threads'] != 1 else ''}, torch {first['torch']}. AUPR per lesion "
+        f"over the pixels of the validation images that have that lesion's mask. Source: "
+        f"`{records}/<arm>/record.json`.",
+    ]
+    if missing:
+        lines.append("Not recorded yet: " + ", ".join(f"`{arm}`" for arm in missing) + ".")
+    return "\n".join(lines) + "\n"

@@ -35,7 +35,7 @@ from evaluation.demo_tables import (
     demo_seeds_table,
     demo_time_estimate,
 )
-from evaluation.release_tables import run_record_table
+from evaluation.release_tables import lever_records_table, run_record_table
 from evaluation.seed_tables import (
     SEED_METRICS,
     SEED_TABLES,
@@ -189,6 +189,15 @@ RENDERERS: dict[str, Renderer] = {
         "docs/records/demo/avx2_amd-epyc-family-26-avx-512-bf16/seed0.json",
     ),
     "idrid-1024-run": lambda root: run_record_table(root, "docs/records/idrid_1024"),
+    # The segmentation loss at 1024 (issue 28): seg stage alone, 100 epochs, same seed.
+    "idrid-1024-seg-levers": lambda root: lever_records_table(
+        root,
+        "docs/records/idrid_1024_seg_levers",
+        {
+            "dice_focal": "Dice + focal (the preset's `loss.seg_loss`)",
+            "dice_bce": "Dice + BCE with lesion pixels weighted 10 (`loss.seg_loss=dice_bce`)",
+        },
+    ),
     # The 512 preset from random initialisation on the grouped split (issue 28: its ISR net).
     "idrid-small-scratch-run": lambda root: run_record_table(
         root, "docs/records/idrid_small_scratch"

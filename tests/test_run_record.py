@@ -126,3 +126,20 @@ def test_cli_records_every_metrics_file(tmp_path, capsys):
     assert "metrics_val_lr_tta.json" in capsys.readouterr().out
     assert run_cli(record_main, [str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_lever_table_has_one_line_per_recorded_arm(tmp_path):
+    from evaluation.release_tables import lever_records_table
+
+    arms = {"plain": "the preset", "other": "one setting changed", "later": "not run yet"}
+    assert "No record yet" in lever_records_table(tmp_path, "levers", arms)
+    for arm in ("plain", "other"):
+        run = make_run(tmp_path / arm)
+        write_run_record(run, tmp_path / "levers" / arm, [run / "metrics_val_lr_tta.json"])
+    table = lever_records_table(tmp_path, "levers", arms)
+    assert (
+        "| `plain` | the preset | val_lr_tta (LR, flip TTA) | 0.120 | — | 0.500 | — | 0.310 | 7.8 |"
+        in table
+    )
+    assert "| `other` | one setting changed |" in table
+    assert "Not recorded yet: `later`." in table and "3 threads" in table
