@@ -136,7 +136,7 @@ def test_a_bad_init_from_is_one_line_naming_the_key(tmp_path, tiny_overrides, ca
     trainer = Trainer(load_config(None, [*tiny_overrides, "train.init_from=absent.pt"]))
     with pytest.raises(
         CheckpointError,
-        match=r"^train.init_from=absent.pt: no such checkpoint file; .* or synthetic",
+        match=r"^train.init_from=absent.pt: checkpoint not found: absent.pt; .* or synthetic",
     ):
         trainer.fit()
     code = run_cli(train_cli.main, ["--quiet", *tiny_overrides, "train.init_from=synthtic"])
@@ -144,7 +144,8 @@ def test_a_bad_init_from_is_one_line_naming_the_key(tmp_path, tiny_overrides, ca
     assert (
         code == 2
         and err.count("\n") == 1
-        and err.startswith("error: train.init_from=synthtic: no such checkpoint file")
+        and err.startswith("error: train.init_from=synthtic: unknown checkpoint 'synthtic'")
+        and "a release name or synthetic" in err
     )
     with pytest.raises(
         ConfigError, match="train.init_from=synthetic: the embedded dataset has 5 grades"
