@@ -195,7 +195,8 @@ class TrainConfig:
     )
     joint: StageConfig = _stage(epochs=300, batch_size=1, lr_isr=1e-5, lr_cls=5e-5)
     # Start from another run's weights (a checkpoint, a run folder or a release name, e.g. the
-    # 512 release for the 1024 preset, or pre-training on the embedded dataset) instead of random / ImageNet initialisation; ignored when resuming. "synthetic":
+    # 512 release for the 1024 preset) instead of random / ImageNet initialisation; ignored when
+    # resuming. "synthetic":
     # pre-train on the embedded dataset first (engine/pretrain.py: this config's method, model.*
     # keys and data.scale, configs/demo.yaml's schedule) in <run.out_dir>/synthetic_<hash>, built
     # once, resumed if interrupted, reused by every run with the same pre-training config.

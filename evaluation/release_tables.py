@@ -35,6 +35,19 @@ def _psnr(sr: dict | None, key: str) -> str:
     return f"{sr['sr'][key]:.2f} ({sr['bicubic'][key]:.2f})"
 
 
+def _aupr_cells(data: dict) -> list[str]:
+    """One evaluation's AUPR per lesion and their mean ("—" where a lesion has no mask)."""
+    segmentation = data.get("segmentation") or {}
+    return [
+        format_number(segmentation.get(lesion, {}).get("aupr"), ".3f", "—")
+        for lesion in (*LESIONS, "mean")
+    ]
+
+
+def _threads(record: dict) -> str:
+    return f"{record['threads']} thread{'s' if record['threads'] != 1 else ''}"
+
+
 def _evaluation_lines(record: dict) -> list[str]:
     header = (
         "| evaluation | images | QWK [95% CI] | referable AUC [95% CI] | accuracy | "
@@ -45,11 +58,7 @@ def _evaluation_lines(record: dict) -> list[str]:
     lines = [header, "|" + "---|" * (8 + len(LESIONS))]
     for name, data in _evaluations(record):
         grading, intervals = data["grading"], data.get("intervals") or {}
-        segmentation = data.get("segmentation") or {}
-        aupr = [
-            format_number(segmentation.get(lesion, {}).get("aupr"), ".3f", "—")
-            for lesion in (*LESIONS, "mean")
-        ]
+        aupr = _aupr_cells(data)
         lines.append(
             f"| {name} ({data['input'].upper()} input{', flip TTA' if data['tta'] else ''}) "
             f"| {grading['n']} | {_interval(intervals.get('qwk'), grading['qwk'])} "
@@ -97,7 +106,7 @@ def run_record_table(root: Path, records: str) -> str:
         *_confusion_lines(*first),
         "",
         f"Run `{record['run']}` (config hash {record['config_hash']}), recorded at commit "
-        f"{record['commit'][:7]}, {record['cpu']}, {record['threads']} thread{'s' if record['threads'] != 1 else ''}, torch "
+        f"{record['commit'][:7]}, {record['cpu']}, {_threads(record)}, torch "
         f"{record['torch']}. 95% intervals: bootstrap over photographs (duplicate groups "
         f"resampled whole). PSNR inside the field of view; lesion PSNR inside the dilated lesion "
         f"masks; AUPR per lesion over the pixels of the images that have that lesion's mask. "
@@ -127,11 +136,7 @@ def lever_records_table(root: Path, records: str, arms: dict[str, str]) -> str:
         record = json.loads(path.read_text(encoding="utf-8"))
         first = first or record
         name, data = _evaluations(record)[0]
-        segmentation = data.get("segmentation") or {}
-        aupr = [
-            format_number(segmentation.get(lesion, {}).get("aupr"), ".3f", "—")
-            for lesion in (*LESIONS, "mean")
-        ]
+        aupr = _aupr_cells(data)
         minutes = sum(entry["seconds"] for entry in record["stages"].values()) / 60
         evaluation = f"{name} ({data['input'].upper()}{', flip TTA' if data['tta'] else ''})"
         lines.append(
@@ -141,8 +146,8 @@ def lever_records_table(root: Path, records: str, arms: dict[str, str]) -> str:
         return f"No record yet (`python scripts/record_run.py RUN --out {records}/ARM`).\n"
     lines += [
         "",
-        f"Recorded at commit {first['commit'][:7]}, {first['cpu']}, {first['threads']} "
-        f"thread{'s' if first['threads'] != 1 else ''}, torch {first['torch']}. AUPR per lesion "
+        f"Recorded at commit {first['commit'][:7]}, {first['cpu']}, {_threads(first)}, torch "
+        f"{first['torch']}. AUPR per lesion "
         f"over the pixels of the validation images that have that lesion's mask. Source: "
         f"`{records}/<arm>/record.json`.",
     ]
