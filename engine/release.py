@@ -25,11 +25,16 @@ from engine.checkpoint import SAFETENSORS_SUFFIX, CheckpointError
 RELEASE_DIR = Path(__file__).resolve().parents[1] / "pretrained_model"
 REGISTRY = "RELEASES.json"
 DEFAULT_RELEASE = "deepmt_dr_idrid_small"
-# How the default release is made (configs/idrid_small.yaml; the model card has the exact commands).
+# How each release is made (pretrained_model/README.md has the model cards and every command).
 RELEASE_RECIPE = {
     DEFAULT_RELEASE: (
-        "python train.py --dataset idrid --data-root ../shared/data/idrid --config configs/idrid_small.yaml",
+        "python train.py --dataset idrid --data-root ../shared/data/idrid --config configs/idrid_small.yaml "
+        "--name idrid_small train.init_from=synthetic train.init_synthetic_hr_size=128 loss.seg_loss=dice_bce",
         f"python -m engine.export runs/idrid_small --out pretrained_model/{DEFAULT_RELEASE}{SAFETENSORS_SUFFIX}",
+    ),
+    "deepmt_dr_idrid_1024": (  # starts from the 512 release (configs/idrid_1024.yaml's train.init_from)
+        "python train.py --dataset idrid --data-root ../shared/data/idrid --config configs/idrid_1024.yaml",
+        f"python -m engine.export runs/idrid_1024 --out pretrained_model/deepmt_dr_idrid_1024{SAFETENSORS_SUFFIX}",
     ),
 }
 

@@ -4,6 +4,7 @@ import functools
 import re
 
 import pytest
+import torch
 import yaml
 
 import test as test_cli
@@ -207,3 +208,31 @@ def test_every_shipped_preset_loads_and_builds_its_model(preset):
     assert config.data.hr_size % config.data.scale == 0
     model = build_model(config)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+INIT_FROM_RELEASE_PRESETS = sorted(
+    p.name
+    for p in CONFIG_DIR.glob("*.yaml")
+    if (yaml.safe_load(p.read_text()).get("train") or {}).get("init_from")
+    not in (None, "synthetic")
+)
+
+
+@pytest.mark.parametrize("preset", INIT_FROM_RELEASE_PRESETS)
+def test_a_preset_that_starts_from_a_release_fits_its_weights(preset):
+    """A preset whose train.init_from names a committed release (idrid_1024 starts from the 512
+    one) gets weights that load strictly into its networks: a release or preset change that breaks
+    the match fails here, not an hour into a run."""
+    from engine.builders import build_model
+    from engine.checkpoint import load_checkpoint, load_model_state
+    from engine.release import resolve_checkpoint
+
+    config = load_config(
+        CONFIG_DIR / preset, ["data.root=somewhere", "model.imagenet_weights=null"]
+    )
+    source = resolve_checkpoint(config.train.init_from)
+    model = build_model(config)
+    loaded = load_checkpoint(source)["model"]
+    load_model_state(model, loaded, source)
+    name = next(key for key in loaded if key.endswith("weight") and loaded[key].ndim == 4)
+    torch.testing.assert_close(model.state_dict()[name], loaded[name].float())
