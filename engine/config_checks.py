@@ -190,6 +190,8 @@ def check_loss(config: Config) -> None:
         loss.ordinal_weight >= 0, f"loss.ordinal_weight must be >= 0, got {loss.ordinal_weight}"
     )
     _one_of("loss.seg_loss", loss.seg_loss, SEG_LOSSES)
+    if loss.isr_seg_loss is not None:
+        _one_of("loss.isr_seg_loss", loss.isr_seg_loss, SEG_LOSSES)
     _require(
         loss.seg_pos_weight > 0, f"loss.seg_pos_weight must be positive, got {loss.seg_pos_weight}"
     )

@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 
 # ----------------------------------------------------------------- isr: ISR + segmentation on HR crops
 def step_isr(trainer: Trainer, batch: dict) -> dict[str, torch.Tensor]:
-    """SR pixel + TV into the ISR net; with lesions, the segmentation loss on the SR image's maps and
-    the segmentation-aware loss (SR maps against the HR image's) into both nets."""
+    """SR pixel + TV into the ISR net; with lesions, the segmentation loss (loss.isr_seg_loss, else
+    loss.seg_loss) on the SR image's maps and the segmentation-aware loss (SR maps against the HR
+    image's) into both nets."""
     weights, model = trainer.config.loss, trainer.model
     sr = model.isr(batch["lr"])
     losses = {"pixel": pixel_loss(sr, batch["hr"], weights.pixel), "tv": tv_loss(sr)}
@@ -50,7 +51,7 @@ def step_isr(trainer: Trainer, batch: dict) -> dict[str, torch.Tensor]:
             sr_lesions,
             batch["masks"],
             batch["mask_valid"],
-            weights.seg_loss,
+            weights.isr_seg_loss or weights.seg_loss,
             weights.seg_pos_weight,
         )
         losses["seg_aware"] = seg_aware_loss(sr_lesions, hr_lesions)

@@ -321,3 +321,34 @@ def test_every_lever_is_off_by_default():
         3,
         4,
     ]
+
+
+def _isr_and_seg_losses(tmp_path, name, *overrides):
+    """The segmentation loss of one isr step and of one seg step, from the same seeded weights."""
+    from tests.test_methods import random_batch, tiny
+
+    trainer = Trainer(load_config(None, tiny(tmp_path, f"run.name={name}", *overrides)))
+    trainer.crop_generator = torch.Generator().manual_seed(0)
+    batch = random_batch()
+    seg_losses = []
+    for stage in ("isr", "seg"):
+        trainer._prepare_stage(stage)  # a step backpropagates; the weights stay as they were
+        step = {"isr": Trainer.step_isr, "seg": Trainer.step_seg}[stage]
+        seg_losses.append(step(trainer, trainer._batch(batch, stage))["seg"].detach())
+    return seg_losses
+
+
+def test_isr_seg_loss_sets_the_isr_stage_loss_alone(tmp_path):
+    """loss.isr_seg_loss replaces loss.seg_loss in the isr stage only (where the seg loss trains
+    the ISR net too); the seg stage keeps loss.seg_loss. null keeps loss.seg_loss everywhere."""
+    focal = _isr_and_seg_losses(tmp_path, "focal", "loss.seg_loss=dice_focal")
+    bce = _isr_and_seg_losses(tmp_path, "bce", "loss.seg_loss=dice_bce")
+    mixed = _isr_and_seg_losses(
+        tmp_path, "mixed", "loss.seg_loss=dice_bce", "loss.isr_seg_loss=dice_focal"
+    )
+    torch.testing.assert_close(mixed[0], focal[0])
+    assert not torch.allclose(mixed[0], bce[0])
+    torch.testing.assert_close(mixed[1], bce[1])
+    assert not torch.allclose(mixed[1], focal[1])
+    with pytest.raises(ConfigError, match=r"^loss.isr_seg_loss must be one of .*'dice'"):
+        load_config(None, ["loss.isr_seg_loss=dice"])
