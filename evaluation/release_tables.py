@@ -154,3 +154,51 @@ def lever_records_table(root: Path, records: str, arms: dict[str, str]) -> str:
     if missing:
         lines.append("Not recorded yet: " + ", ".join(f"`{arm}`" for arm in missing) + ".")
     return "\n".join(lines) + "\n"
+
+
+def grading_lever_table(root: Path, arms: dict[str, tuple[str, str]]) -> str:
+    """One line per whole-recipe arm (``arms``: name -> (record folder under ``root``, what
+    differs)): its first evaluation's grading with intervals, SR against bicubic and lesion AUPR,
+    and its training time; for runs that differ in one setting and were evaluated alike."""
+    lines = [
+        "| arm | what differs | evaluation | QWK [95% CI] | referable AUC [95% CI] | "
+        "PSNR dB (bicubic) | lesion PSNR dB (bicubic) | "
+        + " | ".join(f"AUPR {lesion}" for lesion in (*LESIONS, "mean"))
+        + " | train min |",
+        "|---|---|---|---|---|---|---|" + "---|" * (len(LESIONS) + 2),
+    ]
+    missing, provenance = [], []
+    for arm, (folder, what) in arms.items():
+        path = root / folder / "record.json"
+        if not path.is_file():
+            missing.append(arm)
+            continue
+        record = json.loads(path.read_text(encoding="utf-8"))
+        name, data = _evaluations(record)[0]
+        grading, intervals = data["grading"], data.get("intervals") or {}
+        minutes = sum(entry["seconds"] for entry in record["stages"].values()) / 60
+        lines.append(
+            f"| `{arm}` | {what} | {name} ({data['input'].upper()}"
+            f"{', flip TTA' if data['tta'] else ''}) "
+            f"| {_interval(intervals.get('qwk'), grading['qwk'])} "
+            f"| {_interval(intervals.get('referable_auc'), grading['referable_auc'])} "
+            f"| {_psnr(data.get('sr'), 'psnr')} | {_psnr(data.get('sr'), 'psnr_lesion')} | "
+            + " | ".join(_aupr_cells(data))
+            + f" | {minutes:.1f} |"
+        )
+        provenance.append(
+            f"`{arm}` at commit {record['commit'][:7]} ({record['cpu']}, {_threads(record)}, "
+            f"source `{folder}/record.json`)"
+        )
+    if not provenance:
+        return "No record yet (`python scripts/record_run.py RUN --out FOLDER`).\n"
+    lines += [
+        "",
+        "Recorded: " + "; ".join(provenance) + ". 95% intervals: bootstrap over photographs "
+        "(duplicate groups resampled whole). PSNR inside the field of view; lesion PSNR inside "
+        "the dilated lesion masks; AUPR per lesion over the pixels of the validation images that "
+        "have that lesion's mask.",
+    ]
+    if missing:
+        lines.append("Not recorded yet: " + ", ".join(f"`{arm}`" for arm in missing) + ".")
+    return "\n".join(lines) + "\n"

@@ -35,7 +35,7 @@ from evaluation.demo_tables import (
     demo_seeds_table,
     demo_time_estimate,
 )
-from evaluation.release_tables import lever_records_table, run_record_table
+from evaluation.release_tables import grading_lever_table, lever_records_table, run_record_table
 from evaluation.seed_tables import (
     SEED_METRICS,
     SEED_TABLES,
@@ -201,6 +201,25 @@ RENDERERS: dict[str, Renderer] = {
     # The 512 preset from random initialisation on the grouped split (issue 28: its ISR net).
     "idrid-small-scratch-run": lambda root: run_record_table(
         root, "docs/records/idrid_small_scratch"
+    ),
+    # The segmentation loss of the 512 release recipe (issue 28): whole runs from the same start.
+    "idrid-512-seg-loss": lambda root: grading_lever_table(
+        root,
+        {
+            "dice_focal": (
+                "docs/records/idrid_512_seg_loss/dice_focal",
+                "Dice + focal in every stage (the preset's `loss.seg_loss`)",
+            ),
+            "dice_bce": (
+                "docs/records/idrid_512_seg_loss/dice_bce",
+                "Dice + BCE (lesion pixels weighted 10) in every stage: `loss.seg_loss=dice_bce`",
+            ),
+            "release": (
+                "docs/records/release_idrid_small",
+                "Dice + focal in the isr stage, Dice + BCE after: `loss.seg_loss=dice_bce "
+                "loss.isr_seg_loss=dice_focal` (the release)",
+            ),
+        },
     ),
     # The releases' model cards (pretrained_model/README.md): the runs they were exported from.
     "release-idrid-small": lambda root: run_record_table(root, "docs/records/release_idrid_small"),

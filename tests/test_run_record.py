@@ -143,3 +143,16 @@ def test_lever_table_has_one_line_per_recorded_arm(tmp_path):
     )
     assert "| `other` | one setting changed |" in table
     assert "Not recorded yet: `later`." in table and "3 threads" in table
+
+
+def test_grading_lever_table_has_grading_sr_and_lesions_per_arm(tmp_path):
+    from evaluation.release_tables import grading_lever_table
+
+    arms = {"base": ("runs_a", "the preset"), "later": ("runs_b", "not run yet")}
+    assert "No record yet" in grading_lever_table(tmp_path, arms)
+    run = make_run(tmp_path / "run")
+    write_run_record(run, tmp_path / "runs_a", [run / "metrics_val_lr_tta.json"])
+    table = grading_lever_table(tmp_path, arms)
+    assert "| `base` | the preset | val_lr_tta (LR, flip TTA) | 0.500 [0.100, 0.800] |" in table
+    assert "| 33.10 (31.00) | 30.20 (28.00) | 0.120 | — | 0.500 | — | 0.310 | 7.8 |" in table
+    assert "source `runs_a/record.json`" in table and "Not recorded yet: `later`." in table
