@@ -1,7 +1,7 @@
 """How much of the ISR net's joint-stage gradient each loss term contributes (issue 25 item 2).
 
     python bench/gradient_shares.py --config configs/demo.yaml --steps 5
-    python bench/gradient_shares.py --config configs/idrid_small.yaml --init pretrained_model/deepmt_dr_idrid_small.pt \\
+    python bench/gradient_shares.py --config configs/idrid_small.yaml --init pretrained_model/deepmt_dr_idrid_small.safetensors \\
         data.root=../shared/data/idrid
     python bench/gradient_shares.py --config configs/paper.yaml --hr 128 --init runs/gradient_shares/<demo warm-up>/checkpoints/last.pt \\
         model.isr_blocks=4 model.seg_width=0.25 model.grader_hidden=256     # the paper's loss weights, demo network

@@ -2,7 +2,7 @@
 ``--format onnx`` / ``pt2``): the inference network of a checkpoint or release as one file that
 runs without this repository's network classes.
 
-    python -m engine.export pretrained_model/deepmt_dr_idrid_small.pt --out deploy/deepmt_dr_idrid_small.onnx
+    python -m engine.export pretrained_model/deepmt_dr_idrid_small.safetensors --out deploy/deepmt_dr_idrid_small.onnx
     python -m engine.export runs/idrid_small --out deploy/idrid_small.pt2
     python predict.py photos/ --checkpoint deploy/deepmt_dr_idrid_small.onnx
 

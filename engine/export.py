@@ -1,6 +1,6 @@
 """``python -m engine.export``: turn a trained run into a release for ``pretrained_model/``.
 
-    python -m engine.export runs/idrid_small --out pretrained_model/deepmt_dr_idrid_small.pt
+    python -m engine.export runs/idrid_small --out pretrained_model/NAME.pt
     python -m engine.export runs/idrid_small --out pretrained_model/deepmt_dr_idrid_small.safetensors
     python -m engine.export runs/idrid_small/checkpoints/best.pt --out pretrained_model/NAME.pt \\
         --train-command "python train.py --dataset idrid --data-root ../shared/data/idrid --config configs/idrid_small.yaml"
@@ -397,8 +397,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         required=True,
-        help="the release file, e.g. pretrained_model/deepmt_dr_idrid_small.pt; "
-        "NAME.safetensors writes safetensors weights and the sidecar NAME.json",
+        help="the release file, e.g. pretrained_model/deepmt_dr_idrid_small.safetensors; "
+        "NAME.safetensors writes safetensors weights and the sidecar NAME.json, NAME.pt one file",
     )
     parser.add_argument(
         "--format",
