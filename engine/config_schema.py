@@ -139,7 +139,7 @@ class LossConfig:
     seg_loss: str = "dice_focal"
     # The isr stage's segmentation loss (null: seg_loss). There it trains the ISR net too, through
     # the SR image: with dice_bce the 512 release's ISR net ended 0.5 dB above bicubic, with
-    # dice_focal 3.7 dB (same seed and pre-training; docs/RESULTS.md, issue 28).
+    # dice_focal there 3.6 dB (same seed and pre-training; docs/RESULTS.md, issue 28).
     isr_seg_loss: str | None = None
     seg_pos_weight: float = 10.0
     seg_aware_weight: float = 1.0

@@ -30,7 +30,7 @@ RELEASE_RECIPE = {
     DEFAULT_RELEASE: (
         "python train.py --dataset idrid --data-root ../shared/data/idrid --config configs/idrid_small.yaml "
         "--name idrid_small train.init_from=synthetic train.init_synthetic_hr_size=128 "
-        "loss.seg_loss=dice_bce loss.isr_seg_loss=dice_focal",
+        "loss.seg_loss=dice_bce",
         f"python -m engine.export runs/idrid_small --out pretrained_model/{DEFAULT_RELEASE}{SAFETENSORS_SUFFIX}",
     ),
     "deepmt_dr_idrid_1024": (  # starts from the 512 release (configs/idrid_1024.yaml's train.init_from)

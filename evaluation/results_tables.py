@@ -210,14 +210,15 @@ RENDERERS: dict[str, Renderer] = {
                 "docs/records/idrid_512_seg_loss/dice_focal",
                 "Dice + focal in every stage (the preset's `loss.seg_loss`)",
             ),
-            "dice_bce": (
-                "docs/records/idrid_512_seg_loss/dice_bce",
-                "Dice + BCE (lesion pixels weighted 10) in every stage: `loss.seg_loss=dice_bce`",
-            ),
-            "release": (
-                "docs/records/release_idrid_small",
+            "isr_focal": (
+                "docs/records/idrid_512_seg_loss/isr_focal",
                 "Dice + focal in the isr stage, Dice + BCE after: `loss.seg_loss=dice_bce "
-                "loss.isr_seg_loss=dice_focal` (the release)",
+                "loss.isr_seg_loss=dice_focal`",
+            ),
+            "dice_bce": (
+                "docs/records/release_idrid_small",
+                "Dice + BCE (lesion pixels weighted 10) in every stage: `loss.seg_loss=dice_bce` "
+                "(the release)",
             ),
         },
     ),
