@@ -206,8 +206,6 @@ def run_test(
     """
     model, config, state = load_trained(checkpoint, device)
     use_dataset(config, checkpoint, dataset_name, data_root)
-    if state.get("release"):
-        config.run.name = state["release"]["name"]
     configure_threads(config.run.threads)
     mode = mode or config.test.input
     tta = config.test.tta if tta is None else tta

@@ -227,9 +227,16 @@ def test_test_py_on_the_users_copy_of_the_dataset(tmp_path, capsys):
 
 
 def test_released_checkpoint_evaluates_under_its_own_name(tmp_path, run_dir, monkeypatch):
+    """A release writes runs/<release> in the user's working folder, whatever run.out_dir and
+    run.threads the training machine had (they are in the release's config)."""
     folder = tmp_path / "pretrained_model"
+    trained_config = load_checkpoint(run_dir / "checkpoints" / "best.pt")["config"]
+    assert trained_config["run"]["out_dir"] != "runs"  # the training machine's folder
     export.export_release(run_dir, folder / "tiny_release.pt")
+    _, config, _ = load_trained(folder / "tiny_release.pt")
+    assert (config.run.out_dir, config.run.threads, config.run.name) == ("runs", 0, "tiny_release")
     monkeypatch.setattr(release, "RELEASE_DIR", folder)
+    monkeypatch.chdir(tmp_path / "pretrained_model")
     argv = [
         "--quiet",
         "--checkpoint",
@@ -243,12 +250,10 @@ def test_released_checkpoint_evaluates_under_its_own_name(tmp_path, run_dir, mon
     ]
     assert run_cli(test_cli.main, argv) == 0
     (written,) = tmp_path.rglob("metrics_val_lr_tiny_release.json")
-    assert (
-        written.parent.name == "tiny_release"
-    )  # runs/<release name>, not the training run's folder
+    assert written.parent == tmp_path / "pretrained_model" / "runs" / "tiny_release"
 
 
-def test_export_tta_makes_flips_the_releases_default_in_test_py(tmp_path, run_dir):
+def test_export_tta_makes_flips_the_releases_default_in_test_py(tmp_path, run_dir, monkeypatch):
     (run_dir / "metrics_val_lr_tta.json").write_text(
         json.dumps({"split": "val", "input": "lr", "tta": True, "grading": {"qwk": 0.63}})
     )
@@ -260,6 +265,7 @@ def test_export_tta_makes_flips_the_releases_default_in_test_py(tmp_path, run_di
         state["release"]["metrics"]["metrics_val_lr_tta.json"]["grading"]["qwk"] == 0.63
     )  # the TTA evaluation is recorded too
     # test.py: the release's own setting is flips; --no-tta is the other evaluation, under its own name.
+    monkeypatch.chdir(tmp_path)  # a release writes runs/<release> in the working folder
     argv = [
         "--quiet",
         "--checkpoint",

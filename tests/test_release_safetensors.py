@@ -214,8 +214,10 @@ def test_predict_and_test_py_take_a_safetensors_release(tmp_path, capsys, monkey
         "--split",
         "val",
     ]
-    assert run_cli(test_cli.main, argv) == 0
-    assert list(tmp_path.rglob("metrics_val_lr_tiny_release.json"))
+    with monkeypatch.context() as inside:  # a release writes runs/<release> in the working folder
+        inside.chdir(tmp_path)
+        assert run_cli(test_cli.main, argv) == 0
+    assert (tmp_path / "runs" / "tiny_release" / "metrics_val_lr_tiny_release.json").is_file()
     facts = json.loads(out.with_suffix(".json").read_text())
     facts["release"]["metrics"] = {"made": "up"}
     out.with_suffix(".json").write_text(json.dumps(facts))
