@@ -48,6 +48,24 @@ def _threads(record: dict) -> str:
     return f"{record['threads']} thread{'s' if record['threads'] != 1 else ''}"
 
 
+def _aupr_header() -> str:
+    return " | ".join(f"AUPR {lesion}" for lesion in (*LESIONS, "mean"))
+
+
+def _evaluation_label(name: str, data: dict) -> str:
+    return f"{name} ({data['input'].upper()}{', flip TTA' if data['tta'] else ''})"
+
+
+def _train_minutes(record: dict) -> float:
+    return sum(entry["seconds"] for entry in record["stages"].values()) / 60
+
+
+def _not_recorded(missing: list[str]) -> list[str]:
+    return (
+        ["Not recorded yet: " + ", ".join(f"`{arm}`" for arm in missing) + "."] if missing else []
+    )
+
+
 def _evaluation_lines(record: dict) -> list[str]:
     header = (
         "| evaluation | images | QWK [95% CI] | referable AUC [95% CI] | accuracy | "
@@ -122,9 +140,7 @@ def lever_records_table(root: Path, records: str, arms: dict[str, str]) -> str:
     each arm's lesion AUPR from its first evaluation and its training time, for arms that differ
     in one setting and were evaluated alike; a line saying so for arms not recorded yet."""
     lines = [
-        "| arm | what differs | evaluation | "
-        + " | ".join(f"AUPR {lesion}" for lesion in (*LESIONS, "mean"))
-        + " | train min |",
+        "| arm | what differs | evaluation | " + _aupr_header() + " | train min |",
         "|---|---|---|" + "---|" * (len(LESIONS) + 2),
     ]
     missing, first = [], None
@@ -136,11 +152,10 @@ def lever_records_table(root: Path, records: str, arms: dict[str, str]) -> str:
         record = json.loads(path.read_text(encoding="utf-8"))
         first = first or record
         name, data = _evaluations(record)[0]
-        aupr = _aupr_cells(data)
-        minutes = sum(entry["seconds"] for entry in record["stages"].values()) / 60
-        evaluation = f"{name} ({data['input'].upper()}{', flip TTA' if data['tta'] else ''})"
         lines.append(
-            f"| `{arm}` | {what} | {evaluation} | " + " | ".join(aupr) + f" | {minutes:.1f} |"
+            f"| `{arm}` | {what} | {_evaluation_label(name, data)} | "
+            + " | ".join(_aupr_cells(data))
+            + f" | {_train_minutes(record):.1f} |"
         )
     if first is None:
         return f"No record yet (`python scripts/record_run.py RUN --out {records}/ARM`).\n"
@@ -151,8 +166,7 @@ def lever_records_table(root: Path, records: str, arms: dict[str, str]) -> str:
         f"over the pixels of the validation images that have that lesion's mask. Source: "
         f"`{records}/<arm>/record.json`.",
     ]
-    if missing:
-        lines.append("Not recorded yet: " + ", ".join(f"`{arm}`" for arm in missing) + ".")
+    lines += _not_recorded(missing)
     return "\n".join(lines) + "\n"
 
 
@@ -162,9 +176,7 @@ def grading_lever_table(root: Path, arms: dict[str, tuple[str, str]]) -> str:
     and its training time; for runs that differ in one setting and were evaluated alike."""
     lines = [
         "| arm | what differs | evaluation | QWK [95% CI] | referable AUC [95% CI] | "
-        "PSNR dB (bicubic) | lesion PSNR dB (bicubic) | "
-        + " | ".join(f"AUPR {lesion}" for lesion in (*LESIONS, "mean"))
-        + " | train min |",
+        "PSNR dB (bicubic) | lesion PSNR dB (bicubic) | " + _aupr_header() + " | train min |",
         "|---|---|---|---|---|---|---|" + "---|" * (len(LESIONS) + 2),
     ]
     missing, provenance = [], []
@@ -176,15 +188,13 @@ def grading_lever_table(root: Path, arms: dict[str, tuple[str, str]]) -> str:
         record = json.loads(path.read_text(encoding="utf-8"))
         name, data = _evaluations(record)[0]
         grading, intervals = data["grading"], data.get("intervals") or {}
-        minutes = sum(entry["seconds"] for entry in record["stages"].values()) / 60
         lines.append(
-            f"| `{arm}` | {what} | {name} ({data['input'].upper()}"
-            f"{', flip TTA' if data['tta'] else ''}) "
+            f"| `{arm}` | {what} | {_evaluation_label(name, data)} "
             f"| {_interval(intervals.get('qwk'), grading['qwk'])} "
             f"| {_interval(intervals.get('referable_auc'), grading['referable_auc'])} "
             f"| {_psnr(data.get('sr'), 'psnr')} | {_psnr(data.get('sr'), 'psnr_lesion')} | "
             + " | ".join(_aupr_cells(data))
-            + f" | {minutes:.1f} |"
+            + f" | {_train_minutes(record):.1f} |"
         )
         provenance.append(
             f"`{arm}` at commit {record['commit'][:7]} ({record['cpu']}, {_threads(record)}, "
@@ -199,6 +209,5 @@ def grading_lever_table(root: Path, arms: dict[str, tuple[str, str]]) -> str:
         "the dilated lesion masks; AUPR per lesion over the pixels of the validation images that "
         "have that lesion's mask.",
     ]
-    if missing:
-        lines.append("Not recorded yet: " + ", ".join(f"`{arm}`" for arm in missing) + ".")
+    lines += _not_recorded(missing)
     return "\n".join(lines) + "\n"
