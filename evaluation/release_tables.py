@@ -69,9 +69,7 @@ def _not_recorded(missing: list[str]) -> list[str]:
 def _evaluation_lines(record: dict) -> list[str]:
     header = (
         "| evaluation | images | QWK [95% CI] | referable AUC [95% CI] | accuracy | "
-        "PSNR dB (bicubic) | lesion PSNR dB (bicubic) | "
-        + " | ".join(f"AUPR {lesion}" for lesion in (*LESIONS, "mean"))
-        + " |"
+        "PSNR dB (bicubic) | lesion PSNR dB (bicubic) | " + _aupr_header() + " |"
     )
     lines = [header, "|" + "---|" * (8 + len(LESIONS))]
     for name, data in _evaluations(record):
