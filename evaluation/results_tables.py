@@ -224,6 +224,7 @@ RENDERERS: dict[str, Renderer] = {
     ),
     # The releases' model cards (pretrained_model/README.md): the runs they were exported from.
     "release-idrid-small": lambda root: run_record_table(root, "docs/records/release_idrid_small"),
+    "release-idrid-1024": lambda root: run_record_table(root, "docs/records/release_idrid_1024"),
     **{name: _seed_renderer(*source) for name, source in SEED_TABLES.items()},
 }
 
