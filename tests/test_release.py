@@ -316,3 +316,30 @@ def test_export_tta_makes_flips_the_releases_default_in_test_py(tmp_path, run_di
 
 def test_photo_fixture_is_gradable():
     Image.fromarray(textured_fundus())  # the fixture the release tests grade is a valid RGB image
+
+
+
+_COMMITTED = release.read_registry(release.RELEASE_DIR)
+
+
+@pytest.mark.parametrize("name", sorted(_COMMITTED))
+def test_every_committed_release_opens_by_name_as_its_entry_and_recipe_say(name):
+    """Each release in pretrained_model/RELEASES.json loads by name (both files hash-checked) into
+    the sizes its entry states, is one whose making the repository knows (RELEASE_RECIPE, whose
+    preset builds the same networks), and carries a calibration fitted on validation."""
+    from engine.config import load_config
+
+    entry = _COMMITTED[name]
+    train_command = release.RELEASE_RECIPE[name][0].split()
+    preset = train_command[train_command.index("--config") + 1]
+    model, config, _ = load_trained(release.resolve_checkpoint(name), device="cpu")
+    assert (config.data.hr_size // config.data.scale, config.data.hr_size) == (
+        entry["lr_size"],
+        entry["hr_size"],
+    )
+    assert config.model == load_config(preset, ["data.root=somewhere"]).model
+    facts = json.loads((release.RELEASE_DIR / entry["sidecar"]).read_text())["release"]
+    calibration = facts["calibration"]
+    assert calibration["temperature"] > 0 and 0 < facts["referable_threshold"] < 1
+    assert calibration["ece_after"] <= calibration["ece_before"]
+    assert entry["bytes"] <= 30e6
