@@ -209,3 +209,24 @@ def grading_lever_table(root: Path, arms: dict[str, tuple[str, str]]) -> str:
     ]
     lines += _not_recorded(missing)
     return "\n".join(lines) + "\n"
+
+
+def paired_predictions_table(root: Path, a: str, b: str, names: tuple[str, str]) -> str:
+    """The paired comparison of two committed per-image prediction files (``root``-relative) on
+    the photographs both graded: each model's metrics with 95% intervals and the difference
+    ``a - b`` (scripts/compare_predictions.py's table, so the docs carry the same numbers)."""
+    from data.splits import load_groups
+    from evaluation.paired_compare import align, compare, markdown
+    from evaluation.prediction_csv import read_graded
+
+    paths = (root / a, root / b)
+    missing = [str(path.relative_to(root)) for path in paths if not path.is_file()]
+    if missing:
+        return f"Not recorded yet: {', '.join(missing)}.\n"
+    groups = load_groups("idrid", root / "splits" / "idrid_groups.csv")
+    aligned = align(read_graded(paths[0]), read_graded(paths[1]), names=names)
+    return (
+        markdown(compare(aligned, groups), names)
+        + f"\n`python scripts/compare_predictions.py {a} {b} --names {','.join(names)}`"
+        " (sensitivity and specificity at p(referable) 0.5 for both).\n"
+    )

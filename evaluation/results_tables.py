@@ -35,7 +35,12 @@ from evaluation.demo_tables import (
     demo_seeds_table,
     demo_time_estimate,
 )
-from evaluation.release_tables import grading_lever_table, lever_records_table, run_record_table
+from evaluation.release_tables import (
+    grading_lever_table,
+    lever_records_table,
+    paired_predictions_table,
+    run_record_table,
+)
 from evaluation.seed_tables import (
     SEED_METRICS,
     SEED_TABLES,
@@ -225,6 +230,12 @@ RENDERERS: dict[str, Renderer] = {
     # The releases' model cards (pretrained_model/README.md): the runs they were exported from.
     "release-idrid-small": lambda root: run_record_table(root, "docs/records/release_idrid_small"),
     "release-idrid-1024": lambda root: run_record_table(root, "docs/records/release_idrid_1024"),
+    "release-1024-vs-512": lambda root: paired_predictions_table(
+        root,
+        "docs/records/release_idrid_1024/val_lr.csv",
+        "docs/records/release_idrid_small/val_lr.csv",
+        ("1024", "512"),
+    ),
     **{name: _seed_renderer(*source) for name, source in SEED_TABLES.items()},
 }
 

@@ -318,7 +318,6 @@ def test_photo_fixture_is_gradable():
     Image.fromarray(textured_fundus())  # the fixture the release tests grade is a valid RGB image
 
 
-
 _COMMITTED = release.read_registry(release.RELEASE_DIR)
 
 

@@ -325,3 +325,29 @@ def test_answer_and_table_from_records_on_disk(tmp_path):
     assert "On the 20 held-out photographs of folds 0" in answer and "**beats**" in answer
     table = cv_table(tmp_path, "study.yaml", "records")
     assert table.startswith("| row | QWK |") and "toy CPU" in table
+
+
+def test_paired_predictions_table_compares_the_same_photographs_and_says_when_a_file_is_missing(
+    tmp_path,
+):
+    """A model against itself differs by exactly 0 on every metric; a model against one that
+    grades every photograph 0 loses QWK; a missing file is named, not an error."""
+    from evaluation.release_tables import paired_predictions_table
+
+    header = "id,grade,predicted,p0,p1,p2,p3,p4\n"
+    rows = [
+        f"img{i},{g},{g}," + ",".join("0.8" if k == g else "0.05" for k in range(5)) + "\n"
+        for i, g in enumerate([0, 1, 2, 3, 4] * 6)
+    ]
+    flat = [f"img{i},{g},0,0.8,0.05,0.05,0.05,0.05\n" for i, g in enumerate([0, 1, 2, 3, 4] * 6)]
+    (tmp_path / "good.csv").write_text(header + "".join(rows))
+    (tmp_path / "flat.csv").write_text(header + "".join(flat))
+
+    same = paired_predictions_table(tmp_path, "good.csv", "good.csv", ("x", "y"))
+    qwk = next(line for line in same.splitlines() if line.startswith("| qwk"))
+    assert "+0.000 [+0.000, +0.000]" in qwk
+    worse = paired_predictions_table(tmp_path, "flat.csv", "good.csv", ("flat", "good"))
+    qwk = next(line for line in worse.splitlines() if line.startswith("| qwk")).split("|")
+    assert qwk[4].strip().startswith("-1.000")
+    assert "30 photographs" in worse
+    assert "nope.csv" in paired_predictions_table(tmp_path, "nope.csv", "good.csv", ("a", "b"))
