@@ -230,3 +230,36 @@ def paired_predictions_table(root: Path, a: str, b: str, names: tuple[str, str])
         + f"\n`python scripts/compare_predictions.py {a} {b} --names {','.join(names)}`"
         " (sensitivity and specificity at p(referable) 0.5 for both).\n"
     )
+
+
+def releases_headline(root: Path, releases: dict[str, str]) -> str:
+    """The README's one paragraph on the releases (``releases``: name -> record folder): each
+    one's validation from the LR input, grading with intervals, lesion AUPR and SR against bicubic."""
+    parts, missing, sizes = [], [], set()
+    for name, folder in releases.items():
+        path = root / folder / "record.json"
+        if not path.is_file():
+            missing.append(name)
+            continue
+        _, data = _evaluations(json.loads(path.read_text(encoding="utf-8")))[0]
+        grading, intervals = data["grading"], data.get("intervals") or {}
+        sizes.add(str(grading["n"]))
+        segmentation = data.get("segmentation") or {}
+        sr = (data.get("sr") or {}).get("sr", {})
+        bicubic = (data.get("sr") or {}).get("bicubic", {})
+        gain = sr["psnr"] - bicubic["psnr"] if "psnr" in sr and "psnr" in bicubic else None
+        parts.append(
+            f"`{name}` QWK {_interval(intervals.get('qwk'), grading['qwk'])}, referable AUC "
+            f"{grading['referable_auc']:.3f}, lesion AUPR from SR mean "
+            f"{format_number(segmentation.get('mean', {}).get('aupr'), '.3f', '—')} (MA "
+            f"{format_number(segmentation.get('MA', {}).get('aupr'), '.3f', '—')})"
+            + (f", SR {gain:+.2f} dB against bicubic" if gain is not None else "")
+        )
+    text = (
+        f"**The releases** on the grouped validation split ({', '.join(sorted(sizes))} graded "
+        "photographs; each recipe was chosen on them, so these are optimistic), from the LR "
+        "input: " + "; ".join(parts) + "."
+        if parts
+        else "**The releases**: none recorded yet."
+    )
+    return text + "".join(f" Not recorded yet: `{name}`." for name in missing) + "\n"

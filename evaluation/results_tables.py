@@ -39,6 +39,7 @@ from evaluation.release_tables import (
     grading_lever_table,
     lever_records_table,
     paired_predictions_table,
+    releases_headline,
     run_record_table,
 )
 from evaluation.seed_tables import (
@@ -230,6 +231,13 @@ RENDERERS: dict[str, Renderer] = {
     # The releases' model cards (pretrained_model/README.md): the runs they were exported from.
     "release-idrid-small": lambda root: run_record_table(root, "docs/records/release_idrid_small"),
     "release-idrid-1024": lambda root: run_record_table(root, "docs/records/release_idrid_1024"),
+    "releases-headline": lambda root: releases_headline(
+        root,
+        {
+            "deepmt_dr_idrid_small": "docs/records/release_idrid_small",
+            "deepmt_dr_idrid_1024": "docs/records/release_idrid_1024",
+        },
+    ),
     "release-1024-vs-512": lambda root: paired_predictions_table(
         root,
         "docs/records/release_idrid_1024/val_lr.csv",

@@ -351,3 +351,26 @@ def test_paired_predictions_table_compares_the_same_photographs_and_says_when_a_
     assert qwk[4].strip().startswith("-1.000")
     assert "30 photographs" in worse
     assert "nope.csv" in paired_predictions_table(tmp_path, "nope.csv", "good.csv", ("a", "b"))
+
+
+def test_releases_headline_reads_each_record_and_names_a_missing_one(tmp_path):
+    """The README's release paragraph comes from the records: change a record, the text follows."""
+    import json
+
+    from evaluation.release_tables import releases_headline
+
+    evaluation = {
+        "input": "lr",
+        "tta": True,
+        "grading": {"n": 7, "qwk": 0.5, "referable_auc": 0.8, "accuracy": 0.4},
+        "intervals": {"qwk": {"value": 0.5, "low": 0.3, "high": 0.7}},
+        "segmentation": {"MA": {"aupr": 0.25}, "mean": {"aupr": 0.4}},
+        "sr": {"sr": {"psnr": 41.0}, "bicubic": {"psnr": 40.0}},
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "record.json").write_text(json.dumps({"evaluations": {"val_lr": evaluation}}))
+    text = releases_headline(tmp_path, {"rel_a": "a", "rel_b": "b"})
+    assert "(7 graded photographs" in text
+    assert "`rel_a` QWK 0.500 [0.300, 0.700], referable AUC 0.800" in text
+    assert "mean 0.400 (MA 0.250), SR +1.00 dB against bicubic" in text
+    assert "Not recorded yet: `rel_b`." in text
