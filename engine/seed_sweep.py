@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,15 @@ class SweepRunner:
             for arm in arms
             if not is_recorded(self.records, arm, seed, UNIT)
         ]
+
+    def run_pending(self, arms: list[str], seeds: list[int]) -> Iterator[tuple[str, int, dict]]:
+        """Run each pending (arm, seed), checking its record again just before it starts, so
+        that runners started side by side on the same records (one per core) share the work
+        instead of repeating it. Yields (arm, seed, the record's provenance)."""
+        for seed, arm in self.pending(arms, seeds):
+            if is_recorded(self.records, arm, seed, UNIT):  # another runner got there first
+                continue
+            yield arm, seed, self.run_one(arm, seed)
 
     def run_one(self, arm: str, seed: int) -> dict:
         """Train ``arm`` from seed ``seed``'s base run, grade the test split, write the record."""

@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.list:
         return 0
-    for seed, arm in pending:
-        provenance = runner.run_one(arm, seed)
+    for arm, seed, provenance in runner.run_pending(arms, seeds):
         metrics = provenance["metrics"]
         print(
             f"recorded {arm}/seed{seed}: QWK {metrics['qwk']:.3f}, PSNR {metrics['psnr']:.2f} dB, "

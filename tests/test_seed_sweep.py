@@ -201,3 +201,24 @@ def test_sweep_answer_reads_the_paired_differences_in_words(tmp_path):
     assert "It **helps** grading in `b`" in text and "stays above bicubic" in text
     _sweep_file(tmp_path, seeds="[0, 1, 2, 3, 4]")  # five asked for, three recorded
     assert "has 3 of its 5 paired seeds" in sweep_answer(tmp_path, "sweep.yaml", "records")
+
+
+def test_runners_side_by_side_skip_what_the_other_recorded_meanwhile(tmp_path, monkeypatch):
+    """run_pending looks at the records again before each run: an (arm, seed) that another
+    runner recorded after this one listed its work is skipped, not trained twice."""
+    sweep = load_sweep(_sweep_file(tmp_path))
+    records = tmp_path / "records"
+    runner = SweepRunner(sweep, tmp_path / "runs", records)
+    ran = []
+
+    def fake_run_one(arm, seed):
+        ran.append((arm, seed))
+        if (arm, seed) == ("a", 0):  # meanwhile, another runner records b/seed0
+            (records / "b").mkdir(parents=True)
+            (records / "b" / "seed0.csv").write_text("id\n")
+            (records / "b" / "seed0.json").write_text("{}")
+        return {"arm": arm, "seed": seed}
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    done = [(arm, seed) for arm, seed, _ in runner.run_pending(["a", "b"], [0, 1])]
+    assert ran == done == [("a", 0), ("a", 1), ("b", 1)]
