@@ -2,6 +2,7 @@
 
     python predict.py --demo                               # four built-in photographs, ten seconds
     python predict.py photos/ more.jpg list.csv --out graded
+    python predict.py photos/ --checkpoint deepmt_dr_idrid_1024   # the release at LR 256 -> HR 1024
     python predict.py photos/ --checkpoint runs/mine --input hr --tta
 
 PATHS are image files (JPEG, PNG, TIFF, BMP; any size, 8 or 16 bits, grey, RGBA, palette, CMYK,
