@@ -8,7 +8,10 @@ import json
 from pathlib import Path
 
 from data.records import LESIONS
+from data.splits import load_groups
 from evaluation.formatting import format_interval, format_number
+from evaluation.paired_compare import align, compare, markdown
+from evaluation.prediction_csv import read_graded
 
 STAGE_ORDER = ("isr", "seg", "cls", "joint")  # the record's JSON keeps its keys sorted
 
@@ -215,14 +218,10 @@ def paired_predictions_table(root: Path, a: str, b: str, names: tuple[str, str])
     """The paired comparison of two committed per-image prediction files (``root``-relative) on
     the photographs both graded: each model's metrics with 95% intervals and the difference
     ``a - b`` (scripts/compare_predictions.py's table, so the docs carry the same numbers)."""
-    from data.splits import load_groups
-    from evaluation.paired_compare import align, compare, markdown
-    from evaluation.prediction_csv import read_graded
-
     paths = (root / a, root / b)
     missing = [str(path.relative_to(root)) for path in paths if not path.is_file()]
     if missing:
-        return f"Not recorded yet: {', '.join(missing)}.\n"
+        return "\n".join(_not_recorded(missing)) + "\n"
     groups = load_groups("idrid", root / "splits" / "idrid_groups.csv")
     aligned = align(read_graded(paths[0]), read_graded(paths[1]), names=names)
     return (
@@ -262,4 +261,4 @@ def releases_headline(root: Path, releases: dict[str, str]) -> str:
         if parts
         else "**The releases**: none recorded yet."
     )
-    return text + "".join(f" Not recorded yet: `{name}`." for name in missing) + "\n"
+    return " ".join([text, *_not_recorded(missing)]) + "\n"
